@@ -1,0 +1,46 @@
+"""Progress bars for long work, on stderr, silent when asked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+stderr = Console(stderr=True)
+
+
+def progress_bar(*, transient: bool = False) -> Progress:
+    """A rich progress bar with count, elapsed and remaining time, drawn on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr,
+        transient=transient,
+    )
+
+
+def track(items: Iterable[T], description: str, *, total: int | None = None, quiet: bool = False) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar unless ``quiet``."""
+    if quiet:
+        yield from items
+        return
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def format_metrics(logs: dict[str, Any] | None, keys: Iterable[str]) -> str:
+    """``loss=0.123 val_loss=0.2`` for the keys present in ``logs``."""
+    logs = logs or {}
+    return " ".join(f"{key}={float(logs[key]):.4g}" for key in keys if key in logs)

@@ -1,0 +1,51 @@
+"""The command line, run as a user runs it: a separate process, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+
+def test_missing_csv_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    result = run_cli("train", "--dataset", "csv:missing.csv", "--target", "y", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["mcdrop train: error: Data file not found: missing.csv"]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_csv_without_target_still_says_what_is_wrong(tmp_path: Path) -> None:
+    result = run_cli("train", "--dataset", "csv:missing.csv", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "missing.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_inputs_exit_2_with_a_message(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,y\n1,2,3\n4,x,6\n7,8,9\n", encoding="utf-8")
+    cases = {
+        ("--dataset", f"csv:{data}", "--target", "label"): "Target column 'label' not found",
+        ("--dataset", f"csv:{data}", "--target", "y"): "Non-numeric value 'x' in column 'b', row 3",
+        ("--dropout", "0.2,1.5"): "Expected a dropout rate in [0, 1)",
+        ("--config", str(tmp_path / "none.toml")): "Config file not found",
+    }
+    for args, message in cases.items():
+        result = run_cli("train", "--out", str(tmp_path / "o"), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'[train]\nout = "{tmp_path / "o"}"\nepochs = 5\nhidden = [8]\ndropout = [0.3]\nseed = 4\n', encoding="utf-8"
+    )
+    result = run_cli("train", "--config", str(config), "--epochs", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["epochs_run"] == 2 and record["config"]["epochs"] == 2
+    assert record["config"]["hidden"] == [8] and record["config"]["seed"] == 4
+    assert (tmp_path / "o" / "model.keras").is_file()
