@@ -28,6 +28,26 @@ def register(subcommands: Any) -> None:
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
 
+    export = subcommands.add_parser(
+        "export",
+        help="export a Keras model with dropout to verified LiteRT graphs in a model repository",
+        description="Convert MODEL.keras into deterministic, mc and mc_masked LiteRT graphs, verify them "
+        "numerically and publish them atomically as REPO/NAME/<next version>/.",
+    )
+    export.add_argument("model", metavar="MODEL.keras", help="a Keras 3 model file (Sequential or functional)")
+    export.add_argument("--repository", "--repo", required=True, metavar="REPO", help="model repository directory")
+    export.add_argument("--name", required=True, help="model name in the repository")
+    export.add_argument("--samples", type=int, default=100, help="default T recorded in the manifest (default 100)")
+    export.add_argument(
+        "--quantize", type=_names, default=[], metavar="KIND[,KIND]", help="also export float16 and/or dynamic-int8"
+    )
+    export.add_argument("--task", default=None, help="classification or regression (default: from training.json)")
+    export.add_argument("--labels", type=_names, default=None, metavar="A,B,..", help="class labels")
+    export.add_argument("--seed", type=int, default=0, help="seed of the verification inputs and masks")
+    export.add_argument("--quiet", action="store_true", help="no progress display")
+    export.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    export.set_defaults(handler=run_export)
+
     demo = subcommands.add_parser(
         "demo", help="run the main job end to end on the bundled digits data", description="Train on digits."
     )
@@ -95,6 +115,75 @@ def run_demo(args: argparse.Namespace) -> int:
     record = _train(config)
     print_training_summary(record)
     return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from serving.cli import require_extra
+
+    require_extra("train", "tensorflow", "keras")
+    version, manifest = export_model(
+        Path(args.model),
+        Path(args.repository),
+        args.name,
+        samples=args.samples,
+        quantize=tuple(args.quantize),
+        task=args.task,
+        labels=args.labels,
+        seed=args.seed,
+        quiet=args.quiet or args.json,
+    )
+    if args.json:
+        json.dump({"version": version, **manifest}, sys.stdout, indent=2)
+        print()
+    else:
+        print_export_summary(Path(args.repository), version, manifest)
+    return 0
+
+
+def export_model(
+    model: Path, repository: Path, name: str, *, quiet: bool = False, **options: Any
+) -> tuple[int, dict[str, Any]]:
+    """Run one export with a progress display; return ``(version, manifest)``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pipeline.export.exporter import ExportOptions, export
+    from pipeline.progress import stderr
+
+    export_options = ExportOptions(model_path=model, repository=repository, name=name, **options)
+    if quiet:
+        return export(export_options)
+    with stderr.status("exporting") as status:
+        return export(export_options, step=lambda text: status.update(f"exporting: {text}"))
+
+
+def print_export_summary(repository: Path, version: int, manifest: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{manifest['name']} version {version} · {manifest['task']}")
+    for column in ("file", "bytes", "ops", "random ops"):
+        table.add_column(column, justify="right" if column != "file" else "left")
+    for file, size in manifest["file_bytes"].items():
+        graphs = [*manifest["graphs"].values()]
+        graphs += [g for variant in manifest["quantized"].values() for g in variant["graphs"].values()]
+        graph = next((g for g in graphs if g["file"] == file), None)
+        ops = graph["ops"] if graph else []
+        random = sorted({op for op in ops if op.startswith("RANDOM")})
+        table.add_row(file, f"{size:,}", str(len(ops)) if graph else "", ", ".join(random))
+    console.print(table)
+    if not manifest["stochastic"]:
+        console.print("[yellow]The model has no dropout layer: exported the deterministic graph only.[/]")
+    else:
+        layers = ", ".join(f"{d['name']} ({d['class']}, {d['rate']:g})" for d in manifest["dropout_layers"])
+        console.print(f"dropout layers: {layers}")
+    for check in manifest["verification"]["checks"]:
+        detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_tile")}
+        console.print(
+            f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
+        )
+    timing = ", ".join(f"{k}={v}" for k, v in manifest["timing_ms"].items())
+    console.print(f"timing (ms): {timing}")
+    console.print(f"published: {repository / manifest['name'] / str(version)}")
 
 
 def _train(config: Any) -> dict[str, Any]:

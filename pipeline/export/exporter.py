@@ -1,0 +1,327 @@
+"""``mcdrop export``: turn a Keras model with dropout into a verified, versioned set of LiteRT graphs.
+
+Steps: load the model → find its dropout layers (refusing unsupported stochastic
+layers) → convert deterministic, mc and mc_masked graphs → verify them through
+LiteRT (see ``pipeline.export.verify``) → optional quantised variants → write
+everything into a staging directory → publish it atomically as the next version.
+Nothing is published if any step or check fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.export import publish
+from serving.errors import ExportError, InvalidArgument, NotFound
+from serving.litert import Graph
+from serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
+from serving.repository_layout import check_model_name
+
+DEFAULT_SAMPLES = 100
+STAT_SAMPLES = 2000
+VERIFY_ROWS = 4
+UNKNOWN_PREPROCESSING = {"applied_in_model": None, "note": "unknown: the model was not trained by mcdrop"}
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    model_path: Path
+    repository: Path
+    name: str
+    samples: int = DEFAULT_SAMPLES
+    quantize: tuple[str, ...] = ()
+    task: str | None = None
+    labels: list[str] | None = None
+    seed: int = 0
+    extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
+
+
+Step = Callable[[str], None]
+
+
+def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, dict[str, Any]]:
+    """Export, verify and publish; return ``(version, manifest)``.
+
+    Args:
+        options: what to export and where.
+        step: called with a short description before each stage (for progress display).
+
+    Raises:
+        NotFound / InvalidArgument: the model file or options are unusable.
+        ExportError: the model cannot be exported or a graph failed verification.
+    """
+    from pipeline.export.convert import QUANTIZATIONS
+
+    check_model_name(options.name)
+    for quantization in options.quantize:
+        if quantization not in QUANTIZATIONS:
+            raise InvalidArgument(f"Unknown quantization {quantization!r}. Expected any of {', '.join(QUANTIZATIONS)}.")
+    if options.samples < 1:
+        raise InvalidArgument(f"Invalid default sample count. Expected an integer >= 1. Received: {options.samples}")
+    step("loading model")
+    model = _load_model(options.model_path)
+    training = _training_record(options.model_path)
+
+    import tensorflow as tf
+
+    from pipeline.export import convert, stochastic, verify
+
+    step("finding dropout layers")
+    layers = stochastic.describe(model)
+    row_shape, _ = stochastic.input_signature(model)
+    task = _task(options, model, training)
+    x = _verification_inputs(row_shape, training, options.seed)
+
+    staging = publish.create_staging(options.repository, options.name)
+    try:
+        functions = convert.graph_functions(model, layers)
+        blobs: dict[str, bytes] = {}
+        for graph, function in functions.items():
+            step(f"converting {graph}")
+            blobs[graph] = convert.to_tflite(function, model)
+            (staging / graph_file(graph)).write_bytes(blobs[graph])
+
+        step("verifying graphs")
+        graphs = {name: Graph(blob) for name, blob in blobs.items()}
+        checks = [verify.op_check(name, g.ops(), layers) for name, g in graphs.items()]
+        checks.append(verify.deterministic_parity(model, graphs["deterministic"], x))
+        if layers:
+            checks.append(verify.masked_parity(model, graphs["mc_masked"], layers, x, samples=8, seed=options.seed))
+            checks.extend(verify.mc_statistics(model, blobs["mc"], layers, x, STAT_SAMPLES))
+        if problems := verify.failures(checks):
+            raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
+
+        quantized = {}
+        for quantization in options.quantize:
+            step(f"quantising ({quantization})")
+            quantized[quantization] = _quantized_variant(
+                model, functions, quantization, graphs, layers, x, task, staging, options.seed
+            )
+
+        step("timing")
+        timing = _timing(graphs, layers, row_shape, options.samples)
+        manifest = _manifest(options, model, training, task, layers, graphs, checks, quantized, timing, staging)
+        manifest["versions"]["tensorflow"] = tf.__version__
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        step("publishing")
+        version = publish.publish(staging)
+    except BaseException:
+        publish.discard(staging)
+        raise
+    return version, manifest
+
+
+def _load_model(path: Path) -> Any:
+    if not path.is_file():
+        raise NotFound(f"Model file not found: {path}")
+    if path.suffix not in (".keras", ".h5"):
+        raise InvalidArgument(f"Unsupported model file {path.name}. Expected a Keras 3 .keras (or legacy .h5) file.")
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"Could not load {path} as a Keras model: {detail}") from exc
+
+
+def _training_record(model_path: Path) -> dict[str, Any] | None:
+    """``training.json`` next to the model, if mcdrop trained it."""
+    record = model_path.parent / "training.json"
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _task(options: ExportOptions, model: Any, training: dict[str, Any] | None) -> str:
+    if options.task:
+        if options.task not in ("classification", "regression"):
+            raise InvalidArgument(f"Invalid task {options.task!r}. Expected classification or regression.")
+        return options.task
+    if training and training.get("task") in ("classification", "regression"):
+        return str(training["task"])
+    activation = getattr(model.layers[-1], "activation", None)
+    return "classification" if getattr(activation, "__name__", "") == "softmax" else "regression"
+
+
+def _verification_inputs(row_shape: tuple[int, ...], training: dict[str, Any] | None, seed: int) -> np.ndarray:
+    """Inputs that look like the training data when its statistics are known, else standard normal."""
+    rng = np.random.default_rng(seed)
+    shape = (VERIFY_ROWS, *row_shape)
+    stats = (training or {}).get("preprocessing", {})
+    mean, std = stats.get("x_mean"), stats.get("x_std")
+    if mean is not None and std is not None and np.asarray(mean).size == int(np.prod(row_shape)):
+        mean_a = np.asarray(mean, np.float32).reshape(row_shape)
+        std_a = np.asarray(std, np.float32).reshape(row_shape)
+        return (mean_a + std_a * rng.standard_normal(shape)).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _quantized_variant(
+    model: Any,
+    functions: dict[str, Any],
+    quantization: str,
+    float_graphs: dict[str, Graph],
+    layers: list[Any],
+    x: np.ndarray,
+    task: str,
+    staging: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Convert the graphs with ``quantization`` and record how far they move from float32."""
+    from pipeline.export import convert, verify
+
+    record: dict[str, Any] = {"graphs": {}}
+    graphs = {}
+    for graph, function in functions.items():
+        blob = convert.to_tflite(function, model, quantization)
+        name = graph_file(graph, quantization)
+        (staging / name).write_bytes(blob)
+        graphs[graph] = Graph(blob)
+        record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
+    checks = [verify.op_check(name, g.ops(), layers) for name, g in graphs.items()]
+    if layers:
+        checks.append(verify.fresh_randomness(graphs["mc"], x))
+    if problems := verify.failures(checks):
+        raise ExportError(f"{quantization} variant failed verification:\n  " + "\n  ".join(problems))
+    reference = float_graphs["deterministic"].run({"x": x})[0]
+    quantised = graphs["deterministic"].run({"x": x})[0]
+    record["deterministic"] = _agreement(reference, quantised, task)
+    if layers:
+        feeds = verify.draw_feeds(layers, 16, len(x), np.random.default_rng(seed))
+        reference = float_graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
+        quantised = graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
+        record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
+    return record
+
+
+def _agreement(reference: np.ndarray, other: np.ndarray, task: str) -> dict[str, float]:
+    diff = np.abs(other.astype(np.float64) - reference)
+    result = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    if task == "classification":
+        result["top1_agreement"] = float(np.mean(reference.argmax(-1) == other.argmax(-1)))
+    return result
+
+
+def _timing(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, ...], samples: int) -> dict[str, Any]:
+    """Median ms of one MC invoke (T samples, batch 1) vs T separate deterministic invokes."""
+    x = np.zeros((1, *row_shape), np.float32)
+
+    def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return round(statistics.median(times), 4)
+
+    deterministic = graphs["deterministic"]
+    result: dict[str, Any] = {"samples": samples, "batch": 1, "threads": 1}
+    result["deterministic_x1_ms"] = median_ms(lambda: deterministic.run({"x": x}))
+    result[f"deterministic_x{samples}_separate_ms"] = median_ms(
+        lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=5
+    )
+    if layers:
+        t = np.array(samples, np.int32)
+        result[f"mc_one_invoke_T{samples}_ms"] = median_ms(lambda: graphs["mc"].run({"x": x, "samples": t}))
+    return result
+
+
+def _manifest(
+    options: ExportOptions,
+    model: Any,
+    training: dict[str, Any] | None,
+    task: str,
+    layers: list[Any],
+    graphs: dict[str, Graph],
+    checks: list[dict[str, Any]],
+    quantized: dict[str, Any],
+    timing: dict[str, Any],
+    staging: Path,
+) -> dict[str, Any]:
+    dataset = (training or {}).get("dataset", {})
+    labels = options.labels or dataset.get("class_labels")
+    output_shape = [int(d) for d in model.outputs[0].shape[1:]]
+    if task == "classification" and labels is not None and len(labels) != output_shape[-1]:
+        raise InvalidArgument(f"{len(labels)} class labels given. Expected {output_shape[-1]}, one per output unit.")
+    graph_specs = {}
+    for name, graph in graphs.items():
+        graph_specs[name] = {
+            "file": graph_file(name),
+            "inputs": [_tensor_spec(graph, n) for n in graph.input_names],
+            "output": {"name": "y", "shape": _output_shape(name, output_shape), "dtype": "float32"},
+            "ops": graph.ops(),
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": options.name,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "task": task,
+        "class_labels": labels if task == "classification" else None,
+        "input": {
+            "name": "x",
+            "shape": [-1, *[int(d) for d in model.inputs[0].shape[1:]]],
+            "dtype": str(model.inputs[0].dtype),
+            "feature_names": dataset.get("feature_names"),
+        },
+        "output": {
+            "name": "y",
+            "shape": [-1, *output_shape],
+            "dtype": "float32",
+            "target_names": dataset.get("target_names"),
+        },
+        "preprocessing": (training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
+        "dropout_layers": [spec.as_manifest() for spec in layers],
+        "stochastic": bool(layers),
+        "default_samples": options.samples,
+        "graphs": graph_specs,
+        "quantized": quantized,
+        "verification": {"passed": True, "checks": [_without_ops(c) for c in checks]},
+        "timing_ms": timing,
+        "files": {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()},
+        "file_bytes": {f.name: f.stat().st_size for f in sorted(staging.iterdir()) if f.is_file()},
+        "source": {"model": str(options.model_path), "sha256": sha256_file(options.model_path), **options.extra_source},
+        "versions": {
+            "mcdrop": _version("mcdrop"),
+            "keras": _version("keras"),
+            "ai_edge_litert": _version("ai-edge-litert"),
+        },
+    }
+
+
+def _tensor_spec(graph: Graph, name: str) -> dict[str, Any]:
+    shape, dtype = graph.input_spec(name)
+    return {"name": name, "shape": list(shape), "dtype": dtype.name}
+
+
+def _output_shape(graph: str, output_shape: list[int]) -> list[int | str]:
+    if graph == "deterministic":
+        return ["B", *output_shape]
+    return ["T", "B", *output_shape]
+
+
+def _without_ops(check: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in check.items() if k != "ops"}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

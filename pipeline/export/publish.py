@@ -1,0 +1,82 @@
+"""Atomic publication of a model version into a repository.
+
+An export writes into ``REPO/NAME/.staging-<pid>-<random>/`` (invisible to
+servers, which only see integer directories), flushes every file to disk, and
+renames the directory to the next free version number. ``rename`` is atomic on
+POSIX, so a version appears complete or not at all; a crash leaves only a
+staging directory, which the next export removes once its process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from serving.repository_layout import STAGING_PREFIX, check_model_name, versions
+
+
+def create_staging(repository: Path, name: str) -> Path:
+    """A fresh, empty staging directory for model ``name``; stale ones of dead exports are removed."""
+    model_dir = repository / check_model_name(name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(model_dir)
+    staging = model_dir / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Path) -> int:
+    """Flush ``staging`` to disk and rename it to the next version number; return that number."""
+    for file in staging.iterdir():
+        _fsync(file)
+    _fsync(staging)
+    model_dir = staging.parent
+    version = (versions(model_dir) or [0])[-1] + 1
+    while True:
+        target = model_dir / str(version)
+        try:
+            # mkdir-free rename: fails if another exporter took this number first.
+            if target.exists():
+                raise FileExistsError(target)
+            staging.rename(target)
+        except (FileExistsError, OSError) as exc:
+            if not target.exists():
+                raise exc
+            version += 1
+            continue
+        _fsync(model_dir)
+        return version
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(model_dir: Path) -> None:
+    for child in model_dir.glob(f"{STAGING_PREFIX}*"):
+        pid_text = child.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    with contextlib.suppress(OSError):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,226 @@
+"""Numerical verification of exported graphs, run through LiteRT before anything is published.
+
+Every check returns a JSON-ready record; ``failures()`` lists those that did
+not pass, and the exporter refuses to publish if there is any. The checks:
+
+* ``ops``: no Flex/custom or resource-variable ops; random ops only in ``mc``.
+* ``deterministic_parity``: deterministic.tflite vs Keras inference, max abs diff ≤ tolerance.
+* ``masked_parity``: mc_masked.tflite vs a per-sample reference pass with the same masks.
+* ``drop_fraction``: each layer's empirical drop fraction in mc.tflite lies in the 99%
+  binomial interval of its rate (Gaussian layers: noise mean and std near 0 and 1).
+* ``mc_mean``: mc.tflite's MC mean vs Keras's own training-mode dropout MC mean,
+  within 4 standard errors per output.
+* ``fresh_randomness``: mc.tflite gives different samples on every invoke, also after
+  tensors are re-allocated (a fixed-seed random op would restart its sequence).
+* ``prefix_cached``: the first tiling to T samples happens on ``B`` rows, after the
+  deterministic prefix, which therefore runs once per input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.export import stochastic
+from pipeline.export.stochastic import BERNOULLI, StochasticLayer
+from serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
+
+Z_99 = 2.5758293035489004  # two-sided 99% normal quantile
+MEAN_TOLERANCE_SE = 4.0
+PARITY_TOLERANCE = 1e-5
+
+
+def parity_tolerance(reference: np.ndarray) -> float:
+    """1e-5 absolute, scaled up for outputs larger than 1 (float32 carries ~7 significant digits)."""
+    return PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0)
+
+
+def op_check(graph: str, ops: list[str], layers: list[StochasticLayer]) -> dict[str, Any]:
+    """Structural check of one graph's op list."""
+    problems = []
+    flex = sorted({op for op in ops if op.startswith("Flex") or op == "CUSTOM"})
+    if flex:
+        problems.append(f"Flex/custom ops {flex} need TensorFlow at run time")
+    variables = sorted(set(ops) & VARIABLE_OPS)
+    if variables:
+        problems.append(f"resource-variable ops {variables} (weights not frozen)")
+    random = sorted(set(ops) & RANDOM_OPS)
+    if graph == "mc":
+        needed = {"RANDOM_UNIFORM" if s.kind == BERNOULLI else "RANDOM_STANDARD_NORMAL" for s in layers}
+        if missing := sorted(needed - set(ops)):
+            problems.append(f"no {missing} op: dropout was removed from the stochastic graph")
+    elif random:
+        problems.append(f"random ops {random} in a graph that must be a pure function")
+    return {"check": "ops", "graph": graph, "passed": not problems, "problems": problems, "ops": ops}
+
+
+def deterministic_parity(model: keras.Model, graph: Graph, x: np.ndarray) -> dict[str, Any]:
+    reference = np.asarray(model(x, training=False))
+    actual = graph.run({"x": x})[0]
+    return _parity("deterministic_parity", actual, reference)
+
+
+def masked_parity(
+    model: keras.Model, graph: Graph, layers: list[StochasticLayer], x: np.ndarray, samples: int, seed: int
+) -> dict[str, Any]:
+    """mc_masked.tflite against the model run once per sample, untiled, with the same masks."""
+    feeds = draw_feeds(layers, samples, len(x), np.random.default_rng(seed))
+    actual = graph.run({"x": x, **feeds})[0]
+    reference = np.stack([_reference_sample(model, x, layers, feeds, t) for t in range(samples)])
+    return _parity("masked_parity", actual, reference)
+
+
+def draw_feeds(
+    layers: list[StochasticLayer], samples: int, batch: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Host-side masks (uint8 keep flags) and noise for mc_masked.tflite."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in layers:
+        shape = (samples, batch, *spec.noise_shape)
+        if spec.kind == BERNOULLI:
+            feeds[spec.feed_name] = (rng.random(shape, dtype=np.float32) >= spec.rate).astype(np.uint8)
+        else:
+            feeds[spec.feed_name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
+def _reference_sample(
+    model: keras.Model, x: np.ndarray, layers: list[StochasticLayer], feeds: dict[str, np.ndarray], t: int
+) -> np.ndarray:
+    def policy(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
+        fed = tf.constant(feeds[spec.feed_name][t].astype(np.float32))
+        if spec.kind == BERNOULLI:
+            return h * fed / (1.0 - spec.rate)
+        return h * (1.0 + math.sqrt(spec.rate / (1.0 - spec.rate)) * fed)
+
+    return np.asarray(stochastic.forward(model, tf.constant(x), policy))
+
+
+def mc_statistics(
+    model: keras.Model, mc_bytes: bytes, layers: list[StochasticLayer], x: np.ndarray, samples: int
+) -> list[dict[str, Any]]:
+    """Drop fractions, MC mean vs Keras, fresh randomness and prefix caching of mc.tflite."""
+    graph = Graph(mc_bytes, preserve_all_tensors=True)
+    tflite_samples = graph.run({"x": x, "samples": np.array(samples, np.int32)})[0]
+    checks = [_drop_fraction(graph, layers)]
+    checks.append(_prefix_cached(graph, len(x), samples))
+    keras_samples = _keras_mc(model, x, samples)
+    checks.append(_mean_agreement(tflite_samples, keras_samples))
+    checks.append(fresh_randomness(Graph(mc_bytes), x))
+    return checks
+
+
+def fresh_randomness(graph: Graph, x: np.ndarray, samples: int = 8) -> dict[str, Any]:
+    """Consecutive invokes differ, also across a resize to another batch size and back."""
+    t = np.array(samples, np.int32)
+    first = graph.run({"x": x, "samples": t})[0].copy()
+    second = graph.run({"x": x, "samples": t})[0].copy()
+    graph.run({"x": np.concatenate([x, x[:1]]), "samples": t})
+    after_resize = graph.run({"x": x, "samples": t})[0].copy()
+    repeats = [
+        name
+        for name, same in (
+            ("consecutive invokes", np.array_equal(first, second)),
+            ("after re-allocation", np.array_equal(first, after_resize)),
+        )
+        if same
+    ]
+    return {
+        "check": "fresh_randomness",
+        "passed": not repeats,
+        "problems": [f"identical samples {r}" for r in repeats],
+    }
+
+
+def _drop_fraction(graph: Graph, layers: list[StochasticLayer]) -> dict[str, Any]:
+    tensors = graph.tensors_named("mcdrop_")
+    per_layer, problems = [], []
+    for spec in layers:
+        values = tensors.get(spec.tensor_name)
+        if values is None:
+            problems.append(f"mask tensor {spec.tensor_name} not found in mc.tflite")
+            continue
+        n = int(values.size)
+        if spec.kind == BERNOULLI:
+            observed = float(1.0 - values.mean())
+            half = Z_99 * math.sqrt(spec.rate * (1 - spec.rate) / n) + 0.5 / n
+            low, high = spec.rate - half, spec.rate + half
+            ok = low <= observed <= high
+            per_layer.append({"layer": spec.path, "rate": spec.rate, "observed": observed, "n": n,
+                              "interval_99": [low, high], "passed": ok})  # fmt: skip
+        else:
+            mean, std = float(values.mean()), float(values.std())
+            ok = abs(mean) <= Z_99 / math.sqrt(n) and abs(std - 1.0) <= Z_99 * math.sqrt(0.5 / n)
+            per_layer.append({"layer": spec.path, "noise_mean": mean, "noise_std": std, "n": n, "passed": ok})
+        if not ok:
+            problems.append(f"layer {spec.path}: {per_layer[-1]}")
+    return {"check": "drop_fraction", "passed": not problems, "problems": problems, "layers": per_layer}
+
+
+def _prefix_cached(graph: Graph, batch: int, samples: int) -> dict[str, Any]:
+    ops = graph.op_details()
+    tiles = [i for i, op in enumerate(ops) if op["op_name"] == "TILE"]
+    if not tiles:
+        return {"check": "prefix_cached", "passed": False, "problems": ["no TILE op in mc.tflite"]}
+    first = ops[tiles[0]]
+    rows_in = graph.tensor_shape(int(first["inputs"][0]))[0]
+    rows_out = graph.tensor_shape(int(first["outputs"][0]))[0]
+    ok = rows_in == batch and rows_out == batch * samples
+    prefix_ops = [str(op["op_name"]) for op in ops[: tiles[0]]]
+    return {
+        "check": "prefix_cached",
+        "passed": ok,
+        "problems": []
+        if ok
+        else [f"first TILE maps {rows_in} rows to {rows_out}; expected {batch} to {batch * samples}"],
+        "prefix_ops": prefix_ops,
+        "rows_before_tile": rows_in,
+        "rows_after_tile": rows_out,
+    }
+
+
+def _keras_mc(model: keras.Model, x: np.ndarray, samples: int) -> np.ndarray:
+    """``[T, B, ...]`` samples from Keras's own dropout (training=True on dropout layers only)."""
+    repeated = np.tile(x, (samples,) + (1,) * (x.ndim - 1))
+    out = np.asarray(stochastic.forward(model, tf.constant(repeated), stochastic.keras_training_mode))
+    return out.reshape((samples, len(x), *out.shape[1:]))
+
+
+def _mean_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    n_a, n_b = a.shape[0], b.shape[0]
+    mean_a, mean_b = a.mean(axis=0, dtype=np.float64), b.mean(axis=0, dtype=np.float64)
+    se = np.sqrt(a.var(axis=0, ddof=1) / n_a + b.var(axis=0, ddof=1) / n_b)
+    diff = np.abs(mean_a - mean_b)
+    z = np.where(se > 0, diff / np.maximum(se, 1e-30), np.where(diff <= 1e-6, 0.0, np.inf))
+    worst = float(z.max())
+    return {
+        "check": "mc_mean",
+        "passed": worst <= MEAN_TOLERANCE_SE,
+        "problems": [] if worst <= MEAN_TOLERANCE_SE else [f"MC means differ by {worst:.2f} standard errors"],
+        "samples": int(n_a),
+        "max_z": worst,
+        "max_abs_diff": float(diff.max()),
+        "tolerance_se": MEAN_TOLERANCE_SE,
+    }
+
+
+def _parity(name: str, actual: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    problems = []
+    if actual.shape != reference.shape:
+        problems.append(f"shape {actual.shape} != reference {reference.shape}")
+        diff = math.inf
+    else:
+        diff = float(np.max(np.abs(actual.astype(np.float64) - reference))) if actual.size else 0.0
+    tolerance = parity_tolerance(reference)
+    if not diff <= tolerance:
+        problems.append(f"max abs diff {diff:.3g} > tolerance {tolerance:.3g}")
+    return {"check": name, "passed": not problems, "problems": problems, "max_abs_diff": diff, "tolerance": tolerance}
+
+
+def failures(checks: list[dict[str, Any]]) -> list[str]:
+    return [f"{c['check']}{' (' + c['graph'] + ')' if 'graph' in c else ''}: {'; '.join(c['problems'])}"
+            for c in checks if not c["passed"]]  # fmt: skip

@@ -1,0 +1,116 @@
+"""A thin, typed wrapper over one LiteRT interpreter.
+
+Threading: a ``Graph`` wraps one ``ai_edge_litert`` interpreter and is **not
+thread-safe**; use one per thread (``serving.pool`` keeps a pool of them).
+
+Inputs and outputs are addressed by *logical* names: the converter names a
+tensor ``serving_default_x:0`` and we call it ``x``. Tensors are resized and
+re-allocated only when an input's shape changes, because allocation costs time
+and, for fixed-seed random ops, restarts their sequence.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from serving.errors import InvalidArgument
+
+RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
+VARIABLE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+
+_SIGNATURE_NAME = re.compile(r"^(?:serving_default_)?(?P<name>.+?)(?::\d+)?$")
+
+
+def logical_name(tensor_name: str) -> str:
+    """``serving_default_x:0`` → ``x``."""
+    match = _SIGNATURE_NAME.match(tensor_name)
+    return match.group("name") if match else tensor_name
+
+
+class Graph:
+    """One LiteRT interpreter over a ``.tflite`` model. Not thread-safe."""
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        *,
+        num_threads: int = 1,
+        preserve_all_tensors: bool = False,
+    ) -> None:
+        content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        with warnings.catch_warnings():
+            # Keeping all tensors is deliberate (verification reads masks back); the warning is noise.
+            warnings.simplefilter("ignore", UserWarning)
+            self._interpreter = Interpreter(
+                model_content=content,
+                num_threads=num_threads,
+                experimental_preserve_all_tensors=preserve_all_tensors,
+            )
+        self._interpreter.allocate_tensors()
+        self._inputs = {logical_name(d["name"]): d for d in self._interpreter.get_input_details()}
+        self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
+        self._shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(int(s) for s in d["shape"]) for name, d in self._inputs.items()
+        }
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    def input_spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Shape signature (-1 for dynamic) and dtype of input ``name``."""
+        detail = self._inputs[name]
+        return tuple(int(s) for s in detail["shape_signature"]), np.dtype(detail["dtype"])
+
+    def ops(self) -> list[str]:
+        """Builtin op names in execution order (custom and Flex ops keep their custom name)."""
+        return [str(op["op_name"]) for op in self.op_details()]
+
+    def op_details(self) -> list[dict[str, Any]]:
+        """The graph's own ops; nodes the runtime adds for its default (XNNPACK) delegate are left out."""
+        return [op for op in self._interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Feed every input, invoke once, return copies of all outputs."""
+        self.feed(feeds)
+        self._interpreter.invoke()
+        return [self._interpreter.get_tensor(index) for index in self._outputs]
+
+    def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
+        missing = set(self._inputs) - set(feeds)
+        unknown = set(feeds) - set(self._inputs)
+        if missing or unknown:
+            raise InvalidArgument(
+                f"Graph inputs are {sorted(self._inputs)}. Received: {sorted(feeds)} "
+                f"(missing {sorted(missing)}, unknown {sorted(unknown)})"
+            )
+        resized = False
+        for name, value in feeds.items():
+            shape = tuple(value.shape)
+            if shape != self._shapes[name]:
+                self._interpreter.resize_tensor_input(self._inputs[name]["index"], list(shape), strict=True)
+                self._shapes[name] = shape
+                resized = True
+        if resized:
+            self._interpreter.allocate_tensors()
+        for name, value in feeds.items():
+            self._interpreter.set_tensor(self._inputs[name]["index"], value)
+
+    def tensors_named(self, prefix: str) -> dict[str, np.ndarray]:
+        """Intermediate tensors whose name starts with ``prefix`` (needs ``preserve_all_tensors``)."""
+        found = {}
+        for detail in self._interpreter.get_tensor_details():
+            if detail["name"].startswith(prefix):
+                found[detail["name"]] = self._interpreter.get_tensor(detail["index"])
+        return found
+
+    def tensor_shape(self, index: int) -> tuple[int, ...]:
+        """Current shape of tensor ``index`` (intermediates need ``preserve_all_tensors``)."""
+        return tuple(self._interpreter.get_tensor(index).shape)

@@ -1,0 +1,69 @@
+"""The model-version manifest: what an export promises and a server checks.
+
+``REPO/NAME/VERSION/manifest.json`` is written by ``mcdrop export`` and read
+by the server. Everything a server needs to run a version without TensorFlow is
+here: task, tensor names/shapes/dtypes, dropout layers and the shapes of their
+masks, class labels, and the sha256 of every file (checked before serving).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from serving.errors import InvalidArgument, NotFound
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH_FILES = {"deterministic": "deterministic.tflite", "mc": "mc.tflite", "mc_masked": "mc_masked.tflite"}
+
+
+def graph_file(graph: str, quantization: str | None = None) -> str:
+    """File name of a graph: ``mc.tflite``, or ``mc.float16.tflite`` for a quantised variant."""
+    stem = GRAPH_FILES[graph].removesuffix(".tflite")
+    return f"{stem}.{quantization}.tflite" if quantization else f"{stem}.tflite"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(version_dir: Path) -> dict[str, Any]:
+    """Read and sanity-check ``version_dir/manifest.json``.
+
+    Raises:
+        NotFound: there is no manifest.
+        InvalidArgument: it is not valid JSON or not a schema this version understands.
+    """
+    path = version_dir / MANIFEST
+    if not path.is_file():
+        raise NotFound(f"No {MANIFEST} in {version_dir}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InvalidArgument(f"{path} has schema_version {found!r}. Expected {SCHEMA_VERSION}.")
+    return manifest
+
+
+def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest against its sha256.
+
+    Raises:
+        InvalidArgument: a file is missing or its digest differs.
+    """
+    for name, expected in manifest["files"].items():
+        path = version_dir / name
+        if not path.is_file():
+            raise InvalidArgument(f"{path} is listed in the manifest but missing.")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise InvalidArgument(f"{path} has sha256 {actual[:12]}…. Expected {expected[:12]}… (from the manifest).")
