@@ -48,6 +48,18 @@ def register(subcommands: Any) -> None:
     export.add_argument("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
 
+    batch = subcommands.add_parser(
+        "export-batch",
+        help="train and export many models from a TOML job (resumable)",
+        description="Run every [[entry]] of JOB.toml: train (optionally choosing settings by k-fold "
+        "cross-validation) and export. Finished entries are skipped on a rerun; a failing entry does not "
+        "stop the job; the exit code is 1 if any entry failed.",
+    )
+    batch.add_argument("job", metavar="JOB.toml")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.add_argument("--json", action="store_true", help="print the results as JSON")
+    batch.set_defaults(handler=run_export_batch)
+
     demo = subcommands.add_parser(
         "demo", help="run the main job end to end on the bundled digits data", description="Train on digits."
     )
@@ -140,6 +152,57 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export_batch(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.batch import load_job, run_entry
+    from pipeline.progress import progress_bar
+    from serving.cli import require_extra
+
+    require_extra("train", "tensorflow", "keras", "sklearn")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    job = load_job(Path(args.job))
+    results = []
+    quiet = args.quiet or args.json
+    with progress_bar() as bar:
+        if quiet:
+            bar.stop()
+        task = bar.add_task("export-batch", total=len(job.entries), status="")
+        for entry in job.entries:
+            bar.update(task, status=entry["name"])
+            results.append(run_entry(job, entry))
+            bar.advance(task)
+        bar.update(task, status="done")
+    failed = [r for r in results if r.status == "failed"]
+    if args.json:
+        json.dump([dataclasses.asdict(r) for r in results], sys.stdout, indent=2)
+        print()
+    else:
+        _print_batch_summary(results, job.repository)
+    return 1 if failed else 0
+
+
+def _print_batch_summary(results: list[Any], repository: Path) -> None:
+    from rich.table import Table
+
+    from pipeline.progress import stdout_console
+
+    table = Table(title=f"export-batch → {repository}")
+    for column in ("entry", "status", "version", "selected", "validation", "seconds", "detail"):
+        table.add_column(column, justify="right" if column in ("version", "seconds") else "left")
+    style = {"exported": "green", "skipped": "cyan", "failed": "red"}
+    for r in results:
+        selected = ", ".join(f"{k}={v}" for k, v in (r.selected or {}).items())
+        version = "" if r.version is None else str(r.version)
+        table.add_row(
+            r.name, f"[{style[r.status]}]{r.status}[/]", version, selected, r.val_metric, f"{r.seconds:.1f}", r.detail
+        )
+    console = stdout_console()
+    console.print(table)
+    counts = {status: sum(r.status == status for r in results) for status in style}
+    console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
+
+
 def export_model(
     model: Path, repository: Path, name: str, *, quiet: bool = False, **options: Any
 ) -> tuple[int, dict[str, Any]]:
@@ -156,10 +219,11 @@ def export_model(
 
 
 def print_export_summary(repository: Path, version: int, manifest: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from pipeline.progress import stdout_console
+
+    console = stdout_console()
     table = Table(title=f"{manifest['name']} version {version} · {manifest['task']}")
     for column in ("file", "bytes", "ops", "random ops"):
         table.add_column(column, justify="right" if column != "file" else "left")
@@ -195,8 +259,9 @@ def _train(config: Any) -> dict[str, Any]:
 
 
 def print_training_summary(record: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from pipeline.progress import stdout_console
 
     final, gap = record["final_metrics"], record["train_val_gap"]
     table = Table(title=f"{record['dataset']['name']} · {record['task']} · {record['epochs_run']} epochs")
@@ -206,7 +271,7 @@ def print_training_summary(record: dict[str, Any]) -> None:
     table.add_column("gap", justify="right")
     for metric in final["train"]:
         table.add_row(metric, f"{final['train'][metric]:.4f}", f"{final['val'][metric]:.4f}", f"{gap[metric]:+.4f}")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     layers = ", ".join(f"{d['name']}={d['rate']:g}" for d in record["dropout_layers"]) or "none"
     console.print(f"dropout layers: {layers}")

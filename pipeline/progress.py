@@ -13,6 +13,12 @@ T = TypeVar("T")
 stderr = Console(stderr=True)
 
 
+def stdout_console() -> Console:
+    """A console for tables on stdout; wide when piped, so tables are not squeezed to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def progress_bar(*, transient: bool = False) -> Progress:
     """A rich progress bar with count, elapsed and remaining time, drawn on stderr."""
     return Progress(

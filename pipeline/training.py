@@ -34,6 +34,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     dataset = load_dataset(
         config.dataset, task=config.task, target=config.target, val_fraction=config.val_fraction, seed=config.seed
     )
+    model, record = fit(config, dataset)
+    save(model, record, Path(config.out))
+    return record
+
+
+def fit(config: TrainConfig, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
+    """Fit a model on ``dataset``'s training split; return it with its training record."""
     import keras
     import tensorflow as tf
 
@@ -96,8 +103,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "numpy": np.__version__,
         },
     }
-    _save(model, record, Path(config.out))
-    return record
+    return model, record
 
 
 def _fit_targets(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +147,7 @@ def _gap(final: dict[str, dict[str, float]]) -> dict[str, float]:
     return {"rmse": val["rmse"] - train["rmse"], "mae": val["mae"] - train["mae"]}
 
 
-def _save(model: Any, record: dict[str, Any], out: Path) -> None:
+def save(model: Any, record: dict[str, Any], out: Path) -> None:
     """Write both files aside and rename, so a crash never leaves a half-written model."""
     out.mkdir(parents=True, exist_ok=True)
     partial_model = out / ".partial-model.keras"

@@ -49,3 +49,24 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert record["epochs_run"] == 2 and record["config"]["epochs"] == 2
     assert record["config"]["hidden"] == [8] and record["config"]["seed"] == 4
     assert (tmp_path / "o" / "model.keras").is_file()
+
+
+def test_export_errors_exit_2(tmp_path: Path) -> None:
+    result = run_cli("export", str(tmp_path / "none.keras"), "--repository", str(tmp_path), "--name", "m")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("mcdrop export: error: Model file not found")
+    model = tmp_path / "model.txt"
+    model.write_text("not a model")
+    result = run_cli("export", str(model), "--repository", str(tmp_path), "--name", "m")
+    assert result.returncode == 2 and "Expected a Keras 3 .keras" in result.stderr
+
+
+def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.save(tmp_path / "plain.keras")
+    result = run_cli("export", str(tmp_path / "plain.keras"), "--repository", str(tmp_path / "r"), "--name", "p")
+    assert result.returncode == 0, result.stderr
+    assert "no dropout layer: exported the deterministic graph only" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "r" / "p" / "1").iterdir()) == ["deterministic.tflite", "manifest.json"]

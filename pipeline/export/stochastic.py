@@ -153,8 +153,7 @@ def in_graph_random(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tens
         uniform = tf.raw_ops.RandomUniform(shape=shape, dtype=tf.float32, seed=0, seed2=0)
         keep = tf.cast(uniform >= spec.rate, tf.float32, name=spec.tensor_name)
         return h * (keep * (1.0 / (1.0 - spec.rate)))
-    normal = tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0)
-    noise = tf.identity(normal, name=spec.tensor_name)
+    noise = tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0, name=spec.tensor_name)
     return h * (1.0 + _gaussian_std(spec.rate) * noise)
 
 
@@ -263,6 +262,12 @@ def stochastic_spec(op: Any, path: str, h: Any) -> StochasticLayer | None:
     name = type(op).__name__
     if name.startswith(_INACTIVE_AUGMENTATION_PREFIX) and not isinstance(op, keras.layers.Dropout):
         return None
+    gaussian = isinstance(op, keras.layers.GaussianDropout)
+    if not gaussian and (isinstance(op, keras.layers.AlphaDropout) or not isinstance(op, keras.layers.Dropout)):
+        raise ExportError(
+            f"Layer {path!r} ({name}) is stochastic and not supported. Expected only Dropout, "
+            "SpatialDropout1D/2D/3D or GaussianDropout; remove or replace it before export."
+        )
     input_shape = tuple(int(d) if d is not None else -1 for d in h.shape[1:])
     if any(d < 0 for d in input_shape):
         raise ExportError(
@@ -270,13 +275,8 @@ def stochastic_spec(op: Any, path: str, h: Any) -> StochasticLayer | None:
             "batch to be known."
         )
     rate = float(op.rate)
-    if isinstance(op, keras.layers.GaussianDropout):
+    if gaussian:
         return StochasticLayer(path, name, GAUSSIAN, rate, input_shape, input_shape)
-    if isinstance(op, keras.layers.AlphaDropout) or not isinstance(op, keras.layers.Dropout):
-        raise ExportError(
-            f"Layer {path!r} ({name}) is stochastic and not supported. Expected only Dropout, "
-            "SpatialDropout1D/2D/3D or GaussianDropout; remove or replace it before export."
-        )
     return StochasticLayer(path, name, BERNOULLI, rate, input_shape, _bernoulli_noise_shape(op, path, input_shape))
 
 

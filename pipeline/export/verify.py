@@ -32,6 +32,7 @@ from serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 Z_99 = 2.5758293035489004  # two-sided 99% normal quantile
 MEAN_TOLERANCE_SE = 4.0
 PARITY_TOLERANCE = 1e-5
+STATISTICAL_ATTEMPTS = 2
 
 
 def parity_tolerance(reference: np.ndarray) -> float:
@@ -103,15 +104,24 @@ def _reference_sample(
 def mc_statistics(
     model: keras.Model, mc_bytes: bytes, layers: list[StochasticLayer], x: np.ndarray, samples: int
 ) -> list[dict[str, Any]]:
-    """Drop fractions, MC mean vs Keras, fresh randomness and prefix caching of mc.tflite."""
+    """Drop fractions, MC mean vs Keras, fresh randomness and prefix caching of mc.tflite.
+
+    The two statistical checks have a false-alarm rate by construction (1% per layer for the
+    99% interval). A failing one is redrawn once with fresh samples: a correct graph then fails
+    with probability ~1e-4, while a wrong rate or a wrong mean fails both draws.
+    """
     graph = Graph(mc_bytes, preserve_all_tensors=True)
-    tflite_samples = graph.run({"x": x, "samples": np.array(samples, np.int32)})[0]
-    checks = [_drop_fraction(graph, layers)]
-    checks.append(_prefix_cached(graph, len(x), samples))
-    keras_samples = _keras_mc(model, x, samples)
-    checks.append(_mean_agreement(tflite_samples, keras_samples))
-    checks.append(fresh_randomness(Graph(mc_bytes), x))
-    return checks
+    feeds = {"x": x, "samples": np.array(samples, np.int32)}
+    attempts = 0
+    while True:
+        attempts += 1
+        tflite_samples = graph.run(feeds)[0]
+        drop = _drop_fraction(graph, layers)
+        mean = _mean_agreement(tflite_samples, _keras_mc(model, x, samples))
+        if (drop["passed"] and mean["passed"]) or attempts == STATISTICAL_ATTEMPTS:
+            break
+    drop["attempts"] = mean["attempts"] = attempts
+    return [drop, _prefix_cached(graph, len(x), samples), mean, fresh_randomness(Graph(mc_bytes), x)]
 
 
 def fresh_randomness(graph: Graph, x: np.ndarray, samples: int = 8) -> dict[str, Any]:

@@ -1,0 +1,186 @@
+"""``mcdrop export-batch JOB.toml``: train (optionally with k-fold selection) and export many models.
+
+Job file::
+
+    repository = "repo"              # relative to the job file
+    workdir = "job-work"             # trained models go here (default: <job>.work next to the file)
+
+    [defaults]                       # training settings shared by every entry
+    epochs = 20
+    seed = 1
+
+    [[entry]]                        # train with fixed settings, then export
+    name = "digits-mlp"
+    dataset = "digits"
+    dropout = [0.2, 0.5]
+
+    [[entry]]                        # choose the dropout rates by 3-fold cross-validation
+    name = "digits-cv"
+    select = { dropout = [[0.1, 0.1], [0.2, 0.5]], folds = 3 }
+
+    [[entry]]                        # export an existing Keras model
+    name = "external"
+    model = "models/external.keras"
+    quantize = ["float16"]
+
+Resumable: each entry's effective settings hash into ``source.job_entry`` of the
+manifest; an entry whose hash is already exported is skipped. A failing entry is
+reported and the job goes on; the exit code is non-zero if any entry failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import FIELD_NAMES, read_toml
+from serving import manifest as manifest_io
+from serving.errors import InvalidArgument, MCDropError
+from serving.repository_layout import check_model_name, versions
+
+EXPORT_KEYS = ("name", "model", "quantize", "samples", "select")
+
+
+@dataclasses.dataclass
+class EntryResult:
+    name: str
+    status: str
+    """``exported``, ``skipped`` (already done) or ``failed``."""
+    version: int | None = None
+    selected: dict[str, Any] | None = None
+    val_metric: str = ""
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class Job:
+    path: Path
+    repository: Path
+    workdir: Path
+    entries: list[dict[str, Any]]
+
+
+def load_job(path: Path) -> Job:
+    """Read and check the job file's structure (entries themselves are checked when they run)."""
+    data = read_toml(path)
+    entries = data.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidArgument(f"{path} has no [[entry]] tables. Expected at least one entry to export.")
+    base = path.parent
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InvalidArgument(f"[defaults] in {path} must be a table. Received: {defaults!r}")
+    merged = []
+    names = set()
+    for index, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidArgument(f'Entry {index} of {path} has no name. Expected name = "..." in every entry.')
+        if entry["name"] in names:
+            raise InvalidArgument(f"Entry name {entry['name']!r} appears twice in {path}. Expected unique names.")
+        names.add(entry["name"])
+        merged.append({**(defaults if "model" not in entry else {}), **entry})
+    repository = base / str(data.get("repository", "repository"))
+    workdir = base / str(data.get("workdir", f"{path.stem}.work"))
+    return Job(path, repository, workdir, merged)
+
+
+def entry_hash(entry: dict[str, Any], model_sha256: str | None = None) -> str:
+    """Stable digest of everything that decides an entry's output."""
+    canonical = json.dumps({"entry": entry, "model_sha256": model_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def exported_version(repository: Path, name: str, digest: str) -> int | None:
+    """The newest version of ``name`` that this exact entry already produced, if any."""
+    for version in reversed(versions(repository / name)):
+        try:
+            manifest = manifest_io.load(repository / name / str(version))
+        except MCDropError:
+            continue
+        if manifest.get("source", {}).get("job_entry") == digest:
+            return version
+    return None
+
+
+def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
+    """Train (or take) one model and export it; never raises for an entry's own failure."""
+    started = time.perf_counter()
+    name = entry["name"]
+    try:
+        check_model_name(name)
+        model_path = job.path.parent / entry["model"] if "model" in entry else None
+        model_digest = manifest_io.sha256_file(model_path) if model_path and model_path.is_file() else None
+        digest = entry_hash(entry, model_digest)
+        done = exported_version(job.repository, name, digest)
+        if done is not None:
+            return EntryResult(name, "skipped", done, detail="already exported by this entry")
+        selection, record = None, None
+        if model_path is None:
+            model_path, record, selection = _train_entry(job, entry)
+        from pipeline.commands import export_model
+
+        version, _ = export_model(
+            model_path,
+            job.repository,
+            name,
+            quiet=True,
+            samples=int(entry.get("samples", 100)),
+            quantize=tuple(entry.get("quantize", ())),
+            extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
+        )
+        metric = ""
+        if record is not None:
+            val = record["final_metrics"]["val"]
+            metric = f"acc={val['accuracy']:.4f}" if "accuracy" in val else f"rmse={val['rmse']:.4g}"
+        best = selection["best"] if selection else None
+        return EntryResult(name, "exported", version, best, metric, time.perf_counter() - started)
+    except MCDropError as exc:
+        return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=str(exc).splitlines()[0])
+    except Exception as exc:  # noqa: BLE001 - one broken entry must not stop the job
+        detail = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=detail + _where(exc))
+
+
+def _train_entry(job: Job, entry: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
+    from pipeline.config import load_config
+    from pipeline.data import load_dataset
+    from pipeline.selection import cross_validate
+    from pipeline.training import fit, save
+
+    settings = {k: v for k, v in entry.items() if k not in EXPORT_KEYS}
+    unknown = sorted(set(settings) - set(FIELD_NAMES))
+    if unknown:
+        raise InvalidArgument(f"Unknown setting(s) {', '.join(unknown)} in entry {entry['name']!r}.")
+    out = job.workdir / entry["name"]
+    kind, _, location = str(settings.get("dataset", "")).partition(":")
+    if kind in ("csv", "npz") and location and not Path(location).is_absolute():
+        settings["dataset"] = f"{kind}:{job.path.parent / location}"  # relative to the job file
+    config = load_config(None, {**settings, "out": str(out), "quiet": True})
+    dataset = load_dataset(
+        config.dataset, task=config.task, target=config.target, val_fraction=config.val_fraction, seed=config.seed
+    )
+    selection = None
+    if "select" in entry:
+        grid = dict(entry["select"])
+        folds = grid.pop("folds", 3)
+        bad = sorted(set(grid) - set(FIELD_NAMES))
+        if bad:
+            raise InvalidArgument(f"Cannot select over {', '.join(bad)}. Expected training settings.")
+        selection = cross_validate(config, dataset, grid, folds)
+        config = dataclasses.replace(config, **selection["best"]).validate()
+    model, record = fit(config, dataset)
+    if selection is not None:
+        record["selection"] = selection
+    save(model, record, out)
+    return out / "model.keras", record, selection
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""

@@ -1,0 +1,60 @@
+"""The export's guards can fail: each known trap is caught, not published."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from pipeline.export import convert, stochastic, verify  # noqa: E402
+from serving.litert import Graph  # noqa: E402
+from tests.pipeline.export import models  # noqa: E402
+
+
+def test_converter_silently_drops_training_true_dropout_and_the_op_check_catches_it(tmp_path: Path) -> None:
+    model = keras.saving.load_model(models.functional_cnn(tmp_path / "cnn.keras"))
+    layers = stochastic.describe(model)
+    naive = tf.lite.TFLiteConverter.from_keras_model(model).convert()  # what tutorials do
+    ops = Graph(naive).ops()
+    assert not any(op.startswith("RANDOM") for op in ops)  # the trap is real
+    result = verify.op_check("mc", ops, layers)
+    assert not result["passed"] and "dropout was removed" in result["problems"][0]
+
+
+def test_fixed_seed_random_op_is_caught_by_fresh_randomness() -> None:
+    def fixed_seed(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
+        shape = tf.stack([samples * tf.shape(x)[0], 3])
+        return tf.raw_ops.RandomUniform(shape=shape, dtype=tf.float32, seed=1, seed2=2)
+
+    specs = [tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
+    function = tf.function(fixed_seed, input_signature=specs).get_concrete_function()
+    graph = Graph(convert.to_tflite(function, tf.Module()))
+    result = verify.fresh_randomness(graph, np.ones((2, 3), np.float32))
+    assert not result["passed"]
+    assert "identical samples after re-allocation" in result["problems"]
+
+
+def test_wrong_drop_rate_fails_the_drop_fraction_check(tmp_path: Path) -> None:
+    model = keras.saving.load_model(models.sequential_mlp(tmp_path / "mlp.keras"))
+    layers = stochastic.describe(model)
+    blob = convert.to_tflite(convert.graph_functions(model, layers)["mc"], model)
+    claimed = [dataclasses.replace(layers[0], rate=0.33), layers[1]]  # the graph drops 0.3
+    x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
+    drop = verify.mc_statistics(model, blob, claimed, x, 2000)[0]
+    assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
+    assert [layer["passed"] for layer in drop["layers"]] == [False, True]
+
+
+def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
+    model = keras.saving.load_model(models.sequential_mlp(tmp_path / "a.keras"))
+    layers = stochastic.describe(model)
+    graph = Graph(convert.to_tflite(convert.graph_functions(model, layers)["mc_masked"], model))
+    other = keras.models.clone_model(model)  # same architecture, fresh weights
+    x = np.ones((2, 20), np.float32)
+    assert verify.masked_parity(model, graph, layers, x, samples=3, seed=0)["passed"]
+    assert not verify.masked_parity(other, graph, layers, x, samples=3, seed=0)["passed"]

@@ -1,0 +1,75 @@
+"""export-batch as a user runs it: one broken entry, partial success, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving import manifest as manifest_io
+from serving.repository_layout import versions
+from tests.conftest import run_cli
+
+JOB = """
+repository = "repo"
+
+[defaults]
+epochs = 2
+hidden = [16]
+dropout = [0.2]
+seed = 1
+
+[[entry]]
+name = "digits-small"
+dataset = "digits"
+
+[[entry]]
+name = "broken"
+dataset = "csv:missing.csv"
+target = ["y"]
+
+[[entry]]
+name = "digits-cv"
+dataset = "digits"
+select = { dropout = [[0.1], [0.5]], folds = 2 }
+"""
+
+
+@pytest.mark.slow
+def test_three_entries_one_broken_then_resume(tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    job = tmp_path / "job.toml"
+    job.write_text(JOB, encoding="utf-8")
+
+    first = run_cli("export-batch", str(job), "--json")
+    assert first.returncode == 1, first.stderr
+    results = {r["name"]: r for r in json.loads(first.stdout)}
+    assert {n: r["status"] for n, r in results.items()} == {
+        "digits-small": "exported",
+        "broken": "failed",
+        "digits-cv": "exported",
+    }
+    assert "Data file not found" in results["broken"]["detail"]
+    assert str(tmp_path / "missing.csv") in results["broken"]["detail"]  # resolved next to the job file
+    assert versions(tmp_path / "repo" / "digits-small") == [1]
+    cv = manifest_io.load(tmp_path / "repo" / "digits-cv" / "1")
+    selection = cv["source"]["selection"]
+    assert [r["candidate"] for r in selection["results"]] == [{"dropout": [0.1]}, {"dropout": [0.5]}]
+    assert all(len(r["fold_scores"]) == 2 for r in selection["results"])
+    assert selection["best"] == results["digits-cv"]["selected"]
+    assert [d["rate"] for d in cv["dropout_layers"]] == [pytest.approx(selection["best"]["dropout"][0])]
+
+    again = run_cli("export-batch", str(job), "--json")
+    assert again.returncode == 1
+    statuses = {r["name"]: (r["status"], r["version"]) for r in json.loads(again.stdout)}
+    assert statuses == {"digits-small": ("skipped", 1), "broken": ("failed", None), "digits-cv": ("skipped", 1)}
+    assert versions(tmp_path / "repo" / "digits-small") == [1]  # nothing exported twice
+
+
+def test_table_output_and_bad_job_file(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('repository = "repo"\n', encoding="utf-8")
+    result = run_cli("export-batch", str(job))
+    assert result.returncode == 2
+    assert "has no [[entry]] tables" in result.stderr and "Traceback" not in result.stderr
