@@ -117,15 +117,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """The main job end to end on the bundled digits data: train → export."""
     from pipeline.config import TrainConfig
     from serving.cli import require_extra
 
     require_extra("train", "tensorflow", "keras", "sklearn")
     workdir = Path(args.workdir)
+    repository = workdir / "repository"
     config = TrainConfig(out=str(workdir / "digits-mlp"), dataset="digits", seed=1, quiet=args.quiet).validate()
-    print(f"[1/1] training a dropout MLP on the bundled digits data → {config.out}")
+    print(f"[1/2] training a dropout MLP on the bundled digits data → {config.out}")
     record = _train(config)
     print_training_summary(record)
+    print(f"[2/2] exporting deterministic and Monte-Carlo LiteRT graphs → {repository}")
+    version, manifest = export_model(Path(config.out) / "model.keras", repository, "digits", quiet=args.quiet)
+    print_export_summary(repository, version, manifest)
     return 0
 
 
