@@ -5,18 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from serving.console import stderr, stdout_console
 
 T = TypeVar("T")
 
-stderr = Console(stderr=True)
-
-
-def stdout_console() -> Console:
-    """A console for tables on stdout; wide when piped, so tables are not squeezed to 80 columns."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+__all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console", "track"]
 
 
 def progress_bar(*, transient: bool = False) -> Progress:

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from serving import __version__
+from serving.client import RpcFailed
 from serving.errors import MCDropError, UserInputError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -27,6 +28,7 @@ class MissingExtraError(MCDropError):
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import commands as pipeline_commands
+    from serving import commands as serving_commands
 
     parser = argparse.ArgumentParser(
         prog="mcdrop",
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     pipeline_commands.register(subcommands)
+    serving_commands.register(subcommands)
     return parser
 
 
@@ -48,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"mcdrop {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RpcFailed as exc:
+        print(f"mcdrop {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.is_user_error else 1
     except MissingExtraError as exc:
         print(f"mcdrop {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -54,16 +54,21 @@ def load(version_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
-    """Check every file listed in the manifest against its sha256.
+def read_verified(version_dir: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    """The bytes of ``name``, checked against the manifest's sha256.
 
     Raises:
-        InvalidArgument: a file is missing or its digest differs.
+        InvalidArgument: the file is not listed, missing, or its digest differs.
     """
-    for name, expected in manifest["files"].items():
-        path = version_dir / name
-        if not path.is_file():
-            raise InvalidArgument(f"{path} is listed in the manifest but missing.")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise InvalidArgument(f"{path} has sha256 {actual[:12]}…. Expected {expected[:12]}… (from the manifest).")
+    expected = manifest.get("files", {}).get(name)
+    if expected is None:
+        raise InvalidArgument(f"{name} is not listed in the manifest of {version_dir}.")
+    path = version_dir / name
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path} is listed in the manifest but missing.") from None
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != expected:
+        raise InvalidArgument(f"{path} has sha256 {actual[:12]}…. Expected {expected[:12]}… (from the manifest).")
+    return content

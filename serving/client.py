@@ -1,0 +1,274 @@
+"""A typed Python client for the mcdrop gRPC API. Every call has a deadline; results are numpy arrays.
+
+    from serving.client import Client
+
+    with Client("localhost:8500") as client:
+        p = client.predict("digits", x, samples=100, seed=7)
+        p.mean, p.mutual_information, p.predicted_label
+
+Failed calls raise ``RpcFailed`` carrying the gRPC status code name and the server's message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving import codec
+from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from serving.errors import InvalidArgument, MCDropError
+
+DEFAULT_TIMEOUT = 30.0
+_MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, None: pb.MODE_UNSPECIFIED}
+
+
+class RpcFailed(MCDropError):
+    """A call failed; ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
+
+    USER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def is_user_error(self) -> bool:
+        """The request was at fault (not the server or the network)."""
+        return self.code in self.USER_CODES
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One prediction. Classification fields are None for regression models and vice versa."""
+
+    model: str
+    version: int
+    mode: str
+    samples: int
+    seed: int | None
+    mean: np.ndarray
+    std: np.ndarray
+    final: bool
+    max_standard_error: float
+    queue_ms: float
+    compute_ms: float
+    sample_outputs: np.ndarray | None = None
+    # classification
+    predicted_class: np.ndarray | None = None
+    predicted_label: list[str] | None = None
+    predictive_entropy: np.ndarray | None = None
+    expected_entropy: np.ndarray | None = None
+    mutual_information: np.ndarray | None = None
+    variation_ratio: np.ndarray | None = None
+    class_labels: list[str] | None = None
+    # regression
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    interval: float | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.predicted_class is not None else "regression"
+
+
+@dataclasses.dataclass
+class ModelStatus:
+    name: str
+    versions: list[int]
+    latest: int
+    task: str
+    failed_versions: dict[int, str]
+
+
+class Client:
+    """Client for one server. Thread-safe (gRPC channels are)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.InferenceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._timeout = timeout
+        self._metadata = list(metadata)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def predict(
+        self,
+        model: str,
+        x: np.ndarray,
+        *,
+        version: int | None = None,
+        mode: str | None = None,
+        samples: int = 0,
+        seed: int | None = None,
+        return_samples: bool = False,
+        interval: float | None = None,
+        tolerance: float | None = None,
+        max_samples: int = 0,
+        chunk: int = 0,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Predict ``x`` ([B, ...] float32); ``mode`` is ``deterministic``, ``monte_carlo`` or None (model default).
+
+        With ``tolerance``, sampling is adaptive: the server stops once the largest standard
+        error of the mean is at most ``tolerance`` (or at ``max_samples``).
+        """
+        request = self._request(model, x, version, mode, samples, seed, return_samples, interval, tolerance,
+                                max_samples, chunk)  # fmt: skip
+        return decode_prediction(self._call(self._stub.Predict, request, timeout))
+
+    def predict_stream(
+        self,
+        model: str,
+        x: np.ndarray,
+        *,
+        samples: int = 0,
+        chunk: int = 0,
+        seed: int | None = None,
+        version: int | None = None,
+        interval: float | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Prediction]:
+        """Progressive Monte-Carlo estimates every ``chunk`` samples; stop iterating to cancel."""
+        request = self._request(model, x, version, "monte_carlo", samples, seed, False, interval, None, 0, chunk)
+        call = self._stub.PredictStream(request, timeout=timeout or self._timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                yield decode_prediction(response)
+        except grpc.RpcError as exc:
+            raise _failed(exc) from None
+        finally:
+            call.cancel()
+
+    def list_models(self, timeout: float | None = None) -> list[ModelStatus]:
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [
+            ModelStatus(m.name, list(m.versions), m.latest, m.task, dict(m.failed_versions)) for m in response.models
+        ]
+
+    def metadata(self, model: str, version: int | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """The version's manifest, as the server loaded it."""
+        request = pb.GetModelMetadataRequest(model=model)
+        if version is not None:
+            request.version = version
+        response = self._call(self._stub.GetModelMetadata, request, timeout)
+        manifest: dict[str, Any] = json.loads(response.manifest_json)
+        manifest["version"] = response.version
+        manifest["loaded_versions"] = list(response.versions)
+        return manifest
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """``SERVING``, ``NOT_SERVING`` or ``SERVICE_UNKNOWN`` for ``service`` ("" = the whole server)."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def _request(
+        self,
+        model: str,
+        x: np.ndarray,
+        version: int | None,
+        mode: str | None,
+        samples: int,
+        seed: int | None,
+        return_samples: bool,
+        interval: float | None,
+        tolerance: float | None,
+        max_samples: int,
+        chunk: int,
+    ) -> pb.PredictRequest:
+        if mode not in _MODES:
+            raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo or None.")
+        request = pb.PredictRequest(
+            model=model,
+            input=codec.encode(np.asarray(x)),
+            mode=_MODES[mode],
+            samples=samples,
+            return_samples=return_samples,
+            max_samples=max_samples,
+            chunk=chunk,
+        )
+        for name, value in (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance)):
+            if value is not None:
+                setattr(request, name, value)
+        return request
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _failed(exc) from None
+
+
+def decode_prediction(response: pb.PredictResponse) -> Prediction:
+    mode = pb.Mode.Name(response.mode).lower()
+    common: dict[str, Any] = {
+        "model": response.model,
+        "version": response.version,
+        "mode": mode,
+        "samples": response.samples,
+        "seed": response.seed if response.HasField("seed") else None,
+        "final": response.final,
+        "max_standard_error": response.max_standard_error,
+        "queue_ms": response.queue_ms,
+        "compute_ms": response.compute_ms,
+        "sample_outputs": codec.decode(response.sample_outputs, "samples")
+        if response.HasField("sample_outputs")
+        else None,
+    }
+    if response.HasField("classification"):
+        c = response.classification
+        return Prediction(
+            mean=codec.decode(c.mean, "mean"),
+            std=codec.decode(c.std, "std"),
+            predicted_class=np.asarray(c.predicted_class, np.int64),
+            predicted_label=list(c.predicted_label) or None,
+            predictive_entropy=np.asarray(c.predictive_entropy),
+            expected_entropy=np.asarray(c.expected_entropy),
+            mutual_information=np.asarray(c.mutual_information),
+            variation_ratio=np.asarray(c.variation_ratio),
+            class_labels=list(c.class_labels) or None,
+            **common,
+        )
+    r = response.regression
+    return Prediction(
+        mean=codec.decode(r.mean, "mean"),
+        std=codec.decode(r.std, "std"),
+        lower=codec.decode(r.lower, "lower"),
+        upper=codec.decode(r.upper, "upper"),
+        interval=r.interval,
+        **common,
+    )
+
+
+def _failed(exc: grpc.RpcError) -> RpcFailed:
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return RpcFailed(code, details or "")

@@ -1,0 +1,50 @@
+"""Tensors of the mcdrop API (``mcdrop.v1.Tensor``) to and from numpy, with strict checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from serving.errors import InvalidArgument
+
+DTYPES: dict[int, np.dtype[np.generic]] = {
+    pb.FLOAT32: np.dtype("<f4"),
+    pb.FLOAT64: np.dtype("<f8"),
+    pb.INT32: np.dtype("<i4"),
+    pb.INT64: np.dtype("<i8"),
+    pb.UINT8: np.dtype("u1"),
+}
+_ENUMS = {dtype.kind + str(dtype.itemsize): enum for enum, dtype in DTYPES.items()}
+
+
+def decode(tensor: pb.Tensor, what: str = "input") -> np.ndarray:
+    """A numpy view of ``tensor``'s bytes, after checking dtype, shape and byte length."""
+    dtype = DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"Invalid {what} dtype. Expected one of {', '.join(pb.DataType.Name(d) for d in DTYPES)}. "
+            f"Received: {pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else tensor.dtype}"
+        )
+    shape = list(tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidArgument(f"Invalid {what} shape. Expected non-negative dimensions [B, ...]. Received: {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"Invalid {what} byte length. Expected {expected} bytes (shape {shape} x {dtype.itemsize} bytes of "
+            f"{pb.DataType.Name(tensor.dtype)}). Received: {len(tensor.data)} bytes"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def encode(array: np.ndarray) -> pb.Tensor:
+    """``array`` as a little-endian, row-major ``Tensor``."""
+    array = np.asarray(array)
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    key = array.dtype.kind + str(array.dtype.itemsize)
+    if key not in _ENUMS:
+        raise TypeError(f"Cannot encode dtype {array.dtype}")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    data = np.ascontiguousarray(little).tobytes()
+    return pb.Tensor(shape=list(array.shape), dtype=_ENUMS[key], data=data)  # type: ignore[arg-type]

@@ -1,0 +1,306 @@
+"""The prediction core shared by every transport (the mcdrop API and the Open Inference Protocol).
+
+Transports decode their messages into a ``PredictionRequest`` (numpy input,
+plain Python values), call ``DataPlane``, and encode the ``Prediction`` back.
+All validation, admission control, sampling and uncertainty math happen here,
+once. Errors are ``serving.errors`` types; the transports map them to status codes.
+
+Sampling paths:
+
+* DETERMINISTIC: one invoke of ``deterministic.tflite``.
+* MONTE_CARLO without a seed: ``mc.tflite``, all T samples in one invoke, masks
+  drawn by LiteRT's OS-seeded random ops: fresh on every call.
+* MONTE_CARLO with a seed: ``mc_masked.tflite`` with masks from ``SeededMasks``:
+  bit-identical on every call and after restarts.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from serving import uncertainty
+from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from serving.masks import SeededMasks
+from serving.metrics import Metrics
+from serving.repository import ModelRepository, ModelVersion
+from serving.settings import ServerSettings
+
+DETERMINISTIC = "deterministic"
+MONTE_CARLO = "monte_carlo"
+DEFAULT_INTERVAL = 0.95
+MAX_SEED = 2**64 - 1
+
+
+@dataclasses.dataclass
+class PredictionRequest:
+    model: str
+    x: np.ndarray
+    version: int | None = None
+    mode: str | None = None
+    """``deterministic``, ``monte_carlo`` or None (Monte Carlo if the model has dropout)."""
+    samples: int = 0
+    """T; 0 means the model's default."""
+    seed: int | None = None
+    return_samples: bool = False
+    interval: float | None = None
+    tolerance: float | None = None
+    max_samples: int = 0
+    chunk: int = 0
+
+
+@dataclasses.dataclass
+class Prediction:
+    model: str
+    version: int
+    mode: str
+    samples: int
+    seed: int | None
+    task: str
+    class_labels: list[str]
+    summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+    sample_outputs: np.ndarray | None
+    final: bool
+    max_standard_error: float
+    queue_ms: float
+    compute_ms: float
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A validated request, resolved against its model version."""
+
+    version: ModelVersion
+    x: np.ndarray
+    mode: str
+    samples: int
+    seed: int | None
+    interval: float
+    tolerance: float | None
+    chunk: int
+    return_samples: bool
+
+
+class DataPlane:
+    """Validates, admits and runs predictions. Thread-safe."""
+
+    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Metrics) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self._capacity = settings.pool_size + settings.max_queue
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    # Public API ---------------------------------------------------------------------------------
+
+    def predict(self, request: PredictionRequest, deadline: float | None = None) -> Prediction:
+        """One prediction; adaptive when ``request.tolerance`` is set.
+
+        Raises:
+            NotFound, InvalidArgument: the request cannot be served as asked.
+            ResourceExhausted: the server is at capacity.
+            DeadlineExceeded: the deadline passed.
+        """
+        plan = self._plan(request)
+        with self._admitted():
+            if plan.mode == DETERMINISTIC or plan.tolerance is None:
+                return self._one_shot(plan, deadline)
+            # Adaptive: run the chunks to the end and answer with the last (final) estimate.
+            return collections.deque(self._chunks(plan, deadline), maxlen=1)[0]
+
+    def predict_stream(self, request: PredictionRequest, deadline: float | None = None) -> Iterator[Prediction]:
+        """Progressive estimates every ``chunk`` samples; the last has ``final=True``."""
+        plan = self._plan(request)
+        with self._admitted():
+            if plan.mode == DETERMINISTIC:
+                yield self._one_shot(plan, deadline)
+                return
+            yield from self._chunks(plan, deadline)
+
+    # Validation ---------------------------------------------------------------------------------
+
+    def _plan(self, request: PredictionRequest) -> _Plan:
+        version = self.repository.get(request.model, request.version)
+        x = self._check_input(version, request.x)
+        mode = request.mode or (MONTE_CARLO if version.stochastic else DETERMINISTIC)
+        if mode not in (DETERMINISTIC, MONTE_CARLO):
+            raise InvalidArgument(f"Invalid mode {mode!r}. Expected DETERMINISTIC or MONTE_CARLO.")
+        if mode == MONTE_CARLO and not version.stochastic:
+            raise InvalidArgument(
+                f"Model {version.name!r} version {version.version} has no dropout layers, so MONTE_CARLO has nothing "
+                "to sample. Expected mode DETERMINISTIC."
+            )
+        limit = self.settings.max_samples
+        samples = request.samples or version.default_samples
+        if mode == DETERMINISTIC:
+            samples = 1
+        if not 1 <= samples <= limit:
+            raise InvalidArgument(f"Invalid samples. Expected 1 <= T <= {limit}. Received: {samples}")
+        tolerance = request.tolerance
+        if tolerance is not None:
+            if not (math.isfinite(tolerance) and tolerance > 0):
+                raise InvalidArgument(f"Invalid tolerance. Expected a positive finite number. Received: {tolerance}")
+            samples = request.max_samples or limit
+            if not 1 <= samples <= limit:
+                raise InvalidArgument(f"Invalid max_samples. Expected 1 <= max_samples <= {limit}. Received: {samples}")
+        rows = samples * len(x)
+        if rows > self.settings.max_sample_rows:
+            raise InvalidArgument(
+                f"Request too large: T x batch = {samples} x {len(x)} = {rows}. "
+                f"Expected at most {self.settings.max_sample_rows}."
+            )
+        if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+            raise InvalidArgument(f"Invalid seed. Expected an integer in [0, 2^64). Received: {request.seed}")
+        interval = DEFAULT_INTERVAL if request.interval is None else request.interval
+        if not (math.isfinite(interval) and 0 < interval < 1):
+            raise InvalidArgument(f"Invalid interval. Expected a level in (0, 1). Received: {interval}")
+        chunk = request.chunk or self.settings.default_chunk
+        if not 1 <= chunk <= limit:
+            raise InvalidArgument(f"Invalid chunk. Expected 1 <= chunk <= {limit}. Received: {chunk}")
+        return _Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples)
+
+    def _check_input(self, version: ModelVersion, x: np.ndarray) -> np.ndarray:
+        expected = version.input_shape
+        shown = "[B, " + ", ".join(str(d) for d in expected[1:]) + "]"
+        if x.dtype != np.dtype(version.input_dtype):
+            raise InvalidArgument(
+                f"Invalid input dtype for model {version.name!r}. Expected {version.input_dtype.upper()}. "
+                f"Received: {x.dtype.name.upper()}"
+            )
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != expected[1:]:
+            raise InvalidArgument(
+                f"Invalid input shape for model {version.name!r}. Expected {shown}. Received: {list(x.shape)}"
+            )
+        if not 1 <= len(x) <= self.settings.max_batch:
+            raise InvalidArgument(
+                f"Invalid batch size. Expected 1 <= B <= {self.settings.max_batch}. Received: {len(x)}"
+            )
+        finite = np.isfinite(x)
+        if not finite.all():
+            first = [int(i) for i in np.argwhere(~finite)[0]]
+            raise InvalidArgument(
+                f"Input contains {int((~finite).sum())} NaN/Inf value(s), first at index {first}. "
+                "Expected finite numbers."
+            )
+        return np.ascontiguousarray(x)
+
+    # Admission ----------------------------------------------------------------------------------
+
+    class _Admission:
+        def __init__(self, plane: DataPlane) -> None:
+            self._plane = plane
+
+        def __enter__(self) -> None:
+            plane = self._plane
+            with plane._lock:
+                if plane._inflight >= plane._capacity:
+                    raise ResourceExhausted(
+                        f"Server at capacity: {plane._inflight} requests in flight (limit {plane._capacity}). "
+                        "Retry later."
+                    )
+                plane._inflight += 1
+            plane.metrics.inflight.inc()
+
+        def __exit__(self, *exc: object) -> None:
+            with self._plane._lock:
+                self._plane._inflight -= 1
+            self._plane.metrics.inflight.dec()
+
+    def _admitted(self) -> DataPlane._Admission:
+        return DataPlane._Admission(self)
+
+    # Sampling -----------------------------------------------------------------------------------
+
+    def _one_shot(self, plan: _Plan, deadline: float | None) -> Prediction:
+        masks = SeededMasks(plan.version.dropout, plan.seed, len(plan.x)) if plan.seed is not None else None
+        samples, queue_s, compute_s = self._run(plan, plan.samples, masks, deadline)
+        started = time.perf_counter()
+        prediction = self._summarise(plan, samples, final=True, queue_s=queue_s, compute_s=compute_s)
+        prediction.compute_ms += (time.perf_counter() - started) * 1e3
+        self._observe(plan, prediction)
+        return prediction
+
+    def _chunks(self, plan: _Plan, deadline: float | None) -> Iterator[Prediction]:
+        masks = SeededMasks(plan.version.dropout, plan.seed, len(plan.x)) if plan.seed is not None else None
+        collected: list[np.ndarray] = []
+        drawn, queue_s, compute_s = 0, 0.0, 0.0
+        while drawn < plan.samples:
+            size = min(plan.chunk, plan.samples - drawn)
+            chunk, waited, computed = self._run(plan, size, masks, deadline)
+            collected.append(chunk)
+            drawn += size
+            queue_s += waited
+            started = time.perf_counter()
+            samples = np.concatenate(collected)
+            error = uncertainty.max_standard_error(samples)
+            converged = plan.tolerance is not None and error <= plan.tolerance
+            final = drawn >= plan.samples or converged
+            compute_s += computed + time.perf_counter() - started
+            prediction = self._summarise(plan, samples, final=final, queue_s=queue_s, compute_s=compute_s)
+            if final:
+                self._observe(plan, prediction)
+            yield prediction
+            if final:
+                return
+
+    def _run(
+        self, plan: _Plan, samples: int, masks: SeededMasks | None, deadline: float | None
+    ) -> tuple[np.ndarray, float, float]:
+        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
+        version = plan.version
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("The deadline passed before sampling finished.")
+        if plan.mode == DETERMINISTIC:
+            graph_name, feeds = "deterministic", {"x": plan.x}
+        elif masks is not None:
+            graph_name, feeds = "mc_masked", {"x": plan.x, **masks.next(samples)}
+        else:
+            graph_name, feeds = "mc", {"x": plan.x, "samples": np.array(samples, np.int32)}
+        waiting = time.perf_counter()
+        with version.pools[graph_name].lease(deadline) as graph:
+            started = time.perf_counter()
+            output = graph.run(feeds)[0]
+            finished = time.perf_counter()
+        if plan.mode == DETERMINISTIC:
+            output = output[np.newaxis]
+        return output, started - waiting, finished - started
+
+    def _summarise(
+        self, plan: _Plan, samples: np.ndarray, *, final: bool, queue_s: float, compute_s: float
+    ) -> Prediction:
+        version = plan.version
+        summary: Any
+        if version.task == "classification":
+            summary = uncertainty.classification(samples)
+        else:
+            summary = uncertainty.regression(samples, plan.interval)
+        error = 0.0 if plan.mode == DETERMINISTIC else uncertainty.max_standard_error(samples)
+        return Prediction(
+            model=version.name,
+            version=version.version,
+            mode=plan.mode,
+            samples=int(samples.shape[0]),
+            seed=plan.seed,
+            task=version.task,
+            class_labels=version.class_labels,
+            summary=summary,
+            sample_outputs=samples if plan.return_samples else None,
+            final=final,
+            max_standard_error=error,
+            queue_ms=queue_s * 1e3,
+            compute_ms=compute_s * 1e3,
+        )
+
+    def _observe(self, plan: _Plan, prediction: Prediction) -> None:
+        name = plan.version.name
+        self.metrics.queue_seconds.labels(name).observe(prediction.queue_ms / 1e3)
+        self.metrics.compute_seconds.labels(name, plan.mode).observe(prediction.compute_ms / 1e3)
+        self.metrics.samples.labels(name, plan.mode).observe(prediction.samples)

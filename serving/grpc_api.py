@@ -1,0 +1,145 @@
+"""The ``mcdrop.v1.Inference`` servicer: converts messages and delegates to the data plane."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+
+from serving import codec, uncertainty
+from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
+from serving.grpc_errors import deadline_of, translated, translated_stream
+from serving.metrics import Metrics
+from serving.repository import ModelVersion
+
+API = "mcdrop.v1"
+SERVICE_NAME = "mcdrop.v1.Inference"
+_MODES = {pb.MODE_UNSPECIFIED: None, pb.DETERMINISTIC: DETERMINISTIC, pb.MONTE_CARLO: MONTE_CARLO}
+_MODE_ENUMS = {DETERMINISTIC: pb.DETERMINISTIC, MONTE_CARLO: pb.MONTE_CARLO}
+_DTYPE_ENUMS = {"float32": pb.FLOAT32, "float64": pb.FLOAT64, "int32": pb.INT32, "int64": pb.INT64, "uint8": pb.UINT8}
+
+
+def make_servicer(plane: DataPlane, metrics: Metrics) -> pb_grpc.InferenceServicer:
+    unary = translated(API, metrics)
+    stream = translated_stream(API, metrics)
+
+    class InferenceServicer(pb_grpc.InferenceServicer):  # type: ignore[misc]
+        @unary
+        def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+            return encode_prediction(plane.predict(decode_request(request), deadline_of(context)))
+
+        @stream
+        def PredictStream(
+            self, request: pb.PredictRequest, context: grpc.ServicerContext
+        ) -> Iterator[pb.PredictResponse]:
+            for prediction in plane.predict_stream(decode_request(request), deadline_of(context)):
+                yield encode_prediction(prediction)
+
+        @unary
+        def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+            models = []
+            for name, state in sorted(plane.repository.states().items()):
+                latest = state.latest
+                models.append(
+                    pb.ModelStatus(
+                        name=name,
+                        versions=sorted(state.versions),
+                        latest=latest.version if latest else 0,
+                        task=latest.task if latest else "",
+                        failed_versions=state.failed,
+                    )
+                )
+            return pb.ListModelsResponse(models=models)
+
+        @unary
+        def GetModelMetadata(
+            self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext
+        ) -> pb.ModelMetadata:
+            version = plane.repository.get(request.model, request.version if request.HasField("version") else None)
+            return encode_metadata(version, sorted(plane.repository.states()[version.name].versions))
+
+    return InferenceServicer()
+
+
+def decode_request(request: pb.PredictRequest) -> PredictionRequest:
+    return PredictionRequest(
+        model=request.model,
+        x=codec.decode(request.input),
+        version=request.version if request.HasField("version") else None,
+        mode=_MODES.get(request.mode, str(request.mode)),
+        samples=request.samples,
+        seed=request.seed if request.HasField("seed") else None,
+        return_samples=request.return_samples,
+        interval=request.interval if request.HasField("interval") else None,
+        tolerance=request.tolerance if request.HasField("tolerance") else None,
+        max_samples=request.max_samples,
+        chunk=request.chunk,
+    )
+
+
+def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
+    response = pb.PredictResponse(
+        model=prediction.model,
+        version=prediction.version,
+        mode=_MODE_ENUMS[prediction.mode],
+        samples=prediction.samples,
+        final=prediction.final,
+        max_standard_error=prediction.max_standard_error,
+        queue_ms=prediction.queue_ms,
+        compute_ms=prediction.compute_ms,
+    )
+    if prediction.seed is not None:
+        response.seed = prediction.seed
+    summary = prediction.summary
+    if isinstance(summary, uncertainty.ClassificationSummary):
+        labels = prediction.class_labels
+        response.classification.CopyFrom(
+            pb.Classification(
+                mean=codec.encode(summary.mean),
+                std=codec.encode(summary.std),
+                predicted_class=summary.predicted_class.tolist(),
+                predicted_label=[labels[i] for i in summary.predicted_class] if labels else [],
+                predictive_entropy=summary.predictive_entropy.tolist(),
+                expected_entropy=summary.expected_entropy.tolist(),
+                mutual_information=summary.mutual_information.tolist(),
+                variation_ratio=summary.variation_ratio.tolist(),
+                class_labels=labels,
+            )
+        )
+    else:
+        response.regression.CopyFrom(
+            pb.Regression(
+                mean=codec.encode(summary.mean),
+                std=codec.encode(summary.std),
+                lower=codec.encode(summary.lower),
+                upper=codec.encode(summary.upper),
+                interval=summary.level,
+            )
+        )
+    if prediction.sample_outputs is not None:
+        response.sample_outputs.CopyFrom(codec.encode(prediction.sample_outputs))
+    return response
+
+
+def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetadata:
+    manifest = version.manifest
+    return pb.ModelMetadata(
+        name=version.name,
+        version=version.version,
+        versions=versions,
+        task=version.task,
+        input=pb.TensorSpec(
+            name="x", shape=list(version.input_shape), dtype=_DTYPE_ENUMS.get(version.input_dtype, pb.FLOAT32)
+        ),
+        output=pb.TensorSpec(name="y", shape=list(manifest["output"]["shape"]), dtype=pb.FLOAT32),
+        class_labels=version.class_labels,
+        dropout_layers=[
+            pb.DropoutLayer(name=d["name"], layer_class=d["class"], rate=d["rate"], noise_shape=d["noise_shape"])
+            for d in manifest["dropout_layers"]
+        ],
+        default_samples=version.default_samples,
+        manifest_json=json.dumps(manifest),
+    )

@@ -1,0 +1,68 @@
+"""Prometheus metrics of the server, kept in their own registry (one per server instance).
+
+=======================================  ==========  ==========================================
+metric                                   type        labels
+=======================================  ==========  ==========================================
+mcdrop_requests_total                    counter     api, method, code
+mcdrop_request_seconds                   histogram   api, method
+mcdrop_queue_seconds                     histogram   model  (waiting for an interpreter)
+mcdrop_compute_seconds                   histogram   model, mode  (inference + uncertainty math)
+mcdrop_samples_per_request               histogram   model, mode
+mcdrop_inflight_requests                 gauge
+mcdrop_model_version_loaded              gauge       model, version  (1 while loaded)
+mcdrop_model_load_failures_total         counter     model
+mcdrop_repository_scan_errors_total      counter
+=======================================  ==========  ==========================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mcdrop_requests", "RPCs by API, method and status code", ["api", "method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "mcdrop_request_seconds", "RPC latency", ["api", "method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "mcdrop_queue_seconds", "Time waiting for an interpreter", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.compute_seconds = Histogram(
+            "mcdrop_compute_seconds", "Inference and uncertainty time", ["model", "mode"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.samples = Histogram(
+            "mcdrop_samples_per_request", "Monte-Carlo samples per request", ["model", "mode"], buckets=SAMPLE_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.inflight = Gauge("mcdrop_inflight_requests", "Requests admitted and not finished", registry=r)
+        self.loaded = Gauge("mcdrop_model_version_loaded", "1 while a model version is loaded", ["model", "version"],
+                            registry=r)  # fmt: skip
+        self.load_failures = Counter("mcdrop_model_load_failures", "Model versions that failed to load", ["model"],
+                                     registry=r)  # fmt: skip
+        self.scan_errors = Counter("mcdrop_repository_scan_errors", "Repository scans that failed", registry=r)
+
+    def on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
+        if event == "loaded":
+            self.loaded.labels(model, str(version)).set(1)
+        elif event == "unloaded":
+            with contextlib.suppress(KeyError):
+                self.loaded.remove(model, str(version))
+        elif event == "failed":
+            self.load_failures.labels(model).inc()
+
+    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+        """Expose /metrics over HTTP; return the bound port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

@@ -1,0 +1,269 @@
+"""The model repository as the server sees it: load, verify, swap, poll, unload.
+
+Layout (see ``serving.repository_layout``): ``REPO/NAME/VERSION/`` with a
+``manifest.json`` and the graphs it lists. A version is loaded only after every
+file matches its sha256 and each graph has run once; only then is it swapped in.
+A version that fails is logged, counted and remembered (it is retried when its
+manifest changes); the versions already loaded keep serving.
+
+Threading: ``scan`` runs on one thread (the poller or the caller); readers
+(``get``, ``statuses``) never block, because the loaded set is replaced, never
+mutated, on each change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import manifest as manifest_io
+from serving.errors import MCDropError, NotFound
+from serving.pool import InterpreterPool
+from serving.repository_layout import versions as list_versions
+
+log = logging.getLogger("mcdrop.repository")
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutSpec:
+    """What the server needs to draw host-side masks for one dropout layer."""
+
+    name: str
+    kind: str
+    rate: float
+    noise_shape: tuple[int, ...]
+    feed_name: str
+
+
+@dataclasses.dataclass
+class ModelVersion:
+    """One loaded, verified model version with its interpreter pools. Immutable once loaded."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+    pools: dict[str, InterpreterPool]
+    signature: tuple[int, int]
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["task"])
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.manifest["stochastic"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.manifest["input"]["shape"])
+
+    @property
+    def input_dtype(self) -> str:
+        return str(self.manifest["input"]["dtype"])
+
+    @property
+    def class_labels(self) -> list[str]:
+        return list(self.manifest.get("class_labels") or [])
+
+    @property
+    def default_samples(self) -> int:
+        return int(self.manifest["default_samples"])
+
+    @property
+    def dropout(self) -> list[DropoutSpec]:
+        return [
+            DropoutSpec(d["name"], d["kind"], float(d["rate"]), tuple(d["noise_shape"]), d["masked_input"])
+            for d in self.manifest["dropout_layers"]
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """A model's loaded versions and the ones that failed (version → reason)."""
+
+    versions: dict[int, ModelVersion]
+    failed: dict[int, str]
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+Listener = Callable[[str, str, int, str], None]
+"""Called with (event, model, version, detail): event is loaded, unloaded or failed."""
+
+
+class ModelRepository:
+    """Loads model versions from ``root`` and keeps them current."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        pool_size: int = 2,
+        interpreter_threads: int = 1,
+        max_versions: int = 2,
+        listener: Listener | None = None,
+    ) -> None:
+        self.root = root
+        self._pool_size = pool_size
+        self._threads = interpreter_threads
+        self._max_versions = max_versions
+        self._listener = listener or (lambda *_: None)
+        self._models: dict[str, ModelState] = {}
+        self._failed_signatures: dict[tuple[str, int], tuple[int, int]] = {}
+        self._scan_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.last_scan_error: str | None = None
+
+    # Reading ------------------------------------------------------------------------------------
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """The requested (or latest) loaded version.
+
+        Raises:
+            NotFound: no such model, or that version is not loaded.
+        """
+        state = self._models.get(name)
+        if state is None or not state.versions:
+            known = ", ".join(sorted(n for n, s in self._models.items() if s.versions)) or "none"
+            raise NotFound(f"Model {name!r} is not loaded. Loaded models: {known}.")
+        if version is None:
+            return state.versions[max(state.versions)]
+        if version not in state.versions:
+            loaded = ", ".join(str(v) for v in sorted(state.versions))
+            reason = f" (it failed to load: {state.failed[version]})" if version in state.failed else ""
+            raise NotFound(f"Version {version} of model {name!r} is not loaded{reason}. Loaded versions: {loaded}.")
+        return state.versions[version]
+
+    def states(self) -> dict[str, ModelState]:
+        return dict(self._models)
+
+    # Loading ------------------------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Bring the loaded set in line with the directory: load new versions, drop removed ones."""
+        with self._scan_lock:
+            try:
+                wanted = self._wanted_versions()
+                self.last_scan_error = None
+            except OSError as exc:
+                # An unreadable repository must not unload what is serving.
+                self.last_scan_error = f"cannot read repository {self.root}: {exc}"
+                log.error("repository scan failed", extra={"detail": self.last_scan_error})
+                return
+            current = self._models
+            updated: dict[str, ModelState] = {}
+            for name, versions in wanted.items():
+                state = current.get(name, ModelState({}, {}))
+                loaded = dict(state.versions)
+                failed = {v: r for v, r in state.failed.items() if v in versions}
+                for version, signature in versions.items():
+                    existing = loaded.get(version)
+                    if existing is not None and existing.signature == signature:
+                        continue
+                    if self._failed_signatures.get((name, version)) == signature:
+                        continue  # unchanged since it failed: do not retry every poll
+                    try:
+                        loaded[version] = self._load(name, version, signature)
+                        failed.pop(version, None)
+                        self._failed_signatures.pop((name, version), None)
+                        self._listener("loaded", name, version, "")
+                    except Exception as exc:
+                        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        failed[version] = reason
+                        self._failed_signatures[(name, version)] = signature
+                        log.error(
+                            "model version failed to load; keeping the loaded versions",
+                            extra={"model": name, "version": version, "detail": reason},
+                            exc_info=not isinstance(exc, MCDropError),
+                        )
+                        self._listener("failed", name, version, reason)
+                for version in [v for v in loaded if v not in versions]:
+                    del loaded[version]
+                    self._listener("unloaded", name, version, "")
+                if loaded or failed:
+                    updated[name] = ModelState(loaded, failed)
+            for name, state in current.items():
+                if name not in updated:
+                    for version in state.versions:
+                        self._listener("unloaded", name, version, "")
+            self._models = updated
+
+    def _wanted_versions(self) -> dict[str, dict[int, tuple[int, int]]]:
+        """Newest ``max_versions`` version directories per model, with a change signature each."""
+        wanted: dict[str, dict[int, tuple[int, int]]] = {}
+        if not self.root.is_dir():
+            raise OSError(f"{self.root} is not a directory")
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            versions = list_versions(model_dir)[-self._max_versions :]
+            signatures = {}
+            for version in versions:
+                manifest_path = model_dir / str(version) / manifest_io.MANIFEST
+                try:
+                    stat = manifest_path.stat()
+                    signatures[version] = (stat.st_mtime_ns, stat.st_size)
+                except OSError:
+                    signatures[version] = (0, 0)  # no manifest yet: loading will report it
+            if signatures:
+                wanted[model_dir.name] = signatures
+        return wanted
+
+    def _load(self, name: str, version: int, signature: tuple[int, int]) -> ModelVersion:
+        path = self.root / name / str(version)
+        manifest = manifest_io.load(path)
+        pools = {}
+        for graph, spec in manifest["graphs"].items():
+            # Hash the very bytes the interpreters get: never serve a file that failed its digest.
+            content = manifest_io.read_verified(path, spec["file"], manifest)
+            pools[graph] = InterpreterPool(content, size=self._pool_size, threads=self._threads)
+        loaded = ModelVersion(name, version, path, manifest, pools, signature)
+        _smoke_test(loaded)
+        return loaded
+
+    # Polling ------------------------------------------------------------------------------------
+
+    def start_polling(self, interval: float) -> None:
+        if interval <= 0 or self._poller is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.scan()
+                except Exception:
+                    log.exception("repository poll failed")
+
+        self._poller = threading.Thread(target=poll, name="repository-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+
+
+def _smoke_test(version: ModelVersion) -> None:
+    """Run every graph once on zeros so a broken file fails at load time, not on a request."""
+    x = np.zeros((1, *version.input_shape[1:]), dtype=np.float32)
+    with version.pools["deterministic"].lease() as graph:
+        graph.run({"x": x})
+    if version.stochastic:
+        with version.pools["mc"].lease() as graph:
+            graph.run({"x": x, "samples": np.array(2, np.int32)})
+        feeds = {
+            d.feed_name: np.ones((2, 1, *d.noise_shape), np.uint8 if d.kind == "bernoulli" else np.float32)
+            for d in version.dropout
+        }
+        with version.pools["mc_masked"].lease() as graph:
+            graph.run({"x": x, **feeds})

@@ -1,0 +1,127 @@
+"""The gRPC server: repository, data plane, servicers, health, reflection, metrics, graceful shutdown.
+
+Lifecycle: ``start()`` loads the repository, binds the port, starts polling and
+marks health SERVING; ``stop()`` marks health NOT_SERVING, stops accepting new
+RPCs and gives in-flight ones ``grace_seconds`` to finish. ``run()`` wires
+SIGTERM/SIGINT to ``stop()`` for the command line and containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import grpc_api
+from serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
+from serving.dataplane import DataPlane
+from serving.metrics import Metrics
+from serving.repository import ModelRepository
+from serving.settings import ServerSettings
+
+log = logging.getLogger("mcdrop.server")
+
+
+class Server:
+    """One mcdrop server. Cheap to construct; ``start()`` does the work."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.repository = ModelRepository(
+            Path(settings.repository),
+            pool_size=settings.pool_size,
+            interpreter_threads=settings.interpreter_threads,
+            max_versions=settings.max_versions,
+            listener=self._on_repository_event,
+        )
+        self.plane = DataPlane(self.repository, settings, self.metrics)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.services = [grpc_api.SERVICE_NAME]
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._grpc: grpc.Server | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        """Load models, start serving; return the bound gRPC port."""
+        settings = self.settings
+        for service in ("", *self.services):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.repository.scan()
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
+        mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflected = [
+            mcdrop_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(reflected, server)
+        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"Could not bind {settings.host}:{settings.port}")
+        server.start()
+        self._grpc = server
+        if settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve_http(settings.metrics_port, settings.host)
+        self.repository.start_polling(settings.poll_seconds)
+        for service in ("", *self.services):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        loaded = {name: sorted(state.versions) for name, state in self.repository.states().items()}
+        log.info(
+            "serving",
+            extra={"port": self.port, "metrics_port": self.metrics_port, "models": loaded, "host": settings.host},
+        )
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` seconds."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        log.info("stopping", extra={"grace_seconds": grace})
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+        self.repository.stop()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def _on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
+        self.metrics.on_repository_event(event, model, version, detail)
+        log.info(f"model version {event}", extra={"model": model, "version": version, "detail": detail})
+
+
+def run(settings: ServerSettings) -> int:
+    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a graceful stop)."""
+    server = Server(settings)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+        stop_requested.wait()
+    finally:
+        server.stop()
+    return 0

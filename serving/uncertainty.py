@@ -1,0 +1,102 @@
+"""Uncertainty measures from Monte-Carlo samples. numpy only; used by the server and the evaluation.
+
+Classification, for samples ``p[t, b, c]`` (T samples, B rows, C classes); all entropies in nats:
+
+* predictive entropy  H[E_t p]            total uncertainty
+* expected entropy    E_t H[p_t]          aleatoric part (the data's own noise)
+* mutual information  H[E_t p] - E_t H[p_t] ≥ 0   epistemic part (BALD): what more data would resolve
+* variation ratio     1 - (votes for the modal class) / T, in [0, 1 - 1/C]
+
+Regression, for samples ``y[t, b, ...]``: mean, standard deviation and a central
+interval from the empirical quantiles of the samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationSummary:
+    mean: np.ndarray
+    """[B, C] mean probabilities."""
+    std: np.ndarray
+    """[B, C] standard deviation of the probabilities over samples."""
+    predicted_class: np.ndarray
+    """[B] argmax of the mean."""
+    predictive_entropy: np.ndarray
+    expected_entropy: np.ndarray
+    mutual_information: np.ndarray
+    variation_ratio: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionSummary:
+    mean: np.ndarray
+    std: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+
+
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats along ``axis``, with 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return np.asarray(-terms.sum(axis=axis))
+
+
+def classification(samples: np.ndarray) -> ClassificationSummary:
+    """Summarise ``[T, B, C]`` class-probability samples."""
+    samples = _check_samples(samples, min_rank=3)
+    mean = samples.mean(axis=0, dtype=np.float64)
+    predictive = entropy(mean)
+    expected = entropy(samples).mean(axis=0)
+    # Mathematically >= 0 (Jensen); float rounding can leave a -1e-16 that would confuse users.
+    mutual_information = np.maximum(predictive - expected, 0.0)
+    classes = samples.shape[-1]
+    votes = samples.argmax(axis=-1)  # [T, B]
+    counts = np.stack([(votes == c).sum(axis=0) for c in range(classes)], axis=-1)  # [B, C]
+    variation_ratio = 1.0 - counts.max(axis=-1) / samples.shape[0]
+    return ClassificationSummary(
+        mean=mean.astype(np.float32),
+        std=samples.std(axis=0, dtype=np.float64).astype(np.float32),
+        predicted_class=mean.argmax(axis=-1),
+        predictive_entropy=predictive,
+        expected_entropy=expected,
+        mutual_information=mutual_information,
+        variation_ratio=variation_ratio,
+    )
+
+
+def regression(samples: np.ndarray, level: float = 0.95) -> RegressionSummary:
+    """Summarise ``[T, B, ...]`` regression samples; the interval is the central ``level`` quantile range."""
+    samples = _check_samples(samples, min_rank=2)
+    if not 0 < level < 1:
+        raise ValueError(f"Interval level must be in (0, 1). Received: {level}")
+    lower, upper = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return RegressionSummary(
+        mean=samples.mean(axis=0, dtype=np.float64).astype(np.float32),
+        std=samples.std(axis=0, dtype=np.float64).astype(np.float32),
+        lower=lower.astype(np.float32),
+        upper=upper.astype(np.float32),
+        level=level,
+    )
+
+
+def max_standard_error(samples: np.ndarray) -> float:
+    """Largest standard error of the MC mean over all outputs; ``inf`` with fewer than 2 samples."""
+    count = samples.shape[0]
+    if count < 2:
+        return float("inf")
+    return float(np.sqrt(samples.var(axis=0, ddof=1, dtype=np.float64).max() / count))
+
+
+def _check_samples(samples: np.ndarray, *, min_rank: int) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.ndim < min_rank or samples.shape[0] < 1:
+        raise ValueError(f"Expected samples shaped [T, B, ...] with rank >= {min_rank}. Received: {samples.shape}")
+    return samples
