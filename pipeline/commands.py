@@ -117,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The main job end to end on the bundled digits data: train → export."""
+    """The main job end to end on the bundled digits data: train → export → serve → query → stop."""
     from pipeline.config import TrainConfig
     from serving.cli import require_extra
 
@@ -125,13 +125,17 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     repository = workdir / "repository"
     config = TrainConfig(out=str(workdir / "digits-mlp"), dataset="digits", seed=1, quiet=args.quiet).validate()
-    print(f"[1/2] training a dropout MLP on the bundled digits data → {config.out}")
+    print(f"[1/4] training a dropout MLP on the bundled digits data → {config.out}")
     record = _train(config)
     print_training_summary(record)
-    print(f"[2/2] exporting deterministic and Monte-Carlo LiteRT graphs → {repository}")
+    print(f"[2/4] exporting deterministic and Monte-Carlo LiteRT graphs → {repository}")
     version, manifest = export_model(Path(config.out) / "model.keras", repository, "digits", quiet=args.quiet)
     print_export_summary(repository, version, manifest)
-    return 0
+    print("[3/4] starting the gRPC server (mcdrop serve) on a free loopback port")
+    from pipeline.demo import query_demo_server
+
+    print("[4/4] querying it with an in-distribution digit and an out-of-distribution input")
+    return query_demo_server(repository, workdir / "server.log", record)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ class ModelVersion:
     path: Path
     manifest: dict[str, Any]
     pools: dict[str, InterpreterPool]
-    signature: tuple[int, int]
+    signature: int
 
     @property
     def task(self) -> str:
@@ -118,7 +118,7 @@ class ModelRepository:
         self._max_versions = max_versions
         self._listener = listener or (lambda *_: None)
         self._models: dict[str, ModelState] = {}
-        self._failed_signatures: dict[tuple[str, int], tuple[int, int]] = {}
+        self._failed_signatures: dict[tuple[str, int], int] = {}
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -198,28 +198,21 @@ class ModelRepository:
                         self._listener("unloaded", name, version, "")
             self._models = updated
 
-    def _wanted_versions(self) -> dict[str, dict[int, tuple[int, int]]]:
+    def _wanted_versions(self) -> dict[str, dict[int, int]]:
         """Newest ``max_versions`` version directories per model, with a change signature each."""
-        wanted: dict[str, dict[int, tuple[int, int]]] = {}
+        wanted: dict[str, dict[int, int]] = {}
         if not self.root.is_dir():
             raise OSError(f"{self.root} is not a directory")
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or model_dir.name.startswith("."):
                 continue
             versions = list_versions(model_dir)[-self._max_versions :]
-            signatures = {}
-            for version in versions:
-                manifest_path = model_dir / str(version) / manifest_io.MANIFEST
-                try:
-                    stat = manifest_path.stat()
-                    signatures[version] = (stat.st_mtime_ns, stat.st_size)
-                except OSError:
-                    signatures[version] = (0, 0)  # no manifest yet: loading will report it
+            signatures = {version: _signature(model_dir / str(version)) for version in versions}
             if signatures:
                 wanted[model_dir.name] = signatures
         return wanted
 
-    def _load(self, name: str, version: int, signature: tuple[int, int]) -> ModelVersion:
+    def _load(self, name: str, version: int, signature: int) -> ModelVersion:
         path = self.root / name / str(version)
         manifest = manifest_io.load(path)
         pools = {}
@@ -251,6 +244,22 @@ class ModelRepository:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
+
+
+def _signature(version_dir: Path) -> int:
+    """Changes whenever a file in the version directory is added, removed, resized or rewritten.
+
+    A failed version is retried only when this changes, so a version whose files are still
+    being copied in (non-atomically) is loaded once the copy completes.
+    """
+    entries = []
+    try:
+        for child in sorted(version_dir.iterdir()):
+            stat = child.stat()
+            entries.append((child.name, stat.st_size, stat.st_mtime_ns))
+    except OSError:
+        return 0
+    return hash(tuple(entries))
 
 
 def _smoke_test(version: ModelVersion) -> None:

@@ -70,3 +70,14 @@ def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "no dropout layer: exported the deterministic graph only" in result.stdout
     assert sorted(p.name for p in (tmp_path / "r" / "p" / "1").iterdir()) == ["deterministic.tflite", "manifest.json"]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's first command: train → export → serve → query → stop."""
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("[1/4] training", "[2/4] exporting", "[3/4] starting", "[4/4] querying"):
+        assert step in result.stdout
+    assert "mutual information (epistemic uncertainty): digit" in result.stdout
+    assert "server stopped with exit code 0" in result.stdout
+    assert (tmp_path / "demo" / "repository" / "digits" / "1" / "mc.tflite").is_file()

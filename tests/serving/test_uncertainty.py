@@ -1,0 +1,68 @@
+"""The uncertainty measures, on cases with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from serving import uncertainty
+
+
+def random_probabilities(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    logits = rng.normal(scale=3.0, size=shape)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_identical_samples_have_zero_mutual_information() -> None:
+    p = random_probabilities(np.random.default_rng(0), (1, 5, 7))
+    summary = uncertainty.classification(np.repeat(p, 30, axis=0))
+    np.testing.assert_allclose(summary.mutual_information, 0.0, atol=1e-12)
+    np.testing.assert_allclose(summary.std, 0.0, atol=1e-7)
+    np.testing.assert_array_equal(summary.variation_ratio, 0.0)
+
+
+def test_uniform_prediction_has_entropy_log_c() -> None:
+    for classes in (2, 3, 10):
+        summary = uncertainty.classification(np.full((4, 2, classes), 1.0 / classes))
+        np.testing.assert_allclose(summary.predictive_entropy, math.log(classes), rtol=1e-12)
+
+
+def test_entropy_decomposes_and_mutual_information_is_non_negative() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        samples = random_probabilities(rng, (int(rng.integers(1, 50)), 6, int(rng.integers(2, 12))))
+        s = uncertainty.classification(samples)
+        np.testing.assert_allclose(s.predictive_entropy, s.expected_entropy + s.mutual_information, atol=1e-10)
+        assert (s.mutual_information >= 0).all()
+
+
+def test_disagreeing_confident_samples_are_epistemic() -> None:
+    one_hot = np.eye(2)[[0, 1, 0, 1]][:, np.newaxis, :]  # four confident samples, split 2:2
+    s = uncertainty.classification(one_hot)
+    assert s.expected_entropy[0] == pytest.approx(0.0)
+    assert s.mutual_information[0] == pytest.approx(math.log(2))
+    assert s.variation_ratio[0] == pytest.approx(0.5)
+
+
+def test_variation_ratio_bounds() -> None:
+    rng = np.random.default_rng(2)
+    for classes in (2, 5, 10):
+        samples = random_probabilities(rng, (200, 50, classes))
+        vr = uncertainty.classification(samples).variation_ratio
+        assert (vr >= 0).all() and (vr <= 1 - 1 / classes + 1e-12).all()
+
+
+def test_regression_interval_and_standard_error() -> None:
+    samples = np.random.default_rng(3).normal(5.0, 2.0, size=(20000, 3, 1)).astype(np.float32)
+    r = uncertainty.regression(samples, 0.9)
+    np.testing.assert_allclose(r.mean, 5.0, atol=0.05)
+    np.testing.assert_allclose(r.std, 2.0, atol=0.05)
+    np.testing.assert_allclose(r.lower, 5.0 - 1.6449 * 2.0, atol=0.1)
+    np.testing.assert_allclose(r.upper, 5.0 + 1.6449 * 2.0, atol=0.1)
+    assert uncertainty.max_standard_error(samples) == pytest.approx(2.0 / math.sqrt(20000), rel=0.05)
+    assert uncertainty.max_standard_error(samples[:1]) == math.inf
+    with pytest.raises(ValueError, match="Interval level"):
+        uncertainty.regression(samples, 1.5)
