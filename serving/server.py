@@ -19,7 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import grpc_api
+from serving import grpc_api, oip
+from serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
 from serving.dataplane import DataPlane
 from serving.metrics import Metrics
@@ -44,10 +45,11 @@ class Server:
         )
         self.plane = DataPlane(self.repository, settings, self.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.services = [grpc_api.SERVICE_NAME]
+        self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
         self.port = 0
         self.metrics_port: int | None = None
         self._grpc: grpc.Server | None = None
+        self._started = threading.Event()
         self._stopped = threading.Event()
 
     def start(self) -> int:
@@ -63,9 +65,13 @@ class Server:
         ]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
         mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            oip.make_servicer(self.plane, self.metrics, self.ready), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflected = [
             mcdrop_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -80,6 +86,7 @@ class Server:
         self.repository.start_polling(settings.poll_seconds)
         for service in ("", *self.services):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._started.set()
         loaded = {name: sorted(state.versions) for name, state in self.repository.states().items()}
         log.info(
             "serving",
@@ -99,6 +106,10 @@ class Server:
             self._grpc.stop(grace).wait()
         self.repository.stop()
         log.info("stopped")
+
+    def ready(self) -> bool:
+        """Started and not shutting down: what health SERVING and the OIP ServerReady report."""
+        return self._started.is_set() and not self._stopped.is_set()
 
     def wait(self) -> None:
         self._stopped.wait()
