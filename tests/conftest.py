@@ -1,31 +1,41 @@
-"""Shared fixtures: running the CLI as a user would, in a separate process."""
+"""Fixtures shared by every test suite."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``mcdrop ARGS`` in a fresh interpreter and capture its output."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "serving.cli", *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.helpers import run_cli
 
 
 @pytest.fixture
 def cli() -> object:
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with ``digits`` (classifier, v1) and ``diabetes`` (regressor, v1), trained briefly."""
+    pytest.importorskip("keras")  # building the models needs the train extra
+    from pipeline.config import TrainConfig
+    from pipeline.export.exporter import ExportOptions, export
+    from pipeline.training import train
+
+    root = tmp_path_factory.mktemp("models")
+    repo = root / "repo"
+    for name, dataset, epochs in (("digits", "digits", 15), ("diabetes", "diabetes", 20)):
+        out = root / name
+        train(TrainConfig(out=str(out), dataset=dataset, hidden=[64, 64], dropout=[0.2, 0.5], epochs=epochs,
+                          seed=1, quiet=True).validate())  # fmt: skip
+        export(ExportOptions(model_path=out / "model.keras", repository=repo, name=name))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def digits_rows() -> np.ndarray:
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    return load_digits().data[:8].astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_missing_csv_prints_one_line_and_exits_2(tmp_path: Path) -> None:

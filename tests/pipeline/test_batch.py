@@ -9,7 +9,7 @@ import pytest
 
 from serving import manifest as manifest_io
 from serving.repository_layout import versions
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 JOB = """
 repository = "repo"

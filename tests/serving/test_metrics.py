@@ -12,7 +12,7 @@ import pytest
 
 from serving import logs
 from serving.client import RpcFailed
-from tests.serving.conftest import in_process_server
+from tests.helpers import in_process_server
 
 
 def test_metrics_endpoint_counts_requests_by_code(model_repository: Path) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from serving.client import Client
-from tests.conftest import REPO
-from tests.serving.conftest import ServerProcess
+from tests.helpers import REPO, ServerProcess
 
 # Only look for it: importing tritonclient here would clash with the server's own `inference` protos.
 if importlib.util.find_spec("tritonclient") is None:

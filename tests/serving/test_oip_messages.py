@@ -14,7 +14,7 @@ from serving._proto.inference import grpc_service_pb2 as oip
 from serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from serving.client import Client
 from serving.server import Server
-from tests.serving.conftest import in_process_server
+from tests.helpers import in_process_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving.client import Client
 from serving.litert import Graph
 from serving.server import Server
-from tests.serving.conftest import in_process_server
+from tests.helpers import in_process_server
 
 
 @pytest.fixture(scope="module")

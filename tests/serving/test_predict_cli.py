@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.serving.conftest import in_process_server
+from tests.helpers import in_process_server, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from serving.client import Client, RpcFailed
-from tests.conftest import REPO
-from tests.serving.conftest import ServerProcess, copy_repository
+from tests.helpers import REPO, ServerProcess, copy_repository
 
 
 @pytest.mark.slow

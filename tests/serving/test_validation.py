@@ -18,7 +18,7 @@ from serving.client import Client, RpcFailed
 from serving.dataplane import PredictionRequest
 from serving.errors import InvalidArgument
 from serving.server import Server
-from tests.serving.conftest import in_process_server
+from tests.helpers import in_process_server
 
 
 @pytest.fixture(scope="module")

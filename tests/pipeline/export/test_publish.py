@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.export import publish
 from serving.repository_layout import STAGING_PREFIX, versions
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_staging_is_invisible_and_versions_count_up(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for serving tests: small exported models, servers in-process and in separate processes."""
+"""Helpers shared by the test suites: the CLI as a user runs it, servers in-process and in their own process."""
 
 from __future__ import annotations
 
@@ -13,39 +13,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from serving.client import Client
 from serving.server import Server
 from serving.settings import ServerSettings
-from tests.conftest import REPO
 
-pytest.importorskip("keras")  # building the fixtures' models needs the train extra
-
-
-@pytest.fixture(scope="session")
-def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with ``digits`` (classifier, v1) and ``diabetes`` (regressor, v1), trained briefly."""
-    from pipeline.config import TrainConfig
-    from pipeline.export.exporter import ExportOptions, export
-    from pipeline.training import train
-
-    root = tmp_path_factory.mktemp("models")
-    repo = root / "repo"
-    for name, dataset, epochs in (("digits", "digits", 15), ("diabetes", "diabetes", 20)):
-        out = root / name
-        train(TrainConfig(out=str(out), dataset=dataset, hidden=[64, 64], dropout=[0.2, 0.5], epochs=epochs,
-                          seed=1, quiet=True).validate())  # fmt: skip
-        export(ExportOptions(model_path=out / "model.keras", repository=repo, name=name))
-    return repo
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def digits_rows() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    return load_digits().data[:8].astype(np.float32)
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``mcdrop ARGS`` in a fresh interpreter and capture its output."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def copy_repository(source: Path, target: Path) -> Path:

@@ -1,0 +1,159 @@
+"""The serving image, built and run for real through the Docker Engine API."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.client import Client, RpcFailed
+from tests.container.images import build
+from tests.helpers import REPO, free_port
+
+
+class Running:
+    """A container of the image on the host network, its gRPC and metrics ports on free loopback ports."""
+
+    def __init__(self, client: Any, image: Any, volumes: dict[str, Any] | None = None, **env: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        environment = {"MCDROP_HOST": "127.0.0.1", "MCDROP_PORT": str(self.port),
+                       "MCDROP_METRICS_PORT": str(self.metrics_port), **env}  # fmt: skip
+        self.started = time.monotonic()
+        self.container = client.containers.run(
+            image.id, detach=True, network_mode="host", environment=environment, volumes=volumes or {}
+        )
+        self.address = f"127.0.0.1:{self.port}"
+        self.ready_seconds = self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> float:
+        with Client(self.address, timeout=2) as client:
+            while time.monotonic() - self.started < timeout:
+                self.container.reload()
+                assert self.container.status in ("created", "running"), self.logs()
+                try:
+                    if client.health(timeout=1) == "SERVING":
+                        return time.monotonic() - self.started
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+                time.sleep(0.05)
+        raise AssertionError(f"container not ready in {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return str(self.container.logs().decode(errors="replace"))
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):  # already gone is fine
+            self.container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def running(docker_client: Any, image: Any, shared_repository: Path) -> Any:
+    server = Running(docker_client, image, {str(shared_repository): {"bind": "/models", "mode": "ro"}})
+    yield server
+    server.remove()
+
+
+def test_image_configuration(image: Any) -> None:
+    config = image.attrs["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["mcdrop", "serve"]
+    assert {"8500/tcp", "8502/tcp"} <= set(config["ExposedPorts"])
+    assert "/models" in config["Volumes"]
+    assert "MCDROP_REPOSITORY=/models" in config["Env"]
+
+
+def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows: np.ndarray, tmp_path: Path) -> None:
+    with Client(running.address) as client:
+        assert {m.name for m in client.list_models()} == {"digits", "diabetes"}
+        native = client.predict("digits", digits_rows[:4], samples=100, seed=1234)
+    np.save(tmp_path / "rows.npy", digits_rows[:4])
+    probe = subprocess.run(
+        [sys.executable, "-m", "tests.serving.triton_probe", running.address, "digits", str(tmp_path / "rows.npy")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    answer = json.loads(probe.stdout)
+    assert answer["live"] and answer["ready"] and answer["model_ready"]
+    triton_mean = np.frombuffer(base64.b64decode(answer["infer"]["mean"]["b64"]), np.float32).reshape(4, 10)
+    assert triton_mean.tobytes() == native.mean.tobytes()
+    assert answer["errors"]["short_raw_buffer"]["status"] == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_inside_the_container(running: Any) -> None:
+    # The HEALTHCHECK reaches the container's config (podman reports it there, not on the image).
+    healthcheck = running.container.attrs["Config"]["Healthcheck"]
+    assert healthcheck["Test"] == ["CMD", "python3", "-m", "serving.healthcheck"]
+    code, output = running.container.exec_run(["python3", "-m", "serving.healthcheck"])
+    assert code == 0 and output.decode().strip() == "SERVING"
+    code, output = running.container.exec_run(["id", "-u"])
+    assert output.decode().strip() == "10001"
+    check = "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)"
+    assert running.container.exec_run(["python3", "-c", check])[0] == 0
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'mcdrop_model_version_loaded{model="digits",version="1"} 1.0' in metrics
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(
+    docker_client: Any, image: Any, shared_repository: Path, digits_rows: np.ndarray
+) -> None:
+    server = Running(docker_client, image, {str(shared_repository): {"bind": "/models", "mode": "ro"}},
+                     MCDROP_GRACE_SECONDS="30")  # fmt: skip
+    try:
+        outcomes: list[tuple[str, float]] = []
+        lock = threading.Lock()
+        x = np.repeat(digits_rows, 8, axis=0)
+
+        def call() -> None:
+            with Client(server.address, timeout=60) as client:
+                try:
+                    client.predict("digits", x, samples=4000, seed=1)
+                    outcome = "OK"
+                except RpcFailed as exc:
+                    outcome = exc.code
+            with lock:
+                outcomes.append((outcome, time.monotonic()))
+
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        server.container.kill(signal="SIGTERM")
+        for thread in threads:
+            thread.join(timeout=120)
+        result = server.container.wait(timeout=60)
+        assert result["StatusCode"] == 0, server.logs()
+        assert len(outcomes) == 16 and {o for o, _ in outcomes} <= {"OK", "UNAVAILABLE"}
+        assert any(o == "OK" and t > signalled for o, t in outcomes), "nothing was in flight at SIGTERM"
+        assert '"msg": "stopped"' in server.logs()
+    finally:
+        server.remove()
+
+
+def test_model_baked_into_the_image(docker_client: Any, shared_repository: Path, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md", "Dockerfile", ".dockerignore"):
+        shutil.copy(REPO / name, context / name)
+    for package in ("pipeline", "serving"):
+        shutil.copytree(REPO / package, context / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(shared_repository, context / "model-repository")
+    baked, _ = build(docker_client, context, "mcdrop:test-baked", "with-models")
+    server = Running(docker_client, baked)  # no volume: the models are in the image
+    try:
+        with Client(server.address) as client:
+            assert {m.name for m in client.list_models()} == {"digits", "diabetes"}
+            assert client.predict("digits", np.zeros((1, 64), np.float32), samples=10).samples == 10
+    finally:
+        server.remove()
