@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +34,12 @@ def register(subcommands: Any) -> None:
     add("--max-batch", type=int, default=None, help="largest batch per request (default 1024)")
     add("--max-sample-rows", type=int, default=None, help="largest T x batch per request (default 1e6)")
     add("--max-message-bytes", type=int, default=None, help="largest gRPC message (default 64 MiB)")
+    add(
+        "--mask-source",
+        choices=["host", "graph"],
+        default=None,
+        help="masks of unseeded MC requests: host (default, reports a replayable seed) or graph (in-graph RNG)",
+    )
     add("--poll-seconds", type=float, default=None, help="repository poll interval (default 2; 0 = off)")
     add("--max-versions", type=int, default=None, help="newest versions kept loaded per model (default 2)")
     add("--grace-seconds", type=float, default=None, help="time in-flight requests get on SIGTERM (default 20)")
@@ -63,12 +70,10 @@ def register(subcommands: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from serving import logs
     from serving.server import run
-    from serving.settings import load_settings
+    from serving.settings import ServerSettings, load_settings
 
-    names = ("repository", "host", "port", "metrics_port", "workers", "pool_size", "interpreter_threads", "max_queue",
-             "max_samples", "max_batch", "max_sample_rows", "max_message_bytes", "poll_seconds", "max_versions",
-             "grace_seconds", "log_level", "log_format")  # fmt: skip
-    settings = load_settings({name: getattr(args, name) for name in names})
+    names = [field.name for field in dataclasses.fields(ServerSettings)]
+    settings = load_settings({name: getattr(args, name) for name in names if hasattr(args, name)})
     if not Path(settings.repository).is_dir():
         raise NotFound(f"Model repository not found: {settings.repository}. Expected a directory (REPO/NAME/VERSION/).")
     logs.configure(settings.log_level, settings.log_format)

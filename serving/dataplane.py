@@ -8,10 +8,14 @@ once. Errors are ``serving.errors`` types; the transports map them to status cod
 Sampling paths:
 
 * DETERMINISTIC: one invoke of ``deterministic.tflite``.
-* MONTE_CARLO without a seed: ``mc.tflite``, all T samples in one invoke, masks
-  drawn by LiteRT's OS-seeded random ops: fresh on every call.
-* MONTE_CARLO with a seed: ``mc_masked.tflite`` with masks from ``SeededMasks``:
-  bit-identical on every call and after restarts.
+* MONTE_CARLO: ``mc_masked.tflite``, all T samples in one invoke, with masks
+  drawn on the host by ``MaskStream`` from the request's seed — or, without one,
+  from a fresh seed out of the OS's entropy, reported in the answer so that it
+  can be replayed. The same seed gives bit-identical answers on every call and
+  after restarts. Host masks take 16 random bits per flag, about a quarter of
+  what LiteRT's float32 ``RANDOM_UNIFORM`` costs inside ``mc.tflite``.
+* With ``mask_source = "graph"``, unseeded requests use ``mc.tflite`` instead
+  (masks from LiteRT's OS-seeded random ops; no seed to report).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from serving import uncertainty
 from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from serving.masks import SeededMasks
+from serving.masks import MaskStream, fresh_seed
 from serving.metrics import Metrics
 from serving.repository import ModelRepository, ModelVersion
 from serving.settings import ServerSettings
@@ -219,8 +223,16 @@ class DataPlane:
 
     # Sampling -----------------------------------------------------------------------------------
 
+    def _masks(self, plan: _Plan) -> MaskStream | None:
+        """The request's mask stream; None for one pass, or for in-graph masks."""
+        if plan.mode == DETERMINISTIC or (plan.seed is None and self.settings.mask_source == "graph"):
+            return None
+        if plan.seed is None:
+            plan.seed = fresh_seed()
+        return MaskStream(plan.version.dropout, plan.seed, len(plan.x))
+
     def _one_shot(self, plan: _Plan, deadline: float | None) -> Prediction:
-        masks = SeededMasks(plan.version.dropout, plan.seed, len(plan.x)) if plan.seed is not None else None
+        masks = self._masks(plan)
         samples, queue_s, compute_s = self._run(plan, plan.samples, masks, deadline)
         started = time.perf_counter()
         prediction = self._summarise(plan, samples, final=True, queue_s=queue_s, compute_s=compute_s)
@@ -229,7 +241,7 @@ class DataPlane:
         return prediction
 
     def _chunks(self, plan: _Plan, deadline: float | None) -> Iterator[Prediction]:
-        masks = SeededMasks(plan.version.dropout, plan.seed, len(plan.x)) if plan.seed is not None else None
+        masks = self._masks(plan)
         collected: list[np.ndarray] = []
         drawn, queue_s, compute_s = 0, 0.0, 0.0
         while drawn < plan.samples:
@@ -252,7 +264,7 @@ class DataPlane:
                 return
 
     def _run(
-        self, plan: _Plan, samples: int, masks: SeededMasks | None, deadline: float | None
+        self, plan: _Plan, samples: int, masks: MaskStream | None, deadline: float | None
     ) -> tuple[np.ndarray, float, float]:
         """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
         version = plan.version

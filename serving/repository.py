@@ -273,6 +273,6 @@ def _smoke_test(version: ModelVersion) -> None:
         feeds = {
             d.feed_name: np.ones((2, 1, *d.noise_shape), np.uint8 if d.kind == "bernoulli" else np.float32)
             for d in version.dropout
-        }
+        }  # masks of the right shapes and dtypes; values do not matter here
         with version.pools["mc_masked"].lease() as graph:
             graph.run({"x": x, **feeds})

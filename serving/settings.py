@@ -42,6 +42,9 @@ class ServerSettings:
     """Largest batch (rows per request)."""
     max_sample_rows: int = 1_000_000
     """Largest T x batch per request: bounds the memory and time one request can take."""
+    mask_source: str = "host"
+    """Masks of unseeded Monte-Carlo requests: ``host`` (fast 16-bit host masks from a fresh seed, which the
+    answer reports) or ``graph`` (LiteRT's in-graph random ops in mc.tflite). Seeded requests always use host masks."""
     default_chunk: int = 10
     """Samples per chunk for PredictStream and adaptive sampling."""
     max_message_bytes: int = 64 * 1024 * 1024
@@ -68,6 +71,8 @@ class ServerSettings:
             raise InvalidArgument(
                 f"Ports must be in 0-65535. Received: port={self.port} metrics_port={self.metrics_port}"
             )
+        if self.mask_source not in ("host", "graph"):
+            raise InvalidArgument(f"Setting mask_source must be host or graph. Received: {self.mask_source!r}")
         if self.log_format not in ("json", "text"):
             raise InvalidArgument(f"Setting log_format must be json or text. Received: {self.log_format!r}")
         return self

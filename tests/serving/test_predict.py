@@ -65,16 +65,26 @@ def test_seeded_calls_are_identical_and_unseeded_calls_differ(
     assert not np.array_equal(first.sample_outputs, other_seed.sample_outputs)
 
 
-def test_unseeded_masks_never_repeat_across_batch_sizes(served: tuple[Server, Client], digits_rows: np.ndarray) -> None:
+@pytest.mark.parametrize("mask_source", ["host", "graph"])
+def test_unseeded_masks_never_repeat_across_batch_sizes(
+    model_repository: Path, digits_rows: np.ndarray, mask_source: str
+) -> None:
     """A fixed-seed in-graph RNG restarts on re-allocation: B=1, B=3, B=1 would repeat the first answer."""
-    _, client = served
-    outputs = []
-    for batch in (1, 3, 1, 5, 1, 1):
-        p = client.predict("digits", digits_rows[:batch], samples=50, return_samples=True)
-        assert p.seed is None and p.sample_outputs is not None
-        outputs.append(p.sample_outputs[:, 0])
-    firsts = [o.tobytes() for o in outputs]
-    assert len(set(firsts)) == len(firsts)
+    with in_process_server(model_repository, mask_source=mask_source) as (_, client):
+        outputs, seeds = [], []
+        for batch in (1, 3, 1, 5, 1, 1):
+            p = client.predict("digits", digits_rows[:batch], samples=50, return_samples=True)
+            assert p.sample_outputs is not None
+            outputs.append(p.sample_outputs[:, 0].tobytes())
+            seeds.append(p.seed)
+        assert len(set(outputs)) == len(outputs)
+        if mask_source == "graph":
+            assert seeds == [None] * 6  # LiteRT's OS-seeded random ops: nothing to report
+        else:
+            assert None not in seeds and len(set(seeds)) == 6
+            # The reported seed replays the answer exactly.
+            replay = client.predict("digits", digits_rows[:1], samples=50, seed=seeds[-1], return_samples=True)
+            assert replay.sample_outputs is not None and replay.sample_outputs[:, 0].tobytes() == outputs[-1]
 
 
 def test_seeded_results_survive_a_restart(model_repository: Path, digits_rows: np.ndarray) -> None:
