@@ -251,12 +251,13 @@ class DataPlane:
             drawn += size
             queue_s += waited
             started = time.perf_counter()
-            samples = np.concatenate(collected)
-            error = uncertainty.max_standard_error(samples)
-            converged = plan.tolerance is not None and error <= plan.tolerance
+            samples = np.concatenate(collected) if len(collected) > 1 else chunk
+            collected = [samples]
+            prediction = self._summarise(plan, samples, final=False, queue_s=queue_s, compute_s=compute_s)
+            converged = plan.tolerance is not None and prediction.max_standard_error <= plan.tolerance
             final = drawn >= plan.samples or converged
             compute_s += computed + time.perf_counter() - started
-            prediction = self._summarise(plan, samples, final=final, queue_s=queue_s, compute_s=compute_s)
+            prediction.final, prediction.compute_ms = final, compute_s * 1e3
             if final:
                 self._observe(plan, prediction)
             yield prediction
@@ -294,7 +295,8 @@ class DataPlane:
             summary = uncertainty.classification(samples)
         else:
             summary = uncertainty.regression(samples, plan.interval)
-        error = 0.0 if plan.mode == DETERMINISTIC else uncertainty.max_standard_error(samples)
+        count = samples.shape[0]
+        error = 0.0 if plan.mode == DETERMINISTIC else uncertainty.max_standard_error_from_std(summary.std, count)
         return Prediction(
             model=version.name,
             version=version.version,
@@ -312,7 +314,7 @@ class DataPlane:
         )
 
     def _observe(self, plan: _Plan, prediction: Prediction) -> None:
-        name = plan.version.name
-        self.metrics.queue_seconds.labels(name).observe(prediction.queue_ms / 1e3)
-        self.metrics.compute_seconds.labels(name, plan.mode).observe(prediction.compute_ms / 1e3)
-        self.metrics.samples.labels(name, plan.mode).observe(prediction.samples)
+        queue, compute, samples = self.metrics.per_model(plan.version.name, plan.mode)
+        queue.observe(prediction.queue_ms / 1e3)
+        compute.observe(prediction.compute_ms / 1e3)
+        samples.observe(prediction.samples)

@@ -64,8 +64,8 @@ def translated(api: str, metrics: Metrics) -> Callable[[F], F]:
                 code = grpc.StatusCode.INTERNAL
                 _abort(context, code, _incident(exc, name))
             finally:
-                metrics.requests.labels(api, name, code.name).inc()
-                metrics.request_seconds.labels(api, name).observe(time.perf_counter() - started)
+                metrics.rpc(api, name, code.name).inc()
+                metrics.rpc_seconds(api, name).observe(time.perf_counter() - started)
 
         return wrapper  # type: ignore[return-value]
 
@@ -94,8 +94,8 @@ def translated_stream(api: str, metrics: Metrics) -> Callable[[F], F]:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                metrics.requests.labels(api, name, code.name).inc()
-                metrics.request_seconds.labels(api, name).observe(time.perf_counter() - started)
+                metrics.rpc(api, name, code.name).inc()
+                metrics.rpc_seconds(api, name).observe(time.perf_counter() - started)
 
         return wrapper  # type: ignore[return-value]
 

@@ -84,9 +84,9 @@ class Graph:
         return [self._interpreter.get_tensor(index) for index in self._outputs]
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
-        missing = set(self._inputs) - set(feeds)
-        unknown = set(feeds) - set(self._inputs)
-        if missing or unknown:
+        if feeds.keys() != self._inputs.keys():
+            missing = set(self._inputs) - set(feeds)
+            unknown = set(feeds) - set(self._inputs)
             raise InvalidArgument(
                 f"Graph inputs are {sorted(self._inputs)}. Received: {sorted(feeds)} "
                 f"(missing {sorted(missing)}, unknown {sorted(unknown)})"

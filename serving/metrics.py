@@ -18,6 +18,7 @@ mcdrop_repository_scan_errors_total      counter
 from __future__ import annotations
 
 import contextlib
+import functools
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -52,6 +53,23 @@ class Metrics:
         self.load_failures = Counter("mcdrop_model_load_failures", "Model versions that failed to load", ["model"],
                                      registry=r)  # fmt: skip
         self.scan_errors = Counter("mcdrop_repository_scan_errors", "Repository scans that failed", registry=r)
+
+    @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request
+    def per_model(self, model: str, mode: str) -> tuple[Histogram, Histogram, Histogram]:
+        """Queue, compute and samples histograms of one model and mode (labelled children, cached)."""
+        return (
+            self.queue_seconds.labels(model),
+            self.compute_seconds.labels(model, mode),
+            self.samples.labels(model, mode),
+        )
+
+    @functools.cache  # noqa: B019
+    def rpc(self, api: str, method: str, code: str) -> Counter:
+        return self.requests.labels(api, method, code)
+
+    @functools.cache  # noqa: B019
+    def rpc_seconds(self, api: str, method: str) -> Histogram:
+        return self.request_seconds.labels(api, method)
 
     def on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
         if event == "loaded":

@@ -41,34 +41,42 @@ class RegressionSummary:
     level: float
 
 
+# Clamping p at a tiny positive value before the log makes p * log(p) exactly 0 at p = 0 (0 x finite)
+# without a branch: one pass instead of two masked ones, which matters on the serving hot path.
+_TINY = np.finfo(np.float64).tiny
+
+
 def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     """Shannon entropy in nats along ``axis``, with 0 log 0 = 0."""
     p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return np.asarray(-terms.sum(axis=axis))
+    return np.asarray(-np.add.reduce(p * np.log(np.maximum(p, _TINY)), axis=axis))
 
 
 def classification(samples: np.ndarray) -> ClassificationSummary:
-    """Summarise ``[T, B, C]`` class-probability samples."""
+    """Summarise ``[T, B, C]`` class-probability samples.
+
+    Written for the serving hot path (a few dozen microseconds at T=100): one pass per
+    quantity, population moments from sums, votes counted without a loop over classes.
+    """
     samples = _check_samples(samples, min_rank=3)
-    mean = samples.mean(axis=0, dtype=np.float64)
+    p = samples.astype(np.float64, copy=False)
+    count, classes = p.shape[0], p.shape[-1]
+    mean = np.add.reduce(p, axis=0) / count
+    variance = np.maximum(np.add.reduce(p * p, axis=0) / count - mean * mean, 0.0)
     predictive = entropy(mean)
-    expected = entropy(samples).mean(axis=0)
+    expected = -np.add.reduce(p * np.log(np.maximum(p, _TINY)), axis=(0, -1)) / count
     # Mathematically >= 0 (Jensen); float rounding can leave a -1e-16 that would confuse users.
     mutual_information = np.maximum(predictive - expected, 0.0)
-    classes = samples.shape[-1]
-    votes = samples.argmax(axis=-1)  # [T, B]
-    counts = np.stack([(votes == c).sum(axis=0) for c in range(classes)], axis=-1)  # [B, C]
-    variation_ratio = 1.0 - counts.max(axis=-1) / samples.shape[0]
+    votes = p.argmax(axis=-1)  # [T, B]
+    counts = np.add.reduce(votes[..., np.newaxis] == np.arange(classes), axis=0)  # [B, C]
     return ClassificationSummary(
         mean=mean.astype(np.float32),
-        std=samples.std(axis=0, dtype=np.float64).astype(np.float32),
+        std=np.sqrt(variance).astype(np.float32),
         predicted_class=mean.argmax(axis=-1),
         predictive_entropy=predictive,
         expected_entropy=expected,
         mutual_information=mutual_information,
-        variation_ratio=variation_ratio,
+        variation_ratio=1.0 - counts.max(axis=-1) / count,
     )
 
 
@@ -93,6 +101,14 @@ def max_standard_error(samples: np.ndarray) -> float:
     if count < 2:
         return float("inf")
     return float(np.sqrt(samples.var(axis=0, ddof=1, dtype=np.float64).max() / count))
+
+
+def max_standard_error_from_std(std: np.ndarray, count: int) -> float:
+    """The same from population standard deviations already computed: sqrt(max var / (T - 1))."""
+    if count < 2:
+        return float("inf")
+    largest = float(np.max(std)) if std.size else 0.0
+    return float(np.sqrt(largest * largest / (count - 1)))
 
 
 def _check_samples(samples: np.ndarray, *, min_rank: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""``mcdrop bench``: Monte-Carlo-dropout inference measured side by side, in one run, on one machine."""

@@ -1,0 +1,29 @@
+"""Closed-loop load generator processes: each has its own gRPC channel and interpreter (no shared GIL).
+
+Kept free of TensorFlow and numpy imports so a spawned worker starts fast.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+
+def load_worker(target: str, method: str, payload: bytes, start_at: float, duration: float) -> list[float]:
+    """Send ``payload`` to ``method`` back to back from ``start_at`` (wall clock) for ``duration`` seconds.
+
+    Returns the latencies in ms of the calls that succeeded; raises on the first failure.
+    """
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)  # raw bytes in and out: no client-side protobuf work
+        for _ in range(20):  # warm the connection before the clock starts
+            call(payload, timeout=30)
+        time.sleep(max(0.0, start_at - time.time()))
+        latencies = []
+        deadline = time.perf_counter() + duration
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            call(payload, timeout=30)
+            latencies.append((time.perf_counter() - started) * 1e3)
+    return latencies
