@@ -75,6 +75,33 @@ def register(subcommands: Any) -> None:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
+    evaluate = subcommands.add_parser(
+        "evaluate",
+        help="measure the quality of the deployed uncertainty (calibration, OOD, UCI reproduction)",
+        description="Train, export and evaluate through the exported LiteRT graphs. --suite digits: accuracy, "
+        "NLL, Brier, ECE (weight scaling vs MC), OOD AUROC (train 0-4, score 5-9), MC averaging vs weight "
+        "scaling. --suite uci: Gal & Ghahramani's UCI regression protocol, printed beside the paper's table.",
+    )
+    evaluate.add_argument("--suite", choices=["digits", "uci"], required=True)
+    evaluate.add_argument(
+        "--dataset", type=_names, default=None, metavar="NAME[,NAME]", help="UCI datasets (default: all four)"
+    )
+    evaluate.add_argument("--splits", type=int, default=None, help="UCI splits to run (default: all 20)")
+    evaluate.add_argument("--samples", type=int, default=10_000, help="UCI test samples T (default 10000)")
+    evaluate.add_argument(
+        "--epoch-factor",
+        type=float,
+        default=10.0,
+        help="UCI epochs = n_epochs x this (protocol: 10; smaller only for smoke tests)",
+    )
+    evaluate.add_argument("--uci-root", type=Path, default=Path("../shared/datasets/uci"), metavar="DIR")
+    evaluate.add_argument("--workdir", type=Path, default=None, help="keep models here (default: a temp dir)")
+    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE")
+    evaluate.add_argument("--figures", type=Path, default=None, metavar="DIR")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(handler=run_evaluate)
+
     demo = subcommands.add_parser(
         "demo", help="run the main job end to end on the bundled digits data", description="Train on digits."
     )
@@ -171,8 +198,64 @@ def print_bench(report: dict[str, Any]) -> None:
         )
     console.print(targets)
     process = report["process"]
-    console.print(f"server: peak RSS {process['peak_rss_mb']:.1f} MB, ready in {process['ready_seconds']} s; "
-                  f"whole run {report['seconds']} s")  # fmt: skip
+    console.print(
+        f"server: peak RSS {process['peak_rss_mb']:.1f} MB, ready in {process['ready_seconds']} s; "
+        f"whole run {report['seconds']} s"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.evaluation.report import print_digits, print_uci
+    from pipeline.progress import progress_bar
+    from serving.cli import require_extra
+
+    require_extra("train", "tensorflow", "keras", "sklearn", "matplotlib")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="mcdrop-evaluate-") as tmp, progress_bar() as bar:
+        if args.quiet:
+            bar.stop()
+        workdir = args.workdir or Path(tmp)
+        if args.suite == "digits":
+            from pipeline.evaluation.digits import run_digits
+
+            task = bar.add_task("evaluate digits", total=5, status="")
+
+            def step(text: str) -> None:
+                bar.update(task, status=text, advance=1)
+
+            results: dict[str, Any] = run_digits(workdir, seed=args.seed, step=step)
+            bar.update(task, completed=5, status="done")
+            if args.figures is not None:
+                from pipeline.evaluation.figures import digits_figures
+
+                results["figures"] = [str(p) for p in digits_figures(results, args.figures)]
+        else:
+            from pipeline.evaluation.uci import PUBLISHED, run_uci
+
+            names = args.dataset or list(PUBLISHED)
+            total = len(names) * (args.splits or 20)
+            task = bar.add_task("evaluate uci", total=total, status="")
+            results = {"datasets": []}
+            for name in names:
+                results["datasets"].append(
+                    run_uci(
+                        args.uci_root,
+                        name,
+                        workdir,
+                        splits=args.splits,
+                        samples=args.samples,
+                        epoch_factor=args.epoch_factor,
+                        seed=args.seed,
+                        step=lambda text: bar.update(task, status=text, advance=1),
+                    )
+                )
+            bar.update(task, status="done")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (print_digits if args.suite == "digits" else print_uci)(results)
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -116,3 +116,76 @@ def _check_samples(samples: np.ndarray, *, min_rank: int) -> np.ndarray:
     if samples.ndim < min_rank or samples.shape[0] < 1:
         raise ValueError(f"Expected samples shaped [T, B, ...] with rank >= {min_rank}. Received: {samples.shape}")
     return samples
+
+
+# Calibration and evaluation -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reliability:
+    """Per-bin statistics of a reliability diagram (equal-width confidence bins)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    """Mean top-class probability per bin (NaN where empty)."""
+    accuracy: np.ndarray
+    """Fraction correct per bin (NaN where empty)."""
+    ece: float
+
+
+def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class, in nats."""
+    p = np.asarray(probabilities, np.float64)[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.maximum(p, 1e-12))))
+
+
+def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over rows of the squared distance between the probabilities and the one-hot label."""
+    p = np.asarray(probabilities, np.float64)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=-1)))
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> Reliability:
+    """Reliability diagram statistics and the expected calibration error (ECE) over ``bins`` bins."""
+    p = np.asarray(probabilities, np.float64)
+    confidence, correct = p.max(axis=-1), (p.argmax(axis=-1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / counts
+    gaps = np.where(counts > 0, np.abs(accuracy - mean_confidence), 0.0)
+    ece = float(np.sum(counts / len(labels) * gaps))
+    return Reliability(edges, counts, mean_confidence, accuracy, ece)
+
+
+def auroc(in_distribution: np.ndarray, out_of_distribution: np.ndarray) -> float:
+    """Area under the ROC curve for telling OOD (positive, higher score) from in-distribution scores.
+
+    Equals the probability that a random OOD score exceeds a random in-distribution one (ties count 1/2).
+    """
+    scores = np.concatenate([in_distribution, out_of_distribution]).astype(np.float64)
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = sums[inverse] / counts[inverse]  # average ranks for ties
+    n_in, n_out = len(in_distribution), len(out_of_distribution)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def gaussian_mixture_log_likelihood(samples: np.ndarray, targets: np.ndarray, precision: float) -> np.ndarray:
+    """Per-row log-likelihood of ``targets`` under the mixture of N(samples[t], 1/precision) over t.
+
+    ``samples`` is ``[T, N]``; the result is ``[N]``:
+    logsumexp_t(-precision/2 (y - yhat_t)^2) - log T - log(2 pi)/2 + log(precision)/2.
+    """
+    exponent = -0.5 * precision * (targets[np.newaxis] - samples.astype(np.float64)) ** 2
+    peak = exponent.max(axis=0)
+    log_sum = peak + np.log(np.exp(exponent - peak).sum(axis=0))
+    return np.asarray(log_sum - np.log(samples.shape[0]) - 0.5 * np.log(2 * np.pi) + 0.5 * np.log(precision))

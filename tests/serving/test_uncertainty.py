@@ -66,3 +66,37 @@ def test_regression_interval_and_standard_error() -> None:
     assert uncertainty.max_standard_error(samples[:1]) == math.inf
     with pytest.raises(ValueError, match="Interval level"):
         uncertainty.regression(samples, 1.5)
+
+
+def test_nll_brier_and_ece_on_known_cases() -> None:
+    labels = np.array([0, 1, 1, 0])
+    perfect = np.eye(2)[labels]
+    assert uncertainty.nll(perfect, labels) == pytest.approx(0.0, abs=1e-9)
+    assert uncertainty.brier(perfect, labels) == pytest.approx(0.0)
+    assert uncertainty.reliability(perfect, labels).ece == pytest.approx(0.0)
+    half = np.full((4, 2), 0.5)
+    assert uncertainty.nll(half, labels) == pytest.approx(math.log(2))
+    assert uncertainty.brier(half, labels) == pytest.approx(0.5)
+    # Confidence 0.9 but only half right: ECE is the gap, 0.4.
+    overconfident = np.array([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    result = uncertainty.reliability(overconfident, np.array([0, 1, 1, 0]), bins=15)
+    assert result.ece == pytest.approx(0.4)
+    assert result.counts.sum() == 4
+
+
+def test_auroc_matches_pairwise_counting() -> None:
+    rng = np.random.default_rng(4)
+    inside, outside = rng.normal(size=60).round(1), rng.normal(0.7, size=40).round(1)  # rounding makes ties
+    pairs = [(o > i) + 0.5 * (o == i) for i in inside for o in outside]
+    assert uncertainty.auroc(inside, outside) == pytest.approx(np.mean(pairs))
+    assert uncertainty.auroc(np.zeros(5), np.ones(5)) == 1.0
+    assert uncertainty.auroc(np.ones(5), np.ones(5)) == 0.5
+
+
+def test_gaussian_mixture_log_likelihood_matches_direct_formula() -> None:
+    rng = np.random.default_rng(5)
+    samples, y, tau = rng.normal(size=(50, 7)), rng.normal(size=7), 2.5
+    direct = np.log(np.mean(np.sqrt(tau / (2 * np.pi)) * np.exp(-0.5 * tau * (y - samples) ** 2), axis=0))
+    np.testing.assert_allclose(uncertainty.gaussian_mixture_log_likelihood(samples, y, tau), direct, rtol=1e-10)
+    far = uncertainty.gaussian_mixture_log_likelihood(np.zeros((3, 1)), np.array([100.0]), 1.0)
+    assert np.isfinite(far).all()  # logsumexp: no underflow to -inf

@@ -1,0 +1,1 @@
+"""``mcdrop evaluate``: is the deployed uncertainty trustworthy? Measured through the exported LiteRT graphs."""

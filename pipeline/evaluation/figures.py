@@ -1,0 +1,83 @@
+"""Figures of the evaluation: reliability diagram, MC averaging vs weight scaling, OOD score histograms."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+
+def digits_figures(results: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
+    for ax, (name, r) in zip(axes, results["reliability"].items(), strict=True):
+        edges = r["edges"]
+        centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+        width = edges[1] - edges[0]
+        accuracy = [a if a is not None else 0.0 for a in r["accuracy"]]
+        ax.bar(centres, accuracy, width=width * 0.95, color="#2a7ab9", edgecolor="white", label="accuracy")
+        for centre, value, count in zip(centres, accuracy, r["counts"], strict=True):
+            if count:
+                ax.annotate(f"n={int(count)}", (centre, value), ha="center", va="bottom", fontsize=7)
+        ax.plot([0, 1], [0, 1], "--", color="#555555", label="perfect calibration")
+        scores = results["calibration"][name]
+        ax.set_title(f"{name}: ECE {r['ece']:.4f}, NLL {scores['nll']:.4f}, acc {scores['accuracy']:.3f}")
+        ax.set_xlabel("confidence (top-class probability), 15 bins")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0].set_ylabel("accuracy in bin")
+    fig.suptitle(f"Reliability on held-out digits ({results['test_rows']} rows), exported LiteRT graphs")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "reliability.png"))
+
+    averaging = results["averaging"]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    mean = [100 * v for v in averaging["mc_error_mean"]]
+    std = [100 * v for v in averaging["mc_error_std"]]
+    ax.errorbar(
+        averaging["samples"],
+        mean,
+        yerr=std,
+        marker="o",
+        capsize=3,
+        color="#2a7ab9",
+        label=f"Monte-Carlo model averaging (mean ± std, {averaging['repeats']} repeats)",
+    )
+    ax.axhline(100 * averaging["weight_scaling_error"], color="#d9a441", linestyle="--", label="weight scaling")
+    ax.set_xscale("log")
+    ax.set_xlabel("samples T")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("Monte-Carlo averaging vs weight scaling (digits)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, folder / "mc_vs_weight_scaling.png"))
+
+    ood = results["ood"]
+    fig, axes = plt.subplots(1, len(ood["scores"]), figsize=(14, 4))
+    for ax, (name, values) in zip(axes, ood["scores"].items(), strict=True):
+        ax.hist(values["in"], bins=40, alpha=0.6, density=True, label="digits 0-4 (held out)", color="#2a7ab9")
+        ax.hist(values["out"], bins=40, alpha=0.6, density=True, label="digits 5-9 (unseen)", color="#d9a441")
+        ax.set_title(f"{name}\nAUROC {ood['auroc'][name]:.3f}", fontsize=10)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle("Out-of-distribution scores: trained on digits 0-4")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "ood.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
