@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
@@ -15,6 +17,8 @@ DTYPES: dict[int, np.dtype[np.generic]] = {
     pb.UINT8: np.dtype("u1"),
 }
 _ENUMS = {dtype.kind + str(dtype.itemsize): enum for enum, dtype in DTYPES.items()}
+MAX_RANK = 8
+MAX_DIMENSION = 2**31 - 1
 
 
 def decode(tensor: pb.Tensor, what: str = "input") -> np.ndarray:
@@ -26,15 +30,23 @@ def decode(tensor: pb.Tensor, what: str = "input") -> np.ndarray:
             f"Received: {pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else tensor.dtype}"
         )
     shape = list(tensor.shape)
-    if not shape or any(d < 0 for d in shape):
-        raise InvalidArgument(f"Invalid {what} shape. Expected non-negative dimensions [B, ...]. Received: {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    check_shape(shape, what)
+    expected = math.prod(shape) * dtype.itemsize  # exact Python ints: no overflow on hostile shapes
     if len(tensor.data) != expected:
         raise InvalidArgument(
             f"Invalid {what} byte length. Expected {expected} bytes (shape {shape} x {dtype.itemsize} bytes of "
             f"{pb.DataType.Name(tensor.dtype)}). Received: {len(tensor.data)} bytes"
         )
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def check_shape(shape: list[int], what: str) -> None:
+    """Rank 1..MAX_RANK, every dimension in [0, MAX_DIMENSION]."""
+    if not 1 <= len(shape) <= MAX_RANK or any(not 0 <= d <= MAX_DIMENSION for d in shape):
+        raise InvalidArgument(
+            f"Invalid {what} shape. Expected 1 to {MAX_RANK} dimensions, each in [0, {MAX_DIMENSION}]. "
+            f"Received: {shape[: MAX_RANK + 1]}{' ...' if len(shape) > MAX_RANK + 1 else ''}"
+        )
 
 
 def encode(array: np.ndarray) -> pb.Tensor:

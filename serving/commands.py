@@ -33,6 +33,7 @@ def register(subcommands: Any) -> None:
     add("--max-samples", type=int, default=None, help="largest T per request (default 10000)")
     add("--max-batch", type=int, default=None, help="largest batch per request (default 1024)")
     add("--max-sample-rows", type=int, default=None, help="largest T x batch per request (default 1e6)")
+    add("--max-request-gflops", type=float, default=None, help="largest compute per request (default 50 GFLOP)")
     add("--max-message-bytes", type=int, default=None, help="largest gRPC message (default 64 MiB)")
     add(
         "--mask-source",

@@ -161,6 +161,14 @@ class DataPlane:
                 f"Request too large: T x batch = {samples} x {len(x)} = {rows}. "
                 f"Expected at most {self.settings.max_sample_rows}."
             )
+        cost = version.manifest.get("cost")
+        if cost:
+            gflops = (len(x) * cost["prefix"] + rows * cost["per_sample"]) / 1e9
+            if gflops > self.settings.max_request_gflops:
+                raise InvalidArgument(
+                    f"Request too costly: {gflops:.3g} GFLOP for batch {len(x)} x T={samples} on model "
+                    f"{version.name!r}. Expected at most {self.settings.max_request_gflops:g} GFLOP."
+                )
         if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
             raise InvalidArgument(f"Invalid seed. Expected an integer in [0, 2^64). Received: {request.seed}")
         interval = DEFAULT_INTERVAL if request.interval is None else request.interval

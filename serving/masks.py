@@ -29,8 +29,11 @@ _PER_WORD = 64 // BITS
 
 
 def fresh_seed() -> int:
-    """A seed from the OS's entropy: unseeded requests never repeat masks (and can still be replayed)."""
-    return secrets.randbits(64)
+    """A seed from the OS's entropy: unseeded requests never repeat masks (and can still be replayed).
+
+    63 bits, so that it can be echoed and replayed through the Open Inference Protocol's int64 ``seed``.
+    """
+    return secrets.randbits(63)
 
 
 class MaskStream:

@@ -13,13 +13,14 @@ define ``inference.*`` messages, so they cannot be imported in one process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
-from serving import __version__, uncertainty
+from serving import __version__, codec, uncertainty
 from serving._proto.inference import grpc_service_pb2 as oip
 from serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
@@ -136,6 +137,7 @@ def decode_infer_request(request: Any, version: ModelVersion, max_samples: int) 
     if tensor.datatype != "FP32":
         raise InvalidArgument(f"Invalid datatype for input 'x'. Expected FP32. Received: {tensor.datatype}")
     shape = [int(d) for d in tensor.shape]
+    codec.check_shape(shape, "input 'x'")
     expected = list(version.input_shape)
     if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
         raise InvalidArgument(
@@ -214,7 +216,7 @@ def _outputs_for(version: ModelVersion, with_samples: bool) -> list[str]:
 
 def _tensor_data(request: Any, tensor: Any, shape: list[int]) -> np.ndarray:
     dtype, field = DATATYPES[tensor.datatype]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     typed = getattr(tensor.contents, field) if field else []
     if request.raw_input_contents:
         if len(request.raw_input_contents) != len(request.inputs):

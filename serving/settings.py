@@ -45,6 +45,8 @@ class ServerSettings:
     mask_source: str = "host"
     """Masks of unseeded Monte-Carlo requests: ``host`` (fast 16-bit host masks from a fresh seed, which the
     answer reports) or ``graph`` (LiteRT's in-graph random ops in mc.tflite). Seeded requests always use host masks."""
+    max_request_gflops: float = 50.0
+    """Largest compute one request may ask for: rows x (prefix + T x per-sample) FLOPs from the manifest."""
     default_chunk: int = 10
     """Samples per chunk for PredictStream and adaptive sampling."""
     max_message_bytes: int = 64 * 1024 * 1024
@@ -65,6 +67,8 @@ class ServerSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"Setting {name} must be >= 1. Received: {getattr(self, name)}")
+        if not self.max_request_gflops > 0:
+            raise InvalidArgument(f"Setting max_request_gflops must be > 0. Received: {self.max_request_gflops}")
         if self.max_queue < 0 or self.poll_seconds < 0 or self.grace_seconds < 0:
             raise InvalidArgument("Settings max_queue, poll_seconds and grace_seconds must be >= 0.")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:

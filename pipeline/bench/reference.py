@@ -73,21 +73,10 @@ def export_references(repository: Path) -> list[Reference]:
 
 
 def flops(model: Any, batch: int, samples: int) -> float:
-    """Multiply-adds x 2 of one MC estimate with prefix caching: layers before the first dropout run on
-    ``batch`` rows, the rest on ``samples * batch`` rows."""
-    import keras
+    """FLOPs of one MC estimate with prefix caching (the same count the server's cost limit uses)."""
+    from pipeline.export.cost import flops_per_row, request_flops
 
-    total, rows = 0.0, batch
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dropout):
-            rows = samples * batch
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2.0 * rows * layer.kernel.shape[0] * layer.kernel.shape[1]
-        elif isinstance(layer, keras.layers.Conv2D):
-            out_h, out_w = layer.output.shape[1:3]
-            kh, kw, cin, cout = layer.kernel.shape
-            total += 2.0 * rows * out_h * out_w * kh * kw * cin * cout
-    return total
+    return request_flops(flops_per_row(model), batch, samples)
 
 
 def sgemm_gflops(repeats: int = 30) -> float:

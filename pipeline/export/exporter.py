@@ -290,6 +290,7 @@ def _manifest(
         "dropout_layers": [spec.as_manifest() for spec in layers],
         "stochastic": bool(layers),
         "default_samples": options.samples,
+        "cost": _cost(model),
         "graphs": graph_specs,
         "quantized": quantized,
         "verification": {"passed": True, "checks": [_without_ops(c) for c in checks]},
@@ -303,6 +304,12 @@ def _manifest(
             "ai_edge_litert": _version("ai-edge-litert"),
         },
     }
+
+
+def _cost(model: Any) -> dict[str, Any]:
+    from pipeline.export.cost import flops_per_row
+
+    return {**flops_per_row(model), "unit": "FLOPs per input row (prefix once, per_sample for each of T samples)"}
 
 
 def _tensor_spec(graph: Graph, name: str) -> dict[str, Any]:
