@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -96,11 +97,32 @@ class Client:
         target: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
+        server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """Args:
+        target: ``host:port``.
+        timeout: default deadline of every call, in seconds.
+        ca: PEM CA bundle to verify the server with; turns on TLS (the system roots if only ``cert`` is given).
+        cert, key: PEM client certificate and key, for servers that require mutual TLS.
+        token: bearer token sent as ``authorization: Bearer <token>``.
+        server_name: name to verify in the server's certificate, if not the host in ``target``.
+        """
         opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        if server_name:
+            opts.append(("grpc.ssl_target_name_override", server_name))
+        if credentials is None and (ca or cert):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+            )
+        if token:
+            metadata = [*metadata, ("authorization", f"Bearer {token}")]
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -225,6 +247,15 @@ class Client:
             return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _failed(exc) from None
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"Cannot read {path}: {exc}") from None
 
 
 def decode_prediction(response: pb.PredictResponse) -> Prediction:

@@ -44,6 +44,10 @@ def register(subcommands: Any) -> None:
     add("--poll-seconds", type=float, default=None, help="repository poll interval (default 2; 0 = off)")
     add("--max-versions", type=int, default=None, help="newest versions kept loaded per model (default 2)")
     add("--grace-seconds", type=float, default=None, help="time in-flight requests get on SIGTERM (default 20)")
+    add("--tls-cert", default=None, metavar="PEM", help="server certificate: serve TLS (with --tls-key)")
+    add("--tls-key", default=None, metavar="PEM", help="server private key")
+    add("--tls-client-ca", default=None, metavar="PEM", help="require client certificates signed by this CA")
+    add("--auth-token-file", default=None, metavar="FILE", help="bearer tokens, one per line (reloaded on change)")
     add("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     add("--log-format", default=None, help="json (default) or text")
     serve.set_defaults(handler=run_serve)
@@ -65,6 +69,11 @@ def register(subcommands: Any) -> None:
     add("--interval", type=float, default=None, help="regression interval level (default 0.95)")
     add("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
     add("--json", action="store_true", help="print JSON instead of a table")
+    add("--ca", default=None, metavar="PEM", help="CA bundle to verify the server (turns on TLS)")
+    add("--cert", default=None, metavar="PEM", help="client certificate, for mutual TLS")
+    add("--key", default=None, metavar="PEM", help="client private key, for mutual TLS")
+    add("--server-name", default=None, help="name to verify in the server certificate")
+    add("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     predict.set_defaults(handler=run_predict)
 
 
@@ -85,7 +94,14 @@ def run_predict(args: argparse.Namespace) -> int:
     from serving.client import Client
 
     x = read_input(Path(args.input))
-    with Client(args.server, timeout=args.timeout) as client:
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise NotFound(f"Cannot read token file {args.token_file}: {exc}") from None
+    security = {"ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name, "token": token}
+    with Client(args.server, timeout=args.timeout, **security) as client:
         prediction = client.predict(
             args.model,
             x,

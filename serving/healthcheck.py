@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,14 +22,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", default="", help="service to ask about ('' = the whole server)")
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
-    port = load_settings({}).port
+    settings = load_settings({})
+    target = f"localhost:{settings.port}"
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        if settings.tls_cert:
+            # The probe trusts the server's own certificate (which must name localhost) and, under mutual TLS,
+            # presents it as its client identity too.
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(settings.tls_cert).read_bytes(),
+                private_key=Path(settings.tls_key).read_bytes() if settings.tls_client_ca else None,
+                certificate_chain=Path(settings.tls_cert).read_bytes() if settings.tls_client_ca else None,
+            )
+            channel = grpc.secure_channel(target, credentials)
+        else:
+            channel = grpc.insecure_channel(target)
+        with channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
     except grpc.RpcError as exc:
         print(f"unhealthy: {exc.code().name}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"unhealthy: cannot read a TLS file: {exc}", file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)

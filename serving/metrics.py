@@ -12,6 +12,7 @@ mcdrop_inflight_requests                 gauge
 mcdrop_model_version_loaded              gauge       model, version  (1 while loaded)
 mcdrop_model_load_failures_total         counter     model
 mcdrop_repository_scan_errors_total      counter
+mcdrop_auth_failures_total               counter
 =======================================  ==========  ==========================================
 """
 
@@ -52,6 +53,7 @@ class Metrics:
                             registry=r)  # fmt: skip
         self.load_failures = Counter("mcdrop_model_load_failures", "Model versions that failed to load", ["model"],
                                      registry=r)  # fmt: skip
+        self.auth_failures = Counter("mcdrop_auth_failures", "RPCs refused for a missing or wrong token", registry=r)
         self.scan_errors = Counter("mcdrop_repository_scan_errors", "Repository scans that failed", registry=r)
 
     @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request

@@ -22,7 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from serving import grpc_api, oip
 from serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
+from serving.auth import AuthInterceptor, TokenStore
 from serving.dataplane import DataPlane
+from serving.errors import InvalidArgument
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
 from serving.settings import ServerSettings
@@ -45,6 +47,7 @@ class Server:
         )
         self.plane = DataPlane(self.repository, settings, self.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
         self.port = 0
         self.metrics_port: int | None = None
@@ -63,7 +66,12 @@ class Server:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
+        interceptors = []
+        if self.tokens.enabled:
+            interceptors.append(AuthInterceptor(self.tokens, self.metrics))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers), options=options, interceptors=interceptors
+        )
         mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             oip.make_servicer(self.plane, self.metrics, self.ready), server
@@ -76,7 +84,9 @@ class Server:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(reflected, server)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings)
+        self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"Could not bind {settings.host}:{settings.port}")
         server.start()
@@ -90,7 +100,15 @@ class Server:
         loaded = {name: sorted(state.versions) for name, state in self.repository.states().items()}
         log.info(
             "serving",
-            extra={"port": self.port, "metrics_port": self.metrics_port, "models": loaded, "host": settings.host},
+            extra={
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "models": loaded,
+                "host": settings.host,
+                "tls": bool(settings.tls_cert),
+                "mutual_tls": bool(settings.tls_client_ca),
+                "auth": self.tokens.enabled,
+            },
         )
         return self.port
 
@@ -117,6 +135,18 @@ class Server:
     def _on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
         self.metrics.on_repository_event(event, model, version, detail)
         log.info(f"model version {event}", extra={"model": model, "version": version, "detail": detail})
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (and, with a client CA, mutual TLS) credentials from the settings' PEM files, or None."""
+    if not settings.tls_cert:
+        return None
+    try:
+        key, cert = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise InvalidArgument(f"Cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
 def run(settings: ServerSettings) -> int:

@@ -57,6 +57,16 @@ class ServerSettings:
     """Newest versions kept loaded per model."""
     grace_seconds: float = 20.0
     """On SIGTERM: how long in-flight requests may take to finish."""
+    tls_cert: str = ""
+    """PEM server certificate (chain): set with ``tls_key`` to serve TLS on the gRPC port."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    auth_tokens: str = ""
+    """Comma-separated bearer tokens; when set (or ``auth_token_file``), every RPC but health needs one."""
+    auth_token_file: str = ""
+    """File of bearer tokens, one per line; re-read when it changes."""
     log_level: str = "INFO"
     log_format: str = "json"
     """``json`` (one object per line) or ``text``."""
@@ -75,6 +85,10 @@ class ServerSettings:
             raise InvalidArgument(
                 f"Ports must be in 0-65535. Received: port={self.port} metrics_port={self.metrics_port}"
             )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("Settings tls_cert and tls_key go together. Expected both or neither.")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidArgument("Setting tls_client_ca (mutual TLS) needs tls_cert and tls_key.")
         if self.mask_source not in ("host", "graph"):
             raise InvalidArgument(f"Setting mask_source must be host or graph. Received: {self.mask_source!r}")
         if self.log_format not in ("json", "text"):
