@@ -81,6 +81,8 @@ class Metrics:
                 self.loaded.remove(model, str(version))
         elif event == "failed":
             self.load_failures.labels(model).inc()
+        elif event == "scan_failed":
+            self.scan_errors.inc()
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Expose /metrics over HTTP; return the bound port."""

@@ -97,7 +97,8 @@ class ModelState:
 
 
 Listener = Callable[[str, str, int, str], None]
-"""Called with (event, model, version, detail): event is loaded, unloaded or failed."""
+"""Called with (event, model, version, detail): event is loaded, unloaded or failed for a version,
+scan_ok or scan_failed (model "" and version 0) after each scan of the repository."""
 
 
 class ModelRepository:
@@ -154,12 +155,14 @@ class ModelRepository:
         with self._scan_lock:
             try:
                 wanted = self._wanted_versions()
-                self.last_scan_error = None
             except OSError as exc:
                 # An unreadable repository must not unload what is serving.
                 self.last_scan_error = f"cannot read repository {self.root}: {exc}"
-                log.error("repository scan failed", extra={"detail": self.last_scan_error})
+                log.error("repository scan failed; keeping the loaded versions", extra={"detail": self.last_scan_error})
+                self._listener("scan_failed", "", 0, self.last_scan_error)
                 return
+            self.last_scan_error = None
+            self._listener("scan_ok", "", 0, "")
             current = self._models
             updated: dict[str, ModelState] = {}
             for name, versions in wanted.items():
@@ -246,6 +249,25 @@ class ModelRepository:
             self._poller.join(timeout=5)
 
 
+def _check_fingerprint(version: ModelVersion, fingerprint: dict[str, Any]) -> None:
+    from serving.masks import MaskStream
+
+    rows, seed = int(fingerprint["rows"]), int(fingerprint["seed"])
+    x = np.random.default_rng(seed).standard_normal((rows, *version.input_shape[1:])).astype(np.float32)
+    runs = {"deterministic": {"x": x}}
+    if version.stochastic and "mc_masked" in fingerprint:
+        runs["mc_masked"] = {"x": x, **MaskStream(version.dropout, seed, rows).next(rows)}
+    for graph_name, feeds in runs.items():
+        with version.pools[graph_name].lease() as graph:
+            actual = graph.run(feeds)[0]
+        expected = np.asarray(fingerprint[graph_name], dtype=np.float32)
+        if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-4, atol=1e-5):
+            raise MCDropError(
+                f"{graph_name}.tflite does not reproduce the export's fingerprint (outputs on fixed inputs): "
+                "the file is damaged or not the one that was exported."
+            )
+
+
 def _signature(version_dir: Path) -> int:
     """Changes whenever a file in the version directory is added, removed, resized or rewritten.
 
@@ -263,7 +285,11 @@ def _signature(version_dir: Path) -> int:
 
 
 def _smoke_test(version: ModelVersion) -> None:
-    """Run every graph once on zeros so a broken file fails at load time, not on a request."""
+    """Run every graph once so a broken file fails at load time, not on a request; where the manifest has
+    a fingerprint (outputs on fixed inputs and masks), the outputs must match it."""
+    fingerprint = version.manifest.get("fingerprint")
+    if fingerprint:
+        _check_fingerprint(version, fingerprint)
     x = np.zeros((1, *version.input_shape[1:]), dtype=np.float32)
     with version.pools["deterministic"].lease() as graph:
         graph.run({"x": x})

@@ -30,6 +30,7 @@ from serving.repository import ModelRepository
 from serving.settings import ServerSettings
 
 log = logging.getLogger("mcdrop.server")
+REPOSITORY_HEALTH = "mcdrop.repository"
 
 
 class Server:
@@ -134,6 +135,16 @@ class Server:
 
     def _on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
         self.metrics.on_repository_event(event, model, version, detail)
+        if event.startswith("scan_"):
+            # The repository's own health: NOT_SERVING while it cannot be read (loaded models keep serving).
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if event == "scan_ok"
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            if not self._stopped.is_set():
+                self.health.set(REPOSITORY_HEALTH, status)
+            return
         log.info(f"model version {event}", extra={"model": model, "version": version, "detail": detail})
 
 

@@ -30,6 +30,7 @@ from serving.repository_layout import check_model_name
 DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
 VERIFY_ROWS = 4
+FINGERPRINT_SEED = 12345
 UNKNOWN_PREPROCESSING = {"applied_in_model": None, "note": "unknown: the model was not trained by mcdrop"}
 
 
@@ -109,9 +110,12 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
                 model, functions, quantization, graphs, layers, x, task, staging, options.seed
             )
 
+        step("fingerprint")
+        fingerprint = _fingerprint(graphs, layers, row_shape)
         step("timing")
         timing = _timing(graphs, layers, row_shape, options.samples)
         manifest = _manifest(options, model, training, task, layers, graphs, checks, quantized, timing, staging)
+        manifest["fingerprint"] = fingerprint
         manifest["versions"]["tensorflow"] = tf.__version__
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         step("publishing")
@@ -207,6 +211,25 @@ def _quantized_variant(
         reference = float_graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
         quantised = graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
         record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
+    return record
+
+
+def _fingerprint(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
+    which catches damaged weights even where a file's digest was recomputed after the damage."""
+    from serving.masks import MaskStream
+    from serving.repository import DropoutSpec
+
+    x = np.random.default_rng(FINGERPRINT_SEED).standard_normal((2, *row_shape)).astype(np.float32)
+    record: dict[str, Any] = {
+        "seed": FINGERPRINT_SEED,
+        "rows": 2,
+        "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),
+    }
+    if layers:
+        specs = [DropoutSpec(s.path, s.kind, s.rate, s.noise_shape, s.feed_name) for s in layers]
+        feeds = MaskStream(specs, FINGERPRINT_SEED, 2).next(2)
+        record["mc_masked"] = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
     return record
 
 
