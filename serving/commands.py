@@ -75,6 +75,61 @@ def register(subcommands: Any) -> None:
     add("--server-name", default=None, help="name to verify in the server certificate")
     add("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     predict.set_defaults(handler=run_predict)
+    register_soak(subcommands)
+
+
+def register_soak(subcommands: Any) -> None:
+    soak = subcommands.add_parser(
+        "soak",
+        help="N client processes against a server for M minutes: errors, RSS growth, latency drift",
+        description="Starts a server on REPO (or uses --server), then runs --clients processes of mixed requests "
+        "for --minutes (at most --max-requests in all). Exit code 1 unless: zero errors, RSS growth within "
+        "--max-rss-growth-mb, last-quarter median latency within --max-latency-drift of the first quarter's.",
+    )
+    group = soak.add_mutually_exclusive_group(required=True)
+    group.add_argument("--repository", type=Path, default=None, metavar="REPO", help="start a server on REPO")
+    group.add_argument("--server", default=None, metavar="HOST:PORT", help="soak a running server (no RSS figures)")
+    soak.add_argument("--model", default="digits")
+    soak.add_argument("--clients", type=int, default=8)
+    soak.add_argument("--minutes", type=float, default=2.0)
+    soak.add_argument("--max-requests", type=int, default=1_000_000)
+    soak.add_argument("--max-rss-growth-mb", type=float, default=20.0)
+    soak.add_argument("--max-latency-drift", type=float, default=0.5, help="relative, e.g. 0.5 = 50%%")
+    soak.add_argument("--json", type=Path, default=None, metavar="FILE")
+    soak.set_defaults(handler=run_soak)
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from serving.console import stdout_console
+    from serving.soak import soak
+
+    report = soak(
+        repository=args.repository,
+        server=args.server,
+        model=args.model,
+        clients=args.clients,
+        minutes=args.minutes,
+        max_requests=args.max_requests,
+        max_rss_growth_mb=args.max_rss_growth_mb,
+        max_latency_drift=args.max_latency_drift,
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console = stdout_console()
+    latency, rss = report["latency_ms"], report["rss_mb"]
+    console.print(
+        f"soak: {report['clients']} clients x {report['seconds']:.0f} s: {report['requests']} requests "
+        f"({report['throughput_rps']:.0f}/s), {report['errors']} errors; latency p50 {latency['p50']:.2f} ms, "
+        f"p99 {latency['p99']:.2f} ms, first/last-quarter p50 {latency['first_quarter_p50']:.2f}/"
+        f"{latency['last_quarter_p50']:.2f} ms; RSS start {_mb(rss['start'])}, end {_mb(rss['end'])}"
+    )
+    for name, ok in report["checks"].items():
+        console.print(f"  {'[green]pass[/]' if ok else '[red]FAIL[/]'} {name}")
+    return 0 if report["passed"] else 1
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} MB"
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -157,9 +212,15 @@ def print_prediction(p: Any) -> None:
             table.add_column(column, justify="right")
         for i, cls in enumerate(p.predicted_class):
             label = p.predicted_label[i] if p.predicted_label else str(cls)
-            table.add_row(str(i), label, f"{p.mean[i, cls]:.4f}", f"{p.std[i, cls]:.4f}",
-                          f"{p.predictive_entropy[i]:.4f}", f"{p.mutual_information[i]:.4f}",
-                          f"{p.variation_ratio[i]:.3f}")  # fmt: skip
+            table.add_row(
+                str(i),
+                label,
+                f"{p.mean[i, cls]:.4f}",
+                f"{p.std[i, cls]:.4f}",
+                f"{p.predictive_entropy[i]:.4f}",
+                f"{p.mutual_information[i]:.4f}",
+                f"{p.variation_ratio[i]:.3f}",
+            )
     else:
         for column in ("row", "output", "mean", "± std", f"{p.interval:.0%} interval"):
             table.add_column(column, justify="right")
@@ -167,6 +228,7 @@ def print_prediction(p: Any) -> None:
         lower, upper = p.lower.reshape(len(p.lower), -1), p.upper.reshape(len(p.upper), -1)
         for i in range(len(mean)):
             for j in range(mean.shape[1]):
-                table.add_row(str(i), str(j), f"{mean[i, j]:.4g}", f"{std[i, j]:.3g}",
-                              f"[{lower[i, j]:.4g}, {upper[i, j]:.4g}]")  # fmt: skip
+                table.add_row(
+                    str(i), str(j), f"{mean[i, j]:.4g}", f"{std[i, j]:.3g}", f"[{lower[i, j]:.4g}, {upper[i, j]:.4g}]"
+                )
     stdout_console().print(table)

@@ -1,0 +1,224 @@
+"""``mcdrop soak``: N client processes against one server for M minutes (bounded in time and count).
+
+Each client process loops over a mix of requests (seeded and unseeded Monte Carlo, deterministic,
+streamed) until the time or request budget runs out. The run passes if there were zero errors,
+the server's RSS grew by at most ``--max-rss-growth-mb`` after warm-up, and the median latency of
+the last quarter stayed within ``--max-latency-drift`` of the first quarter's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.client import Client
+from serving.errors import InvalidArgument, MCDropError
+
+RSS_SAMPLE_SECONDS = 1.0
+
+
+def soak(
+    *,
+    repository: Path | None,
+    server: str | None,
+    model: str,
+    clients: int,
+    minutes: float,
+    max_requests: int,
+    max_rss_growth_mb: float = 20.0,
+    max_latency_drift: float = 0.5,
+) -> dict[str, Any]:
+    if (repository is None) == (server is None):
+        raise InvalidArgument("Expected exactly one of --repository (start a server) or --server HOST:PORT.")
+    if clients < 1 or minutes <= 0 or max_requests < 1:
+        raise InvalidArgument(
+            f"Expected clients >= 1, minutes > 0, max requests >= 1. Received: {clients}, {minutes}, {max_requests}"
+        )
+    process = None
+    if repository is not None:
+        port = _free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "--repository",
+            str(repository),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--log-level",
+            "WARNING",
+            "--max-queue",
+            str(max(64, 4 * clients)),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = f"127.0.0.1:{port}"
+    if server is None:  # unreachable: exactly one of the two was given
+        raise InvalidArgument("No server to soak.")
+    try:
+        shape = _ready_and_shape(server, model, process)
+        _warm_up(server, model, shape)
+        rss_start = _rss_mb(process.pid) if process else None
+        started = time.time() + 1.0 + 0.3 * clients
+        duration = minutes * 60
+        per_client = -(-max_requests // clients)
+        context = multiprocessing.get_context("spawn")
+        rss_samples: list[float] = []
+        with ProcessPoolExecutor(clients, mp_context=context) as pool:
+            futures = [
+                pool.submit(_client, server, model, shape, started, duration, per_client, i) for i in range(clients)
+            ]
+            while not all(f.done() for f in futures):
+                if process is not None:
+                    rss_samples.append(_rss_mb(process.pid))
+                time.sleep(RSS_SAMPLE_SECONDS)
+            results = [f.result() for f in futures]
+        rss_end = _rss_mb(process.pid) if process else None
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            exit_code = process.wait(timeout=60)
+    return _report(
+        results,
+        duration,
+        rss_start,
+        rss_end,
+        rss_samples,
+        exit_code if process else None,
+        clients,
+        max_rss_growth_mb,
+        max_latency_drift,
+    )
+
+
+def _client(
+    server: str, model: str, shape: list[int], start_at: float, duration: float, budget: int, index: int
+) -> dict[str, Any]:
+    rng = random.Random(index)
+    x = np.random.default_rng(index).normal(size=(1, *shape)).astype(np.float32)
+    latencies: list[tuple[float, float]] = []
+    errors: list[str] = []
+    kinds: dict[str, int] = {}
+    with Client(server, timeout=30) as client:
+        time.sleep(max(0.0, start_at - time.time()))
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline and len(latencies) + len(errors) < budget:
+            kind = rng.choice(["mc_seeded", "mc", "deterministic", "stream", "batch"])
+            began = time.perf_counter()
+            try:
+                if kind == "mc_seeded":
+                    client.predict(model, x, samples=100, seed=rng.randrange(2**32))
+                elif kind == "mc":
+                    client.predict(model, x, samples=100)
+                elif kind == "deterministic":
+                    client.predict(model, x, mode="deterministic")
+                elif kind == "stream":
+                    list(client.predict_stream(model, x, samples=50, chunk=10))
+                else:
+                    client.predict(model, np.repeat(x, 16, axis=0), samples=50)
+                latencies.append((time.time(), (time.perf_counter() - began) * 1e3))
+            except MCDropError as exc:
+                errors.append(str(exc)[:200])
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return {"latencies": latencies, "errors": errors, "kinds": kinds}
+
+
+def _report(
+    results: list[dict[str, Any]],
+    duration: float,
+    rss_start: float | None,
+    rss_end: float | None,
+    rss_samples: list[float],
+    exit_code: int | None,
+    clients: int,
+    max_growth: float,
+    max_drift: float,
+) -> dict[str, Any]:
+    timed = sorted(t for r in results for t in r["latencies"])
+    errors = [e for r in results for e in r["errors"]]
+    kinds: dict[str, int] = {}
+    for r in results:
+        for k, v in r["kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    quarter = max(1, len(timed) // 4)
+    first = statistics.median(t for _, t in timed[:quarter]) if timed else float("nan")
+    last = statistics.median(t for _, t in timed[-quarter:]) if timed else float("nan")
+    all_ms = sorted(t for _, t in timed)
+    growth = (rss_end - rss_start) if rss_start is not None and rss_end is not None else None
+    drift = (last - first) / first if timed else float("nan")
+    checks = {
+        "zero_errors": not errors,
+        "rss_growth_within_bound": growth is None or growth <= max_growth,
+        "latency_stable": bool(timed) and drift <= max_drift,
+        "server_exit_0": exit_code in (None, 0),
+    }
+    return {
+        "clients": clients,
+        "seconds": duration,
+        "requests": len(timed) + len(errors),
+        "errors": len(errors),
+        "error_examples": errors[:5],
+        "requests_by_kind": kinds,
+        "throughput_rps": len(timed) / duration if duration else 0.0,
+        "latency_ms": {
+            "p50": all_ms[len(all_ms) // 2] if all_ms else None,
+            "p99": all_ms[int(0.99 * (len(all_ms) - 1))] if all_ms else None,
+            "first_quarter_p50": first,
+            "last_quarter_p50": last,
+            "drift": drift,
+        },
+        "rss_mb": {"start": rss_start, "end": rss_end, "growth": growth, "max": max(rss_samples, default=None)},
+        "server_exit_code": exit_code,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+def _ready_and_shape(server: str, model: str, process: subprocess.Popen[bytes] | None) -> list[int]:
+    deadline = time.monotonic() + 60
+    with Client(server, timeout=2) as client:
+        while True:
+            if process is not None and process.poll() is not None:
+                raise MCDropError(f"the server exited with code {process.returncode}")
+            try:
+                if client.health(timeout=1) == "SERVING":
+                    return [int(d) for d in client.metadata(model)["input"]["shape"][1:]]
+            except MCDropError as exc:
+                if time.monotonic() > deadline:
+                    raise MCDropError(f"server {server} not ready: {exc}") from None
+            time.sleep(0.1)
+
+
+def _warm_up(server: str, model: str, shape: list[int]) -> None:
+    x = np.zeros((1, *shape), np.float32)
+    with Client(server, timeout=30) as client:
+        for i in range(200):
+            client.predict(model, np.repeat(x, 1 + i % 16, axis=0), samples=100, seed=i)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise MCDropError(f"no VmRSS for process {pid}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
