@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +12,20 @@ import numpy as np
 from serving.client import Client
 from serving.commands import print_prediction
 from serving.errors import MCDropError
+from serving.process import free_port, serve_command, wait_serving
 
 STARTUP_SECONDS = 60
 
 
 def query_demo_server(repository: Path, log: Path, record: dict[str, Any]) -> int:
     in_distribution, out_of_distribution = _demo_inputs(record)
-    port = _free_port()
-    command = [sys.executable, "-m", "serving.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-               "--port", str(port), "--metrics-port", "-1"]  # fmt: skip
+    port = free_port()
+    command = serve_command(repository, port)
     with log.open("wb") as log_file:
         server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             with Client(f"127.0.0.1:{port}", timeout=30) as client:
-                _wait_serving(client, server, log)
+                wait_serving(f"127.0.0.1:{port}", server, STARTUP_SECONDS)
                 print("in-distribution: a held-out digit from the validation split")
                 digit = client.predict("digits", in_distribution, samples=100, seed=0)
                 print_prediction(digit)
@@ -61,23 +58,3 @@ def _demo_inputs(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     )  # fmt: skip
     noise = np.random.default_rng(seed).uniform(0, 16, size=(1, 64))
     return x_val[:1].astype(np.float32), noise.astype(np.float32)
-
-
-def _wait_serving(client: Client, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise MCDropError(f"the server exited with code {server.returncode}; see {log}")
-        try:
-            if client.health(timeout=1) == "SERVING":
-                return
-        except MCDropError:
-            pass
-        time.sleep(0.1)
-    raise MCDropError(f"the server did not become ready in {STARTUP_SECONDS} s; see {log}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

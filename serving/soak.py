@@ -11,10 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import random
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 
 from serving.client import Client
 from serving.errors import InvalidArgument, MCDropError
+from serving.process import free_port, serve_command, wait_serving
 
 RSS_SAMPLE_SECONDS = 1.0
 
@@ -47,25 +46,8 @@ def soak(
         )
     process = None
     if repository is not None:
-        port = _free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "serving.cli",
-            "serve",
-            "--repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--log-level",
-            "WARNING",
-            "--max-queue",
-            str(max(64, 4 * clients)),
-        ]
+        port = free_port()
+        command = serve_command(repository, port, "--log-level", "WARNING", "--max-queue", str(max(64, 4 * clients)))
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = f"127.0.0.1:{port}"
     if server is None:  # unreachable: exactly one of the two was given
@@ -190,18 +172,9 @@ def _report(
 
 
 def _ready_and_shape(server: str, model: str, process: subprocess.Popen[bytes] | None) -> list[int]:
-    deadline = time.monotonic() + 60
-    with Client(server, timeout=2) as client:
-        while True:
-            if process is not None and process.poll() is not None:
-                raise MCDropError(f"the server exited with code {process.returncode}")
-            try:
-                if client.health(timeout=1) == "SERVING":
-                    return [int(d) for d in client.metadata(model)["input"]["shape"][1:]]
-            except MCDropError as exc:
-                if time.monotonic() > deadline:
-                    raise MCDropError(f"server {server} not ready: {exc}") from None
-            time.sleep(0.1)
+    wait_serving(server, process)
+    with Client(server, timeout=10) as client:
+        return [int(d) for d in client.metadata(model)["input"]["shape"][1:]]
 
 
 def _warm_up(server: str, model: str, shape: list[int]) -> None:
@@ -216,9 +189,3 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise MCDropError(f"no VmRSS for process {pid}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from serving.client import Client
+from serving.process import free_port
 from serving.server import Server
 from serving.settings import ServerSettings
 
@@ -52,12 +52,6 @@ def in_process_server(repository: Path, **settings: object) -> Iterator[tuple[Se
     finally:
         client.close()
         server.stop(grace=1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:

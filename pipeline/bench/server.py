@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 
 from pipeline.bench.load import load_worker
 from serving.errors import MCDropError
+from serving.process import free_port, serve_command, wait_serving
 
 PREDICT = "/mcdrop.v1.Inference/Predict"
 ECHO = "/echo.Echo/Echo"
@@ -40,11 +40,11 @@ def server_rows(
     }
     ready = [_start_stop(single) for _ in range(3)]
     rows: list[dict[str, Any]] = []
-    port = _free_port()
-    command = [*_serve_command(single, port), "--poll-seconds", "0"]
+    port = free_port()
+    command = serve_command(single, port, "--poll-seconds", "0", "--log-level", "WARNING")
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(f"127.0.0.1:{port}", server)
+        wait_serving(f"127.0.0.1:{port}", server)
         rss_loaded = _rss_kb(server.pid)
         for name, request in payloads.items():
             for clients in concurrency:
@@ -64,7 +64,7 @@ def server_rows(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    echo_port = _free_port()
+    echo_port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE)
     try:
         assert echo.stdout is not None
@@ -108,40 +108,16 @@ def _measure(
 
 def _start_stop(repository: Path) -> float:
     """Seconds from process start to health SERVING."""
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
-    command = _serve_command(repository, port)
+    command = serve_command(repository, port, "--log-level", "WARNING")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(f"127.0.0.1:{port}", process)
+        wait_serving(f"127.0.0.1:{port}", process)
         return time.monotonic() - started
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-
-
-def _serve_command(repository: Path, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "serving.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", "-1", "--log-level", "WARNING",
-    ]  # fmt: skip
-
-
-def _wait_ready(address: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    from serving.client import Client
-
-    deadline = time.monotonic() + timeout
-    with Client(address, timeout=1) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise MCDropError(f"the server exited with code {process.returncode}")
-            try:
-                if client.health(timeout=0.5) == "SERVING":
-                    return
-            except MCDropError:
-                pass
-            time.sleep(0.01)
-    raise MCDropError(f"the server was not ready within {timeout} s")
 
 
 def _rss_kb(pid: int) -> int:
@@ -157,9 +133,3 @@ def _status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise MCDropError(f"{field} not found for process {pid}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
