@@ -47,7 +47,10 @@ def test_wrong_drop_rate_fails_the_drop_fraction_check(tmp_path: Path) -> None:
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
     drop = verify.mc_statistics(model, blob, claimed, x, 2000)[0]
     assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
-    assert [layer["passed"] for layer in drop["layers"]] == [False, True]
+    wrong, right = drop["layers"]
+    assert not wrong["passed"] and abs(wrong["observed"] - 0.3) < 0.005  # what the graph really drops
+    # The correct layer's own 99% check fails 1% of the time by construction; its rate is what matters.
+    assert abs(right["observed"] - 0.5) < 0.01
 
 
 def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
