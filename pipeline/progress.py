@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -11,7 +11,7 @@ from serving.console import stderr, stdout_console
 
 T = TypeVar("T")
 
-__all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console", "track"]
+__all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
 
 
 def progress_bar(*, transient: bool = False) -> Progress:
@@ -27,18 +27,6 @@ def progress_bar(*, transient: bool = False) -> Progress:
         console=stderr,
         transient=transient,
     )
-
-
-def track(items: Iterable[T], description: str, *, total: int | None = None, quiet: bool = False) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar unless ``quiet``."""
-    if quiet:
-        yield from items
-        return
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total, status="")
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 def format_metrics(logs: dict[str, Any] | None, keys: Iterable[str]) -> str:
