@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from serving.console import stderr, stdout_console
-
-T = TypeVar("T")
 
 __all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
 
