@@ -8,11 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from serving.client import Client
+import numpy as np
+
+from serving.client import Client, RpcFailed
 from serving.process import free_port
 from serving.server import Server
 from serving.settings import ServerSettings
@@ -97,3 +100,35 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def burst_then_signal(
+    address: str, x: np.ndarray, clients: int, send_signal: Callable[[], None]
+) -> tuple[list[tuple[str, float]], float]:
+    """Start ``clients`` heavy requests, call ``send_signal`` while they run, wait for them all.
+
+    Returns each outcome ("OK" or a status code name) with its finish time, and the signal time
+    (``time.monotonic()``), so a test can tell which requests were in flight at the signal.
+    """
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        with Client(address, timeout=60) as client:
+            try:
+                client.predict("digits", x, samples=4000, seed=1)
+                outcome = "OK"
+            except RpcFailed as exc:
+                outcome = exc.code
+        with lock:
+            outcomes.append((outcome, time.monotonic()))
+
+    threads = [threading.Thread(target=call) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # the burst is in flight
+    signalled = time.monotonic()
+    send_signal()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes, signalled

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.client import Client, RpcFailed
+from serving.client import Client
 from tests.container.images import build
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, burst_then_signal, free_port
 
 
 class Running:
@@ -110,28 +109,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     server = Running(docker_client, image, {str(shared_repository): {"bind": "/models", "mode": "ro"}},
                      MCDROP_GRACE_SECONDS="30")  # fmt: skip
     try:
-        outcomes: list[tuple[str, float]] = []
-        lock = threading.Lock()
         x = np.repeat(digits_rows, 8, axis=0)
-
-        def call() -> None:
-            with Client(server.address, timeout=60) as client:
-                try:
-                    client.predict("digits", x, samples=4000, seed=1)
-                    outcome = "OK"
-                except RpcFailed as exc:
-                    outcome = exc.code
-            with lock:
-                outcomes.append((outcome, time.monotonic()))
-
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        signalled = time.monotonic()
-        server.container.kill(signal="SIGTERM")
-        for thread in threads:
-            thread.join(timeout=120)
+        outcomes, signalled = burst_then_signal(server.address, x, 16, lambda: server.container.kill(signal="SIGTERM"))
         result = server.container.wait(timeout=60)
         assert result["StatusCode"] == 0, server.logs()
         assert len(outcomes) == 16 and {o for o, _ in outcomes} <= {"OK", "UNAVAILABLE"}

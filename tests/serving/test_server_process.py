@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from serving.client import Client, RpcFailed
-from tests.helpers import REPO, ServerProcess, copy_repository
+from tests.helpers import REPO, ServerProcess, burst_then_signal, copy_repository
 
 
 @pytest.mark.slow
@@ -99,28 +98,10 @@ def test_sigterm_during_a_burst_finishes_accepted_requests_and_exits_0(
 ) -> None:
     server = ServerProcess(model_repository, tmp_path / "server.log", "--grace-seconds", "30", "--pool-size", "2")
     with server:
-        outcomes: list[tuple[str, float]] = []
-        lock = threading.Lock()
         x = np.repeat(digits_rows, 8, axis=0)  # 64 rows x 4000 samples: ~0.1 s or more each
-
-        def call() -> None:
-            with Client(server.address, timeout=60) as client:
-                try:
-                    client.predict("digits", x, samples=4000, seed=1)
-                    outcome = "OK"
-                except RpcFailed as exc:
-                    outcome = exc.code
-            with lock:
-                outcomes.append((outcome, time.monotonic()))
-
-        threads = [threading.Thread(target=call) for _ in range(24)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)  # the burst is in flight
-        signalled = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        for thread in threads:
-            thread.join(timeout=120)
+        outcomes, signalled = burst_then_signal(
+            server.address, x, 24, lambda: server.process.send_signal(signal.SIGTERM)
+        )
         code = server.process.wait(timeout=60)
     assert code == 0
     assert len(outcomes) == 24
