@@ -38,10 +38,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import FIELD_NAMES, read_toml
-from serving import manifest as manifest_io
-from serving.errors import InvalidArgument, MCDropError
-from serving.repository_layout import check_model_name, versions
+from mcdrop.pipeline.config import FIELD_NAMES, read_toml
+from mcdrop.serving import manifest as manifest_io
+from mcdrop.serving.errors import InvalidArgument, MCDropError
+from mcdrop.serving.repository_layout import check_model_name, versions
 
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select")
 
@@ -123,17 +123,17 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
         selection, record = None, None
         if model_path is None:
             model_path, record, selection = _train_entry(job, entry)
-        from pipeline.commands import export_model
+        from mcdrop.pipeline.export.exporter import ExportOptions, export
 
-        version, _ = export_model(
-            model_path,
-            job.repository,
-            name,
-            quiet=True,
+        options = ExportOptions(
+            model_path=model_path,
+            repository=job.repository,
+            name=name,
             samples=int(entry.get("samples", 100)),
             quantize=tuple(entry.get("quantize", ())),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
+        version, _ = export(options)
         metric = ""
         if record is not None:
             val = record["final_metrics"]["val"]
@@ -148,10 +148,10 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
 
 
 def _train_entry(job: Job, entry: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
-    from pipeline.config import load_config
-    from pipeline.data import load_dataset
-    from pipeline.selection import cross_validate
-    from pipeline.training import fit, save
+    from mcdrop.pipeline.config import load_config
+    from mcdrop.pipeline.data import load_dataset
+    from mcdrop.pipeline.selection import cross_validate
+    from mcdrop.pipeline.training import fit, save
 
     settings = {k: v for k, v in entry.items() if k not in EXPORT_KEYS}
     unknown = sorted(set(settings) - set(FIELD_NAMES))

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 Task = Literal["auto", "classification", "regression"]
 Architecture = Literal["mlp", "cnn"]

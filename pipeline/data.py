@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 BUNDLED = ("digits", "diabetes")
 # An integer-valued numeric target with at most this many distinct values is a

@@ -12,9 +12,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.config import TrainConfig
-from pipeline.data import Dataset, standardisation
-from serving.errors import InvalidArgument
+from mcdrop.pipeline.config import TrainConfig
+from mcdrop.pipeline.data import Dataset, standardisation
+from mcdrop.serving.errors import InvalidArgument
 
 
 def build_models(config: TrainConfig, dataset: Dataset) -> tuple[keras.Model, keras.Model]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from serving.console import stderr, stdout_console
+from mcdrop.serving.console import stderr, stdout_console
 
 __all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import TrainConfig
-from pipeline.data import Dataset, load_dataset
-from pipeline.progress import format_metrics, progress_bar
+from mcdrop.pipeline.config import TrainConfig
+from mcdrop.pipeline.data import Dataset, load_dataset
+from mcdrop.pipeline.progress import format_metrics, progress_bar
 
 TRAINING_SCHEMA = 1
 
@@ -44,7 +44,7 @@ def fit(config: TrainConfig, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
     import keras
     import tensorflow as tf
 
-    from pipeline.models import build_models, dropout_layers
+    from mcdrop.pipeline.models import build_models, dropout_layers
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()

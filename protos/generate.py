@@ -4,7 +4,7 @@
     python protos/generate.py --out DIR  # generate elsewhere (the tests compare DIR with the committed code)
 
 protoc writes absolute imports rooted at the proto path (``from mcdrop.v1 import
-mcdrop_pb2``); they are rewritten to live inside the ``serving._proto`` package.
+mcdrop_pb2``); they are rewritten to live inside the ``mcdrop.serving._proto`` package.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTOS = Path(__file__).resolve().parent
-PACKAGE = "serving._proto"
+PACKAGE = "mcdrop.serving._proto"
 TOP_LEVEL = ("mcdrop", "inference")
 _IMPORT = re.compile(rf"^(from|import) ({'|'.join(TOP_LEVEL)})([. ])", re.MULTILINE)
 

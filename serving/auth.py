@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from serving.metrics import Metrics
+from mcdrop.serving.metrics import Metrics
 
 log = logging.getLogger("mcdrop.auth")
 

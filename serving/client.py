@@ -1,6 +1,6 @@
 """A typed Python client for the mcdrop gRPC API. Every call has a deadline; results are numpy arrays.
 
-    from serving.client import Client
+    from mcdrop.serving.client import Client
 
     with Client("localhost:8500") as client:
         p = client.predict("digits", x, samples=100, seed=7)
@@ -21,29 +21,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving import codec
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from serving.errors import InvalidArgument, MCDropError
+from mcdrop.serving import codec
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from mcdrop.serving.errors import InvalidArgument, RpcFailed
+
+__all__ = ["Client", "ModelStatus", "Prediction", "RpcFailed", "decode_prediction"]
 
 DEFAULT_TIMEOUT = 30.0
 _MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, None: pb.MODE_UNSPECIFIED}
-
-
-class RpcFailed(MCDropError):
-    """A call failed; ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
-
-    USER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "UNAUTHENTICATED", "PERMISSION_DENIED"})
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    @property
-    def is_user_error(self) -> bool:
-        """The request was at fault (not the server or the network)."""
-        return self.code in self.USER_CODES
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from serving.errors import InvalidArgument
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving.errors import InvalidArgument
 
 DTYPES: dict[int, np.dtype[np.generic]] = {
     pb.FLOAT32: np.dtype("<f4"),

@@ -1,9 +1,11 @@
 """The prediction core shared by every transport (the mcdrop API and the Open Inference Protocol).
 
-Transports decode their messages into a ``PredictionRequest`` (numpy input,
-plain Python values), call ``DataPlane``, and encode the ``Prediction`` back.
-All validation, admission control, sampling and uncertainty math happen here,
-once. Errors are ``serving.errors`` types; the transports map them to status codes.
+The data plane owns the whole API: predictions, the model list, model metadata and
+readiness. Transports only convert messages: they decode into a ``PredictionRequest``
+(numpy input, plain Python values), call ``DataPlane``, and encode the ``Prediction``
+(or ``ModelStatus``, ``ModelVersion``) back. All validation, admission control, sampling
+and uncertainty math happen here, once. Errors are ``mcdrop.serving.errors`` types; the
+transports map them to status codes in one place (``mcdrop.serving.grpc_errors``).
 
 Sampling paths:
 
@@ -25,20 +27,22 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from serving import uncertainty
-from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from serving.masks import MaskStream, fresh_seed
-from serving.metrics import Metrics
-from serving.repository import ModelRepository, ModelVersion
-from serving.settings import ServerSettings
+from mcdrop.serving import uncertainty
+from mcdrop.serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
+from mcdrop.serving.manifest import request_flops
+from mcdrop.serving.masks import MaskStream, fresh_seed
+from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.repository import ModelRepository, ModelVersion
+from mcdrop.serving.settings import ServerSettings
 
 DETERMINISTIC = "deterministic"
 MONTE_CARLO = "monte_carlo"
+MODES = (DETERMINISTIC, MONTE_CARLO)
 DEFAULT_INTERVAL = 0.95
 MAX_SEED = 2**64 - 1
 
@@ -49,9 +53,9 @@ class PredictionRequest:
     x: np.ndarray
     version: int | None = None
     mode: str | None = None
-    """``deterministic``, ``monte_carlo`` or None (Monte Carlo if the model has dropout)."""
-    samples: int = 0
-    """T; 0 means the model's default."""
+    """``deterministic``, ``monte_carlo`` (any case) or None (Monte Carlo if the model has dropout)."""
+    samples: int | None = None
+    """T; None means the model's default."""
     seed: int | None = None
     return_samples: bool = False
     interval: float | None = None
@@ -77,6 +81,16 @@ class Prediction:
     compute_ms: float
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelStatus:
+    """A model's loaded versions, the newest of them, and the versions that failed to load (with reasons)."""
+
+    name: str
+    versions: list[int]
+    latest: ModelVersion | None
+    failed: dict[int, str]
+
+
 @dataclasses.dataclass
 class _Plan:
     """A validated request, resolved against its model version."""
@@ -95,15 +109,62 @@ class _Plan:
 class DataPlane:
     """Validates, admits and runs predictions. Thread-safe."""
 
-    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: ServerSettings,
+        metrics: Metrics,
+        is_ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Args:
+        repository: the loaded model versions.
+        settings: limits and defaults.
+        metrics: where to count and time.
+        is_ready: whether the server is up and not draining (for readiness answers).
+        """
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self._is_ready = is_ready
         self._capacity = settings.pool_size + settings.max_queue
         self._inflight = 0
         self._lock = threading.Lock()
 
-    # Public API ---------------------------------------------------------------------------------
+    # Models -------------------------------------------------------------------------------------
+
+    def model(self, name: str, version: int | None = None) -> ModelVersion:
+        """The requested (or latest) loaded version.
+
+        Raises:
+            NotFound: no such model, or that version is not loaded.
+        """
+        return self.repository.get(name, version)
+
+    def loaded_versions(self, name: str) -> list[int]:
+        """The loaded versions of a model, oldest first (empty if none)."""
+        state = self.repository.states().get(name)
+        return sorted(state.versions) if state else []
+
+    def list_models(self) -> list[ModelStatus]:
+        """Every model with a loaded or failed version, by name."""
+        return [
+            ModelStatus(name, sorted(state.versions), state.latest, dict(state.failed))
+            for name, state in sorted(self.repository.states().items())
+        ]
+
+    def server_ready(self) -> bool:
+        """The server is up and not draining."""
+        return self._is_ready()
+
+    def model_ready(self, name: str, version: int | None = None) -> bool:
+        """The model (version) is loaded and the server is ready."""
+        try:
+            self.repository.get(name, version)
+        except NotFound:
+            return False
+        return self._is_ready()
+
+    # Predictions --------------------------------------------------------------------------------
 
     def predict(self, request: PredictionRequest, deadline: float | None = None) -> Prediction:
         """One prediction; adaptive when ``request.tolerance`` is set.
@@ -134,16 +195,18 @@ class DataPlane:
     def _plan(self, request: PredictionRequest) -> _Plan:
         version = self.repository.get(request.model, request.version)
         x = self._check_input(version, request.x)
-        mode = request.mode or (MONTE_CARLO if version.stochastic else DETERMINISTIC)
-        if mode not in (DETERMINISTIC, MONTE_CARLO):
-            raise InvalidArgument(f"Invalid mode {mode!r}. Expected DETERMINISTIC or MONTE_CARLO.")
+        mode = request.mode.lower() if request.mode else (MONTE_CARLO if version.stochastic else DETERMINISTIC)
+        if mode not in MODES:
+            raise InvalidArgument(f"Invalid mode {request.mode!r}. Expected 'deterministic' or 'monte_carlo'.")
         if mode == MONTE_CARLO and not version.stochastic:
             raise InvalidArgument(
                 f"Model {version.name!r} version {version.version} has no dropout layers, so MONTE_CARLO has nothing "
                 "to sample. Expected mode DETERMINISTIC."
             )
         limit = self.settings.max_samples
-        samples = request.samples or version.default_samples
+        samples = version.default_samples if request.samples is None else request.samples
+        if not 1 <= samples <= limit:
+            raise InvalidArgument(f"Invalid samples. Expected 1 <= T <= {limit}. Received: {samples}")
         if mode == DETERMINISTIC:
             samples = 1
         if not 1 <= samples <= limit:
@@ -163,7 +226,7 @@ class DataPlane:
             )
         cost = version.manifest.get("cost")
         if cost:
-            gflops = (len(x) * cost["prefix"] + rows * cost["per_sample"]) / 1e9
+            gflops = request_flops(cost, len(x), samples) / 1e9
             if gflops > self.settings.max_request_gflops:
                 raise InvalidArgument(
                     f"Request too costly: {gflops:.3g} GFLOP for batch {len(x)} x T={samples} on model "
@@ -180,13 +243,9 @@ class DataPlane:
         return _Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples)
 
     def _check_input(self, version: ModelVersion, x: np.ndarray) -> np.ndarray:
+        """Shape and batch checked, converted to the model's input dtype, finite."""
         expected = version.input_shape
         shown = "[B, " + ", ".join(str(d) for d in expected[1:]) + "]"
-        if x.dtype != np.dtype(version.input_dtype):
-            raise InvalidArgument(
-                f"Invalid input dtype for model {version.name!r}. Expected {version.input_dtype.upper()}. "
-                f"Received: {x.dtype.name.upper()}"
-            )
         if x.ndim != len(expected) or tuple(x.shape[1:]) != expected[1:]:
             raise InvalidArgument(
                 f"Invalid input shape for model {version.name!r}. Expected {shown}. Received: {list(x.shape)}"
@@ -195,6 +254,7 @@ class DataPlane:
             raise InvalidArgument(
                 f"Invalid batch size. Expected 1 <= B <= {self.settings.max_batch}. Received: {len(x)}"
             )
+        x = _converted(x, np.dtype(version.input_dtype), version.name)
         finite = np.isfinite(x)
         if not finite.all():
             first = [int(i) for i in np.argwhere(~finite)[0]]
@@ -326,3 +386,25 @@ class DataPlane:
         queue.observe(prediction.queue_ms / 1e3)
         compute.observe(prediction.compute_ms / 1e3)
         samples.observe(prediction.samples)
+
+
+def _converted(x: np.ndarray, dtype: np.dtype[Any], model: str) -> np.ndarray:
+    """``x`` as the model's input dtype: numbers of any width convert (float64 → float32 rounds); values
+    outside the target's range are refused rather than turned into Inf."""
+    if x.dtype == dtype:
+        return x
+    if x.dtype.kind not in "fiu" or dtype.kind != "f":
+        raise InvalidArgument(
+            f"Invalid input dtype for model {model!r}. Expected {dtype.name.upper()} or another numeric type. "
+            f"Received: {x.dtype.name.upper()}"
+        )
+    with np.errstate(over="ignore"):
+        converted = x.astype(dtype)
+    overflow = ~np.isfinite(converted) & np.isfinite(x)
+    if overflow.any():
+        first = [int(i) for i in np.argwhere(overflow)[0]]
+        raise InvalidArgument(
+            f"Input value {x[tuple(first)]!r} at index {first} is outside the {dtype.name} range of model "
+            f"{model!r}. Expected |x| <= {float(np.finfo(dtype).max):.6g}."
+        )
+    return converted

@@ -1,17 +1,19 @@
 """The one error tree of mcdrop.
 
 Domain code raises these; exactly one place per transport translates them
-(the CLI into exit code 2, the gRPC layer into a status code). Nothing here
-imports ``grpc``.
+(the CLI into exit codes, ``mcdrop.serving.grpc_errors`` into gRPC status codes).
+The client and the command line raise only these too. Nothing here imports ``grpc``.
 
     MCDropError                 base class; never raised directly
-    ├── UserInputError          the caller gave us something we cannot use
-    │   ├── InvalidArgument     wrong value, shape, dtype, range, format
-    │   └── NotFound            a file, model, version or column is missing
+    ├── UserInputError          the caller gave us something we cannot use (CLI exit 2)
+    │   ├── InvalidArgument     wrong value, shape, dtype, range, format, setting
+    │   ├── NotFound            a file, model, version or column is missing
+    │   └── MissingExtra        a command needs an optional install extra (e.g. ``train``)
     ├── ResourceExhausted       a bounded resource (queue, limit) is full
-    ├── Unavailable             a component is not ready (loading, draining)
+    ├── Unavailable             a component is not ready (loading, draining, port taken)
     ├── DeadlineExceeded        the caller's deadline passed before completion
-    └── ExportError             an export failed verification or could not run
+    ├── ExportError             an export failed verification or could not run
+    └── RpcFailed               a call to a server failed (client side; carries the status code)
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class NotFound(UserInputError):
     """A named file, model, version or column does not exist."""
 
 
+class MissingExtra(UserInputError):
+    """A command needs an optional dependency group that is not installed."""
+
+
 class ResourceExhausted(MCDropError):
     """A bounded resource is full; retrying later may succeed."""
 
@@ -47,3 +53,19 @@ class DeadlineExceeded(MCDropError):
 
 class ExportError(MCDropError):
     """An export could not be produced or failed its own verification."""
+
+
+class RpcFailed(MCDropError):
+    """A call to a server failed; ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
+
+    USER_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def is_user_error(self) -> bool:
+        """The request was at fault (not the server or the network)."""
+        return self.code in self.USER_CODES

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import grpc
 
-from serving import codec, uncertainty
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
-from serving.grpc_errors import deadline_of, translated, translated_stream
-from serving.metrics import Metrics
-from serving.repository import ModelVersion
+from mcdrop.serving import codec, uncertainty
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from mcdrop.serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.grpc_errors import deadline_of, translated
+from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.repository import ModelVersion
 
 API = "mcdrop.v1"
 SERVICE_NAME = "mcdrop.v1.Inference"
@@ -23,43 +23,41 @@ _DTYPE_ENUMS = {"float32": pb.FLOAT32, "float64": pb.FLOAT64, "int32": pb.INT32,
 
 
 def make_servicer(plane: DataPlane, metrics: Metrics) -> pb_grpc.InferenceServicer:
-    unary = translated(API, metrics)
-    stream = translated_stream(API, metrics)
+    rpc = translated(API, metrics)
 
     class InferenceServicer(pb_grpc.InferenceServicer):  # type: ignore[misc]
-        @unary
+        @rpc
         def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
             return encode_prediction(plane.predict(decode_request(request), deadline_of(context)))
 
-        @stream
+        @rpc
         def PredictStream(
             self, request: pb.PredictRequest, context: grpc.ServicerContext
         ) -> Iterator[pb.PredictResponse]:
             for prediction in plane.predict_stream(decode_request(request), deadline_of(context)):
                 yield encode_prediction(prediction)
 
-        @unary
+        @rpc
         def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
-            models = []
-            for name, state in sorted(plane.repository.states().items()):
-                latest = state.latest
-                models.append(
+            return pb.ListModelsResponse(
+                models=[
                     pb.ModelStatus(
-                        name=name,
-                        versions=sorted(state.versions),
-                        latest=latest.version if latest else 0,
-                        task=latest.task if latest else "",
-                        failed_versions=state.failed,
+                        name=status.name,
+                        versions=status.versions,
+                        latest=status.latest.version if status.latest else 0,
+                        task=status.latest.task if status.latest else "",
+                        failed_versions=status.failed,
                     )
-                )
-            return pb.ListModelsResponse(models=models)
+                    for status in plane.list_models()
+                ]
+            )
 
-        @unary
+        @rpc
         def GetModelMetadata(
             self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext
         ) -> pb.ModelMetadata:
-            version = plane.repository.get(request.model, request.version if request.HasField("version") else None)
-            return encode_metadata(version, sorted(plane.repository.states()[version.name].versions))
+            version = plane.model(request.model, request.version if request.HasField("version") else None)
+            return encode_metadata(version, plane.loaded_versions(version.name))
 
     return InferenceServicer()
 
@@ -70,7 +68,7 @@ def decode_request(request: pb.PredictRequest) -> PredictionRequest:
         x=codec.decode(request.input),
         version=request.version if request.HasField("version") else None,
         mode=_MODES.get(request.mode, str(request.mode)),
-        samples=request.samples,
+        samples=request.samples or None,  # 0 = the model's default
         seed=request.seed if request.HasField("seed") else None,
         return_samples=request.return_samples,
         interval=request.interval if request.HasField("interval") else None,

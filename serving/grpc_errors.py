@@ -8,6 +8,7 @@ naming that id: no traceback, no internals.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 import uuid
@@ -16,8 +17,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from serving import errors
-from serving.metrics import Metrics
+from mcdrop.serving import errors
+from mcdrop.serving.metrics import Metrics
 
 log = logging.getLogger("mcdrop.grpc")
 
@@ -32,7 +33,8 @@ STATUS: list[tuple[type[errors.MCDropError], grpc.StatusCode]] = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def status_of(exc: errors.MCDropError) -> grpc.StatusCode:
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code of an error: by its place in the error tree; INTERNAL for anything unexpected."""
     for kind, code in STATUS:
         if isinstance(exc, kind):
             return code
@@ -46,58 +48,46 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
 
 
 def translated(api: str, metrics: Metrics) -> Callable[[F], F]:
-    """Decorate a unary-unary servicer method: map errors, count and time the call."""
+    """Decorate a servicer method, unary (returns a message) or streaming (a generator of messages):
+    map mcdrop errors to status codes, hide unexpected ones behind an incident id, count and time the call."""
 
     def decorate(method: F) -> F:
         name = method.__name__
 
+        def finish(code: grpc.StatusCode, started: float) -> None:
+            metrics.rpc(api, name, code.name).inc()
+            metrics.rpc_seconds(api, name).observe(time.perf_counter() - started)
+
+        if inspect.isgeneratorfunction(method):
+
+            @functools.wraps(method)
+            def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started, code = time.perf_counter(), grpc.StatusCode.OK
+                try:
+                    yield from method(self, request, context)
+                except GeneratorExit:  # the client cancelled; the generator is being closed
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the server never dies on a request
+                    code = code_of(exc)
+                    context.abort(code, _message(exc, code, name))
+                finally:
+                    finish(code, started)
+
+            return stream  # type: ignore[return-value]
+
         @functools.wraps(method)
-        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
+        def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 return method(self, request, context)
-            except errors.MCDropError as exc:
-                code = status_of(exc)
-                _abort(context, code, str(exc) if code != grpc.StatusCode.INTERNAL else _incident(exc, name))
             except Exception as exc:  # noqa: BLE001 - the server never dies on a request
-                code = grpc.StatusCode.INTERNAL
-                _abort(context, code, _incident(exc, name))
+                code = code_of(exc)
+                context.abort(code, _message(exc, code, name))
             finally:
-                metrics.rpc(api, name, code.name).inc()
-                metrics.rpc_seconds(api, name).observe(time.perf_counter() - started)
+                finish(code, started)
 
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-def translated_stream(api: str, metrics: Metrics) -> Callable[[F], F]:
-    """Decorate a unary-stream servicer method (a generator) the same way."""
-
-    def decorate(method: F) -> F:
-        name = method.__name__
-
-        @functools.wraps(method)
-        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                yield from method(self, request, context)
-            except errors.MCDropError as exc:
-                code = status_of(exc)
-                _abort(context, code, str(exc) if code != grpc.StatusCode.INTERNAL else _incident(exc, name))
-            except Exception as exc:  # noqa: BLE001
-                code = grpc.StatusCode.INTERNAL
-                _abort(context, code, _incident(exc, name))
-            except GeneratorExit:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                metrics.rpc(api, name, code.name).inc()
-                metrics.rpc_seconds(api, name).observe(time.perf_counter() - started)
-
-        return wrapper  # type: ignore[return-value]
+        return unary  # type: ignore[return-value]
 
     return decorate
 
@@ -108,5 +98,6 @@ def _incident(exc: BaseException, method: str) -> str:
     return f"Internal server error (incident {incident}); the details are in the server log."
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
-    context.abort(code, message)
+def _message(exc: Exception, code: grpc.StatusCode, method: str) -> str:
+    """The client's message: the error's own, or for unexpected errors a generic one naming a logged incident."""
+    return str(exc) if code != grpc.StatusCode.INTERNAL else _incident(exc, method)

@@ -8,16 +8,45 @@ masks, class labels, and the sha256 of every file (checked before serving).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH_FILES = {"deterministic": "deterministic.tflite", "mc": "mc.tflite", "mc_masked": "mc_masked.tflite"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutSpec:
+    """What a server needs to draw host-side masks for one dropout layer of a manifest."""
+
+    name: str
+    kind: str
+    """``bernoulli`` (uint8 keep flags) or ``gaussian`` (float32 standard-normal noise)."""
+    rate: float
+    noise_shape: tuple[int, ...]
+    """One row's mask shape, without the batch dimension."""
+    feed_name: str
+    """The mask's input name in ``mc_masked.tflite``."""
+
+
+def dropout_specs(manifest: dict[str, Any]) -> list[DropoutSpec]:
+    """The manifest's dropout layers, in call order."""
+    return [
+        DropoutSpec(d["name"], d["kind"], float(d["rate"]), tuple(d["noise_shape"]), d["masked_input"])
+        for d in manifest["dropout_layers"]
+    ]
+
+
+def request_flops(cost: dict[str, float], batch: int, samples: int) -> float:
+    """FLOPs of one Monte-Carlo estimate from the manifest's ``cost`` (per input row): the prefix before the first
+    dropout layer runs once per row, the rest once per row and sample."""
+    return batch * cost["prefix"] + batch * samples * cost["per_sample"]
 
 
 def graph_file(graph: str, quantization: str | None = None) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.repository import DropoutSpec
+from mcdrop.serving.manifest import DropoutSpec
 
 BITS = 16
 LEVELS = 1 << BITS

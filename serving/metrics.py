@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -29,6 +31,8 @@ SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 class Metrics:
     def __init__(self) -> None:
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -85,6 +89,16 @@ class Metrics:
             self.scan_errors.inc()
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Expose /metrics over HTTP; return the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        """Expose /metrics over HTTP (in a background thread); return the bound port."""
+        self.close_http()
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close_http(self) -> None:
+        """Stop the /metrics endpoint and free its port (no-op if it is not running)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=5)
+            self._http, self._http_thread = None, None

@@ -14,20 +14,19 @@ define ``inference.*`` messages, so they cannot be imported in one process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
-from serving import __version__, codec, uncertainty
-from serving._proto.inference import grpc_service_pb2 as oip
-from serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
-from serving.errors import InvalidArgument, NotFound
-from serving.grpc_errors import deadline_of, translated
-from serving.metrics import Metrics
-from serving.repository import ModelVersion
+from mcdrop.serving import __version__, codec, uncertainty
+from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
+from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
+from mcdrop.serving.dataplane import DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.grpc_errors import deadline_of, translated
+from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.repository import ModelVersion
 
 API = "inference"
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -63,7 +62,7 @@ CLASSIFICATION_OUTPUTS = ("mean", "std", "predicted_class", "predictive_entropy"
 REGRESSION_OUTPUTS = ("mean", "std", "lower", "upper")
 
 
-def make_servicer(plane: DataPlane, metrics: Metrics, is_ready: Callable[[], bool]) -> Any:
+def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
     unary = translated(API, metrics)
 
     class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -73,15 +72,11 @@ def make_servicer(plane: DataPlane, metrics: Metrics, is_ready: Callable[[], boo
 
         @unary
         def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-            return oip.ServerReadyResponse(ready=is_ready())
+            return oip.ServerReadyResponse(ready=plane.server_ready())
 
         @unary
         def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                plane.repository.get(request.name, _version(request.version))
-            except NotFound:
-                return oip.ModelReadyResponse(ready=False)
-            return oip.ModelReadyResponse(ready=is_ready())
+            return oip.ModelReadyResponse(ready=plane.model_ready(request.name, _version(request.version)))
 
         @unary
         def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -89,14 +84,13 @@ def make_servicer(plane: DataPlane, metrics: Metrics, is_ready: Callable[[], boo
 
         @unary
         def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-            version = plane.repository.get(request.name, _version(request.version))
-            loaded = sorted(plane.repository.states()[version.name].versions)
-            return model_metadata(version, loaded)
+            version = plane.model(request.name, _version(request.version))
+            return model_metadata(version, plane.loaded_versions(version.name))
 
         @unary
         def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-            version = plane.repository.get(request.model_name, _version(request.model_version))
-            decoded, wanted = decode_infer_request(request, version, plane.settings.max_samples)
+            version = plane.model(request.model_name, _version(request.model_version))
+            decoded, wanted = decode_infer_request(request, version)
             prediction = plane.predict(decoded, deadline_of(context))
             return encode_infer_response(request, prediction, wanted)
 
@@ -122,8 +116,13 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
     )
 
 
-def decode_infer_request(request: Any, version: ModelVersion, max_samples: int) -> tuple[PredictionRequest, list[str]]:
-    """The data-plane request and the names of the outputs to return."""
+def decode_infer_request(request: Any, version: ModelVersion) -> tuple[PredictionRequest, list[str]]:
+    """The data-plane request and the names of the outputs to return.
+
+    Every output the model metadata advertises can be asked for by name (``samples`` too,
+    which also turns ``return_samples`` on); without named outputs, all but ``samples``
+    come back (``samples`` too with ``return_samples``).
+    """
     if len(request.inputs) != 1:
         names = [i.name for i in request.inputs]
         raise InvalidArgument(f"Model {version.name!r} takes 1 input named 'x'. Received {len(names)}: {names}")
@@ -145,32 +144,23 @@ def decode_infer_request(request: Any, version: ModelVersion, max_samples: int) 
         )
     x = _tensor_data(request, tensor, shape)
     params = _parameters(request)
-    mode = params.get("mode")
-    if mode is not None:
-        mode = str(mode).lower()
-        if mode not in (DETERMINISTIC, MONTE_CARLO):
-            raise InvalidArgument(
-                f"Invalid parameter mode. Expected 'deterministic' or 'monte_carlo'. Received: {mode!r}"
-            )
-    samples = params.get("mc_samples")
-    if samples is not None and samples < 1:
-        raise InvalidArgument(f"Invalid samples. Expected 1 <= T <= {max_samples}. Received: {samples}")
     wanted = [o.name for o in request.outputs]
-    available = _outputs_for(version, bool(params.get("return_samples")))
-    unknown = [name for name in wanted if name not in available]
+    advertised = output_names(version)
+    unknown = [name for name in wanted if name not in advertised]
     if unknown:
-        raise InvalidArgument(f"Unknown output(s) {unknown}. Expected any of: {', '.join(available)}")
+        raise InvalidArgument(f"Unknown output(s) {unknown}. Expected any of: {', '.join(advertised)}")
+    return_samples = bool(params.get("return_samples")) or "samples" in wanted
     decoded = PredictionRequest(
         model=version.name,
         version=version.version,
         x=x,
-        mode=mode,
-        samples=int(samples or 0),
+        mode=params.get("mode"),
+        samples=params.get("mc_samples"),
         seed=params.get("seed"),
-        return_samples=bool(params.get("return_samples")) or "samples" in wanted,
+        return_samples=return_samples,
         interval=params.get("interval"),
     )
-    return decoded, wanted or available
+    return decoded, wanted or [name for name in advertised if name != "samples" or return_samples]
 
 
 def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str]) -> Any:
@@ -207,11 +197,12 @@ def _output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _outputs_for(version: ModelVersion, with_samples: bool) -> list[str]:
+def output_names(version: ModelVersion) -> list[str]:
+    """The outputs the model metadata advertises, in its order."""
     names = list(CLASSIFICATION_OUTPUTS if version.task == "classification" else REGRESSION_OUTPUTS)
     if version.stochastic:
         names.append("samples")
-    return names if with_samples else [n for n in names if n != "samples"]
+    return names
 
 
 def _tensor_data(request: Any, tensor: Any, shape: list[int]) -> np.ndarray:

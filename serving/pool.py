@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serving.errors import DeadlineExceeded
-from serving.litert import Graph
+from mcdrop.serving.errors import DeadlineExceeded
+from mcdrop.serving.litert import Graph
 
 
 class InterpreterPool:

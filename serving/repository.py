@@ -22,23 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from serving import manifest as manifest_io
-from serving.errors import MCDropError, NotFound
-from serving.pool import InterpreterPool
-from serving.repository_layout import versions as list_versions
+from mcdrop.serving import manifest as manifest_io
+from mcdrop.serving.errors import MCDropError, NotFound
+from mcdrop.serving.manifest import DropoutSpec
+from mcdrop.serving.masks import MaskStream
+from mcdrop.serving.pool import InterpreterPool
+from mcdrop.serving.repository_layout import versions as list_versions
 
 log = logging.getLogger("mcdrop.repository")
-
-
-@dataclasses.dataclass(frozen=True)
-class DropoutSpec:
-    """What the server needs to draw host-side masks for one dropout layer."""
-
-    name: str
-    kind: str
-    rate: float
-    noise_shape: tuple[int, ...]
-    feed_name: str
 
 
 @dataclasses.dataclass
@@ -78,10 +69,7 @@ class ModelVersion:
 
     @property
     def dropout(self) -> list[DropoutSpec]:
-        return [
-            DropoutSpec(d["name"], d["kind"], float(d["rate"]), tuple(d["noise_shape"]), d["masked_input"])
-            for d in self.manifest["dropout_layers"]
-        ]
+        return manifest_io.dropout_specs(self.manifest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +238,6 @@ class ModelRepository:
 
 
 def _check_fingerprint(version: ModelVersion, fingerprint: dict[str, Any]) -> None:
-    from serving.masks import MaskStream
-
     rows, seed = int(fingerprint["rows"]), int(fingerprint["seed"])
     x = np.random.default_rng(seed).standard_normal((rows, *version.input_shape[1:])).astype(np.float32)
     runs = {"deterministic": {"x": x}}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from serving.errors import InvalidArgument
+from mcdrop.serving.errors import InvalidArgument
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING_PREFIX = ".staging-"

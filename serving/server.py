@@ -19,15 +19,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import grpc_api, oip
-from serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
-from serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
-from serving.auth import AuthInterceptor, TokenStore
-from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument
-from serving.metrics import Metrics
-from serving.repository import ModelRepository
-from serving.settings import ServerSettings
+from mcdrop.serving import grpc_api, oip
+from mcdrop.serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
+from mcdrop.serving.auth import AuthInterceptor, TokenStore
+from mcdrop.serving.dataplane import DataPlane
+from mcdrop.serving.errors import InvalidArgument, Unavailable
+from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.repository import ModelRepository
+from mcdrop.serving.settings import ServerSettings
 
 log = logging.getLogger("mcdrop.server")
 REPOSITORY_HEALTH = "mcdrop.repository"
@@ -46,7 +46,7 @@ class Server:
             max_versions=settings.max_versions,
             listener=self._on_repository_event,
         )
-        self.plane = DataPlane(self.repository, settings, self.metrics)
+        self.plane = DataPlane(self.repository, settings, self.metrics, is_ready=self.ready)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
@@ -75,7 +75,7 @@ class Server:
         )
         mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            oip.make_servicer(self.plane, self.metrics, self.ready), server
+            oip.make_servicer(self.plane, self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflected = [
@@ -89,7 +89,7 @@ class Server:
         credentials = server_credentials(settings)
         self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"Could not bind {settings.host}:{settings.port}")
+            raise Unavailable(f"Could not bind {address}: the port is taken or the address is not local.")
         server.start()
         self._grpc = server
         if settings.metrics_port >= 0:
@@ -123,6 +123,7 @@ class Server:
         log.info("stopping", extra={"grace_seconds": grace})
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
+        self.metrics.close_http()
         self.repository.stop()
         log.info("stopped")
 

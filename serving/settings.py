@@ -1,103 +1,113 @@
 """Server settings: one dataclass, filled from defaults, then ``MCDROP_*`` environment variables, then flags.
 
 This is the only module that reads ``os.environ``. Each field's environment
-variable is ``MCDROP_`` + the upper-cased field name, e.g. ``MCDROP_PORT=9000``.
+variable is ``MCDROP_`` + the upper-cased field name, e.g. ``MCDROP_PORT=9000``,
+and its flag is ``--`` + the field name with dashes (``--port``). The fields are the
+single definition: ``mcdrop serve``'s flags and help texts are generated from them
+(``add_arguments``), so defaults are written once.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, get_type_hints
 
-from serving.errors import InvalidArgument
+from mcdrop.serving.errors import InvalidArgument
 
 ENV_PREFIX = "MCDROP_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def setting(
+    default: Any, help: str, *, choices: Sequence[str] = (), aliases: Sequence[str] = (), flag: bool = True
+) -> Any:
+    """A settings field: its default, its help text (without the default), allowed values, and whether it
+    has a flag (secrets do not: a flag's value is visible to every user of the machine in ``ps``)."""
+    metadata = {"help": help, "choices": tuple(choices), "aliases": tuple(aliases), "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class ServerSettings:
     """Everything ``mcdrop serve`` can be told."""
 
-    repository: str = "/models"
-    """Model repository directory (REPO/NAME/VERSION/)."""
-    host: str = "0.0.0.0"
-    """Address to bind the gRPC server to."""
-    port: int = 8500
-    """gRPC port (both the mcdrop API and the Open Inference Protocol); 0 picks a free port."""
-    metrics_port: int = 8502
-    """Prometheus metrics HTTP port; -1 disables the endpoint, 0 picks a free port."""
-    workers: int = 8
-    """gRPC worker threads."""
-    pool_size: int = 2
-    """LiteRT interpreters per graph per model version (requests beyond wait in the queue)."""
-    interpreter_threads: int = 1
-    """Threads inside each interpreter invoke."""
-    max_queue: int = 64
-    """Requests allowed to wait for an interpreter beyond those running; more get RESOURCE_EXHAUSTED."""
-    max_samples: int = 10_000
-    """Largest Monte-Carlo sample count T a request may ask for."""
-    max_batch: int = 1024
-    """Largest batch (rows per request)."""
-    max_sample_rows: int = 1_000_000
-    """Largest T x batch per request: bounds the memory and time one request can take."""
-    mask_source: str = "host"
-    """Masks of unseeded Monte-Carlo requests: ``host`` (fast 16-bit host masks from a fresh seed, which the
-    answer reports) or ``graph`` (LiteRT's in-graph random ops in mc.tflite). Seeded requests always use host masks."""
-    max_request_gflops: float = 50.0
-    """Largest compute one request may ask for: rows x (prefix + T x per-sample) FLOPs from the manifest."""
-    default_chunk: int = 10
-    """Samples per chunk for PredictStream and adaptive sampling."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message, both directions."""
-    poll_seconds: float = 2.0
-    """How often the repository is scanned for new, changed or removed versions; 0 disables polling."""
-    max_versions: int = 2
-    """Newest versions kept loaded per model."""
-    grace_seconds: float = 20.0
-    """On SIGTERM: how long in-flight requests may take to finish."""
-    tls_cert: str = ""
-    """PEM server certificate (chain): set with ``tls_key`` to serve TLS on the gRPC port."""
-    tls_key: str = ""
-    """PEM private key of ``tls_cert``."""
-    tls_client_ca: str = ""
-    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
-    auth_tokens: str = ""
-    """Comma-separated bearer tokens; when set (or ``auth_token_file``), every RPC but health needs one."""
-    auth_token_file: str = ""
-    """File of bearer tokens, one per line; re-read when it changes."""
-    log_level: str = "INFO"
-    log_format: str = "json"
-    """``json`` (one object per line) or ``text``."""
+    repository: str = setting("/models", "model repository directory (REPO/NAME/VERSION/)", aliases=["--repo"])
+    host: str = setting("0.0.0.0", "address to bind the gRPC server (and metrics) to")
+    port: int = setting(8500, "gRPC port (mcdrop API, Open Inference Protocol, health); 0 picks a free port")
+    metrics_port: int = setting(8502, "Prometheus /metrics HTTP port; -1 turns it off, 0 picks a free port")
+    workers: int = setting(8, "gRPC worker threads")
+    pool_size: int = setting(2, "LiteRT interpreters per graph per model version (more requests wait in the queue)")
+    interpreter_threads: int = setting(1, "threads inside each interpreter invoke")
+    max_queue: int = setting(64, "requests that may wait for an interpreter; more get RESOURCE_EXHAUSTED")
+    max_samples: int = setting(10_000, "largest Monte-Carlo sample count T per request")
+    max_batch: int = setting(1024, "largest batch (rows) per request")
+    max_sample_rows: int = setting(1_000_000, "largest T x batch per request (bounds memory and time)")
+    mask_source: str = setting(
+        "host",
+        "masks of unseeded Monte-Carlo requests: host (fast 16-bit masks from a fresh seed the answer reports, "
+        "so it can be replayed) or graph (LiteRT's in-graph random ops); seeded requests always use host masks",
+        choices=("host", "graph"),
+    )
+    max_request_gflops: float = setting(50.0, "largest compute per request: rows x (prefix + T x per-sample) FLOPs")
+    default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
+    max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message, both directions")
+    poll_seconds: float = setting(2.0, "repository scan interval for new, changed or removed versions; 0 turns it off")
+    max_versions: int = setting(2, "newest versions kept loaded per model")
+    grace_seconds: float = setting(20.0, "on SIGTERM: how long in-flight requests may take to finish")
+    tls_cert: str = setting("", "PEM server certificate (chain): serve TLS, with --tls-key")
+    tls_key: str = setting("", "PEM private key of --tls-cert")
+    tls_client_ca: str = setting("", "PEM CA bundle: require client certificates it signed (mutual TLS)")
+    auth_tokens: str = setting(
+        "", "comma-separated bearer tokens; when set, every RPC but health needs one", flag=False
+    )
+    auth_token_file: str = setting("", "file of bearer tokens, one per line (re-read when it changes)")
+    log_level: str = setting("INFO", "log level", choices=LOG_LEVELS)
+    log_format: str = setting("json", "json (one object per line) or text", choices=("json", "text"))
 
     def validate(self) -> ServerSettings:
+        """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
         positive = ("workers", "pool_size", "interpreter_threads", "max_samples", "max_batch", "max_sample_rows",
                     "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
-                raise InvalidArgument(f"Setting {name} must be >= 1. Received: {getattr(self, name)}")
+                raise _invalid(name, "an integer >= 1", getattr(self, name))
         if not self.max_request_gflops > 0:
-            raise InvalidArgument(f"Setting max_request_gflops must be > 0. Received: {self.max_request_gflops}")
-        if self.max_queue < 0 or self.poll_seconds < 0 or self.grace_seconds < 0:
-            raise InvalidArgument("Settings max_queue, poll_seconds and grace_seconds must be >= 0.")
-        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
-            raise InvalidArgument(
-                f"Ports must be in 0-65535. Received: port={self.port} metrics_port={self.metrics_port}"
-            )
+            raise _invalid("max_request_gflops", "a number > 0", self.max_request_gflops)
+        for name in ("max_queue", "poll_seconds", "grace_seconds"):
+            if not getattr(self, name) >= 0:
+                raise _invalid(name, "a number >= 0", getattr(self, name))
+        if not 0 <= self.port <= 65535:
+            raise _invalid("port", "a port in 0-65535", self.port)
+        if not -1 <= self.metrics_port <= 65535:
+            raise _invalid("metrics_port", "a port in 0-65535, or -1 (off)", self.metrics_port)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("Settings tls_cert and tls_key go together. Expected both or neither.")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("Setting tls_client_ca (mutual TLS) needs tls_cert and tls_key.")
-        if self.mask_source not in ("host", "graph"):
-            raise InvalidArgument(f"Setting mask_source must be host or graph. Received: {self.mask_source!r}")
-        if self.log_format not in ("json", "text"):
-            raise InvalidArgument(f"Setting log_format must be json or text. Received: {self.log_format!r}")
+        self.log_level = self.log_level.upper()
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            if choices and getattr(self, field.name) not in choices:
+                raise _invalid(field.name, "one of " + ", ".join(choices), getattr(self, field.name))
         return self
 
 
+def _invalid(name: str, expected: str, received: Any) -> InvalidArgument:
+    return InvalidArgument(
+        f"Invalid setting {name} (--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}). "
+        f"Expected {expected}. Received: {received!r}"
+    )
+
+
 def load_settings(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerSettings:
-    """Defaults, then ``MCDROP_*`` variables, then ``overrides`` (flags); validated."""
+    """Defaults, then ``MCDROP_*`` variables, then ``overrides`` (flags; None = not given); validated.
+
+    Raises:
+        InvalidArgument: a value cannot be parsed or is out of range.
+    """
     environ = os.environ if environ is None else environ
     hints = get_type_hints(ServerSettings)
     values: dict[str, Any] = {}
@@ -107,6 +117,36 @@ def load_settings(overrides: Mapping[str, Any], environ: Mapping[str, str] | Non
             values[field.name] = _parse(field.name, raw, hints[field.name])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ServerSettings(**values).validate()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, with the setting's help, default and environment variable.
+
+    Every flag defaults to None ("not given"), so that ``load_settings`` can tell a flag from an
+    environment variable; allowed values are checked by ``ServerSettings.validate`` for flags and
+    variables alike, so both get the same one-line error.
+    """
+    hints = get_type_hints(ServerSettings)
+    for field in dataclasses.fields(ServerSettings):
+        if not field.metadata["flag"]:
+            continue
+        kind = hints[field.name]
+        default = field.default
+        shown = f"{default:g}" if isinstance(default, float) else (repr(default) if default == "" else str(default))
+        choices = field.metadata["choices"]
+        help_text = field.metadata["help"]
+        if choices:
+            help_text += f" ({'|'.join(choices)})"
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            *field.metadata["aliases"],
+            dest=field.name,
+            type=kind if kind in (int, float) else str,
+            default=None,
+            metavar=field.name.upper() if not choices else "|".join(choices),
+            help=f"{help_text}; default {shown} (env {ENV_PREFIX}{field.name.upper()})".replace("%", "%%"),
+        )
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import signal
-import statistics
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.client import Client
-from serving.errors import InvalidArgument, MCDropError
-from serving.process import free_port, serve_command, wait_serving
+from mcdrop.serving.client import Client
+from mcdrop.serving.errors import InvalidArgument, MCDropError
+from mcdrop.serving.measure import memory_mb, percentile
+from mcdrop.serving.process import ServerProcess
 
 RSS_SAMPLE_SECONDS = 1.0
 
@@ -46,16 +44,17 @@ def soak(
         )
     process = None
     if repository is not None:
-        port = free_port()
-        command = serve_command(repository, port, "--log-level", "WARNING", "--max-queue", str(max(64, 4 * clients)))
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = f"127.0.0.1:{port}"
+        process = ServerProcess(repository, "--log-level", "WARNING", "--max-queue", str(max(64, 4 * clients)))
+        server = process.address
     if server is None:  # unreachable: exactly one of the two was given
         raise InvalidArgument("No server to soak.")
+    exit_code = None
     try:
-        shape = _ready_and_shape(server, model, process)
+        if process is not None:
+            process.wait_serving()
+        shape = _input_shape(server, model)
         _warm_up(server, model, shape)
-        rss_start = _rss_mb(process.pid) if process else None
+        rss_start = memory_mb(process.pid)["rss"] if process else None
         started = time.time() + 1.0 + 0.3 * clients
         duration = minutes * 60
         per_client = -(-max_requests // clients)
@@ -67,21 +66,20 @@ def soak(
             ]
             while not all(f.done() for f in futures):
                 if process is not None:
-                    rss_samples.append(_rss_mb(process.pid))
+                    rss_samples.append(memory_mb(process.pid)["rss"])
                 time.sleep(RSS_SAMPLE_SECONDS)
             results = [f.result() for f in futures]
-        rss_end = _rss_mb(process.pid) if process else None
+        rss_end = memory_mb(process.pid)["rss"] if process else None
     finally:
         if process is not None:
-            process.send_signal(signal.SIGTERM)
-            exit_code = process.wait(timeout=60)
+            exit_code = process.stop()
     return _report(
         results,
         duration,
         rss_start,
         rss_end,
         rss_samples,
-        exit_code if process else None,
+        exit_code,
         clients,
         max_rss_growth_mb,
         max_latency_drift,
@@ -138,9 +136,8 @@ def _report(
         for k, v in r["kinds"].items():
             kinds[k] = kinds.get(k, 0) + v
     quarter = max(1, len(timed) // 4)
-    first = statistics.median(t for _, t in timed[:quarter]) if timed else float("nan")
-    last = statistics.median(t for _, t in timed[-quarter:]) if timed else float("nan")
-    all_ms = sorted(t for _, t in timed)
+    first = percentile((t for _, t in timed[:quarter]), 50)
+    last = percentile((t for _, t in timed[-quarter:]), 50)
     growth = (rss_end - rss_start) if rss_start is not None and rss_end is not None else None
     drift = (last - first) / first if timed else float("nan")
     checks = {
@@ -158,8 +155,8 @@ def _report(
         "requests_by_kind": kinds,
         "throughput_rps": len(timed) / duration if duration else 0.0,
         "latency_ms": {
-            "p50": all_ms[len(all_ms) // 2] if all_ms else None,
-            "p99": all_ms[int(0.99 * (len(all_ms) - 1))] if all_ms else None,
+            "p50": percentile((t for _, t in timed), 50),
+            "p99": percentile((t for _, t in timed), 99),
             "first_quarter_p50": first,
             "last_quarter_p50": last,
             "drift": drift,
@@ -171,8 +168,7 @@ def _report(
     }
 
 
-def _ready_and_shape(server: str, model: str, process: subprocess.Popen[bytes] | None) -> list[int]:
-    wait_serving(server, process)
+def _input_shape(server: str, model: str) -> list[int]:
     with Client(server, timeout=10) as client:
         return [int(d) for d in client.metadata(model)["input"]["shape"][1:]]
 
@@ -182,10 +178,3 @@ def _warm_up(server: str, model: str, shape: list[int]) -> None:
     with Client(server, timeout=30) as client:
         for i in range(200):
             client.predict(model, np.repeat(x, 1 + i % 16, axis=0), samples=100, seed=i)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise MCDropError(f"no VmRSS for process {pid}")

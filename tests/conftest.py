@@ -19,9 +19,9 @@ def cli() -> object:
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository with ``digits`` (classifier, v1) and ``diabetes`` (regressor, v1), trained briefly."""
     pytest.importorskip("keras")  # building the models needs the train extra
-    from pipeline.config import TrainConfig
-    from pipeline.export.exporter import ExportOptions, export
-    from pipeline.training import train
+    from mcdrop.pipeline.config import TrainConfig
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.training import train
 
     root = tmp_path_factory.mktemp("models")
     repo = root / "repo"

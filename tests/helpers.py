@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.client import Client, RpcFailed
-from serving.process import free_port
-from serving.server import Server
-from serving.settings import ServerSettings
+from mcdrop.serving.client import Client, RpcFailed
+from mcdrop.serving.process import free_port
+from mcdrop.serving.server import Server
+from mcdrop.serving.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     """Run ``mcdrop ARGS`` in a fresh interpreter and capture its output."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, "-m", "serving.cli", *args],
+        [sys.executable, "-m", "mcdrop.serving.cli", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,
@@ -63,7 +63,7 @@ class ServerProcess:
     def __init__(self, repository: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = log
-        command = [sys.executable, "-m", "serving.cli", "serve", "--repository", str(repository), "--host",
+        command = [sys.executable, "-m", "mcdrop.serving.cli", "serve", "--repository", str(repository), "--host",
                    "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1", *args]  # fmt: skip
         self.process = subprocess.Popen(
             command,

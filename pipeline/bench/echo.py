@@ -1,6 +1,6 @@
 """A bare gRPC echo server: the transport floor for the server benchmarks.
 
-    python -m pipeline.bench.echo PORT
+    python -m mcdrop.pipeline.bench.echo PORT
 
 It answers ``/echo.Echo/Echo`` with the request's own bytes, using the same
 grpcio server, thread pool and options as ``mcdrop serve``, and no protobuf work.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.reference import Reference, flops
+from mcdrop.pipeline.bench.reference import Reference, flops
+from mcdrop.serving.measure import percentile
 
 WARMUP = 3
 
@@ -24,8 +24,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = WARMUP) -> dict[
         started = time.perf_counter()
         fn()
         times.append((time.perf_counter() - started) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))]}
+    return {"median_ms": percentile(times, 50), "p99_ms": percentile(times, 99)}
 
 
 def inference_rows(
@@ -33,11 +32,11 @@ def inference_rows(
 ) -> list[dict[str, Any]]:
     import tensorflow as tf
 
-    from serving.dataplane import DataPlane, PredictionRequest
-    from serving.litert import Graph
-    from serving.metrics import Metrics
-    from serving.repository import ModelRepository
-    from serving.settings import ServerSettings
+    from mcdrop.serving.dataplane import DataPlane, PredictionRequest
+    from mcdrop.serving.litert import Graph
+    from mcdrop.serving.metrics import Metrics
+    from mcdrop.serving.repository import ModelRepository
+    from mcdrop.serving.settings import ServerSettings
 
     model, x = reference.model, reference.inputs(batch)
     version_dir = repository / reference.name / "1"

@@ -43,9 +43,9 @@ def classic_mlp() -> Any:
 
 def digits_cnn() -> Any:
     """mcdrop's default CNN on digits (conv 16/32 + spatial dropout 0.1, dense 256/256 + dropout 0.2/0.5)."""
-    from pipeline.config import TrainConfig
-    from pipeline.data import load_dataset
-    from pipeline.models import build_models
+    from mcdrop.pipeline.config import TrainConfig
+    from mcdrop.pipeline.data import load_dataset
+    from mcdrop.pipeline.models import build_models
 
     config = TrainConfig(out="-", architecture="cnn", dataset="digits").validate()
     dataset = load_dataset("digits", task="auto", target=[], val_fraction=0.2, seed=0)
@@ -57,7 +57,7 @@ def digits_cnn() -> Any:
 
 def export_references(repository: Path) -> list[Reference]:
     """Export both models into ``repository`` (with the usual verification)."""
-    from pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     references = []
     for name, description, build in (
@@ -74,7 +74,8 @@ def export_references(repository: Path) -> list[Reference]:
 
 def flops(model: Any, batch: int, samples: int) -> float:
     """FLOPs of one MC estimate with prefix caching (the same count the server's cost limit uses)."""
-    from pipeline.export.cost import flops_per_row, request_flops
+    from mcdrop.pipeline.export.cost import flops_per_row
+    from mcdrop.serving.manifest import request_flops
 
     return request_flops(flops_per_row(model), batch, samples)
 

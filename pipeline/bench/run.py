@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.reference import SAMPLES, export_references, sgemm_gflops
-from pipeline.progress import progress_bar
+from mcdrop.pipeline.bench.reference import SAMPLES, export_references, sgemm_gflops
+from mcdrop.pipeline.progress import progress_bar
 
 BATCHES = (1, 32)
 CONCURRENCY = (1, 8)
@@ -21,14 +21,13 @@ def run_bench(
     json_path: Path | None, plot_path: Path | None, *, duration: float = 3.0, repeats: int = 50, quiet: bool = False
 ) -> dict[str, Any]:
     """All rows on this machine; returns the report that is also written to ``json_path``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     # One thread everywhere, so every row measures the same compute: Keras, LiteRT and sgemm alike.
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline.bench.inference import inference_rows
-    from pipeline.bench.server import server_rows
+    from mcdrop.pipeline.bench.inference import inference_rows
+    from mcdrop.pipeline.bench.server import SERVER_SETTINGS, server_rows
 
     started = time.monotonic()
     steps = [
@@ -64,8 +63,7 @@ def run_bench(
         "settings": {
             "samples": SAMPLES,
             "threads_per_row": 1,
-            "server_pool_size": 2,
-            "server_interpreter_threads": 1,
+            "server": SERVER_SETTINGS,
             "load_seconds": duration,
             "repeats": repeats,
         },
@@ -78,7 +76,7 @@ def run_bench(
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if plot_path is not None:
-        from pipeline.bench.plot import plot
+        from mcdrop.pipeline.bench.plot import plot
 
         plot(report, plot_path)
     return report

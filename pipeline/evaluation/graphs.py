@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import manifest as manifest_io
-from serving.litert import Graph
-from serving.masks import MaskStream
-from serving.repository import DropoutSpec
+from mcdrop.serving import manifest as manifest_io
+from mcdrop.serving.litert import Graph
+from mcdrop.serving.masks import MaskStream
 
 ROWS_PER_INVOKE = 200_000  # samples x rows per mc_masked invoke: bounds memory at T = 10,000
 
@@ -21,10 +20,7 @@ class Exported:
         self.manifest = manifest_io.load(version_dir)
         self.deterministic = Graph(version_dir / "deterministic.tflite", num_threads=threads)
         self.masked = Graph(version_dir / "mc_masked.tflite", num_threads=threads)
-        self.layers = [
-            DropoutSpec(d["name"], d["kind"], float(d["rate"]), tuple(d["noise_shape"]), d["masked_input"])
-            for d in self.manifest["dropout_layers"]
-        ]
+        self.layers = manifest_io.dropout_specs(self.manifest)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Deterministic (weight-scaling) outputs ``[N, ...]``."""

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.graphs import Exported
-from serving import uncertainty
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.pipeline.evaluation.graphs import Exported
+from mcdrop.serving import uncertainty
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 LENGTH_SCALE = 1e-2
 BATCH = 128
@@ -173,9 +173,9 @@ def _split(data: UciData, k: int, workdir: Path, *, epochs: int, samples: int, s
 def _fit(x: np.ndarray, y: np.ndarray, hidden: int, rate: float, tau: float, epochs: int, seed: int) -> Any:
     import keras
 
-    from pipeline.config import TrainConfig
-    from pipeline.data import Dataset, standardisation
-    from pipeline.models import build_models
+    from mcdrop.pipeline.config import TrainConfig
+    from mcdrop.pipeline.data import Dataset, standardisation
+    from mcdrop.pipeline.models import build_models
 
     decay = LENGTH_SCALE**2 * (1.0 - rate) / (2.0 * len(x) * tau)
     config = TrainConfig(
@@ -215,7 +215,7 @@ def _keras_samples(model: Any, x: np.ndarray, samples: int) -> np.ndarray:
 
 
 def _export(model: Any, folder: Path) -> Exported:
-    from pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.keras"

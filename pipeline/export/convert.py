@@ -24,9 +24,9 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from pipeline.export import stochastic
-from pipeline.export.stochastic import StochasticLayer
-from serving.errors import ExportError
+from mcdrop.pipeline.export import stochastic
+from mcdrop.pipeline.export.stochastic import StochasticLayer
+from mcdrop.serving.errors import ExportError
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
 

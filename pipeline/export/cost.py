@@ -2,7 +2,7 @@
 
 Counts 2 x multiply-adds of Dense and convolution layers (the rest is negligible), in
 layer order, switching from "prefix" to "per sample" at the first dropout-family layer.
-Used by the server to bound a request's cost (rows x T x per-sample cost) and by ``mcdrop bench``.
+Recorded in the manifest; the server bounds a request's cost with ``mcdrop.serving.manifest.request_flops``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ def flops_per_row(model: Any) -> dict[str, float]:
     totals = {"prefix": 0.0, "per_sample": 0.0}
     _walk(model, totals, sampled=[False])
     return totals
-
-
-def request_flops(cost: dict[str, float], batch: int, samples: int) -> float:
-    """FLOPs of one Monte-Carlo estimate with prefix caching."""
-    return batch * cost["prefix"] + batch * samples * cost["per_sample"]
 
 
 def _walk(model: Any, totals: dict[str, float], sampled: list[bool]) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.export import publish
-from serving.errors import ExportError, InvalidArgument, NotFound
-from serving.litert import Graph
-from serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
-from serving.repository_layout import check_model_name
+from mcdrop.pipeline.export import publish
+from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound
+from mcdrop.serving.litert import Graph
+from mcdrop.serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
+from mcdrop.serving.repository_layout import check_model_name
 
 DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
@@ -62,7 +62,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         NotFound / InvalidArgument: the model file or options are unusable.
         ExportError: the model cannot be exported or a graph failed verification.
     """
-    from pipeline.export.convert import QUANTIZATIONS
+    from mcdrop.pipeline.export.convert import QUANTIZATIONS
 
     check_model_name(options.name)
     for quantization in options.quantize:
@@ -76,7 +76,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
 
     import tensorflow as tf
 
-    from pipeline.export import convert, stochastic, verify
+    from mcdrop.pipeline.export import convert, stochastic, verify
 
     step("finding dropout layers")
     layers = stochastic.describe(model)
@@ -188,7 +188,7 @@ def _quantized_variant(
     seed: int,
 ) -> dict[str, Any]:
     """Convert the graphs with ``quantization`` and record how far they move from float32."""
-    from pipeline.export import convert, verify
+    from mcdrop.pipeline.export import convert, verify
 
     record: dict[str, Any] = {"graphs": {}}
     graphs = {}
@@ -217,8 +217,8 @@ def _quantized_variant(
 def _fingerprint(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
-    from serving.masks import MaskStream
-    from serving.repository import DropoutSpec
+    from mcdrop.serving.manifest import dropout_specs
+    from mcdrop.serving.masks import MaskStream
 
     x = np.random.default_rng(FINGERPRINT_SEED).standard_normal((2, *row_shape)).astype(np.float32)
     record: dict[str, Any] = {
@@ -227,7 +227,7 @@ def _fingerprint(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[i
         "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),
     }
     if layers:
-        specs = [DropoutSpec(s.path, s.kind, s.rate, s.noise_shape, s.feed_name) for s in layers]
+        specs = dropout_specs({"dropout_layers": [layer.as_manifest() for layer in layers]})  # as a server reads them
         feeds = MaskStream(specs, FINGERPRINT_SEED, 2).next(2)
         record["mc_masked"] = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
     return record
@@ -330,7 +330,7 @@ def _manifest(
 
 
 def _cost(model: Any) -> dict[str, Any]:
-    from pipeline.export.cost import flops_per_row
+    from mcdrop.pipeline.export.cost import flops_per_row
 
     return {**flops_per_row(model), "unit": "FLOPs per input row (prefix once, per_sample for each of T samples)"}
 

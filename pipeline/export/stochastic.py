@@ -15,8 +15,10 @@ once per input — prefix caching falls out of the graph walk.
 
 Why not ``model(x, training=True)``: Keras 3 dropout draws from stateless random
 ops that LiteRT cannot run, the converter silently drops ``training=True``
-dropout, and the flag also flips BatchNormalization into training mode. See
-``shared/LITERT-NOTES.md``.
+dropout, and the flag also flips BatchNormalization into training mode.
+
+Walking the layer graph needs a few private Keras APIs; they are used only through
+``mcdrop.pipeline.export.keras_internals``, which checks for them up front.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from serving.errors import ExportError
+from mcdrop.pipeline.export import keras_internals
+from mcdrop.serving.errors import ExportError
 
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
@@ -93,6 +96,7 @@ def forward(model: keras.Model, x: tf.Tensor, policy: Policy, samples: tf.Tensor
     Returns:
         ``[B, ...]`` without ``samples``; ``[T, B, ...]`` with ``samples = T``.
     """
+    keras_internals.check_supported()
     walk = _Walk(policy, samples)
     y = walk.run_model(model, x, prefix="")
     if samples is None:
@@ -121,6 +125,7 @@ def describe(model: keras.Model) -> list[StochasticLayer]:
         found.append(spec)
         return h
 
+    keras_internals.check_supported()
     input_spec = _input_spec(model)
     tf.function(lambda x: forward(model, x, record)).get_concrete_function(input_spec)
     return found
@@ -194,9 +199,9 @@ class _Walk:
             for layer in model.layers:
                 h = self._call(layer, (h,), {}, prefix)
             return h
-        if _is_functional(model):
-            return model._run_through_graph(
-                inputs, operation_fn=lambda op: lambda *a, **k: self._call(op, a, k, prefix)
+        if keras_internals.is_functional(model):
+            return keras_internals.run_through_graph(
+                model, inputs, lambda op: lambda *a, **k: self._call(op, a, k, prefix)
             )
         raise ExportError(
             f"Model {model.name!r} is a subclassed {type(model).__name__}. mcdrop exports Sequential and "
@@ -239,7 +244,7 @@ class _Walk:
 
 def _call_inference(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call a layer in inference mode, overriding any ``training=True`` baked into the graph."""
-    if "training" in getattr(op, "_call_context_args", {}) or "training" in kwargs:
+    if keras_internals.takes_training_argument(op) or "training" in kwargs:
         kwargs = {**kwargs, "training": False}
     return op(*args, **kwargs)
 
@@ -305,10 +310,6 @@ def _is_stochastic_class(op: Any) -> bool:
     return isinstance(op, keras.layers.Layer) and any(
         isinstance(value, keras.random.SeedGenerator) for value in vars(op).values()
     )
-
-
-def _is_functional(model: keras.Model) -> bool:
-    return hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth")
 
 
 def _input_spec(model: keras.Model) -> tf.TensorSpec:

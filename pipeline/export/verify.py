@@ -25,9 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.export import stochastic
-from pipeline.export.stochastic import BERNOULLI, StochasticLayer
-from serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
+from mcdrop.pipeline.export import stochastic
+from mcdrop.pipeline.export.stochastic import BERNOULLI, StochasticLayer
+from mcdrop.serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 Z_99 = 2.5758293035489004  # two-sided 99% normal quantile
 MEAN_TOLERANCE_SE = 4.0

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.client import Client
+from mcdrop.serving.client import Client
 from tests.container.images import build
 from tests.helpers import REPO, burst_then_signal, free_port
 
@@ -92,8 +92,8 @@ def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows
 def test_inside_the_container(running: Any) -> None:
     # The HEALTHCHECK reaches the container's config (podman reports it there, not on the image).
     healthcheck = running.container.attrs["Config"]["Healthcheck"]
-    assert healthcheck["Test"] == ["CMD", "python3", "-m", "serving.healthcheck"]
-    code, output = running.container.exec_run(["python3", "-m", "serving.healthcheck"])
+    assert healthcheck["Test"] == ["CMD", "python3", "-m", "mcdrop.serving.healthcheck"]
+    code, output = running.container.exec_run(["python3", "-m", "mcdrop.serving.healthcheck"])
     assert code == 0 and output.decode().strip() == "SERVING"
     code, output = running.container.exec_run(["id", "-u"])
     assert output.decode().strip() == "10001"

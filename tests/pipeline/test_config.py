@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import TrainConfig, load_config, parse_float_list
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.pipeline.config import TrainConfig, load_config, parse_float_list
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 
 def write(path: Path, text: str) -> Path:

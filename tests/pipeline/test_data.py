@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import load_dataset
-from serving.errors import InvalidArgument, NotFound
+from mcdrop.pipeline.data import load_dataset
+from mcdrop.serving.errors import InvalidArgument, NotFound
 
 
 def load(spec: str, **kwargs: object) -> object:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.client import RpcFailed
-from serving.server import REPOSITORY_HEALTH
+from mcdrop.serving.client import RpcFailed
+from mcdrop.serving.server import REPOSITORY_HEALTH
 from tests.helpers import copy_repository, in_process_server
 
 X = np.zeros((2, 64), np.float32)

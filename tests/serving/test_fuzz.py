@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving._proto.inference import grpc_service_pb2 as oip
-from serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from serving.client import Client
+from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
+from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from mcdrop.serving.client import Client
 from tests.helpers import in_process_server
 
 EXAMPLES = 400

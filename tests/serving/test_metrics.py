@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import logs
-from serving.client import RpcFailed
+from mcdrop.serving import logs
+from mcdrop.serving.client import RpcFailed
 from tests.helpers import in_process_server
 
 

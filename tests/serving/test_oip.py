@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.client import Client
+from mcdrop.serving.client import Client
 from tests.helpers import REPO, ServerProcess
 
 # Only look for it: importing tritonclient here would clash with the server's own `inference` protos.

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from serving.client import Client
-from serving.litert import Graph
-from serving.server import Server
+from mcdrop.serving.client import Client
+from mcdrop.serving.litert import Graph
+from mcdrop.serving.server import Server
 from tests.helpers import in_process_server
 
 

@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving._proto.inference import grpc_service_pb2 as oip
-from serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from serving.client import Client, RpcFailed
+from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
+from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
+from mcdrop.serving.client import Client, RpcFailed
 from tests.certs import make_ca, make_leaf
 from tests.helpers import in_process_server, run_cli
 
@@ -135,8 +135,8 @@ def test_predict_cli_with_tls_and_token(model_repository: Path, pki: dict[str, A
 
 
 def test_tls_settings_are_checked() -> None:
-    from serving.errors import InvalidArgument
-    from serving.settings import ServerSettings
+    from mcdrop.serving.errors import InvalidArgument
+    from mcdrop.serving.settings import ServerSettings
 
     with pytest.raises(InvalidArgument, match="tls_cert and tls_key go together"):
         ServerSettings(tls_cert="a.pem").validate()

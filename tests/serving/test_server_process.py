@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.client import Client, RpcFailed
+from mcdrop.serving.client import Client, RpcFailed
 from tests.helpers import REPO, ServerProcess, burst_then_signal, copy_repository
 
 
@@ -116,9 +116,9 @@ def test_sigterm_during_a_burst_finishes_accepted_requests_and_exits_0(
 SERVER_SCRIPT = """
 import json, sys
 import numpy as np
-from serving.client import Client
-from serving.server import Server
-from serving.settings import ServerSettings
+from mcdrop.serving.client import Client
+from mcdrop.serving.server import Server
+from mcdrop.serving.settings import ServerSettings
 
 server = Server(ServerSettings(repository=sys.argv[1], host="127.0.0.1", port=0, metrics_port=0).validate())
 port = server.start()

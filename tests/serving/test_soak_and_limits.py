@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.client import RpcFailed
+from mcdrop.serving.client import RpcFailed
 from tests.helpers import in_process_server, run_cli
 
 

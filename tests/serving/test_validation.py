@@ -11,13 +11,13 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import codec
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from serving.client import Client, RpcFailed
-from serving.dataplane import PredictionRequest
-from serving.errors import InvalidArgument
-from serving.server import Server
+from mcdrop.serving import codec
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
+from mcdrop.serving.client import Client, RpcFailed
+from mcdrop.serving.dataplane import PredictionRequest
+from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.server import Server
 from tests.helpers import in_process_server
 
 
@@ -96,7 +96,7 @@ def test_wrong_byte_length_and_dtype_enum(served: tuple[Server, Client]) -> None
 def test_monte_carlo_on_a_model_without_dropout_is_refused(model_repository: Path, tmp_path: Path) -> None:
     import keras
 
-    from pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
     model.save(tmp_path / "plain.keras")

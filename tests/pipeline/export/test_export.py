@@ -11,10 +11,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from pipeline.export.exporter import ExportOptions, export  # noqa: E402
-from serving.errors import ExportError, InvalidArgument, NotFound  # noqa: E402
-from serving.litert import Graph  # noqa: E402
-from serving.manifest import sha256_file  # noqa: E402
+from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
+from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound  # noqa: E402
+from mcdrop.serving.litert import Graph  # noqa: E402
+from mcdrop.serving.manifest import sha256_file  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
 

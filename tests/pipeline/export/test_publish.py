@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.export import publish
-from serving.repository_layout import STAGING_PREFIX, versions
+from mcdrop.pipeline.export import publish
+from mcdrop.serving.repository_layout import STAGING_PREFIX, versions
 from tests.helpers import REPO
 
 
@@ -36,7 +36,17 @@ def test_export_killed_mid_write_leaves_no_version(tmp_path: Path) -> None:
     model = models.sequential_mlp(tmp_path / "mlp.keras")
     repo = tmp_path / "repo"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, "-m", "serving.cli", "export", str(model), "--repository", str(repo), "--name", "k"]
+    command = [
+        sys.executable,
+        "-m",
+        "mcdrop.serving.cli",
+        "export",
+        str(model),
+        "--repository",
+        str(repo),
+        "--name",
+        "k",
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -53,7 +63,7 @@ def test_export_killed_mid_write_leaves_no_version(tmp_path: Path) -> None:
     assert len(leftovers) == 1 and leftovers[0].startswith(STAGING_PREFIX)
 
     # The next export publishes version 1 and removes the dead export's staging directory.
-    from pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     version, _ = export(ExportOptions(model_path=model, repository=repo, name="k"))
     assert version == 1

@@ -11,8 +11,8 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from pipeline.export import convert, stochastic, verify  # noqa: E402
-from serving.litert import Graph  # noqa: E402
+from mcdrop.pipeline.export import convert, stochastic, verify  # noqa: E402
+from mcdrop.serving.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
 

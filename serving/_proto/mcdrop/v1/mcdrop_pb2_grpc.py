@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from serving._proto.mcdrop.v1 import mcdrop_pb2 as mcdrop_dot_v1_dot_mcdrop__pb2
+from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as mcdrop_dot_v1_dot_mcdrop__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

@@ -1,0 +1,21 @@
+"""The pipeline's subcommands (train, export, export-batch, evaluate, bench, demo), one module each.
+
+They are registered through the ``mcdrop.commands`` entry points and run by
+``mcdrop.serving.cli``. Importing these modules is cheap: each handler checks that the
+``train`` extra is installed, quiets TensorFlow, and only then imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mcdrop.pipeline.quiet import quiet_tensorflow
+from mcdrop.serving.cli.arguments import require_extra
+
+TRAIN_EXTRA = ("tensorflow", "keras", "sklearn")
+
+
+def prepare(args: argparse.Namespace, *modules: str) -> None:
+    """Before a pipeline command runs: the extra it needs is installed, TensorFlow's logs are off (unless --debug)."""
+    require_extra("train", *(modules or TRAIN_EXTRA))
+    quiet_tensorflow(debug=getattr(args, "debug", False))

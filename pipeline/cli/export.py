@@ -1,0 +1,161 @@
+"""``mcdrop export`` (one Keras model) and ``mcdrop export-batch`` (a TOML job of many)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcdrop.pipeline.cli import prepare
+from mcdrop.serving.cli.arguments import names, positive_int
+
+
+def register_export(subcommands: Any) -> None:
+    export = subcommands.add_parser(
+        "export",
+        help="export a Keras model with dropout to verified LiteRT graphs in a model repository",
+        description="Convert MODEL.keras into deterministic, mc and mc_masked LiteRT graphs, verify them "
+        "numerically and publish them atomically as REPO/NAME/<next version>/.",
+    )
+    add = export.add_argument
+    add("model", metavar="MODEL.keras", help="a Keras 3 model file (Sequential or functional)")
+    add("--repository", "--repo", required=True, metavar="REPO", help="model repository directory")
+    add("--name", required=True, help="model name in the repository")
+    add("--samples", type=positive_int, default=100, help="default T recorded in the manifest (default %(default)s)")
+    add("--quantize", type=names, default=[], metavar="KIND[,KIND]", help="also export float16 and/or dynamic-int8")
+    add("--task", default=None, help="classification or regression (default: from training.json)")
+    add("--labels", type=names, default=None, metavar="A,B,..", help="class labels")
+    add("--seed", type=int, default=0, help="seed of the verification inputs and masks")
+    add("--quiet", action="store_true", help="no progress display")
+    add("--json", action="store_true", help="print the manifest as JSON")
+    export.set_defaults(handler=run_export)
+
+
+def register_export_batch(subcommands: Any) -> None:
+    batch = subcommands.add_parser(
+        "export-batch",
+        help="train and export many models from a TOML job (resumable)",
+        description="Run every [[entry]] of JOB.toml: train (optionally choosing settings by k-fold "
+        "cross-validation) and export. Finished entries are skipped on a rerun; a failing entry does not "
+        "stop the job; the exit code is 1 if any entry failed.",
+    )
+    batch.add_argument("job", metavar="JOB.toml")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.add_argument("--json", action="store_true", help="print the results as JSON")
+    batch.set_defaults(handler=run_export_batch)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    prepare(args, "tensorflow", "keras")
+    from mcdrop.pipeline.export.exporter import ExportOptions
+
+    options = ExportOptions(
+        model_path=Path(args.model),
+        repository=Path(args.repository),
+        name=args.name,
+        samples=args.samples,
+        quantize=tuple(args.quantize),
+        task=args.task,
+        labels=args.labels,
+        seed=args.seed,
+    )
+    version, manifest = export_with_status(options, quiet=args.quiet or args.json)
+    if args.json:
+        json.dump({"version": version, **manifest}, sys.stdout, indent=2)
+        print()
+    else:
+        print_export_summary(options.repository, version, manifest)
+    return 0
+
+
+def export_with_status(options: Any, *, quiet: bool) -> tuple[int, dict[str, Any]]:
+    """Run one export, showing its current step on stderr unless ``quiet``."""
+    from mcdrop.pipeline.export.exporter import export
+    from mcdrop.serving.console import stderr
+
+    if quiet:
+        return export(options)
+    with stderr.status("exporting") as status:
+        return export(options, step=lambda text: status.update(f"exporting: {text}"))
+
+
+def run_export_batch(args: argparse.Namespace) -> int:
+    prepare(args)
+    from mcdrop.pipeline.batch import load_job, run_entry
+    from mcdrop.pipeline.progress import progress_bar
+
+    job = load_job(Path(args.job))
+    results = []
+    quiet = args.quiet or args.json
+    with progress_bar() as bar:
+        if quiet:
+            bar.stop()
+        task = bar.add_task("export-batch", total=len(job.entries), status="")
+        for entry in job.entries:
+            bar.update(task, status=entry["name"])
+            results.append(run_entry(job, entry))
+            bar.advance(task)
+        bar.update(task, status="done")
+    failed = [r for r in results if r.status == "failed"]
+    if args.json:
+        json.dump([dataclasses.asdict(r) for r in results], sys.stdout, indent=2)
+        print()
+    else:
+        print_batch_summary(results, job.repository)
+    return 1 if failed else 0
+
+
+def print_batch_summary(results: list[Any], repository: Path) -> None:
+    from rich.table import Table
+
+    from mcdrop.serving.console import stdout_console
+
+    table = Table(title=f"export-batch → {repository}")
+    for column in ("entry", "status", "version", "selected", "validation", "seconds", "detail"):
+        table.add_column(column, justify="right" if column in ("version", "seconds") else "left")
+    style = {"exported": "green", "skipped": "cyan", "failed": "red"}
+    for r in results:
+        selected = ", ".join(f"{k}={v}" for k, v in (r.selected or {}).items())
+        version = "" if r.version is None else str(r.version)
+        table.add_row(
+            r.name, f"[{style[r.status]}]{r.status}[/]", version, selected, r.val_metric, f"{r.seconds:.1f}", r.detail
+        )
+    console = stdout_console()
+    console.print(table)
+    counts = {status: sum(r.status == status for r in results) for status in style}
+    console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
+
+
+def print_export_summary(repository: Path, version: int, manifest: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from mcdrop.serving.console import stdout_console
+
+    console = stdout_console()
+    table = Table(title=f"{manifest['name']} version {version} · {manifest['task']}")
+    for column in ("file", "bytes", "ops", "random ops"):
+        table.add_column(column, justify="right" if column != "file" else "left")
+    graphs = [*manifest["graphs"].values()]
+    graphs += [g for variant in manifest["quantized"].values() for g in variant["graphs"].values()]
+    for file, size in manifest["file_bytes"].items():
+        graph = next((g for g in graphs if g["file"] == file), None)
+        ops = graph["ops"] if graph else []
+        random = sorted({op for op in ops if op.startswith("RANDOM")})
+        table.add_row(file, f"{size:,}", str(len(ops)) if graph else "", ", ".join(random))
+    console.print(table)
+    if not manifest["stochastic"]:
+        console.print("[yellow]The model has no dropout layer: exported the deterministic graph only.[/]")
+    else:
+        layers = ", ".join(f"{d['name']} ({d['class']}, {d['rate']:g})" for d in manifest["dropout_layers"])
+        console.print(f"dropout layers: {layers}")
+    for check in manifest["verification"]["checks"]:
+        detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_tile")}
+        console.print(
+            f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
+        )
+    timing = ", ".join(f"{k}={v}" for k, v in manifest["timing_ms"].items())
+    console.print(f"timing (ms): {timing}")
+    console.print(f"published: {repository / manifest['name'] / str(version)}")

@@ -1,0 +1,5 @@
+"""``python -m mcdrop.serving.cli``: the ``mcdrop`` command line."""
+
+from mcdrop.serving.cli import run
+
+run()

@@ -1,0 +1,65 @@
+"""``mcdrop soak``: client processes against a server for minutes; errors, RSS growth, latency drift."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mcdrop.serving.cli.arguments import positive_float, positive_int
+
+
+def register(subcommands: Any) -> None:
+    soak = subcommands.add_parser(
+        "soak",
+        help="N client processes against a server for M minutes: errors, RSS growth, latency drift",
+        description="Starts a server on REPO (or uses --server), then runs --clients processes of mixed requests "
+        "for --minutes (at most --max-requests in all). Exit code 1 unless: zero errors, RSS growth within "
+        "--max-rss-growth-mb, last-quarter median latency within --max-latency-drift of the first quarter's.",
+    )
+    group = soak.add_mutually_exclusive_group(required=True)
+    group.add_argument("--repository", type=Path, default=None, metavar="REPO", help="start a server on REPO")
+    group.add_argument("--server", default=None, metavar="HOST:PORT", help="soak a running server (no RSS figures)")
+    add = soak.add_argument
+    add("--model", default="digits", help="model to query (default %(default)s)")
+    add("--clients", type=positive_int, default=8, help="client processes (default %(default)s)")
+    add("--minutes", type=positive_float, default=2.0, help="duration (default %(default)s)")
+    add("--max-requests", type=positive_int, default=1_000_000, help="request budget (default %(default)s)")
+    add("--max-rss-growth-mb", type=float, default=20.0, help="allowed RSS growth (default %(default)s)")
+    add("--max-latency-drift", type=float, default=0.5, help="relative, e.g. 0.5 = 50%% (default %(default)s)")
+    add("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
+    soak.set_defaults(handler=run_soak)
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.soak import soak
+
+    report = soak(
+        repository=args.repository,
+        server=args.server,
+        model=args.model,
+        clients=args.clients,
+        minutes=args.minutes,
+        max_requests=args.max_requests,
+        max_rss_growth_mb=args.max_rss_growth_mb,
+        max_latency_drift=args.max_latency_drift,
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console = stdout_console()
+    latency, rss = report["latency_ms"], report["rss_mb"]
+    console.print(
+        f"soak: {report['clients']} clients x {report['seconds']:.0f} s: {report['requests']} requests "
+        f"({report['throughput_rps']:.0f}/s), {report['errors']} errors; latency p50 {latency['p50']:.2f} ms, "
+        f"p99 {latency['p99']:.2f} ms, first/last-quarter p50 {latency['first_quarter_p50']:.2f}/"
+        f"{latency['last_quarter_p50']:.2f} ms; RSS start {_mb(rss['start'])}, end {_mb(rss['end'])}"
+    )
+    for name, ok in report["checks"].items():
+        console.print(f"  {'[green]pass[/]' if ok else '[red]FAIL[/]'} {name}")
+    return 0 if report["passed"] else 1
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} MB"
