@@ -7,13 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import run_cli
-
-
-@pytest.fixture
-def cli() -> object:
-    return run_cli
-
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:

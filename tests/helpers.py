@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mcdrop.serving.client import Client, RpcFailed
-from mcdrop.serving.process import free_port
+from mcdrop.serving.process import ServerProcess
 from mcdrop.serving.server import Server
 from mcdrop.serving.settings import ServerSettings
 
@@ -57,49 +56,9 @@ def in_process_server(repository: Path, **settings: object) -> Iterator[tuple[Se
         server.stop(grace=1)
 
 
-class ServerProcess:
-    """``mcdrop serve`` in its own process, logging to a file."""
-
-    def __init__(self, repository: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = log
-        command = [sys.executable, "-m", "mcdrop.serving.cli", "serve", "--repository", str(repository), "--host",
-                   "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1", *args]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, **(env or {})},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        with Client(self.address, timeout=2) as client:
-            while True:
-                assert self.process.poll() is None, f"server exited early:\n{self.log.read_text()}"
-                try:
-                    if client.health() == "SERVING":
-                        return
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
-                assert time.monotonic() < deadline, f"server not ready:\n{self.log.read_text()}"
-                time.sleep(0.1)
-
-    def terminate(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def __enter__(self) -> ServerProcess:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+def server_process(repository: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """``mcdrop serve`` in its own process (see ``mcdrop.serving.process``), logging to ``log``."""
+    return ServerProcess(repository, *flags, log=log, env=env, cwd=REPO)
 
 
 def burst_then_signal(

@@ -70,6 +70,9 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
             raise InvalidArgument(f"Unknown quantization {quantization!r}. Expected any of {', '.join(QUANTIZATIONS)}.")
     if options.samples < 1:
         raise InvalidArgument(f"Invalid default sample count. Expected an integer >= 1. Received: {options.samples}")
+    from mcdrop.pipeline.export import keras_internals
+
+    keras_internals.check_supported()  # before loading: Keras's own loader needs some of them too
     step("loading model")
     model = _load_model(options.model_path)
     training = _training_record(options.model_path)

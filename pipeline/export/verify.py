@@ -6,10 +6,11 @@ not pass, and the exporter refuses to publish if there is any. The checks:
 * ``ops``: no Flex/custom or resource-variable ops; random ops only in ``mc``.
 * ``deterministic_parity``: deterministic.tflite vs Keras inference, max abs diff ≤ tolerance.
 * ``masked_parity``: mc_masked.tflite vs a per-sample reference pass with the same masks.
-* ``drop_fraction``: each layer's empirical drop fraction in mc.tflite lies in the 99%
-  binomial interval of its rate (Gaussian layers: noise mean and std near 0 and 1).
-* ``mc_mean``: mc.tflite's MC mean vs Keras's own training-mode dropout MC mean,
-  within 4 standard errors per output.
+* ``drop_fraction``: each layer's empirical drop fraction in mc.tflite lies within a Hoeffding
+  bound of its rate (Gaussian layers: noise mean and mean square within exact normal and
+  chi-square bounds).
+* ``mc_mean``: mc.tflite's MC mean vs Keras's own training-mode dropout MC mean, per output,
+  within a Bonferroni-corrected number of standard errors.
 * ``fresh_randomness``: mc.tflite gives different samples on every invoke, also after
   tensors are re-allocated (a fixed-seed random op would restart its sequence).
 * ``prefix_cached``: the first tiling to T samples happens on ``B`` rows, after the
@@ -19,6 +20,7 @@ not pass, and the exporter refuses to publish if there is any. The checks:
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import keras
@@ -29,9 +31,14 @@ from mcdrop.pipeline.export import stochastic
 from mcdrop.pipeline.export.stochastic import BERNOULLI, StochasticLayer
 from mcdrop.serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
-Z_99 = 2.5758293035489004  # two-sided 99% normal quantile
-MEAN_TOLERANCE_SE = 4.0
 PARITY_TOLERANCE = 1e-5
+# False alarms: a correct graph must pass. The mask checks use distribution-free (Hoeffding) or exact
+# bounds at 1e-9 per layer; the mean check (a normal approximation) runs at 1e-7 per attempt, over all
+# outputs together, and is redrawn once. So a correct export fails with probability below
+# layers x 1e-9 + (1e-7)^2, far below 1e-6, while a rate that is off by 0.05 lies tens of bounds away
+# at the verification's sample sizes (n = T x rows x units, about 10^5 to 10^7 flags per layer).
+MASK_FALSE_ALARM = 1e-9
+MEAN_FALSE_ALARM = 1e-7
 STATISTICAL_ATTEMPTS = 2
 
 
@@ -106,9 +113,9 @@ def mc_statistics(
 ) -> list[dict[str, Any]]:
     """Drop fractions, MC mean vs Keras, fresh randomness and prefix caching of mc.tflite.
 
-    The two statistical checks have a false-alarm rate by construction (1% per layer for the
-    99% interval). A failing one is redrawn once with fresh samples: a correct graph then fails
-    with probability ~1e-4, while a wrong rate or a wrong mean fails both draws.
+    The statistical checks' false-alarm rates are bounded (see ``MASK_FALSE_ALARM`` and
+    ``MEAN_FALSE_ALARM``); if one fails, both are redrawn once with fresh samples, and a
+    wrong rate or a wrong mean fails both draws.
     """
     graph = Graph(mc_bytes, preserve_all_tensors=True)
     feeds = {"x": x, "samples": np.array(samples, np.int32)}
@@ -156,16 +163,21 @@ def _drop_fraction(graph: Graph, layers: list[StochasticLayer]) -> dict[str, Any
             continue
         n = int(values.size)
         if spec.kind == BERNOULLI:
-            observed = float(1.0 - values.mean())
-            half = Z_99 * math.sqrt(spec.rate * (1 - spec.rate) / n) + 0.5 / n
+            observed = float(1.0 - values.mean(dtype=np.float64))
+            half = hoeffding_half_width(n, MASK_FALSE_ALARM)
             low, high = spec.rate - half, spec.rate + half
             ok = low <= observed <= high
             per_layer.append({"layer": spec.path, "rate": spec.rate, "observed": observed, "n": n,
-                              "interval_99": [low, high], "passed": ok})  # fmt: skip
+                              "bound": [low, high], "false_alarm": MASK_FALSE_ALARM, "passed": ok})  # fmt: skip
         else:
-            mean, std = float(values.mean()), float(values.std())
-            ok = abs(mean) <= Z_99 / math.sqrt(n) and abs(std - 1.0) <= Z_99 * math.sqrt(0.5 / n)
-            per_layer.append({"layer": spec.path, "noise_mean": mean, "noise_std": std, "n": n, "passed": ok})
+            mean = float(values.mean(dtype=np.float64))
+            mean_square = float(np.mean(np.square(values, dtype=np.float64)))
+            mean_bound = normal_quantile(MASK_FALSE_ALARM / 4) / math.sqrt(n)
+            square_low, square_high = chi_square_mean_bounds(n, MASK_FALSE_ALARM / 2)
+            ok = abs(mean) <= mean_bound and square_low <= mean_square <= square_high
+            per_layer.append({"layer": spec.path, "noise_mean": mean, "noise_mean_square": mean_square, "n": n,
+                              "mean_bound": mean_bound, "mean_square_bound": [square_low, square_high],
+                              "false_alarm": MASK_FALSE_ALARM, "passed": ok})  # fmt: skip
         if not ok:
             problems.append(f"layer {spec.path}: {per_layer[-1]}")
     return {"check": "drop_fraction", "passed": not problems, "problems": problems, "layers": per_layer}
@@ -207,15 +219,34 @@ def _mean_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     diff = np.abs(mean_a - mean_b)
     z = np.where(se > 0, diff / np.maximum(se, 1e-30), np.where(diff <= 1e-6, 0.0, np.inf))
     worst = float(z.max())
+    tolerance = normal_quantile(MEAN_FALSE_ALARM / (2 * max(1, z.size)))  # Bonferroni over all outputs
     return {
         "check": "mc_mean",
-        "passed": worst <= MEAN_TOLERANCE_SE,
-        "problems": [] if worst <= MEAN_TOLERANCE_SE else [f"MC means differ by {worst:.2f} standard errors"],
+        "passed": worst <= tolerance,
+        "problems": [] if worst <= tolerance else [f"MC means differ by {worst:.2f} standard errors"],
         "samples": int(n_a),
         "max_z": worst,
         "max_abs_diff": float(diff.max()),
-        "tolerance_se": MEAN_TOLERANCE_SE,
+        "tolerance_se": tolerance,
+        "false_alarm": MEAN_FALSE_ALARM,
     }
+
+
+def hoeffding_half_width(n: int, false_alarm: float) -> float:
+    """``e`` with P(|mean of n independent [0, 1] variables - their expectation| >= e) <= ``false_alarm``."""
+    return math.sqrt(math.log(2.0 / false_alarm) / (2.0 * n))
+
+
+def normal_quantile(upper_tail: float) -> float:
+    """``z`` with P(Z > z) = ``upper_tail`` for a standard normal Z."""
+    return NormalDist().inv_cdf(1.0 - upper_tail)
+
+
+def chi_square_mean_bounds(n: int, false_alarm: float) -> tuple[float, float]:
+    """Bounds on the mean of n squared standard normals (chi-square / n), each side exceeded with probability at
+    most ``false_alarm / 2`` (Laurent & Massart, 2000)."""
+    x = math.log(2.0 / false_alarm)
+    return 1.0 - 2.0 * math.sqrt(x / n), 1.0 + 2.0 * math.sqrt(x / n) + 2.0 * x / n
 
 
 def _parity(name: str, actual: np.ndarray, reference: np.ndarray) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,26 +84,45 @@ def test_version_deleted_while_serving(model_repository: Path, tmp_path: Path) -
         add_version(repo / "digits", 2)
         server.repository.scan()
         assert client.predict("digits", X, samples=10).version == 2
+        phase = ["before"]
+        served: dict[str, list[int]] = {"before": [], "during": [], "after": []}
         errors: list[str] = []
         done = threading.Event()
 
         def burst() -> None:
             while not done.is_set():
+                current = phase[0]
                 try:
-                    client.predict("digits", X, samples=200)
-                except RpcFailed as exc:  # pragma: no cover - would fail the test below
+                    version = client.predict("digits", X, samples=200).version
+                except RpcFailed as exc:
                     errors.append(exc.code)
+                    continue
+                if phase[0] == current and current in served:  # started and ended in one phase
+                    served[current].append(version)
+
+        def wait_for(name: str, count: int) -> None:
+            deadline = time.monotonic() + 30
+            while len(served[name]) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
 
         threads = [threading.Thread(target=burst) for _ in range(4)]
         for thread in threads:
             thread.start()
-        shutil.rmtree(repo / "digits" / "2")  # files gone under the server's feet
-        server.repository.scan()
+        wait_for("before", 20)
+        phase[0] = "during"
+        shutil.rmtree(repo / "digits" / "2")  # files gone under the server's feet, version still loaded
+        wait_for("during", 20)
+        phase[0] = "unloading"  # not counted: a request may see either version
+        server.repository.scan()  # the version is unloaded
+        phase[0] = "after"
+        wait_for("after", 20)
         done.set()
         for thread in threads:
             thread.join()
-        assert errors == []  # in-flight and later requests all served (interpreters hold their bytes)
-        assert client.predict("digits", X, samples=10).version == 1
+    assert errors == []  # in-flight and later requests all served (interpreters hold their bytes)
+    assert len(served["before"]) >= 20 and set(served["before"]) == {2}
+    assert len(served["during"]) >= 20 and set(served["during"]) == {2}
+    assert len(served["after"]) >= 20 and set(served["after"]) == {1}
 
 
 def test_unreadable_repository_keeps_serving_and_reports_it(model_repository: Path, tmp_path: Path) -> None:

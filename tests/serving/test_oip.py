@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client
-from tests.helpers import REPO, ServerProcess
+from tests.helpers import REPO, server_process
 
 # Only look for it: importing tritonclient here would clash with the server's own `inference` protos.
 if importlib.util.find_spec("tritonclient") is None:
@@ -29,7 +29,7 @@ def decoded(blob: dict[str, Any]) -> np.ndarray:
 def probe(model_repository: Path, digits_rows: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("oip")
     np.save(root / "rows.npy", digits_rows[:4])
-    with ServerProcess(model_repository, root / "server.log") as server:
+    with server_process(model_repository, root / "server.log") as server:
         result = subprocess.run(
             [sys.executable, "-m", "tests.serving.triton_probe", server.address, "digits", str(root / "rows.npy")],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
@@ -40,7 +40,7 @@ def probe(model_repository: Path, digits_rows: np.ndarray, tmp_path_factory: pyt
             native = client.predict("digits", digits_rows[:4], samples=100, seed=1234)
             answer["native"] = native
             answer["native_deterministic"] = client.predict("digits", digits_rows[:4], mode="deterministic")
-        assert server.terminate() == 0
+        assert server.stop() == 0
     return answer
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,12 +13,6 @@ from mcdrop.serving.client import Client
 from mcdrop.serving.litert import Graph
 from mcdrop.serving.server import Server
 from tests.helpers import in_process_server
-
-
-@pytest.fixture(scope="module")
-def served(model_repository: Path) -> Iterator[tuple[Server, Client]]:
-    with in_process_server(model_repository) as pair:
-        yield pair
 
 
 def test_deterministic_mode_equals_the_deterministic_graph(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,14 +15,14 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client, RpcFailed
-from tests.helpers import REPO, ServerProcess, burst_then_signal, copy_repository
+from tests.helpers import REPO, burst_then_signal, copy_repository, server_process
 
 
 @pytest.mark.slow
 def test_sixteen_concurrent_clients_get_uncorrupted_answers(
     model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
 ) -> None:
-    with ServerProcess(model_repository, tmp_path / "server.log", "--pool-size", "2", "--workers", "16") as server:
+    with server_process(model_repository, tmp_path / "server.log", "--pool-size", "2", "--workers", "16") as server:
         batches = [digits_rows[: 1 + s % 4] for s in range(10)]  # mixed batch sizes force re-allocations
         with Client(server.address) as client:
             reference = {s: client.predict("digits", batches[s], samples=30, seed=s).mean.tobytes() for s in range(10)}
@@ -40,7 +39,7 @@ def test_sixteen_concurrent_clients_get_uncorrupted_answers(
         with ThreadPoolExecutor(16) as pool:
             results = [m for ms in pool.map(worker, range(16)) for m in ms]
         assert len(results) == 800 and all(results)
-        assert server.terminate() == 0
+        assert server.stop() == 0
 
 
 def publish_copy(source: Path, model_dir: Path, version: int) -> None:
@@ -63,7 +62,7 @@ def test_new_versions_are_picked_up_and_broken_ones_do_not_replace_the_old(
 ) -> None:
     repo = copy_repository(model_repository, tmp_path / "repo")
     model_dir = repo / "digits"
-    with ServerProcess(repo, tmp_path / "server.log", "--poll-seconds", "0.2", "--max-versions", "3") as server:
+    with server_process(repo, tmp_path / "server.log", "--poll-seconds", "0.2", "--max-versions", "3") as server:
         with Client(server.address) as client:
             assert client.predict("digits", digits_rows, samples=10).version == 1
 
@@ -89,14 +88,14 @@ def test_new_versions_are_picked_up_and_broken_ones_do_not_replace_the_old(
                 client.predict("diabetes", np.zeros((1, 10), np.float32))
             assert info.value.code == "NOT_FOUND"
         assert "model version failed to load" in server.log.read_text()
-        assert server.terminate() == 0
+        assert server.stop() == 0
 
 
 @pytest.mark.slow
 def test_sigterm_during_a_burst_finishes_accepted_requests_and_exits_0(
     model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
 ) -> None:
-    server = ServerProcess(model_repository, tmp_path / "server.log", "--grace-seconds", "30", "--pool-size", "2")
+    server = server_process(model_repository, tmp_path / "server.log", "--grace-seconds", "30", "--pool-size", "2")
     with server:
         x = np.repeat(digits_rows, 8, axis=0)  # 64 rows x 4000 samples: ~0.1 s or more each
         outcomes, signalled = burst_then_signal(
@@ -145,19 +144,18 @@ def test_server_process_never_imports_tensorflow(model_repository: Path) -> None
 
 
 def test_mcdrop_serve_process_has_no_tensorflow_library_mapped(model_repository: Path, tmp_path: Path) -> None:
-    with ServerProcess(model_repository, tmp_path / "server.log") as server:
+    with server_process(model_repository, tmp_path / "server.log") as server:
         with Client(server.address) as client:
             client.predict("digits", np.zeros((1, 64), np.float32), samples=10)
         maps = Path(f"/proc/{server.process.pid}/maps").read_text()
         assert "ai_edge_litert" in maps  # the runtime is there...
         assert "tensorflow" not in maps and "libtensorflow" not in maps  # ...TensorFlow is not
-        assert server.terminate() == 0
+        assert server.stop() == 0
 
 
 def test_settings_come_from_the_environment(model_repository: Path, tmp_path: Path) -> None:
     env = {"MCDROP_MAX_SAMPLES": "77", "MCDROP_LOG_FORMAT": "json"}
-    with ServerProcess(model_repository, tmp_path / "server.log", env=env) as server, Client(server.address) as client:
+    with server_process(model_repository, tmp_path / "server.log", env=env) as server, Client(server.address) as client:
         with pytest.raises(RpcFailed, match="Expected 1 <= T <= 77"):
             client.predict("digits", np.zeros((1, 64), np.float32), samples=78)
-        assert server.terminate() == 0
-    assert os.environ.get("MCDROP_MAX_SAMPLES") is None
+        assert server.stop() == 0

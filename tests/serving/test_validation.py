@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,7 @@ from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.server import Server
 from tests.helpers import in_process_server
 
-
-@pytest.fixture(scope="module")
-def served(model_repository: Path) -> Iterator[tuple[Server, Client]]:
-    with in_process_server(model_repository, max_samples=500, max_batch=16, max_sample_rows=2000) as pair:
-        yield pair
+SERVER_SETTINGS = {"max_samples": 500, "max_batch": 16, "max_sample_rows": 2000}
 
 
 def raw_predict(server: Server, request: pb.PredictRequest) -> Any:

@@ -5,11 +5,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli
 
-UCI = REPO.parent / "shared" / "datasets" / "uci"
+
+def write_uci_dataset(root: Path, name: str, rows: int = 60, splits: int = 2) -> Path:
+    """A small dataset in the UCI protocol's layout (data, feature/target indices, splits, grids).
+
+    Targets lie in [-0.5, 0.5], far inside the observation noise of the grid's precisions
+    (1/sqrt(tau) >= 3.6), so every 95% predictive interval covers its target.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(rows, 8))
+    y = 0.3 * np.tanh(x[:, :3].sum(axis=1)) + rng.uniform(-0.1, 0.1, rows)
+    folder = root / name
+    folder.mkdir(parents=True)
+    np.savetxt(folder / "data.txt", np.column_stack([x, y]))
+    np.savetxt(folder / "index_features.txt", np.arange(8), fmt="%d")
+    np.savetxt(folder / "index_target.txt", [8], fmt="%d")
+    for k in range(splits):
+        order = np.random.default_rng(k).permutation(rows)
+        np.savetxt(folder / f"index_train_{k}.txt", order[: rows * 4 // 5], fmt="%d")
+        np.savetxt(folder / f"index_test_{k}.txt", order[rows * 4 // 5 :], fmt="%d")
+    for file, values in {"dropout_rates": [0.005, 0.01, 0.05, 0.1], "tau_values": [0.025, 0.05, 0.075],
+                         "n_hidden": [50], "n_epochs": [40]}.items():  # fmt: skip
+        np.savetxt(folder / f"{file}.txt", values, fmt="%g")
+    return root
 
 
 @pytest.mark.slow
@@ -32,9 +55,9 @@ def test_digits_suite(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not UCI.is_dir(), reason=f"UCI splits not found at {UCI}")
 def test_uci_protocol_runs_and_prints_the_paper_beside_it(tmp_path: Path) -> None:
     pytest.importorskip("keras")
+    uci = write_uci_dataset(tmp_path / "uci", "concrete")
     out = tmp_path / "uci.json"
     # Tiny epochs and T: this checks the protocol's plumbing, not the paper's numbers.
     result = run_cli(
@@ -50,7 +73,7 @@ def test_uci_protocol_runs_and_prints_the_paper_beside_it(tmp_path: Path) -> Non
         "--samples",
         "200",
         "--uci-root",
-        str(UCI),
+        str(uci),
         "--json",
         str(out),
         "--quiet",
@@ -61,12 +84,26 @@ def test_uci_protocol_runs_and_prints_the_paper_beside_it(tmp_path: Path) -> Non
     for split in report["per_split"]:
         assert len(split["grid"]) == 12  # 4 dropout rates x 3 taus
         assert split["best"]["rate"] in (0.005, 0.01, 0.05, 0.1) and split["best"]["tau"] in (0.025, 0.05, 0.075)
-        assert split["rmse"] > 0 and 0 <= split["coverage_95"] <= 1
+        assert 0 < split["rmse"] < 1  # targets in [-0.5, 0.5]
+        # Observation noise 1/tau dominates the predictive variance: every interval covers its target, and the
+        # log-likelihood is close to a Gaussian's at that noise, -0.5 log(2 pi / tau) for tau in [0.025, 0.075].
+        assert split["coverage_95"] == 1.0
+        assert -0.5 * np.log(2 * np.pi / 0.025) - 0.05 < split["ll"] < -0.5 * np.log(2 * np.pi / 0.075)
     assert report["summary"]["rmse"]["published"] == 4.82
     assert "4.82 ± 0.16" in result.stdout and "-2.93 ± 0.02" in result.stdout
 
 
 def test_unknown_uci_dataset_is_named(tmp_path: Path) -> None:
-    result = run_cli("evaluate", "--suite", "uci", "--dataset", "yacht", "--uci-root", str(UCI), "--quiet")
+    uci = write_uci_dataset(tmp_path / "uci", "concrete")
+    result = run_cli("evaluate", "--suite", "uci", "--dataset", "yacht", "--uci-root", str(uci), "--quiet")
     assert result.returncode == 2
     assert "UCI dataset 'yacht' not found" in result.stderr
+
+
+def test_uci_suite_without_its_data_says_which_flag_to_pass() -> None:
+    result = run_cli("evaluate", "--suite", "uci", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mcdrop evaluate: error: --suite uci needs --uci-root DIR: the UCI regression data with its 20 standard "
+        "splits (DIR/<dataset>/data.txt, index_train_K.txt, index_test_K.txt, ...)."
+    ]

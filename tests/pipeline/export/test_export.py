@@ -72,10 +72,12 @@ def test_manifest_describes_everything(mlp_export: tuple[Path, Path, dict[str, A
         assert sha256_file(version_dir / name) == digest
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["ai_edge_litert"]
     assert manifest["source"]["sha256"] == sha256_file(model_path)
-    for variant in ("float16", "dynamic-int8"):
+    for variant, agreement in (("float16", 0.99), ("dynamic-int8", 0.9)):
         record = manifest["quantized"][variant]
-        assert 0 <= record["deterministic"]["max_abs_diff"] < 0.1
-        assert 0 <= record["deterministic"]["top1_agreement"] <= 1
+        assert record["deterministic"]["max_abs_diff"] < 0.1
+        # A quantised graph predicts the float32 graph's class on (nearly) every verification row;
+        # a broken one agrees about as often as chance (1 / classes).
+        assert record["deterministic"]["top1_agreement"] >= agreement
         assert "RANDOM_UNIFORM" in record["graphs"]["mc"]["ops"]
 
 

@@ -12,6 +12,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from mcdrop.pipeline.export import convert, stochastic, verify  # noqa: E402
+from mcdrop.pipeline.export.exporter import STAT_SAMPLES  # noqa: E402
 from mcdrop.serving.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
@@ -39,18 +40,57 @@ def test_fixed_seed_random_op_is_caught_by_fresh_randomness() -> None:
     assert "identical samples after re-allocation" in result["problems"]
 
 
-def test_wrong_drop_rate_fails_the_drop_fraction_check(tmp_path: Path) -> None:
-    model = keras.saving.load_model(models.sequential_mlp(tmp_path / "mlp.keras"))
+def _mlp_with_dropout(rate: float) -> keras.Model:
+    keras.utils.set_random_seed(5)
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dropout(rate),
+                             keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5),
+                             keras.layers.Dense(4, activation="softmax")])  # fmt: skip
+
+
+def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
+    model = _mlp_with_dropout(0.2)
     layers = stochastic.describe(model)
     blob = convert.to_tflite(convert.graph_functions(model, layers)["mc"], model)
-    claimed = [dataclasses.replace(layers[0], rate=0.33), layers[1]]  # the graph drops 0.3
+    claimed = [dataclasses.replace(layers[0], rate=0.25), layers[1]]  # the graph drops 0.2, the manifest says 0.25
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
-    drop = verify.mc_statistics(model, blob, claimed, x, 2000)[0]
+    drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES)[0]
     assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
     wrong, right = drop["layers"]
-    assert not wrong["passed"] and abs(wrong["observed"] - 0.3) < 0.005  # what the graph really drops
-    # The correct layer's own 99% check fails 1% of the time by construction; its rate is what matters.
-    assert abs(right["observed"] - 0.5) < 0.01
+    assert not wrong["passed"] and abs(wrong["observed"] - 0.2) < 0.005  # what the graph really drops
+    assert right["passed"]  # the correct layer's bound holds (false alarm 1e-9)
+
+
+def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
+    model = _mlp_with_dropout(0.2)
+    layers = stochastic.describe(model)
+
+    def first_layer_removed(layer: keras.layers.Layer, spec: stochastic.StochasticLayer, h: tf.Tensor) -> tf.Tensor:
+        return h if spec.path == layers[0].path else stochastic.in_graph_random(layer, spec, h)
+
+    def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
+        return stochastic.forward(model, x, first_layer_removed, samples)
+
+    specs = [tf.TensorSpec([None, 20], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
+    blob = convert.to_tflite(tf.function(mc, input_signature=specs).get_concrete_function(), model)
+    assert verify.op_check("mc", Graph(blob).ops(), layers)["passed"]  # random ops remain: the op check is fooled
+    x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
+    drop = verify.mc_statistics(model, blob, layers, x, STAT_SAMPLES)[0]
+    assert not drop["passed"]
+    assert any(layers[0].tensor_name in problem and "not found" in problem for problem in drop["problems"])
+
+
+def test_correct_graph_passes_with_bounded_false_alarms() -> None:
+    """The bounds hold with a wide margin on a correct graph: the observed rates sit well inside them."""
+    model = _mlp_with_dropout(0.2)
+    layers = stochastic.describe(model)
+    blob = convert.to_tflite(convert.graph_functions(model, layers)["mc"], model)
+    x = np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)
+    drop, _, mean, _ = verify.mc_statistics(model, blob, layers, x, STAT_SAMPLES)
+    assert drop["passed"] and mean["passed"] and drop["attempts"] == 1
+    for layer in drop["layers"]:
+        low, high = layer["bound"]
+        assert high - low < 0.02 and low < layer["observed"] < high
+    assert mean["tolerance_se"] > 5.5 and mean["false_alarm"] == verify.MEAN_FALSE_ALARM
 
 
 def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
