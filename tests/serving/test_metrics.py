@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def test_metrics_endpoint_counts_requests_by_code(model_repository: Path) -> Non
         with pytest.raises(RpcFailed):
             client.predict("nope", x)
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    # Server.stop() (leaving the block) closes the metrics endpoint too: its port is free again.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2).close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", server.metrics_port))
     assert 'mcdrop_requests_total{api="mcdrop.v1",code="OK",method="Predict"} 2.0' in text
     assert 'mcdrop_requests_total{api="mcdrop.v1",code="NOT_FOUND",method="Predict"} 1.0' in text
     assert 'mcdrop_model_version_loaded{model="digits",version="1"} 1.0' in text

@@ -99,3 +99,36 @@ def test_readiness_follows_the_server_lifecycle(model_repository: Path) -> None:
         assert isinstance(server, Server) and server.ready()
         channel.close()
     assert not server.ready()
+
+
+def test_every_advertised_output_can_be_requested_by_name(stub: tuple[Any, Client], digits_rows: np.ndarray) -> None:
+    oip_stub, client = stub
+    metadata = oip_stub.ModelMetadata(oip.ModelMetadataRequest(name="digits"), timeout=10)
+    advertised = [o.name for o in metadata.outputs]
+    assert "samples" in advertised
+    for name in advertised:
+        message = request(digits_rows[:2], mc_samples=20, seed=3)  # no return_samples parameter
+        message.outputs.add(name=name)
+        response = oip_stub.ModelInfer(message, timeout=30)
+        assert [o.name for o in response.outputs] == [name]
+        if name == "samples":
+            samples = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(response.outputs[0].shape))
+            assert samples.shape == (20, 2, 10)
+            expected = client.predict("digits", digits_rows[:2], samples=20, seed=3, return_samples=True)
+            np.testing.assert_array_equal(samples, expected.sample_outputs)
+
+
+def test_mc_samples_zero_and_a_bad_mode_are_refused_by_the_data_plane(
+    stub: tuple[Any, Client], digits_rows: np.ndarray
+) -> None:
+    oip_stub, _ = stub
+    for parameters, message in (
+        ({"mc_samples": 0}, "Invalid samples. Expected 1 <= T <= 10000. Received: 0"),
+        ({"mode": "bayesian"}, "Invalid mode 'bayesian'. Expected 'deterministic' or 'monte_carlo'."),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            oip_stub.ModelInfer(request(digits_rows[:1], **parameters), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == message
+    upper = oip_stub.ModelInfer(request(digits_rows[:1], mode="DETERMINISTIC"), timeout=10)
+    assert upper.parameters["mode"].string_param == "deterministic"

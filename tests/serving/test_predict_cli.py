@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +66,47 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     result = run_cli("serve", "--repository", str(tmp_path / "none"), "--port", "0")
     assert result.returncode == 2
     assert "Model repository not found" in result.stderr
+
+
+def test_samples_zero_or_negative_is_a_usage_error(address: str, tmp_path: Path) -> None:
+    (tmp_path / "row.json").write_text(json.dumps([0.0] * 64))
+    for value in ("0", "-3"):
+        result = run_cli("predict", "--server", address, "--model", "digits", "--input", str(tmp_path / "row.json"),
+                         "--samples", value)  # fmt: skip
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.strip().splitlines() == [
+            f"mcdrop predict: error: argument --samples: expected an integer >= 1, received {int(value)} "
+            "(see mcdrop predict --help)"
+        ]
+
+
+def test_input_from_a_pipe_and_from_stdin(address: str, digits_rows: np.ndarray, tmp_path: Path) -> None:
+    rows = json.dumps(digits_rows[:2].tolist())
+    common = ["--server", address, "--model", "digits", "--samples", "30", "--seed", "2", "--json"]
+    stdin = subprocess.run(
+        [sys.executable, "-m", "mcdrop.serving.cli", "predict", "--input", "-", *common],
+        input=rows, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert stdin.returncode == 0, stdin.stderr
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(_npy_bytes(digits_rows[:2])))
+    writer.start()
+    piped = run_cli("predict", "--input", str(fifo), *common)
+    writer.join(timeout=30)
+    assert piped.returncode == 0, piped.stderr
+    from_stdin, from_pipe = json.loads(stdin.stdout), json.loads(piped.stdout)
+    assert from_stdin["mean"] == from_pipe["mean"] and len(from_pipe["mean"]) == 2
+
+
+def test_unreadable_input_says_what_was_expected(address: str, tmp_path: Path) -> None:
+    (tmp_path / "rows.txt").write_text("not json")
+    result = run_cli("predict", "--server", address, "--model", "digits", "--input", str(tmp_path / "rows.txt"))
+    assert result.returncode == 2
+    assert "expected a .npy array or JSON rows of numbers" in result.stderr and "Traceback" not in result.stderr
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

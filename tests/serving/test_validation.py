@@ -43,7 +43,7 @@ GOOD = np.zeros((2, 64), np.float32)
     [
         ("NOT_FOUND", "Model 'nope' is not loaded. Loaded models: diabetes, digits", {"model": "nope"}),
         ("NOT_FOUND", "Version 9 of model 'digits' is not loaded. Loaded versions: 1", {"version": 9}),
-        ("INVALID_ARGUMENT", "Expected FLOAT32. Received: FLOAT64", {"x": GOOD.astype(np.float64)}),
+        ("INVALID_ARGUMENT", "Input value 1e+300 at index [1, 2] is outside the float32 range", {"huge_at": (1, 2)}),
         ("INVALID_ARGUMENT", "Expected [B, 64]. Received: [2, 63]", {"x": np.zeros((2, 63), np.float32)}),
         ("INVALID_ARGUMENT", "Expected [B, 64]. Received: [64]", {"x": np.zeros(64, np.float32)}),
         ("INVALID_ARGUMENT", "Expected 1 <= B <= 16. Received: 17", {"x": np.zeros((17, 64), np.float32)}),
@@ -61,6 +61,9 @@ def test_bad_request(served: tuple[Server, Client], code: str, message: str, kwa
     x = kwargs.pop("x", GOOD.copy())
     if "rows" in kwargs:
         x = np.zeros((kwargs.pop("rows"), 64), np.float32)
+    if "huge_at" in kwargs:
+        x = x.astype(np.float64)
+        x[kwargs.pop("huge_at")] = 1e300
     for key, value in (("nan_at", np.nan), ("inf_at", np.inf)):
         if key in kwargs:
             x = x.copy()
@@ -68,6 +71,18 @@ def test_bad_request(served: tuple[Server, Client], code: str, message: str, kwa
     model = kwargs.pop("model", "digits")
     expect(code, message, lambda: client.predict(model, x, **kwargs))
     assert client.predict("digits", GOOD, samples=10).samples == 10  # still serving
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64, np.uint8])
+def test_numeric_inputs_are_converted_to_the_model_dtype_as_the_proto_says(
+    served: tuple[Server, Client], digits_rows: np.ndarray, dtype: type
+) -> None:
+    _, client = served
+    x = digits_rows[:3].astype(dtype)  # digits pixels are small integers: exact in every type
+    converted = client.predict("digits", x, samples=20, seed=4)
+    reference = client.predict("digits", x.astype(np.float32), samples=20, seed=4)
+    np.testing.assert_array_equal(converted.mean, reference.mean)
+    np.testing.assert_array_equal(converted.mutual_information, reference.mutual_information)
 
 
 def test_wrong_byte_length_and_dtype_enum(served: tuple[Server, Client]) -> None:
