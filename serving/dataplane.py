@@ -404,7 +404,7 @@ def _converted(x: np.ndarray, dtype: np.dtype[Any], model: str) -> np.ndarray:
     if overflow.any():
         first = [int(i) for i in np.argwhere(overflow)[0]]
         raise InvalidArgument(
-            f"Input value {x[tuple(first)]!r} at index {first} is outside the {dtype.name} range of model "
+            f"Input value {x[tuple(first)].item()!r} at index {first} is outside the {dtype.name} range of model "
             f"{model!r}. Expected |x| <= {float(np.finfo(dtype).max):.6g}."
         )
     return converted

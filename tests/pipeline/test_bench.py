@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import copy_repository, run_cli
 
 
 @pytest.mark.slow
@@ -29,6 +31,32 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
     assert len(report["targets"]) == 6 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert report["settings"]["server"]["pool_size"] == 2 and report["settings"]["server"]["interpreter_threads"] == 1
     assert report["process"]["peak_rss_mb"] > 0 and report["process"]["ready_seconds_median"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "targets" in result.stdout
+
+
+@pytest.mark.slow
+def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcdrop.pipeline.bench import server as bench_server
+    from mcdrop.serving.process import ServerProcess
+
+    started: list[tuple[str, ...]] = []
+
+    class Recording(ServerProcess):
+        def __init__(self, repository: Path, *flags: str, **kwargs: Any) -> None:
+            started.append(flags)
+            super().__init__(repository, *flags, **kwargs)
+
+    monkeypatch.setattr(bench_server, "ServerProcess", Recording)
+    repository = copy_repository(model_repository, tmp_path / "repo")
+    rows, process = bench_server.server_rows(repository, "digits", np.zeros((1, 64), np.float32), 10, 0.2, (1,))
+    assert {r["model"] for r in rows if r["name"].startswith("server_")} == {"digits"}
+    assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
+    expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
+    assert "--pool-size" in expected and "--interpreter-threads" in expected
+    assert len(started) == bench_server.STARTS + 1 and all(flags == tuple(expected) for flags in started)
+    assert process["peak_rss_mb"] > 0

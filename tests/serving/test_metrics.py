@@ -27,7 +27,8 @@ def test_metrics_endpoint_counts_requests_by_code(model_repository: Path) -> Non
     # Server.stop() (leaving the block) closes the metrics endpoint too: its port is free again.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2).close()
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # no listener left: binding works (SO_REUSEADDR only skips TIME_WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", server.metrics_port))
     assert 'mcdrop_requests_total{api="mcdrop.v1",code="OK",method="Predict"} 2.0' in text
     assert 'mcdrop_requests_total{api="mcdrop.v1",code="NOT_FOUND",method="Predict"} 1.0' in text

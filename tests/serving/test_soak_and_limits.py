@@ -73,4 +73,7 @@ def test_soak_command_short_run(model_repository: Path, tmp_path: Path) -> None:
 
 def test_soak_refuses_bad_arguments(tmp_path: Path) -> None:
     result = run_cli("soak", "--repository", str(tmp_path), "--clients", "0")
-    assert result.returncode == 2 and "Expected clients >= 1" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mcdrop soak: error: argument --clients: expected an integer >= 1, received 0 (see mcdrop soak --help)"
+    ]
