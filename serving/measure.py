@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,18 @@ def percentile(values: Iterable[float], q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation between order statistics; NaN if empty."""
     array = np.fromiter(values, dtype=np.float64)
     return float(np.percentile(array, q)) if array.size else float("nan")
+
+
+def call_times_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall time in ms of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
 
 
 def memory_mb(pid: int) -> dict[str, float]:

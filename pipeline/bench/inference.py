@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,20 +9,14 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.bench.reference import Reference, flops
-from mcdrop.serving.measure import percentile
+from mcdrop.serving.measure import call_times_ms, percentile
 
 WARMUP = 3
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = WARMUP) -> dict[str, float]:
     """Median and p99 wall time in ms over ``repeats`` calls after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
+    times = call_times_ms(fn, repeats, warmup)
     return {"median_ms": percentile(times, 50), "p99_ms": percentile(times, 99)}
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import statistics
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +23,7 @@ from mcdrop.pipeline.export import publish
 from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound
 from mcdrop.serving.litert import Graph
 from mcdrop.serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
+from mcdrop.serving.measure import call_times_ms, percentile
 from mcdrop.serving.repository_layout import check_model_name
 
 DEFAULT_SAMPLES = 100
@@ -249,13 +248,7 @@ def _timing(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, .
     x = np.zeros((1, *row_shape), np.float32)
 
     def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return round(statistics.median(times), 4)
+        return round(percentile(call_times_ms(fn, repeats), 50), 4)
 
     deterministic = graphs["deterministic"]
     result: dict[str, Any] = {"samples": samples, "batch": 1, "threads": 1}

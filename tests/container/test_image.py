@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client
+from mcdrop.serving.process import free_port
 from tests.container.images import build
-from tests.helpers import REPO, burst_then_signal, free_port
+from tests.helpers import REPO, burst_then_signal
 
 
 class Running:
@@ -101,6 +102,25 @@ def test_inside_the_container(running: Any) -> None:
     assert running.container.exec_run(["python3", "-c", check])[0] == 0
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5).read().decode()
     assert 'mcdrop_model_version_loaded{model="digits",version="1"} 1.0' in metrics
+
+
+def test_the_serving_only_install_lists_every_command_and_answers_train_in_one_line(running: Any) -> None:
+    code, output = running.container.exec_run(["mcdrop", "--help"])
+    assert code == 0
+    for command in ("train", "export", "export-batch", "serve", "predict", "evaluate", "bench", "soak", "demo"):
+        assert command in output.decode()
+    for command in ("train", "export", "demo"):
+        args = ["mcdrop", command] + (
+            ["model.keras", "--repository", "r", "--name", "n"] if command == "export" else []
+        )
+        code, output = running.container.exec_run(args, demux=True)
+        stderr = (output[1] or b"").decode().strip().splitlines()
+        assert code == 2, stderr
+        assert len(stderr) == 1 and "Install it with: pip install 'mcdrop[train]'" in stderr[0], stderr
+    code, output = running.container.exec_run(["mcdrop", "predict", "--help"])
+    assert code == 0 and "--samples" in output.decode()
+    code, output = running.container.exec_run(["mcdrop", "soak", "--help"])
+    assert code == 0 and "--clients" in output.decode()
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(
