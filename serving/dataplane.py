@@ -205,12 +205,11 @@ class DataPlane:
             )
         limit = self.settings.max_samples
         samples = version.default_samples if request.samples is None else request.samples
-        if not 1 <= samples <= limit:
+        # T <= 0 is refused in every mode; the upper limit matters only where T passes run.
+        if samples < 1 or (mode == MONTE_CARLO and samples > limit):
             raise InvalidArgument(f"Invalid samples. Expected 1 <= T <= {limit}. Received: {samples}")
         if mode == DETERMINISTIC:
             samples = 1
-        if not 1 <= samples <= limit:
-            raise InvalidArgument(f"Invalid samples. Expected 1 <= T <= {limit}. Received: {samples}")
         tolerance = request.tolerance
         if tolerance is not None:
             if not (math.isfinite(tolerance) and tolerance > 0):

@@ -59,7 +59,6 @@ PARAMETERS = {
 IGNORED_PARAMETERS = frozenset({"priority", "timeout"})  # standard scheduling hints; not applicable here
 CLASSIFICATION_OUTPUTS = ("mean", "std", "predicted_class", "predictive_entropy", "expected_entropy",
                           "mutual_information", "variation_ratio")  # fmt: skip
-REGRESSION_OUTPUTS = ("mean", "std", "lower", "upper")
 
 
 def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
@@ -97,7 +96,8 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
     return InferenceServicer()
 
 
-def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
+def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
+    """``(name, datatype, shape)`` of every output the model metadata advertises, in its order."""
     output = [int(d) for d in version.manifest["output"]["shape"]]
     tensors = [("mean", "FP32", output), ("std", "FP32", output)]
     if version.task == "classification":
@@ -107,12 +107,18 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
         tensors += [("lower", "FP32", output), ("upper", "FP32", output)]
     if version.stochastic:
         tensors.append(("samples", "FP32", [-1, *output]))
+    return tensors
+
+
+def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
     return oip.ModelMetadataResponse(
         name=version.name,
         versions=[str(v) for v in loaded],
         platform=PLATFORM,
         inputs=[oip.ModelMetadataResponse.TensorMetadata(name="x", datatype="FP32", shape=list(version.input_shape))],
-        outputs=[oip.ModelMetadataResponse.TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in tensors],
+        outputs=[
+            oip.ModelMetadataResponse.TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in output_tensors(version)
+        ],
     )
 
 
@@ -198,11 +204,8 @@ def _output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
 
 
 def output_names(version: ModelVersion) -> list[str]:
-    """The outputs the model metadata advertises, in its order."""
-    names = list(CLASSIFICATION_OUTPUTS if version.task == "classification" else REGRESSION_OUTPUTS)
-    if version.stochastic:
-        names.append("samples")
-    return names
+    """The outputs the model metadata advertises, in its order: exactly the ones a request may name."""
+    return [name for name, _, _ in output_tensors(version)]
 
 
 def _tensor_data(request: Any, tensor: Any, shape: list[int]) -> np.ndarray:
