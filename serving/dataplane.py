@@ -261,6 +261,8 @@ class DataPlane:
                 f"Input contains {int((~finite).sum())} NaN/Inf value(s), first at index {first}. "
                 "Expected finite numbers."
             )
+        if version.integer_range is not None:
+            _check_token_ids(x, version.integer_range, version.name)
         return np.ascontiguousarray(x)
 
     # Admission ----------------------------------------------------------------------------------
@@ -385,6 +387,17 @@ class DataPlane:
         queue.observe(prediction.queue_ms / 1e3)
         compute.observe(prediction.compute_ms / 1e3)
         samples.observe(prediction.samples)
+
+
+def _check_token_ids(x: np.ndarray, bounds: tuple[int, int], model: str) -> None:
+    low, high = bounds
+    bad = (x != np.round(x)) | (x < low) | (x > high)
+    if bad.any():
+        first = [int(i) for i in np.argwhere(bad)[0]]
+        raise InvalidArgument(
+            f"Input value {x[tuple(first)].item()!r} at index {first} is not a token id of model {model!r}. "
+            f"Expected whole numbers in [{low}, {high}]."
+        )
 
 
 def _converted(x: np.ndarray, dtype: np.dtype[Any], model: str) -> np.ndarray:

@@ -104,11 +104,13 @@ class Graph:
             self._interpreter.set_tensor(self._inputs[name]["index"], value)
 
     def tensors_named(self, prefix: str) -> dict[str, np.ndarray]:
-        """Intermediate tensors whose name starts with ``prefix`` (needs ``preserve_all_tensors``)."""
+        """Intermediate tensors whose name, after any name scope (``model/layer/``), starts with ``prefix``,
+        keyed by that last part (needs ``preserve_all_tensors``)."""
         found = {}
         for detail in self._interpreter.get_tensor_details():
-            if detail["name"].startswith(prefix):
-                found[detail["name"]] = self._interpreter.get_tensor(detail["index"])
+            name = detail["name"].rsplit("/", 1)[-1]
+            if name.startswith(prefix):
+                found[name] = self._interpreter.get_tensor(detail["index"])
         return found
 
     def tensor_shape(self, index: int) -> tuple[int, ...]:

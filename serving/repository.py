@@ -60,6 +60,12 @@ class ModelVersion:
         return str(self.manifest["input"]["dtype"])
 
     @property
+    def integer_range(self) -> tuple[int, int] | None:
+        """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
+        bounds = self.manifest["input"].get("integer_range")
+        return None if bounds is None else (int(bounds[0]), int(bounds[1]))
+
+    @property
     def class_labels(self) -> list[str]:
         return list(self.manifest.get("class_labels") or [])
 
@@ -239,7 +245,10 @@ class ModelRepository:
 
 def _check_fingerprint(version: ModelVersion, fingerprint: dict[str, Any]) -> None:
     rows, seed = int(fingerprint["rows"]), int(fingerprint["seed"])
-    x = np.random.default_rng(seed).standard_normal((rows, *version.input_shape[1:])).astype(np.float32)
+    if "x" in fingerprint:  # recorded since token-id models need valid ids; older exports drew standard normals
+        x = np.asarray(fingerprint["x"], np.float32).reshape((rows, *version.input_shape[1:]))
+    else:
+        x = np.random.default_rng(seed).standard_normal((rows, *version.input_shape[1:])).astype(np.float32)
     runs = {"deterministic": {"x": x}}
     if version.stochastic and "mc_masked" in fingerprint:
         runs["mc_masked"] = {"x": x, **MaskStream(version.dropout, seed, rows).next(rows)}

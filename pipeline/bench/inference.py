@@ -80,7 +80,7 @@ def inference_rows(
 
     deterministic = Graph(version_dir / "deterministic.tflite", num_threads=1)
     row("deterministic", timed(lambda: deterministic.run({"x": x}), repeats), note="one pass, dropout off (floor)")
-    needed = flops(model, batch, samples)
+    needed = flops(reference.manifest, batch, samples)
     limit_ms = needed / (gflops * 1e9) * 1e3
     rows.append(
         {

@@ -72,12 +72,11 @@ def export_references(repository: Path) -> list[Reference]:
     return references
 
 
-def flops(model: Any, batch: int, samples: int) -> float:
-    """FLOPs of one MC estimate with prefix caching (the same count the server's cost limit uses)."""
-    from mcdrop.pipeline.export.cost import flops_per_row
+def flops(manifest: dict[str, Any], batch: int, samples: int) -> float:
+    """FLOPs of one MC estimate with prefix caching (the manifest's count, which the server's cost limit uses)."""
     from mcdrop.serving.manifest import request_flops
 
-    return request_flops(flops_per_row(model), batch, samples)
+    return request_flops(manifest["cost"], batch, samples)
 
 
 def sgemm_gflops(repeats: int = 30) -> float:

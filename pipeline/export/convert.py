@@ -8,8 +8,11 @@ graph              inputs                                                  outpu
 deterministic      ``x [B, ...]``                                           ``y [B, ...]``
 mc                 ``x [B, ...]``, ``samples`` (int32 scalar T)             ``y [T, B, ...]``
 mc_masked          ``x [B, ...]``, one ``mask_*``/``noise_*`` per dropout   ``y [T, B, ...]``
-                   layer, ``[T, B, *noise_shape]``
+                   site, ``[T, B, *noise_shape]``
 =================  ======================================================  ==================
+
+``x`` is float32 in every graph; a model whose input is integer (token ids for an
+``Embedding``) casts it inside the graph, so every transport sends the same FP32 tensor.
 
 Conversion freezes the weights into constants first (converting a function
 that reads variables leaves ``VAR_HANDLE`` ops and NaN outputs) and allows
@@ -25,37 +28,50 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from mcdrop.pipeline.export import stochastic
-from mcdrop.pipeline.export.stochastic import StochasticLayer
+from mcdrop.pipeline.export.stochastic import DropoutSite
 from mcdrop.serving.errors import ExportError
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
 
 
-def graph_functions(model: keras.Model, layers: list[StochasticLayer]) -> dict[str, Any]:
+def graph_functions(model: keras.Model, sites: list[DropoutSite]) -> dict[str, Any]:
     """Concrete TF functions for each graph; only ``deterministic`` if there is no dropout."""
     row_shape, dtype = stochastic.input_signature(model)
-    x_spec = tf.TensorSpec([None, *row_shape], dtype, name="x")
+    x_spec = tf.TensorSpec([None, *row_shape], tf.float32, name="x")
+
+    def model_input(x: tf.Tensor) -> tf.Tensor:
+        return x if dtype == tf.float32 else tf.cast(x, dtype)
 
     def deterministic(x: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, x, stochastic.deterministic)
+        return stochastic.forward(model, sites, model_input(x), stochastic.Deterministic())
 
-    functions = {"deterministic": tf.function(deterministic, input_signature=[x_spec]).get_concrete_function()}
-    if not layers:
+    functions = {"deterministic": _concrete(deterministic, [x_spec], "deterministic")}
+    if not sites:
         return functions
 
     def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, x, stochastic.in_graph_random, samples)
+        return stochastic.forward(model, sites, model_input(x), stochastic.InGraphRandom(), samples)
 
     def mc_masked(x: tf.Tensor, *feeds: tf.Tensor) -> tf.Tensor:
-        named = {spec.feed_name: feed for spec, feed in zip(layers, feeds, strict=True)}
+        named = {site.feed_name: feed for site, feed in zip(sites, feeds, strict=True)}
         samples = tf.shape(feeds[0])[0]
-        return stochastic.forward(model, x, stochastic.fed_masks(named, tf.shape(x)[0]), samples)
+        return stochastic.forward(model, sites, model_input(x), stochastic.FedMasks(named), samples)
 
     samples_spec = tf.TensorSpec([], tf.int32, name="samples")
-    feed_specs = [tf.TensorSpec([None, None, *s.noise_shape], s.feed_dtype, name=s.feed_name) for s in layers]
-    functions["mc"] = tf.function(mc, input_signature=[x_spec, samples_spec]).get_concrete_function()
-    functions["mc_masked"] = tf.function(mc_masked, input_signature=[x_spec, *feed_specs]).get_concrete_function()
+    feed_specs = [tf.TensorSpec([None, None, *s.noise_shape], s.feed_dtype, name=s.feed_name) for s in sites]
+    functions["mc"] = _concrete(mc, [x_spec, samples_spec], "mc")
+    functions["mc_masked"] = _concrete(mc_masked, [x_spec, *feed_specs], "mc_masked")
     return functions
+
+
+def _concrete(function: Any, signature: list[tf.TensorSpec], graph: str) -> Any:
+    """Trace one graph; a failure is one ``ExportError`` line (autograph off: no 'in user code' dumps)."""
+    try:
+        return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"Building the {graph} graph failed: {stochastic.first_line(exc)}") from exc
 
 
 def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None) -> bytes:

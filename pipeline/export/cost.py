@@ -1,8 +1,9 @@
 """How much compute a model needs per input row: the prefix before the first dropout, and each sample after it.
 
-Counts 2 x multiply-adds of Dense and convolution layers (the rest is negligible), in
-layer order, switching from "prefix" to "per sample" at the first dropout-family layer.
-Recorded in the manifest; the server bounds a request's cost with ``mcdrop.serving.manifest.request_flops``.
+Counts 2 x multiply-adds of the layers that hold nearly all of it — Dense, EinsumDense, convolutions,
+RNN cells (per time step) and attention scores — in layer order, switching from "prefix" to
+"per sample" at the first layer that owns dropout. Recorded in the manifest; the server bounds a
+request's cost with ``mcdrop.serving.manifest.request_flops``.
 """
 
 from __future__ import annotations
@@ -11,27 +12,68 @@ import math
 from typing import Any
 
 
-def flops_per_row(model: Any) -> dict[str, float]:
-    """``{"prefix": ..., "per_sample": ...}`` FLOPs for one input row."""
+def flops_per_row(model: Any, owners: set[str]) -> dict[str, float]:
+    """``{"prefix": ..., "per_sample": ...}`` FLOPs for one input row; ``owners`` are the paths of the layers
+    that own dropout (``DropoutSite.owner``)."""
     totals = {"prefix": 0.0, "per_sample": 0.0}
-    _walk(model, totals, sampled=[False])
+    _walk(model, "", owners, totals, sampled=[False])
     return totals
 
 
-def _walk(model: Any, totals: dict[str, float], sampled: list[bool]) -> None:
+def _walk(model: Any, prefix: str, owners: set[str], totals: dict[str, float], sampled: list[bool]) -> None:
     import keras
 
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            _walk(layer, totals, sampled)
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model) and any(o.startswith(f"{path}/") for o in owners):
+            _walk(layer, f"{path}/", owners, totals, sampled)
             continue
-        if isinstance(layer, keras.layers.Dropout | keras.layers.GaussianDropout):
+        if path in owners:
             sampled[0] = True
-            continue
-        flops = 0.0
-        if isinstance(layer, keras.layers.Dense):
-            flops = 2.0 * math.prod(layer.kernel.shape) * math.prod(layer.output.shape[1:-1] or [1])
-        elif isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D):
-            spatial = math.prod(d for d in layer.output.shape[1:-1] if d)
-            flops = 2.0 * spatial * math.prod(layer.kernel.shape)
-        totals["per_sample" if sampled[0] else "prefix"] += flops
+        totals["per_sample" if sampled[0] else "prefix"] += layer_flops(layer)
+
+
+def layer_flops(layer: Any) -> float:
+    """Approximate FLOPs of one row through ``layer`` and everything nested in it."""
+    import keras
+
+    from mcdrop.pipeline.export import keras_internals
+
+    total = 0.0
+    for sub in keras_internals.sublayers(layer):
+        if isinstance(sub, keras.layers.Dense | keras.layers.EinsumDense):
+            output = _output_shape(sub)
+            positions = int(output[0] or 1) if len(output) > 1 else 1  # a sequence: the kernel runs per position
+            total += 2.0 * math.prod(sub.kernel.shape) * positions
+        elif isinstance(sub, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D):
+            total += 2.0 * math.prod(d for d in _output_shape(sub)[:-1] if d) * math.prod(sub.kernel.shape)
+        elif isinstance(sub, keras.layers.RNN):
+            steps = _steps(sub) or _steps(layer) or 1  # a Bidirectional's inner RNNs have no input of their own
+            cell = sub.cell
+            kernels = [w for w in (getattr(cell, "kernel", None), getattr(cell, "recurrent_kernel", None)) if w is not None]
+            total += 2.0 * steps * sum(math.prod(w.shape) for w in kernels)
+        elif isinstance(sub, keras.layers.MultiHeadAttention):
+            query, key = _mha_lengths(sub)
+            total += 2.0 * 2 * sub.num_heads * sub.key_dim * query * key  # scores and weighted values
+    return total
+
+
+def _output_shape(layer: Any) -> tuple[Any, ...]:
+    try:
+        return tuple(layer.output.shape[1:])
+    except (AttributeError, ValueError):
+        return ()
+
+
+def _steps(layer: Any) -> int | None:
+    try:
+        shape = layer.input.shape
+    except (AttributeError, ValueError):
+        return None
+    return int(shape[1]) if len(shape) > 2 and shape[1] else None
+
+
+def _mha_lengths(layer: Any) -> tuple[int, int]:
+    query = getattr(layer, "_query_shape", None)
+    key = getattr(layer, "_key_shape", None) or getattr(layer, "_value_shape", None)
+    return int((query or (0, 1))[1] or 1), int((key or (0, 1))[1] or 1)

@@ -1,7 +1,7 @@
 """``mcdrop export``: turn a Keras model with dropout into a verified, versioned set of LiteRT graphs.
 
-Steps: load the model → find its dropout layers (refusing unsupported stochastic
-layers) → convert deterministic, mc and mc_masked graphs → verify them through
+Steps: import the user's modules (custom layers) → load the model → find every dropout
+mask it draws (refusing randomness it cannot export) → convert deterministic, mc and mc_masked graphs → verify them through
 LiteRT (see ``pipeline.export.verify``) → optional quantised variants → write
 everything into a staging directory → publish it atomically as the next version.
 Nothing is published if any step or check fails.
@@ -43,6 +43,8 @@ class ExportOptions:
     task: str | None = None
     labels: list[str] | None = None
     seed: int = 0
+    imports: tuple[str, ...] = ()
+    """Modules or .py files to import before loading (the user's registered custom layers)."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
@@ -72,23 +74,29 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
     from mcdrop.pipeline.export import keras_internals
 
     keras_internals.check_supported()  # before loading: Keras's own loader needs some of them too
+    if options.imports:
+        from mcdrop.pipeline.export.user_code import import_user_code
+
+        step("importing " + ", ".join(options.imports))
+        for target in options.imports:
+            import_user_code(target)
     step("loading model")
     model = _load_model(options.model_path)
     training = _training_record(options.model_path)
 
     import tensorflow as tf
 
-    from mcdrop.pipeline.export import convert, stochastic, verify
+    from mcdrop.pipeline.export import convert, inputs, stochastic, verify
 
-    step("finding dropout layers")
-    layers = stochastic.describe(model)
+    step("finding dropout sites")
+    sites = stochastic.describe(model)
     row_shape, _ = stochastic.input_signature(model)
     task = _task(options, model, training)
-    x = _verification_inputs(row_shape, training, options.seed)
+    x = inputs.check_inputs(model, row_shape, training, VERIFY_ROWS, options.seed)
 
     staging = publish.create_staging(options.repository, options.name)
     try:
-        functions = convert.graph_functions(model, layers)
+        functions = convert.graph_functions(model, sites)
         blobs: dict[str, bytes] = {}
         for graph, function in functions.items():
             step(f"converting {graph}")
@@ -97,11 +105,12 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
 
         step("verifying graphs")
         graphs = {name: Graph(blob) for name, blob in blobs.items()}
-        checks = [verify.op_check(name, g.ops(), layers) for name, g in graphs.items()]
+        checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
         checks.append(verify.deterministic_parity(model, graphs["deterministic"], x))
-        if layers:
-            checks.append(verify.masked_parity(model, graphs["mc_masked"], layers, x, samples=8, seed=options.seed))
-            checks.extend(verify.mc_statistics(model, blobs["mc"], layers, x, STAT_SAMPLES))
+        if sites:
+            checks.append(verify.training_mode_parity(model, sites, x))
+            checks.append(verify.masked_parity(model, graphs["mc_masked"], sites, x, samples=8, seed=options.seed))
+            checks.extend(verify.mc_statistics(model, blobs["mc"], sites, x, STAT_SAMPLES))
         if problems := verify.failures(checks):
             raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
 
@@ -109,14 +118,14 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         for quantization in options.quantize:
             step(f"quantising ({quantization})")
             quantized[quantization] = _quantized_variant(
-                model, functions, quantization, graphs, layers, x, task, staging, options.seed
+                model, functions, quantization, graphs, sites, x, task, staging, options.seed
             )
 
         step("fingerprint")
-        fingerprint = _fingerprint(graphs, layers, row_shape)
+        fingerprint = _fingerprint(graphs, sites, inputs.check_inputs(model, row_shape, None, 2, FINGERPRINT_SEED))
         step("timing")
-        timing = _timing(graphs, layers, row_shape, options.samples)
-        manifest = _manifest(options, model, training, task, layers, graphs, checks, quantized, timing, staging)
+        timing = _timing(graphs, sites, row_shape, options.samples)
+        manifest = _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging)
         manifest["fingerprint"] = fingerprint
         manifest["versions"]["tensorflow"] = tf.__version__
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -135,11 +144,16 @@ def _load_model(path: Path) -> Any:
         raise InvalidArgument(f"Unsupported model file {path.name}. Expected a Keras 3 .keras (or legacy .h5) file.")
     import keras
 
+    from mcdrop.pipeline.export.user_code import IMPORT_HINT
+
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"Could not load {path} as a Keras model: {detail}") from exc
+        unknown_class = any(hint in str(exc) for hint in ("Could not locate", "could not be deserialized", "Unknown"))
+        raise ExportError(
+            f"Could not load {path} as a Keras model: {detail}" + (f" {IMPORT_HINT}" if unknown_class else "")
+        ) from exc
 
 
 def _training_record(model_path: Path) -> dict[str, Any] | None:
@@ -165,25 +179,12 @@ def _task(options: ExportOptions, model: Any, training: dict[str, Any] | None) -
     return "classification" if getattr(activation, "__name__", "") == "softmax" else "regression"
 
 
-def _verification_inputs(row_shape: tuple[int, ...], training: dict[str, Any] | None, seed: int) -> np.ndarray:
-    """Inputs that look like the training data when its statistics are known, else standard normal."""
-    rng = np.random.default_rng(seed)
-    shape = (VERIFY_ROWS, *row_shape)
-    stats = (training or {}).get("preprocessing", {})
-    mean, std = stats.get("x_mean"), stats.get("x_std")
-    if mean is not None and std is not None and np.asarray(mean).size == int(np.prod(row_shape)):
-        mean_a = np.asarray(mean, np.float32).reshape(row_shape)
-        std_a = np.asarray(std, np.float32).reshape(row_shape)
-        return (mean_a + std_a * rng.standard_normal(shape)).astype(np.float32)
-    return rng.standard_normal(shape).astype(np.float32)
-
-
 def _quantized_variant(
     model: Any,
     functions: dict[str, Any],
     quantization: str,
     float_graphs: dict[str, Graph],
-    layers: list[Any],
+    sites: list[Any],
     x: np.ndarray,
     task: str,
     staging: Path,
@@ -200,37 +201,37 @@ def _quantized_variant(
         (staging / name).write_bytes(blob)
         graphs[graph] = Graph(blob)
         record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
-    checks = [verify.op_check(name, g.ops(), layers) for name, g in graphs.items()]
-    if layers:
+    checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
+    if sites:
         checks.append(verify.fresh_randomness(graphs["mc"], x))
     if problems := verify.failures(checks):
         raise ExportError(f"{quantization} variant failed verification:\n  " + "\n  ".join(problems))
     reference = float_graphs["deterministic"].run({"x": x})[0]
     quantised = graphs["deterministic"].run({"x": x})[0]
     record["deterministic"] = _agreement(reference, quantised, task)
-    if layers:
-        feeds = verify.draw_feeds(layers, 16, len(x), np.random.default_rng(seed))
+    if sites:
+        feeds = verify.draw_feeds(sites, 16, len(x), np.random.default_rng(seed))
         reference = float_graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
         quantised = graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
         record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
     return record
 
 
-def _fingerprint(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
+def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
     from mcdrop.serving.manifest import dropout_specs
     from mcdrop.serving.masks import MaskStream
 
-    x = np.random.default_rng(FINGERPRINT_SEED).standard_normal((2, *row_shape)).astype(np.float32)
     record: dict[str, Any] = {
         "seed": FINGERPRINT_SEED,
-        "rows": 2,
+        "rows": len(x),
+        "x": x.tolist(),
         "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),
     }
-    if layers:
-        specs = dropout_specs({"dropout_layers": [layer.as_manifest() for layer in layers]})  # as a server reads them
-        feeds = MaskStream(specs, FINGERPRINT_SEED, 2).next(2)
+    if sites:
+        specs = dropout_specs({"dropout_layers": [layer.as_manifest() for layer in sites]})  # as a server reads them
+        feeds = MaskStream(specs, FINGERPRINT_SEED, len(x)).next(len(x))
         record["mc_masked"] = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
     return record
 
@@ -243,7 +244,7 @@ def _agreement(reference: np.ndarray, other: np.ndarray, task: str) -> dict[str,
     return result
 
 
-def _timing(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, ...], samples: int) -> dict[str, Any]:
+def _timing(graphs: dict[str, Graph], sites: list[Any], row_shape: tuple[int, ...], samples: int) -> dict[str, Any]:
     """Median ms of one MC invoke (T samples, batch 1) vs T separate deterministic invokes."""
     x = np.zeros((1, *row_shape), np.float32)
 
@@ -256,7 +257,7 @@ def _timing(graphs: dict[str, Graph], layers: list[Any], row_shape: tuple[int, .
     result[f"deterministic_x{samples}_separate_ms"] = median_ms(
         lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=5
     )
-    if layers:
+    if sites:
         t = np.array(samples, np.int32)
         result[f"mc_one_invoke_T{samples}_ms"] = median_ms(lambda: graphs["mc"].run({"x": x, "samples": t}))
     return result
@@ -267,7 +268,7 @@ def _manifest(
     model: Any,
     training: dict[str, Any] | None,
     task: str,
-    layers: list[Any],
+    sites: list[Any],
     graphs: dict[str, Graph],
     checks: list[dict[str, Any]],
     quantized: dict[str, Any],
@@ -296,8 +297,10 @@ def _manifest(
         "input": {
             "name": "x",
             "shape": [-1, *[int(d) for d in model.inputs[0].shape[1:]]],
-            "dtype": str(model.inputs[0].dtype),
+            "dtype": "float32",  # every graph takes float32 x and casts it to the model's own input dtype
+            "model_dtype": str(model.inputs[0].dtype),
             "feature_names": dataset.get("feature_names"),
+            **_token_range(model),
         },
         "output": {
             "name": "y",
@@ -306,10 +309,10 @@ def _manifest(
             "target_names": dataset.get("target_names"),
         },
         "preprocessing": (training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
-        "dropout_layers": [spec.as_manifest() for spec in layers],
-        "stochastic": bool(layers),
+        "dropout_layers": [spec.as_manifest() for spec in sites],
+        "stochastic": bool(sites),
         "default_samples": options.samples,
-        "cost": _cost(model),
+        "cost": _cost(model, sites),
         "graphs": graph_specs,
         "quantized": quantized,
         "verification": {"passed": True, "checks": [_without_ops(c) for c in checks]},
@@ -325,10 +328,19 @@ def _manifest(
     }
 
 
-def _cost(model: Any) -> dict[str, Any]:
+def _cost(model: Any, sites: list[Any]) -> dict[str, Any]:
     from mcdrop.pipeline.export.cost import flops_per_row
 
-    return {**flops_per_row(model), "unit": "FLOPs per input row (prefix once, per_sample for each of T samples)"}
+    owners = {site.owner for site in sites}
+    return {**flops_per_row(model, owners), "unit": "FLOPs per input row (prefix once, per_sample for each of T samples)"}
+
+
+def _token_range(model: Any) -> dict[str, Any]:
+    """Token-id models (an ``Embedding`` first): the graphs take float32 ``x`` holding whole numbers in this range."""
+    from mcdrop.pipeline.export.inputs import token_count
+
+    tokens = token_count(model)
+    return {} if tokens is None else {"integer_range": [0, tokens - 1]}
 
 
 def _tensor_spec(graph: Graph, name: str) -> dict[str, Any]:

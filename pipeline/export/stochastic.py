@@ -1,30 +1,41 @@
-"""Rewrite a Keras model's forward pass with explicit control over its dropout layers.
+"""Rewrite a Keras model's forward pass with explicit control over every dropout mask it draws.
 
-``forward(model, x, policy, samples)`` runs the model's own layers one by one
-(functional graph order, or layer order for ``Sequential``), calling every
-ordinary layer in inference mode and handing every dropout-family layer to a
-``Policy`` that decides what it does: nothing (deterministic), an in-graph
-random mask, a mask fed from outside, or Keras's own training-mode dropout
-(the verification reference).
+``describe(model)`` traces the whole model in training mode with every Keras random
+draw intercepted (``mcdrop.pipeline.export.random_calls``) and turns the draws into
+``DropoutSite``s, wherever they happen: a ``Dropout``-family layer (also inside
+``TimeDistributed``, a nested model or a custom layer), an RNN cell's input and recurrent
+masks (``LSTM``, ``GRU``, ``SimpleRNN``, also inside ``Bidirectional``), or
+``MultiHeadAttention``'s dropout on the attention probabilities. Randomness that is
+not dropout inside a layer that must run in training mode, and TensorFlow random ops
+that bypass Keras, are refused by name: a model with dropout is never exported as if
+it had none.
 
-With ``samples`` (T) given, the pass carries T Monte-Carlo samples folded into
-the batch dimension (row ``t * B + b``). The input is *not* repeated up front:
-a tensor is tiled T times only when it first reaches a dropout layer (or meets
-an already-tiled tensor), so everything before the first dropout is computed
-once per input — prefix caching falls out of the graph walk.
+``forward(model, sites, x, policy, samples)`` runs the model's own layers one by one
+(functional graph order, or layer order for ``Sequential``). The layers that own a site
+("owners": the top-level layer, or the layer inside a nested model, whose call draws
+the mask) are called in training mode, with ``BatchNormalization`` kept on its moving
+statistics, and each of their draws is answered by a ``Policy``: the identity
+(deterministic), a builtin random op (``InGraphRandom``), a mask fed from outside
+(``FedMasks``) or Keras's own draw (``KerasTrainingMode``, the verification reference).
+All other layers run in inference mode. RNNs are unrolled (see
+``keras_internals.unrolled_rnns``), so an RNN's masks are drawn once per sequence and
+reused at every step, as Keras does.
 
-Why not ``model(x, training=True)``: Keras 3 dropout draws from stateless random
-ops that LiteRT cannot run, the converter silently drops ``training=True``
-dropout, and the flag also flips BatchNormalization into training mode.
+With ``samples`` (T) given, the pass carries T Monte-Carlo samples folded into the
+batch dimension (row ``t * B + b``). The input is *not* repeated up front: a tensor is
+tiled T times only when it first reaches an owner (or meets an already-tiled tensor),
+so everything before the first dropout is computed once per input.
 
-Walking the layer graph needs a few private Keras APIs; they are used only through
-``mcdrop.pipeline.export.keras_internals``, which checks for them up front.
+Why not ``model(x, training=True)``: Keras 3 draws from stateless random ops that
+LiteRT cannot run, the converter silently drops ``training=True`` dropout, and the flag
+also flips BatchNormalization into training mode.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -32,37 +43,49 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mcdrop.pipeline.export import keras_internals
+from mcdrop.pipeline.export import keras_internals, random_calls
+from mcdrop.pipeline.export.random_calls import RandomCall, layer_path
 from mcdrop.serving.errors import ExportError
 
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
-
-# Layers with their own randomness that are identity at inference and have
-# nothing to do with dropout: passed through (inactive) rather than refused.
-_INACTIVE_AUGMENTATION_PREFIX = "Random"
+PLAIN, INPUT, RECURRENT, ATTENTION = "plain", "input", "recurrent", "attention"
+MASK_KINDS = (PLAIN, INPUT, RECURRENT, ATTENTION)
 
 
 @dataclasses.dataclass(frozen=True)
-class StochasticLayer:
-    """One dropout-family layer as it appears in the exported graphs."""
+class DropoutSite:
+    """One dropout mask of the model, as it appears in the exported graphs."""
 
-    path: str
-    """Unique name: the layer name, prefixed by enclosing model names for nested models."""
+    name: str
+    """Unique name: the owning layer's path, plus ``/input``, ``/recurrent`` or ``/attention`` for masks inside a layer."""
+    layer: str
+    """Path of the layer that applies the mask (enclosing model and layer names, ``/``-separated)."""
     class_name: str
     kind: str
-    """``bernoulli`` (keep/drop masks, scaled by 1/(1-rate)) or ``gaussian`` (multiplicative N(1, rate/(1-rate)))."""
+    """``bernoulli`` (keep/drop flags) or ``gaussian`` (multiplicative N(1, rate/(1-rate)) noise)."""
+    mask_kind: str
+    """``plain`` (a Dropout layer's input), ``input`` / ``recurrent`` (an RNN cell's masks), ``attention``."""
     rate: float
     input_shape: tuple[int, ...]
-    """Shape of the layer's input without the batch dimension."""
-    noise_shape: tuple[int, ...]
-    """Shape of one row's mask without the batch dimension (1 where a mask is shared, e.g. spatial)."""
+    """Per-row shape of the tensor one draw masks (without the batch dimension)."""
+    call_shape: tuple[int, ...]
+    """Per-row shape of one draw's mask (1 where it is shared, e.g. spatial dropout)."""
+    calls: int
+    """Draws per forward pass: 1, 4 for an LSTM's gate masks, one per step inside ``TimeDistributed``."""
+    owner: str
+    """Path of the layer the forward pass calls in training mode to apply this mask."""
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """One row's mask (all draws of a forward pass) without the batch dimension."""
+        return (self.calls, *self.call_shape) if self.calls > 1 else self.call_shape
 
     @property
     def feed_name(self) -> str:
-        """Name of this layer's mask (or noise) input in ``mc_masked.tflite``."""
+        """Name of this site's mask (or noise) input in ``mc_masked.tflite``."""
         prefix = "mask" if self.kind == BERNOULLI else "noise"
-        return f"{prefix}_{_sanitise(self.path)}"
+        return f"{prefix}_{_sanitise(self.name)}"
 
     @property
     def feed_dtype(self) -> tf.DType:
@@ -71,14 +94,17 @@ class StochasticLayer:
     @property
     def tensor_name(self) -> str:
         """Name of the mask tensor inside ``mc.tflite`` (read back during verification)."""
-        return f"mcdrop_{'keep' if self.kind == BERNOULLI else 'noise'}_{_sanitise(self.path)}"
+        return f"mcdrop_{'keep' if self.kind == BERNOULLI else 'noise'}_{_sanitise(self.name)}"
 
     def as_manifest(self) -> dict[str, Any]:
         return {
-            "name": self.path,
+            "name": self.name,
+            "layer": self.layer,
             "class": self.class_name,
             "kind": self.kind,
+            "mask_kind": self.mask_kind,
             "rate": self.rate,
+            "calls": self.calls,
             "input_shape": list(self.input_shape),
             "noise_shape": list(self.noise_shape),
             "masked_input": self.feed_name,
@@ -87,18 +113,258 @@ class StochasticLayer:
         }
 
 
-Policy = Callable[[keras.layers.Layer, StochasticLayer, tf.Tensor], tf.Tensor]
+# Policies ---------------------------------------------------------------------------------------
 
 
-def forward(model: keras.Model, x: tf.Tensor, policy: Policy, samples: tf.Tensor | None = None) -> tf.Tensor:
-    """Run ``model`` on ``x``, letting ``policy`` decide what each dropout layer does.
+class Policy:
+    """What a forward pass does with dropout. This base is the standard inference rule (no dropout)."""
+
+    owners_in_training_mode = False
+    """Call the layers that own dropout in training mode (else inference mode, like all other layers)."""
+    intercepts = True
+    """Answer Keras's random draws (else Keras draws them itself)."""
+    draws = False
+    """Answer draws with ``draw`` (else with the identity: inverted dropout's expected mask)."""
+
+    def draw(self, site: DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
+        """Keep flags (float32 0/1) or standard-normal noise for draw ``call`` of ``site``: ``[rows, *call_shape]``."""
+        raise NotImplementedError
+
+    def trains(self, owner: keras.layers.Layer) -> bool:
+        """Whether to call ``owner`` (a layer that owns dropout) in training mode."""
+        return self.owners_in_training_mode
+
+
+class Deterministic(Policy):
+    """The standard inference rule: inverted dropout is the identity at test time."""
+
+
+class TrainingModeIdentity(Policy):
+    """Owners in training mode with every mask kept unscaled: must equal inference if dropout is all they change."""
+
+    owners_in_training_mode = True
+
+    def trains(self, owner: keras.layers.Layer) -> bool:
+        # AlphaDropout with every unit kept still applies its affine correction; nothing else is in it to check.
+        return not isinstance(owner, keras.layers.AlphaDropout)
+
+
+class InGraphRandom(Policy):
+    """Masks drawn inside the graph by LiteRT builtin random ops, one op per site (all its draws at once).
+
+    ``seed = seed2 = 0`` on purpose: LiteRT then seeds each op from the OS and its state advances
+    on every invoke. Any fixed seed (which TF derives from a global seed, e.g. after
+    ``keras.utils.set_random_seed``) would restart the sequence whenever tensors are re-allocated
+    and repeat masks.
+    """
+
+    owners_in_training_mode = True
+    draws = True
+
+    def __init__(self) -> None:
+        self._drawn: dict[str, tf.Tensor] = {}
+
+    def draw(self, site: DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
+        if site.name not in self._drawn:
+            shape = tf.concat([tf.reshape(rows, [1]), tf.constant(site.noise_shape, tf.int32)], axis=0)
+            if site.kind == BERNOULLI:
+                uniform = tf.raw_ops.RandomUniform(shape=shape, dtype=tf.float32, seed=0, seed2=0)
+                self._drawn[site.name] = tf.cast(uniform >= site.rate, tf.float32, name=site.tensor_name)
+            else:
+                self._drawn[site.name] = tf.raw_ops.RandomStandardNormal(
+                    shape=shape, dtype=tf.float32, seed=0, seed2=0, name=site.tensor_name
+                )
+        return _one_call(self._drawn[site.name], site, call)
+
+
+class FedMasks(Policy):
+    """Masks (uint8 keep flags) or standard-normal noise fed as ``[T, B, *noise_shape]`` tensors."""
+
+    owners_in_training_mode = True
+    draws = True
+
+    def __init__(self, feeds: dict[str, Any]) -> None:
+        self._feeds = feeds
+
+    def draw(self, site: DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
+        fed = tf.cast(tf.convert_to_tensor(self._feeds[site.feed_name]), tf.float32)
+        return _one_call(tf.reshape(fed, [-1, *site.noise_shape]), site, call)
+
+
+class KerasTrainingMode(Policy):
+    """Keras's own dropout implementation in training mode: the independent MC reference."""
+
+    owners_in_training_mode = True
+    intercepts = False
+
+
+# Finding the sites ------------------------------------------------------------------------------
+
+
+def describe(model: keras.Model) -> list[DropoutSite]:
+    """Every dropout mask ``model`` draws in training mode, in call order.
+
+    Raises:
+        ExportError: randomness mcdrop cannot export (named, with the reason), a mask that is not
+            per row, or a model that cannot be traced.
+    """
+    keras_internals.check_supported()
+    spec = _input_spec(model)
+    calls: list[RandomCall] = []
+
+    def record(call: RandomCall) -> Any:
+        calls.append(call)
+        return call.neutral()
+
+    with keras_internals.unrolled_rnns(model), random_calls.intercepted(record, root=model):
+        concrete = _trace(lambda x: model(x, training=True), spec, f"Tracing model {model.name!r} in training mode")
+    if foreign := random_calls.foreign_random_ops(concrete.graph):
+        op, scope = foreign[0]
+        raise ExportError(
+            f"The model draws random numbers with a TensorFlow op mcdrop cannot control ({op} in {scope!r}). "
+            "Expected randomness only from Keras (keras.layers.Dropout and its family, RNN dropout, "
+            "keras.random.dropout); replace tf.random / tf.nn.dropout with them."
+        )
+    return _sites(model, calls)
+
+
+def _sites(model: keras.Model, calls: list[RandomCall]) -> list[DropoutSite]:
+    drafts: dict[tuple[str, str], DropoutSite] = {}
+    others = []
+    for call in calls:
+        key = site_key(call)
+        if key is None:
+            others.append(call)
+            continue
+        draft = _draft(model, call, key)
+        previous = drafts.get(key)
+        if previous is None:
+            drafts[key] = draft
+        elif (previous.call_shape, previous.rate, previous.kind) != (draft.call_shape, draft.rate, draft.kind):
+            raise ExportError(
+                f"Dropout {draft.name!r} draws masks of different shapes or rates in one pass "
+                f"({previous.call_shape} at rate {previous.rate}, then {draft.call_shape} at rate {draft.rate}). "
+                "Expected every call of a dropout layer to see the same shape."
+            )
+        else:
+            drafts[key] = dataclasses.replace(previous, calls=previous.calls + 1)
+    sites = list(drafts.values())
+    owners = {site.owner for site in sites}
+    for call in others:
+        owner = _owner(model, call.layers)
+        if owner in owners:
+            layer = call.layer
+            raise ExportError(
+                f"Layer {layer_path(call.layers)!r} ({type(layer).__name__}) draws random numbers that are not "
+                f"dropout (keras.random.{call.function}) inside {owner!r}, which mcdrop must run in training mode "
+                f"to keep its dropout on. Expected only dropout there; move {type(layer).__name__} out of {owner!r}."
+            )
+    for site in sites:
+        if site.class_name == "AlphaDropout" and site.layer != site.owner:
+            raise ExportError(
+                f"AlphaDropout {site.layer!r} sits inside {site.owner!r}. Expected AlphaDropout only as a layer of "
+                "the model itself (its training-mode transform is not the identity, so mcdrop cannot check that "
+                f"{site.owner!r} changes nothing else in training mode)."
+            )
+    return sites
+
+
+def site_key(call: RandomCall) -> tuple[str, str] | None:
+    """``(layer path, mask kind)`` of a dropout draw; None for randomness that is not dropout."""
+    layer = call.layer
+    dropout_family = (
+        call.function == "dropout"
+        or (call.function == "normal" and isinstance(layer, keras.layers.GaussianDropout))
+        or (call.function == "uniform" and isinstance(layer, keras.layers.AlphaDropout))
+    )
+    if not dropout_family:
+        return None
+    layers = call.layers
+    if call.rnn_mask and len(layers) >= 2 and isinstance(layers[-2], keras.layers.RNN):
+        return layer_path(layers[:-1]), call.rnn_mask  # the cell's masks belong to its RNN layer
+    if call.rnn_mask:
+        return layer_path(layers), call.rnn_mask
+    parent = layers[-2] if len(layers) >= 2 else None
+    if isinstance(parent, keras.layers.MultiHeadAttention) and layer is getattr(parent, "_dropout_layer", None):
+        return layer_path(layers[:-1]), ATTENTION
+    return layer_path(layers), PLAIN
+
+
+def _draft(model: keras.Model, call: RandomCall, key: tuple[str, str]) -> DropoutSite:
+    path, mask_kind = key
+    name = path if mask_kind == PLAIN else f"{path}/{mask_kind}"
+    applying = call.layers[:-1] if _cell_in_rnn(call) or mask_kind == ATTENTION else call.layers
+    class_name = type(applying[-1]).__name__ if applying else "keras.random"
+    args = call.arguments
+    if call.function == "dropout":
+        kind, rate = BERNOULLI, float(args["rate"])
+        input_shape = _row_shape(name, tuple(args["inputs"].shape))
+        call_shape = _mask_shape(name, input_shape, args.get("noise_shape"))
+    else:
+        kind = GAUSSIAN if call.function == "normal" else BERNOULLI
+        rate = float(call.layer.rate)
+        shape = args["shape"]
+        if not isinstance(shape, list | tuple):
+            raise ExportError(f"Dropout {name!r} draws a mask of dynamic shape. Expected a static per-row shape.")
+        input_shape = call_shape = _row_shape(name, tuple(None if tf.is_tensor(d) else d for d in shape))
+    return DropoutSite(name, path, class_name, kind, mask_kind, rate, input_shape, call_shape, 1,
+                       _owner(model, call.layers))  # fmt: skip
+
+
+def _cell_in_rnn(call: RandomCall) -> bool:
+    return bool(call.rnn_mask) and len(call.layers) >= 2 and isinstance(call.layers[-2], keras.layers.RNN)
+
+
+def _row_shape(name: str, shape: tuple[Any, ...]) -> tuple[int, ...]:
+    if not shape or shape[0] is not None:
+        raise ExportError(
+            f"Dropout {name!r} masks a tensor of shape {shape} whose first dimension is not the batch. "
+            "Expected a per-row mask over [batch, ...]."
+        )
+    if any(d is None for d in shape[1:]):
+        raise ExportError(f"Dropout {name!r} sees input shape {shape}. Expected every dimension but the batch known.")
+    return tuple(int(d) for d in shape[1:])
+
+
+def _mask_shape(name: str, input_shape: tuple[int, ...], noise_shape: Any) -> tuple[int, ...]:
+    if noise_shape is None:
+        return input_shape
+    dims = list(noise_shape)
+    if dims and isinstance(dims[0], int):
+        raise ExportError(
+            f"Dropout {name!r} has noise_shape={tuple(dims)} with a fixed batch dimension. "
+            "Expected None in the batch position (one mask per row)."
+        )
+    return tuple(input_shape[i] if d is None or tf.is_tensor(d) else int(d) for i, d in enumerate(dims[1:]))
+
+
+def _owner(model: keras.Model, layers: list[keras.layers.Layer]) -> str:
+    """The layer the forward pass calls to reach ``layers[-1]``: descend through nested walkable models."""
+    depth = 0
+    while depth < len(layers) - 1 and _walkable(layers[depth]):
+        depth += 1
+    return layer_path(layers[: depth + 1]) if layers else model.name
+
+
+# The forward pass -------------------------------------------------------------------------------
+
+
+def forward(
+    model: keras.Model, sites: list[DropoutSite], x: tf.Tensor, policy: Policy, samples: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Run ``model`` on ``x``, letting ``policy`` answer every dropout draw of ``sites``.
 
     Returns:
         ``[B, ...]`` without ``samples``; ``[T, B, ...]`` with ``samples = T``.
     """
     keras_internals.check_supported()
-    walk = _Walk(policy, samples)
-    y = walk.run_model(model, x, prefix="")
+    walk = _Walk(sites, policy, samples)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(keras_internals.unrolled_rnns(model))
+        if policy.intercepts:
+            stack.enter_context(random_calls.intercepted(walk.on_random, root=model))
+        y = walk.run_model(model, x, enclosing=())
+    walk.check_counts()
     if samples is None:
         return y
     if not walk.is_expanded(y):
@@ -107,28 +373,14 @@ def forward(model: keras.Model, x: tf.Tensor, policy: Policy, samples: tf.Tensor
     return tf.reshape(y, tf.concat([tf.stack([samples, batch]), tf.shape(y)[1:]], axis=0))
 
 
-def describe(model: keras.Model) -> list[StochasticLayer]:
-    """The dropout-family layers of ``model`` in call order, with their shapes.
+def keras_inference(model: keras.Model, x: Any) -> Any:
+    """Keras's own inference pass, with draws made outside training mode answered by the identity.
 
-    Raises:
-        ExportError: a stochastic layer mcdrop cannot export (named in the message),
-            a shared dropout layer, or a model that is neither Sequential nor functional.
+    The deterministic reference: a layer that keeps dropout on at inference (a custom always-on
+    dropout) gets the standard inference rule, every other layer runs as Keras runs it.
     """
-    found: list[StochasticLayer] = []
-
-    def record(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-        if any(s.path == spec.path for s in found):
-            raise ExportError(
-                f"Dropout layer {spec.path!r} is called more than once. Expected each dropout layer to be "
-                "called once, so that every call has its own mask."
-            )
-        found.append(spec)
-        return h
-
-    keras_internals.check_supported()
-    input_spec = _input_spec(model)
-    tf.function(lambda x: forward(model, x, record)).get_concrete_function(input_spec)
-    return found
+    with keras_internals.unrolled_rnns(model), random_calls.intercepted(RandomCall.neutral, root=model):
+        return model(x, training=False)
 
 
 def input_signature(model: keras.Model) -> tuple[tuple[int, ...], tf.DType]:
@@ -137,179 +389,140 @@ def input_signature(model: keras.Model) -> tuple[tuple[int, ...], tf.DType]:
     return tuple(int(d) for d in spec.shape[1:]), spec.dtype
 
 
-# Policies ---------------------------------------------------------------------------------------
-
-
-def deterministic(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-    """The standard inference rule: inverted dropout is the identity at test time."""
-    return h
-
-
-def in_graph_random(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-    """Masks drawn inside the graph by LiteRT builtin random ops.
-
-    ``seed = seed2 = 0`` on purpose: LiteRT then seeds each op from the OS and
-    its state advances on every invoke. Any fixed seed (which TF derives from a
-    global seed, e.g. after ``keras.utils.set_random_seed``) would restart the
-    sequence whenever tensors are re-allocated and repeat masks.
-    """
-    shape = _noise_shape(h, spec)
-    if spec.kind == BERNOULLI:
-        uniform = tf.raw_ops.RandomUniform(shape=shape, dtype=tf.float32, seed=0, seed2=0)
-        keep = tf.cast(uniform >= spec.rate, tf.float32, name=spec.tensor_name)
-        return h * (keep * (1.0 / (1.0 - spec.rate)))
-    noise = tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=0, seed2=0, name=spec.tensor_name)
-    return h * (1.0 + _gaussian_std(spec.rate) * noise)
-
-
-def fed_masks(feeds: dict[str, tf.Tensor], batch: tf.Tensor) -> Policy:
-    """Masks (uint8 keep flags) or standard-normal noise fed as ``[T, B, *noise_shape]`` inputs."""
-
-    def policy(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-        fed = feeds[spec.feed_name]
-        rows = tf.shape(fed)[0] * batch
-        fed = tf.reshape(fed, tf.concat([[rows], tf.constant(spec.noise_shape, tf.int32)], axis=0))
-        if spec.kind == BERNOULLI:
-            return h * (tf.cast(fed, tf.float32) * (1.0 / (1.0 - spec.rate)))
-        return h * (1.0 + _gaussian_std(spec.rate) * fed)
-
-    return policy
-
-
-def keras_training_mode(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-    """Keras's own dropout implementation in training mode: the independent MC reference."""
-    return layer(h, training=True)
-
-
-# The walk ---------------------------------------------------------------------------------------
-
-
 class _Walk:
-    def __init__(self, policy: Policy, samples: tf.Tensor | None) -> None:
+    def __init__(self, sites: list[DropoutSite], policy: Policy, samples: tf.Tensor | None) -> None:
+        self._sites = {(s.layer, s.mask_kind): s for s in sites}
+        self._owners = {s.owner for s in sites}
         self._policy = policy
         self._samples = samples
         self._expanded: set[Any] = set()
+        self._tiled: dict[Any, tf.Tensor] = {}
+        self._enclosing: tuple[keras.layers.Layer, ...] = ()
+        self._calls: collections.Counter[str] = collections.Counter()
 
     def is_expanded(self, tensor: Any) -> bool:
         return tf.is_tensor(tensor) and tensor.ref() in self._expanded
 
-    def run_model(self, model: keras.Model, inputs: Any, prefix: str) -> Any:
+    def run_model(self, model: keras.Model, inputs: Any, enclosing: tuple[keras.layers.Layer, ...]) -> Any:
         if isinstance(model, keras.Sequential):
             h = inputs
             for layer in model.layers:
-                h = self._call(layer, (h,), {}, prefix)
+                h = self._call(layer, (h,), {}, enclosing)
             return h
         if keras_internals.is_functional(model):
             return keras_internals.run_through_graph(
-                model, inputs, lambda op: lambda *a, **k: self._call(op, a, k, prefix)
+                model, inputs, lambda op: lambda *a, **k: self._call(op, a, k, enclosing)
             )
         raise ExportError(
             f"Model {model.name!r} is a subclassed {type(model).__name__}. mcdrop exports Sequential and "
             "functional Keras models, whose layer graph it can walk."
         )
 
-    def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], prefix: str) -> Any:
-        path = f"{prefix}{op.name}"
-        if isinstance(op, keras.Model) and contains_stochastic(op):
+    def on_random(self, call: RandomCall) -> Any:
+        """Answer one Keras random draw made while a layer runs."""
+        enclosing = self._enclosing
+        call.layers = [*enclosing, *(layer for layer in call.layers if not any(layer is e for e in enclosing))]
+        key = site_key(call)
+        site = self._sites.get(key) if key else None
+        if site is None:
+            layer = call.layer
+            where = f"Layer {layer_path(call.layers)!r} ({type(layer).__name__})" if layer else "The model"
+            raise ExportError(
+                f"{where} draws random numbers (keras.random.{call.function}) outside training mode, which is not "
+                "dropout mcdrop can export: its deterministic graph would not be deterministic."
+            )
+        index = self._calls[site.name]
+        self._calls[site.name] += 1
+        if not self._policy.draws:
+            return call.neutral()
+        if index >= site.calls:
+            raise ExportError(f"Dropout {site.name!r} draws more masks than the {site.calls} found when traced.")
+        return _apply(call, site, self._policy.draw(site, index, _rows(call)))
+
+    def check_counts(self) -> None:
+        if not self._policy.draws:
+            return
+        for site in self._sites.values():
+            if self._calls[site.name] != site.calls:
+                raise ExportError(
+                    f"Dropout {site.name!r} drew {self._calls[site.name]} mask(s) where the training-mode trace "
+                    f"drew {site.calls}. Expected the same calls in every pass."
+                )
+
+    def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], enclosing: tuple[Any, ...]) -> Any:
+        path = layer_path([*enclosing, op])
+        if _walkable(op) and any(owner.startswith(f"{path}/") for owner in self._owners):
             if len(args) != 1:
                 raise ExportError(f"Nested model {path!r} takes {len(args)} inputs. Expected exactly one.")
-            return self.run_model(op, args[0], prefix=f"{path}/")
-        spec = stochastic_spec(op, path, args[0] if args else None)
-        if spec is not None:
-            h = args[0]
-            if self._samples is not None and not self.is_expanded(h):
-                h = _tile(h, self._samples)
-            out = self._policy(op, spec, h)
-            if self._samples is not None:
-                self._expanded.add(out.ref())
-            return out
-        if self._samples is not None:
-            tensors = [t for t in tf.nest.flatten((args, kwargs)) if tf.is_tensor(t)]
-            if any(self.is_expanded(t) for t in tensors):
-                args, kwargs = tf.nest.map_structure(self._expand, (args, kwargs))
-                out = _call_inference(op, args, kwargs)
-                for tensor in tf.nest.flatten(out):
-                    if tf.is_tensor(tensor):
-                        self._expanded.add(tensor.ref())
-                return out
-        return _call_inference(op, args, kwargs)
+            return self.run_model(op, args[0], enclosing=(*enclosing, op))
+        is_owner = path in self._owners
+        tensors = [t for t in tf.nest.flatten((args, kwargs)) if tf.is_tensor(t)]
+        expand = self._samples is not None and (is_owner or any(self.is_expanded(t) for t in tensors))
+        if expand:
+            args, kwargs = tf.nest.map_structure(self._expand, (args, kwargs))
+        training = is_owner and self._policy.trains(op)
+        if keras_internals.takes_training_argument(op) or "training" in kwargs:
+            kwargs = {**kwargs, "training": training}  # also overrides a training=True baked into the graph
+        self._enclosing = enclosing
+        with keras_internals.batch_norm_frozen(op) if training else contextlib.nullcontext():
+            out = op(*args, **kwargs)
+        if expand:
+            for tensor in tf.nest.flatten(out):
+                if tf.is_tensor(tensor):
+                    self._expanded.add(tensor.ref())
+        return out
 
     def _expand(self, value: Any) -> Any:
-        if tf.is_tensor(value) and not self.is_expanded(value) and self._samples is not None:
+        if not tf.is_tensor(value) or self.is_expanded(value) or self._samples is None:
+            return value
+        if value.ref() not in self._tiled:  # one TILE per tensor, however many layers read it
             tiled = _tile(value, self._samples)
             self._expanded.add(tiled.ref())
-            return tiled
-        return value
+            self._tiled[value.ref()] = tiled
+        return self._tiled[value.ref()]
 
 
-def _call_inference(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call a layer in inference mode, overriding any ``training=True`` baked into the graph."""
-    if keras_internals.takes_training_argument(op) or "training" in kwargs:
-        kwargs = {**kwargs, "training": False}
-    return op(*args, **kwargs)
+def _apply(call: RandomCall, site: DropoutSite, drawn: tf.Tensor) -> tf.Tensor:
+    """What Keras's random function returns, built from our keep flags or noise."""
+    args = call.arguments
+    if call.function == "dropout":
+        inputs = args["inputs"]
+        return inputs * tf.cast(drawn * (1.0 / (1.0 - site.rate)), inputs.dtype)
+    if call.function == "normal":  # GaussianDropout: N(mean, stddev) from standard-normal noise
+        return args.get("mean", 0.0) + args.get("stddev", 1.0) * drawn
+    return drawn  # AlphaDropout keeps an element where uniform >= rate: 1.0 kept, 0.0 dropped
 
 
-def contains_stochastic(model: keras.Model) -> bool:
-    return any(
-        _is_stochastic_class(layer) or (isinstance(layer, keras.Model) and contains_stochastic(layer))
-        for layer in model.layers
+def _rows(call: RandomCall) -> tf.Tensor:
+    if call.function == "dropout":
+        return tf.shape(call.arguments["inputs"])[0]
+    first = call.arguments["shape"][0]
+    return tf.cast(first, tf.int32) if tf.is_tensor(first) else tf.constant(first, tf.int32)
+
+
+def _one_call(drawn: tf.Tensor, site: DropoutSite, call: int) -> tf.Tensor:
+    return drawn[:, call] if site.calls > 1 else drawn
+
+
+def _walkable(layer: Any) -> bool:
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model) and keras_internals.is_functional(layer)
     )
 
 
-def stochastic_spec(op: Any, path: str, h: Any) -> StochasticLayer | None:
-    """Describe ``op`` if it is a supported dropout layer; None if it is deterministic.
-
-    Raises:
-        ExportError: ``op`` is stochastic but not a supported dropout layer.
-    """
-    if not _is_stochastic_class(op):
-        return None
-    name = type(op).__name__
-    if name.startswith(_INACTIVE_AUGMENTATION_PREFIX) and not isinstance(op, keras.layers.Dropout):
-        return None
-    gaussian = isinstance(op, keras.layers.GaussianDropout)
-    if not gaussian and (isinstance(op, keras.layers.AlphaDropout) or not isinstance(op, keras.layers.Dropout)):
-        raise ExportError(
-            f"Layer {path!r} ({name}) is stochastic and not supported. Expected only Dropout, "
-            "SpatialDropout1D/2D/3D or GaussianDropout; remove or replace it before export."
-        )
-    input_shape = tuple(int(d) if d is not None else -1 for d in h.shape[1:])
-    if any(d < 0 for d in input_shape):
-        raise ExportError(
-            f"Dropout layer {path!r} sees input shape {tuple(h.shape)}. Expected every dimension but the "
-            "batch to be known."
-        )
-    rate = float(op.rate)
-    if gaussian:
-        return StochasticLayer(path, name, GAUSSIAN, rate, input_shape, input_shape)
-    return StochasticLayer(path, name, BERNOULLI, rate, input_shape, _bernoulli_noise_shape(op, path, input_shape))
+def _trace(function: Callable[[tf.Tensor], Any], spec: tf.TensorSpec, what: str) -> Any:
+    """A concrete function, with any failure as one ``ExportError`` line (autograph off: no 'in user code' dumps)."""
+    try:
+        return tf.function(function, autograph=False).get_concrete_function(spec)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{what} failed: {first_line(exc)}") from exc
 
 
-def _bernoulli_noise_shape(op: Any, path: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    name = type(op).__name__
-    if name.startswith("SpatialDropout"):
-        channels_first = getattr(op, "data_format", "channels_last") == "channels_first"
-        if channels_first:
-            return (input_shape[0],) + (1,) * (len(input_shape) - 1)
-        return (1,) * (len(input_shape) - 1) + (input_shape[-1],)
-    noise_shape = getattr(op, "noise_shape", None)
-    if noise_shape is None:
-        return input_shape
-    if noise_shape[0] is not None:
-        raise ExportError(
-            f"Dropout layer {path!r} has noise_shape={tuple(noise_shape)} with a fixed batch dimension. "
-            "Expected None in the batch position (one mask per row)."
-        )
-    return tuple(int(d) if d is not None else input_shape[i] for i, d in enumerate(noise_shape[1:]))
-
-
-def _is_stochastic_class(op: Any) -> bool:
-    """Keras layers that draw random numbers hold a SeedGenerator."""
-    if isinstance(op, keras.layers.Dropout | keras.layers.GaussianDropout | keras.layers.GaussianNoise):
-        return True
-    return isinstance(op, keras.layers.Layer) and any(
-        isinstance(value, keras.random.SeedGenerator) for value in vars(op).values()
-    )
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _input_spec(model: keras.Model) -> tf.TensorSpec:
@@ -330,17 +543,9 @@ def _input_spec(model: keras.Model) -> tf.TensorSpec:
     return tf.TensorSpec([None, *shape[1:]], tf.as_dtype(inputs[0].dtype), name="x")
 
 
-def _noise_shape(h: tf.Tensor, spec: StochasticLayer) -> tf.Tensor:
-    return tf.concat([tf.shape(h)[:1], tf.constant(spec.noise_shape, tf.int32)], axis=0)
-
-
 def _tile(h: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
     multiples = tf.concat([tf.reshape(samples, [1]), tf.ones([len(h.shape) - 1], tf.int32)], axis=0)
     return tf.tile(h, multiples)
-
-
-def _gaussian_std(rate: float) -> float:
-    return math.sqrt(rate / (1.0 - rate))
 
 
 def _sanitise(path: str) -> str:

@@ -7,7 +7,7 @@ not pass, and the exporter refuses to publish if there is any. The checks:
 * ``deterministic_parity``: deterministic.tflite vs Keras inference, max abs diff ≤ tolerance.
 * ``masked_parity``: mc_masked.tflite vs a per-sample reference pass with the same masks.
 * ``drop_fraction``: each layer's empirical drop fraction in mc.tflite lies within a Hoeffding
-  bound of its rate (Gaussian layers: noise mean and mean square within exact normal and
+  bound of its rate (Gaussian sites: noise mean and mean square within exact normal and
   chi-square bounds).
 * ``mc_mean``: mc.tflite's MC mean vs Keras's own training-mode dropout MC mean, per output,
   within a Bonferroni-corrected number of standard errors.
@@ -28,14 +28,14 @@ import numpy as np
 import tensorflow as tf
 
 from mcdrop.pipeline.export import stochastic
-from mcdrop.pipeline.export.stochastic import BERNOULLI, StochasticLayer
+from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
 from mcdrop.serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 PARITY_TOLERANCE = 1e-5
 # False alarms: a correct graph must pass. The mask checks use distribution-free (Hoeffding) or exact
 # bounds at 1e-9 per layer; the mean check (a normal approximation) runs at 1e-7 per attempt, over all
 # outputs together, and is redrawn once. So a correct export fails with probability below
-# layers x 1e-9 + (1e-7)^2, far below 1e-6, while a rate that is off by 0.05 lies tens of bounds away
+# sites x 1e-9 + (1e-7)^2, far below 1e-6, while a rate that is off by 0.05 lies tens of bounds away
 # at the verification's sample sizes (n = T x rows x units, about 10^5 to 10^7 flags per layer).
 MASK_FALSE_ALARM = 1e-9
 MEAN_FALSE_ALARM = 1e-7
@@ -47,7 +47,7 @@ def parity_tolerance(reference: np.ndarray) -> float:
     return PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0)
 
 
-def op_check(graph: str, ops: list[str], layers: list[StochasticLayer]) -> dict[str, Any]:
+def op_check(graph: str, ops: list[str], sites: list[DropoutSite]) -> dict[str, Any]:
     """Structural check of one graph's op list."""
     problems = []
     flex = sorted({op for op in ops if op.startswith("Flex") or op == "CUSTOM"})
@@ -58,7 +58,7 @@ def op_check(graph: str, ops: list[str], layers: list[StochasticLayer]) -> dict[
         problems.append(f"resource-variable ops {variables} (weights not frozen)")
     random = sorted(set(ops) & RANDOM_OPS)
     if graph == "mc":
-        needed = {"RANDOM_UNIFORM" if s.kind == BERNOULLI else "RANDOM_STANDARD_NORMAL" for s in layers}
+        needed = {"RANDOM_UNIFORM" if s.kind == BERNOULLI else "RANDOM_STANDARD_NORMAL" for s in sites}
         if missing := sorted(needed - set(ops)):
             problems.append(f"no {missing} op: dropout was removed from the stochastic graph")
     elif random:
@@ -67,27 +67,45 @@ def op_check(graph: str, ops: list[str], layers: list[StochasticLayer]) -> dict[
 
 
 def deterministic_parity(model: keras.Model, graph: Graph, x: np.ndarray) -> dict[str, Any]:
-    reference = np.asarray(model(x, training=False))
+    reference = np.asarray(stochastic.keras_inference(model, x))
     actual = graph.run({"x": x})[0]
     return _parity("deterministic_parity", actual, reference)
 
 
+def training_mode_parity(model: keras.Model, sites: list[DropoutSite], x: np.ndarray) -> dict[str, Any]:
+    """The layers that own dropout, run in training mode with every mask kept unscaled, against Keras inference.
+
+    MC samples must differ from the deterministic pass only by dropout: a layer that changes anything
+    else in training mode (a custom training branch, statistics of the batch) fails here.
+    """
+    reference = np.asarray(stochastic.keras_inference(model, x))
+    actual = np.asarray(stochastic.forward(model, sites, tf.constant(x), stochastic.TrainingModeIdentity()))
+    record = _parity("training_mode_parity", actual, reference)
+    if not record["passed"]:
+        owners = sorted({s.owner for s in sites if s.class_name != "AlphaDropout"})
+        record["problems"].append(
+            f"layers {owners} change more than dropout in training mode (e.g. batch statistics or a custom training "
+            "branch), so MC samples would not be dropout samples of the deterministic model"
+        )
+    return record
+
+
 def masked_parity(
-    model: keras.Model, graph: Graph, layers: list[StochasticLayer], x: np.ndarray, samples: int, seed: int
+    model: keras.Model, graph: Graph, sites: list[DropoutSite], x: np.ndarray, samples: int, seed: int
 ) -> dict[str, Any]:
     """mc_masked.tflite against the model run once per sample, untiled, with the same masks."""
-    feeds = draw_feeds(layers, samples, len(x), np.random.default_rng(seed))
+    feeds = draw_feeds(sites, samples, len(x), np.random.default_rng(seed))
     actual = graph.run({"x": x, **feeds})[0]
-    reference = np.stack([_reference_sample(model, x, layers, feeds, t) for t in range(samples)])
+    reference = np.stack([_reference_sample(model, x, sites, feeds, t) for t in range(samples)])
     return _parity("masked_parity", actual, reference)
 
 
 def draw_feeds(
-    layers: list[StochasticLayer], samples: int, batch: int, rng: np.random.Generator
+    sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Host-side masks (uint8 keep flags) and noise for mc_masked.tflite."""
     feeds: dict[str, np.ndarray] = {}
-    for spec in layers:
+    for spec in sites:
         shape = (samples, batch, *spec.noise_shape)
         if spec.kind == BERNOULLI:
             feeds[spec.feed_name] = (rng.random(shape, dtype=np.float32) >= spec.rate).astype(np.uint8)
@@ -97,19 +115,14 @@ def draw_feeds(
 
 
 def _reference_sample(
-    model: keras.Model, x: np.ndarray, layers: list[StochasticLayer], feeds: dict[str, np.ndarray], t: int
+    model: keras.Model, x: np.ndarray, sites: list[DropoutSite], feeds: dict[str, np.ndarray], t: int
 ) -> np.ndarray:
-    def policy(layer: keras.layers.Layer, spec: StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-        fed = tf.constant(feeds[spec.feed_name][t].astype(np.float32))
-        if spec.kind == BERNOULLI:
-            return h * fed / (1.0 - spec.rate)
-        return h * (1.0 + math.sqrt(spec.rate / (1.0 - spec.rate)) * fed)
-
-    return np.asarray(stochastic.forward(model, tf.constant(x), policy))
+    one_sample = {name: feed[t : t + 1] for name, feed in feeds.items()}
+    return np.asarray(stochastic.forward(model, sites, tf.constant(x), stochastic.FedMasks(one_sample)))
 
 
 def mc_statistics(
-    model: keras.Model, mc_bytes: bytes, layers: list[StochasticLayer], x: np.ndarray, samples: int
+    model: keras.Model, mc_bytes: bytes, sites: list[DropoutSite], x: np.ndarray, samples: int
 ) -> list[dict[str, Any]]:
     """Drop fractions, MC mean vs Keras, fresh randomness and prefix caching of mc.tflite.
 
@@ -123,8 +136,8 @@ def mc_statistics(
     while True:
         attempts += 1
         tflite_samples = graph.run(feeds)[0]
-        drop = _drop_fraction(graph, layers)
-        mean = _mean_agreement(tflite_samples, _keras_mc(model, x, samples))
+        drop = _drop_fraction(graph, sites)
+        mean = _mean_agreement(tflite_samples, _keras_mc(model, sites, x, samples))
         if (drop["passed"] and mean["passed"]) or attempts == STATISTICAL_ATTEMPTS:
             break
     drop["attempts"] = mean["attempts"] = attempts
@@ -153,10 +166,10 @@ def fresh_randomness(graph: Graph, x: np.ndarray, samples: int = 8) -> dict[str,
     }
 
 
-def _drop_fraction(graph: Graph, layers: list[StochasticLayer]) -> dict[str, Any]:
+def _drop_fraction(graph: Graph, sites: list[DropoutSite]) -> dict[str, Any]:
     tensors = graph.tensors_named("mcdrop_")
-    per_layer, problems = [], []
-    for spec in layers:
+    per_site, problems = [], []
+    for spec in sites:
         values = tensors.get(spec.tensor_name)
         if values is None:
             problems.append(f"mask tensor {spec.tensor_name} not found in mc.tflite")
@@ -167,7 +180,7 @@ def _drop_fraction(graph: Graph, layers: list[StochasticLayer]) -> dict[str, Any
             half = hoeffding_half_width(n, MASK_FALSE_ALARM)
             low, high = spec.rate - half, spec.rate + half
             ok = low <= observed <= high
-            per_layer.append({"layer": spec.path, "rate": spec.rate, "observed": observed, "n": n,
+            per_site.append({"site": spec.name, "rate": spec.rate, "observed": observed, "n": n,
                               "bound": [low, high], "false_alarm": MASK_FALSE_ALARM, "passed": ok})  # fmt: skip
         else:
             mean = float(values.mean(dtype=np.float64))
@@ -175,12 +188,12 @@ def _drop_fraction(graph: Graph, layers: list[StochasticLayer]) -> dict[str, Any
             mean_bound = normal_quantile(MASK_FALSE_ALARM / 4) / math.sqrt(n)
             square_low, square_high = chi_square_mean_bounds(n, MASK_FALSE_ALARM / 2)
             ok = abs(mean) <= mean_bound and square_low <= mean_square <= square_high
-            per_layer.append({"layer": spec.path, "noise_mean": mean, "noise_mean_square": mean_square, "n": n,
+            per_site.append({"site": spec.name, "noise_mean": mean, "noise_mean_square": mean_square, "n": n,
                               "mean_bound": mean_bound, "mean_square_bound": [square_low, square_high],
                               "false_alarm": MASK_FALSE_ALARM, "passed": ok})  # fmt: skip
         if not ok:
-            problems.append(f"layer {spec.path}: {per_layer[-1]}")
-    return {"check": "drop_fraction", "passed": not problems, "problems": problems, "layers": per_layer}
+            problems.append(f"site {spec.name}: {per_site[-1]}")
+    return {"check": "drop_fraction", "passed": not problems, "problems": problems, "sites": per_site}
 
 
 def _prefix_cached(graph: Graph, batch: int, samples: int) -> dict[str, Any]:
@@ -205,10 +218,10 @@ def _prefix_cached(graph: Graph, batch: int, samples: int) -> dict[str, Any]:
     }
 
 
-def _keras_mc(model: keras.Model, x: np.ndarray, samples: int) -> np.ndarray:
-    """``[T, B, ...]`` samples from Keras's own dropout (training=True on dropout layers only)."""
+def _keras_mc(model: keras.Model, sites: list[DropoutSite], x: np.ndarray, samples: int) -> np.ndarray:
+    """``[T, B, ...]`` samples from Keras's own dropout (training=True on the layers that own dropout only)."""
     repeated = np.tile(x, (samples,) + (1,) * (x.ndim - 1))
-    out = np.asarray(stochastic.forward(model, tf.constant(repeated), stochastic.keras_training_mode))
+    out = np.asarray(stochastic.forward(model, sites, tf.constant(repeated), stochastic.KerasTrainingMode()))
     return out.reshape((samples, len(x), *out.shape[1:]))
 
 
