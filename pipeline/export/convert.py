@@ -21,13 +21,14 @@ builtin ops only, so a graph that would need Flex fails here, loudly.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from mcdrop.pipeline.export import stochastic
+from mcdrop.pipeline.export import keras_internals, stochastic
 from mcdrop.pipeline.export.stochastic import DropoutSite
 from mcdrop.serving.errors import ExportError
 
@@ -100,5 +101,36 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
     try:
         return bytes(converter.convert())
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"TFLite conversion failed with builtin ops only: {first_line}") from exc
+        raise ExportError(conversion_failure(str(exc), function.graph, trackable_obj)) from exc
+
+
+def conversion_failure(text: str, graph: tf.Graph, model: Any) -> str:
+    """One line from the converter's many: which op has no builtin kernel, in which layer, and what to do."""
+    ops = re.search(r"TF Select ops: ([^\n]+)", text)
+    if ops is None:
+        first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+        return f"TFLite conversion with builtin ops only failed: {first[:300]}"
+    names = [op.strip() for op in ops.group(1).split(",")]
+    layer = _layer_of(graph, names[0], model)
+    where = f" in layer {layer!r}" if layer else ""
+    return (
+        f"TFLite conversion with builtin ops only failed: {', '.join(names)}{where} has no builtin LiteRT kernel "
+        "(mcdrop serves without TensorFlow, so Flex ops are no option). Rewrite that layer with supported ops "
+        "(https://ai.google.dev/edge/litert/models/ops_compatibility) or remove it."
+    )
+
+
+def _layer_of(graph: tf.Graph, op: str, model: Any) -> str | None:
+    """The deepest layer name in the scope of the first ``op`` node (``"block_1/inverse/MatrixInverse"``)."""
+    graph_def = graph.as_graph_def()
+    nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
+    node = next((n for n in nodes if n.op == op), None)
+    if node is None or "/" not in node.name:
+        return None
+    known = {layer.name for layer in keras_internals.sublayers(model)} if isinstance(model, keras.Model) else set()
+    parts = node.name.split("/")[:-1]
+    for part in reversed(parts):
+        for candidate in (part, re.sub(r"_\d+$", "", part)):  # tf.function name scopes may add "_1"
+            if candidate in known:
+                return candidate
+    return parts[-1]

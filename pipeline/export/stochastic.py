@@ -251,14 +251,7 @@ def _sites(model: keras.Model, calls: list[RandomCall]) -> list[DropoutSite]:
     sites = list(drafts.values())
     owners = {site.owner for site in sites}
     for call in others:
-        owner = _owner(model, call.layers)
-        if owner in owners:
-            layer = call.layer
-            raise ExportError(
-                f"Layer {layer_path(call.layers)!r} ({type(layer).__name__}) draws random numbers that are not "
-                f"dropout (keras.random.{call.function}) inside {owner!r}, which mcdrop must run in training mode "
-                f"to keep its dropout on. Expected only dropout there; move {type(layer).__name__} out of {owner!r}."
-            )
+        _check_other_randomness(model, call, owners)
     for site in sites:
         if site.class_name == "AlphaDropout" and site.layer != site.owner:
             raise ExportError(
@@ -267,6 +260,33 @@ def _sites(model: keras.Model, calls: list[RandomCall]) -> list[DropoutSite]:
                 f"{site.owner!r} changes nothing else in training mode)."
             )
     return sites
+
+
+def _check_other_randomness(model: keras.Model, call: RandomCall, owners: set[str]) -> None:
+    """Randomness that is not dropout: preprocessing augmentation is inactive at inference (and stays so
+    when it runs in inference mode); anything else is refused by name."""
+    layer = call.layer
+    name = type(layer).__name__ if layer is not None else "keras.random"
+    path = layer_path(call.layers) or model.name
+    owner = _owner(model, call.layers)
+    if _is_augmentation(layer) and owner not in owners:
+        return
+    if owner in owners:
+        raise ExportError(
+            f"Layer {path!r} ({name}) draws random numbers that are not dropout (keras.random.{call.function}) "
+            f"inside {owner!r}, which mcdrop must run in training mode to keep its dropout on: not supported. "
+            f"Expected only dropout there; move {name} out of {owner!r}."
+        )
+    raise ExportError(
+        f"Layer {path!r} ({name}) draws random numbers that are not dropout (keras.random.{call.function}): not "
+        "supported. Expected only Dropout, SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, RNN (recurrent) "
+        "dropout, attention dropout or preprocessing augmentation; remove it or replace it with dropout."
+    )
+
+
+def _is_augmentation(layer: Any) -> bool:
+    """Keras's random preprocessing layers (RandomFlip, RandomRotation, …): identity at inference."""
+    return layer is not None and type(layer).__module__.startswith("keras.src.layers.preprocessing")
 
 
 def site_key(call: RandomCall) -> tuple[str, str] | None:

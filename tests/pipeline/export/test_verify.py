@@ -19,11 +19,11 @@ from tests.pipeline.export import models  # noqa: E402
 
 def test_converter_silently_drops_training_true_dropout_and_the_op_check_catches_it(tmp_path: Path) -> None:
     model = keras.saving.load_model(models.functional_cnn(tmp_path / "cnn.keras"))
-    layers = stochastic.describe(model)
+    sites = stochastic.describe(model)
     naive = tf.lite.TFLiteConverter.from_keras_model(model).convert()  # what tutorials do
     ops = Graph(naive).ops()
     assert not any(op.startswith("RANDOM") for op in ops)  # the trap is real
-    result = verify.op_check("mc", ops, layers)
+    result = verify.op_check("mc", ops, sites)
     assert not result["passed"] and "dropout was removed" in result["problems"][0]
 
 
@@ -49,45 +49,48 @@ def _mlp_with_dropout(rate: float) -> keras.Model:
 
 def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
     model = _mlp_with_dropout(0.2)
-    layers = stochastic.describe(model)
-    blob = convert.to_tflite(convert.graph_functions(model, layers)["mc"], model)
-    claimed = [dataclasses.replace(layers[0], rate=0.25), layers[1]]  # the graph drops 0.2, the manifest says 0.25
+    sites = stochastic.describe(model)
+    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
+    claimed = [dataclasses.replace(sites[0], rate=0.25), sites[1]]  # the graph drops 0.2, the manifest says 0.25
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
     drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES)[0]
     assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
-    wrong, right = drop["layers"]
+    wrong, right = drop["sites"]
     assert not wrong["passed"] and abs(wrong["observed"] - 0.2) < 0.005  # what the graph really drops
     assert right["passed"]  # the correct layer's bound holds (false alarm 1e-9)
 
 
 def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
     model = _mlp_with_dropout(0.2)
-    layers = stochastic.describe(model)
+    sites = stochastic.describe(model)
 
-    def first_layer_removed(layer: keras.layers.Layer, spec: stochastic.StochasticLayer, h: tf.Tensor) -> tf.Tensor:
-        return h if spec.path == layers[0].path else stochastic.in_graph_random(layer, spec, h)
+    class FirstSiteRemoved(stochastic.InGraphRandom):
+        def draw(self, site: stochastic.DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
+            if site.name == sites[0].name:
+                return tf.fill(tf.stack([rows, *site.call_shape]), 1.0 - site.rate)  # the identity, no mask
+            return super().draw(site, call, rows)
 
     def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, x, first_layer_removed, samples)
+        return stochastic.forward(model, sites, x, FirstSiteRemoved(), samples)
 
     specs = [tf.TensorSpec([None, 20], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
-    blob = convert.to_tflite(tf.function(mc, input_signature=specs).get_concrete_function(), model)
-    assert verify.op_check("mc", Graph(blob).ops(), layers)["passed"]  # random ops remain: the op check is fooled
+    blob = convert.to_tflite(tf.function(mc, input_signature=specs, autograph=False).get_concrete_function(), model)
+    assert verify.op_check("mc", Graph(blob).ops(), sites)["passed"]  # random ops remain: the op check is fooled
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
-    drop = verify.mc_statistics(model, blob, layers, x, STAT_SAMPLES)[0]
+    drop = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES)[0]
     assert not drop["passed"]
-    assert any(layers[0].tensor_name in problem and "not found" in problem for problem in drop["problems"])
+    assert any(sites[0].tensor_name in problem and "not found" in problem for problem in drop["problems"])
 
 
 def test_correct_graph_passes_with_bounded_false_alarms() -> None:
     """The bounds hold with a wide margin on a correct graph: the observed rates sit well inside them."""
     model = _mlp_with_dropout(0.2)
-    layers = stochastic.describe(model)
-    blob = convert.to_tflite(convert.graph_functions(model, layers)["mc"], model)
+    sites = stochastic.describe(model)
+    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
     x = np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)
-    drop, _, mean, _ = verify.mc_statistics(model, blob, layers, x, STAT_SAMPLES)
+    drop, _, mean, _ = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES)
     assert drop["passed"] and mean["passed"] and drop["attempts"] == 1
-    for layer in drop["layers"]:
+    for layer in drop["sites"]:
         low, high = layer["bound"]
         assert high - low < 0.02 and low < layer["observed"] < high
     assert mean["tolerance_se"] > 5.5 and mean["false_alarm"] == verify.MEAN_FALSE_ALARM
@@ -95,9 +98,9 @@ def test_correct_graph_passes_with_bounded_false_alarms() -> None:
 
 def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
     model = keras.saving.load_model(models.sequential_mlp(tmp_path / "a.keras"))
-    layers = stochastic.describe(model)
-    graph = Graph(convert.to_tflite(convert.graph_functions(model, layers)["mc_masked"], model))
+    sites = stochastic.describe(model)
+    graph = Graph(convert.to_tflite(convert.graph_functions(model, sites)["mc_masked"], model))
     other = keras.models.clone_model(model)  # same architecture, fresh weights
     x = np.ones((2, 20), np.float32)
-    assert verify.masked_parity(model, graph, layers, x, samples=3, seed=0)["passed"]
-    assert not verify.masked_parity(other, graph, layers, x, samples=3, seed=0)["passed"]
+    assert verify.masked_parity(model, graph, sites, x, samples=3, seed=0)["passed"]
+    assert not verify.masked_parity(other, graph, sites, x, samples=3, seed=0)["passed"]
