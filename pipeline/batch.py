@@ -22,6 +22,7 @@ Job file::
     name = "external"
     model = "models/external.keras"
     quantize = ["float16"]
+    import = ["layers.py"]           # the user's custom layers: modules or .py files (relative to the job file)
 
 Resumable: each entry's effective settings hash into ``source.job_entry`` of the
 manifest; an entry whose hash is already exported is skipped. A failing entry is
@@ -43,7 +44,7 @@ from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.repository_layout import check_model_name, versions
 
-EXPORT_KEYS = ("name", "model", "quantize", "samples", "select")
+EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import")
 
 
 @dataclasses.dataclass
@@ -131,6 +132,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             name=name,
             samples=int(entry.get("samples", 100)),
             quantize=tuple(entry.get("quantize", ())),
+            imports=_imports(job, entry),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -145,6 +147,16 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     except Exception as exc:  # noqa: BLE001 - one broken entry must not stop the job
         detail = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
         return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=detail + _where(exc))
+
+
+def _imports(job: Job, entry: dict[str, Any]) -> tuple[str, ...]:
+    """The entry's ``import`` list: module names as they are, ``.py`` files relative to the job file."""
+    value = entry.get("import", [])
+    targets = [value] if isinstance(value, str) else value
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise InvalidArgument(f"import = {value!r} in entry {entry['name']!r}. Expected a list of modules or .py files.")
+    base = job.path.parent
+    return tuple(str(base / t) if t.endswith(".py") or "/" in t else t for t in targets)
 
 
 def _train_entry(job: Job, entry: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:

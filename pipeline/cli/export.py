@@ -29,6 +29,8 @@ def register_export(subcommands: Any) -> None:
     add("--task", default=None, help="classification or regression (default: from training.json)")
     add("--labels", type=names, default=None, metavar="A,B,..", help="class labels")
     add("--seed", type=int, default=0, help="seed of the verification inputs and masks")
+    add("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="import this module or .py file first, so the model's registered custom layers load (repeatable)")
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
@@ -61,6 +63,7 @@ def run_export(args: argparse.Namespace) -> int:
         task=args.task,
         labels=args.labels,
         seed=args.seed,
+        imports=tuple(args.imports),
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -147,10 +150,18 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         table.add_row(file, f"{size:,}", str(len(ops)) if graph else "", ", ".join(random))
     console.print(table)
     if not manifest["stochastic"]:
-        console.print("[yellow]The model has no dropout layer: exported the deterministic graph only.[/]")
+        console.print(
+            "[yellow]The model draws no dropout mask in training mode: exported the deterministic graph only.[/]"
+        )
     else:
-        layers = ", ".join(f"{d['name']} ({d['class']}, {d['rate']:g})" for d in manifest["dropout_layers"])
-        console.print(f"dropout layers: {layers}")
+        masks = Table(title="dropout masks (one per sequence for RNNs; fed to mc_masked.tflite as [T, B, *shape])")
+        for column in ("mask", "layer", "kind", "rate", "shape"):
+            masks.add_column(column, justify="right" if column in ("rate", "shape") else "left")
+        for d in manifest["dropout_layers"]:
+            kind = d.get("mask_kind", "plain")
+            shape = "×".join(map(str, d["noise_shape"]))
+            masks.add_row(d["masked_input"], f"{d.get('layer', d['name'])} ({d['class']})", kind, f"{d['rate']:g}", shape)
+        console.print(masks)
     for check in manifest["verification"]["checks"]:
         detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_tile")}
         console.print(

@@ -87,7 +87,17 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
     Raises:
         ExportError: the converter failed (e.g. an op with no builtin kernel).
     """
-    frozen = convert_variables_to_constants_v2(function)
+    try:
+        frozen = convert_variables_to_constants_v2(function)
+    except Exception as exc:  # e.g. a layer run in training mode that updates its own variables
+        node = re.search(r"node ([\w./-]+)/(?:Assign|AssignAdd|AssignSub)VariableOp", str(exc))
+        layer = _known_layer(node.group(1).split("/"), trackable_obj) if node else None
+        where = f"layer {layer!r}" if layer else "a layer"
+        raise ExportError(
+            f"Freezing the graph's weights failed: {where} updates its variables when it runs"
+            " (in training mode, to keep its dropout on). Expected only dropout to change in training mode;"
+            " move the dropout out of that layer."
+        ) from exc
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable_obj)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_enable_resource_variables = False
@@ -127,10 +137,15 @@ def _layer_of(graph: tf.Graph, op: str, model: Any) -> str | None:
     node = next((n for n in nodes if n.op == op), None)
     if node is None or "/" not in node.name:
         return None
-    known = {layer.name for layer in keras_internals.sublayers(model)} if isinstance(model, keras.Model) else set()
     parts = node.name.split("/")[:-1]
-    for part in reversed(parts):
+    return _known_layer(parts, model) or parts[-1]
+
+
+def _known_layer(scopes: list[str], model: Any) -> str | None:
+    """The outermost name scope that names a layer of ``model``: the layer a user knows."""
+    known = {layer.name for layer in keras_internals.sublayers(model)} if isinstance(model, keras.Model) else set()
+    for part in scopes:
         for candidate in (part, re.sub(r"_\d+$", "", part)):  # tf.function name scopes may add "_1"
             if candidate in known:
                 return candidate
-    return parts[-1]
+    return None

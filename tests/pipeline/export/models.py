@@ -74,3 +74,74 @@ def with_layer(path: Path, layer: keras.layers.Layer) -> Path:
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), layer, keras.layers.Dense(1)])
     model.save(path)
     return path
+
+
+# Dropout that lives inside layers (M2.2) ---------------------------------------------------------
+
+
+def _save(model: keras.Model, path: Path) -> Path:
+    model.save(path)
+    return path
+
+
+def sequence_model(path: Path, recurrent: keras.layers.Layer, outputs: int = 3) -> Path:
+    """``recurrent`` over 6 steps of 4 features, then a softmax (or linear when ``outputs`` is 1) head."""
+    keras.utils.set_random_seed(6)
+    activation = "softmax" if outputs > 1 else None
+    model = keras.Sequential([keras.Input((6, 4)), recurrent, keras.layers.Dense(outputs, activation=activation)])
+    return _save(model, path)
+
+
+def attention_model(path: Path) -> Path:
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((6, 4))
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.3, name="attention")(inputs, inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(attended))
+    return _save(keras.Model(inputs, outputs), path)
+
+
+def time_distributed_dropout(path: Path) -> Path:
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.Dense(5),
+                              keras.layers.TimeDistributed(keras.layers.Dropout(0.3), name="per_step"),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])  # fmt: skip
+    return _save(model, path)
+
+
+def alpha_dropout(path: Path) -> Path:
+    keras.utils.set_random_seed(9)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="selu"),
+                              keras.layers.AlphaDropout(0.2, name="alpha"), keras.layers.Dense(2)])  # fmt: skip
+    return _save(model, path)
+
+
+def encoder_block(width: int, heads: int, name: str) -> keras.Model:
+    """A Transformer encoder block as a nested functional model: attention (with dropout) + residual + LayerNorm,
+    feed-forward + Dropout + residual + LayerNorm."""
+    inputs = keras.Input((None, width))
+    attended = keras.layers.MultiHeadAttention(heads, width // heads, dropout=0.1, name="self_attention")(inputs, inputs)
+    h = keras.layers.LayerNormalization(name="norm_1")(inputs + attended)
+    ff = keras.layers.Dense(2 * width, activation="relu", name="ff_1")(h)
+    ff = keras.layers.Dense(width, name="ff_2")(ff)
+    ff = keras.layers.Dropout(0.2, name="ff_dropout")(ff)
+    outputs = keras.layers.LayerNormalization(name="norm_2")(h + ff)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def transformer_classifier(path: Path, tokens: int = 50, length: int = 12, width: int = 16) -> Path:
+    """Integer tokens → Embedding → encoder block (nested model) → mean over positions → softmax over 3 classes."""
+    keras.utils.set_random_seed(10)
+    inputs = keras.Input((length,), dtype="int32")
+    h = keras.layers.Embedding(tokens, width, name="embedding")(inputs)
+    h = encoder_block(width, 2, "encoder")(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    outputs = keras.layers.Dense(3, activation="softmax")(h)
+    return _save(keras.Model(inputs, outputs, name="transformer"), path)
+
+
+def conv1d_spatial(path: Path) -> Path:
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([keras.Input((16, 3)), keras.layers.Conv1D(8, 3, activation="relu"),
+                              keras.layers.SpatialDropout1D(0.2, name="spatial"),
+                              keras.layers.GlobalMaxPooling1D(), keras.layers.Dense(2)])  # fmt: skip
+    return _save(model, path)
