@@ -154,7 +154,9 @@ def _imports(job: Job, entry: dict[str, Any]) -> tuple[str, ...]:
     value = entry.get("import", [])
     targets = [value] if isinstance(value, str) else value
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise InvalidArgument(f"import = {value!r} in entry {entry['name']!r}. Expected a list of modules or .py files.")
+        raise InvalidArgument(
+            f"import = {value!r} in entry {entry['name']!r}. Expected a list of modules or .py files."
+        )
     base = job.path.parent
     return tuple(str(base / t) if t.endswith(".py") or "/" in t else t for t in targets)
 

@@ -68,7 +68,7 @@ def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
     model.save(tmp_path / "plain.keras")
     result = run_cli("export", str(tmp_path / "plain.keras"), "--repository", str(tmp_path / "r"), "--name", "p")
     assert result.returncode == 0, result.stderr
-    assert "no dropout layer: exported the deterministic graph only" in result.stdout
+    assert "draws no dropout mask in training mode: exported the deterministic graph only" in result.stdout
     assert sorted(p.name for p in (tmp_path / "r" / "p" / "1").iterdir()) == ["deterministic.tflite", "manifest.json"]
 
 

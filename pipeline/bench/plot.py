@@ -33,7 +33,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     rows = report["rows"]
     groups = sorted({(r["model"], r["batch"]) for r in rows if r["name"] in INFERENCE_ROWS})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(19, 6), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(INFERENCE_ROWS)
     for i, name in enumerate(INFERENCE_ROWS):
         values = [

@@ -18,9 +18,16 @@ class Reference:
     model: Any
     input_shape: tuple[int, ...]
     manifest: dict[str, Any]
+    all_rows: bool = True
+    """Every row; else only Keras batched, mcdrop and the deterministic floor (T eager calls of a sequence
+    model would take minutes and say nothing new)."""
 
     def inputs(self, batch: int) -> np.ndarray:
-        return np.random.default_rng(batch).normal(size=(batch, *self.input_shape)).astype(np.float32)
+        rng = np.random.default_rng(batch)
+        token_range = self.manifest["input"].get("integer_range")
+        if token_range is not None:
+            return rng.integers(token_range[0], token_range[1] + 1, size=(batch, *self.input_shape)).astype(np.float32)
+        return rng.normal(size=(batch, *self.input_shape)).astype(np.float32)
 
 
 def classic_mlp() -> Any:
@@ -55,20 +62,55 @@ def digits_cnn() -> Any:
     return build_models(config, dataset)[0]
 
 
+def sequence_lstm() -> Any:
+    """LSTM(64, dropout 0.2, recurrent dropout 0.2) over 32 steps of 16 features, softmax over 10; random weights."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((32, 16)),
+            keras.layers.LSTM(64, dropout=0.2, recurrent_dropout=0.2),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="lstm_32x16_64",
+    )
+
+
+def transformer_block() -> Any:
+    """Tokens (vocabulary 1000, length 32) → Embedding 64 → one encoder block (4 heads, attention dropout 0.1,
+    feed-forward 128 with dropout 0.1, LayerNorm) → mean over positions → softmax over 4; random weights."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((32,), dtype="int32")
+    h = keras.layers.Embedding(1000, 64)(tokens)
+    attended = keras.layers.MultiHeadAttention(4, 16, dropout=0.1)(h, h)
+    h = keras.layers.LayerNormalization()(h + attended)
+    ff = keras.layers.Dense(128, activation="relu")(h)
+    ff = keras.layers.Dropout(0.1)(keras.layers.Dense(64)(ff))
+    h = keras.layers.LayerNormalization()(h + ff)
+    outputs = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(tokens, outputs, name="transformer_block")
+
+
 def export_references(repository: Path) -> list[Reference]:
     """Export both models into ``repository`` (with the usual verification)."""
     from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     references = []
-    for name, description, build in (
-        ("mlp", "MLP 784-256-256-10, dropout 0.2/0.5", classic_mlp),
-        ("cnn", "digits CNN, spatial dropout + dropout", digits_cnn),
-    ):
+    for name, description, build, all_rows in (
+        ("mlp", "MLP 784-256-256-10, dropout 0.2/0.5", classic_mlp, True),
+        ("cnn", "digits CNN, spatial dropout + dropout", digits_cnn, True),
+        ("lstm", "LSTM 64 units over 32x16, input + recurrent dropout 0.2", sequence_lstm, False),
+        ("transformer", "Transformer encoder block on 32 tokens, attention + feed-forward dropout", transformer_block,
+         False),
+    ):  # fmt: skip
         model = build()
         path = repository.parent / f"{name}.keras"
         model.save(path)
         _, manifest = export(ExportOptions(model_path=path, repository=repository, name=name, samples=SAMPLES))
-        references.append(Reference(name, description, model, tuple(model.inputs[0].shape[1:]), manifest))
+        references.append(Reference(name, description, model, tuple(model.inputs[0].shape[1:]), manifest, all_rows))
     return references
 
 

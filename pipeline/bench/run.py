@@ -33,7 +33,7 @@ def run_bench(
     steps = [
         "export reference models",
         "sgemm rate",
-        *[f"{m} batch {b}" for m in ("mlp", "cnn") for b in BATCHES],
+        *[f"{m} batch {b}" for m in ("mlp", "cnn", "lstm", "transformer") for b in BATCHES],
         "server rows",
     ]
     rows: list[dict[str, Any]] = []

@@ -29,8 +29,14 @@ def register_export(subcommands: Any) -> None:
     add("--task", default=None, help="classification or regression (default: from training.json)")
     add("--labels", type=names, default=None, metavar="A,B,..", help="class labels")
     add("--seed", type=int, default=0, help="seed of the verification inputs and masks")
-    add("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
-        help="import this module or .py file first, so the model's registered custom layers load (repeatable)")
+    add(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import this module or .py file first, so the model's registered custom layers load (repeatable)",
+    )
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
@@ -160,7 +166,8 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         for d in manifest["dropout_layers"]:
             kind = d.get("mask_kind", "plain")
             shape = "×".join(map(str, d["noise_shape"]))
-            masks.add_row(d["masked_input"], f"{d.get('layer', d['name'])} ({d['class']})", kind, f"{d['rate']:g}", shape)
+            layer = f"{d.get('layer', d['name'])} ({d['class']})"
+            masks.add_row(d["masked_input"], layer, kind, f"{d['rate']:g}", shape)
         console.print(masks)
     for check in manifest["verification"]["checks"]:
         detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_tile")}

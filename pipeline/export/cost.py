@@ -50,8 +50,8 @@ def layer_flops(layer: Any) -> float:
         elif isinstance(sub, keras.layers.RNN):
             steps = _steps(sub) or _steps(layer) or 1  # a Bidirectional's inner RNNs have no input of their own
             cell = sub.cell
-            kernels = [w for w in (getattr(cell, "kernel", None), getattr(cell, "recurrent_kernel", None)) if w is not None]
-            total += 2.0 * steps * sum(math.prod(w.shape) for w in kernels)
+            weights = (getattr(cell, name, None) for name in ("kernel", "recurrent_kernel"))
+            total += 2.0 * steps * sum(float(math.prod(w.shape)) for w in weights if w is not None)
         elif isinstance(sub, keras.layers.MultiHeadAttention):
             query, key = _mha_lengths(sub)
             total += 2.0 * 2 * sub.num_heads * sub.key_dim * query * key  # scores and weighted values

@@ -1,8 +1,8 @@
 """``mcdrop export``: turn a Keras model with dropout into a verified, versioned set of LiteRT graphs.
 
 Steps: import the user's modules (custom layers) → load the model → find every dropout
-mask it draws (refusing randomness it cannot export) → convert deterministic, mc and mc_masked graphs → verify them through
-LiteRT (see ``pipeline.export.verify``) → optional quantised variants → write
+mask it draws (refusing randomness it cannot export) → convert deterministic, mc and
+mc_masked graphs → verify them through LiteRT (see ``pipeline.export.verify``) → optional quantised variants → write
 everything into a staging directory → publish it atomically as the next version.
 Nothing is published if any step or check fails.
 """
@@ -332,7 +332,8 @@ def _cost(model: Any, sites: list[Any]) -> dict[str, Any]:
     from mcdrop.pipeline.export.cost import flops_per_row
 
     owners = {site.owner for site in sites}
-    return {**flops_per_row(model, owners), "unit": "FLOPs per input row (prefix once, per_sample for each of T samples)"}
+    unit = "FLOPs per input row (prefix once, per_sample for each of T samples)"
+    return {**flops_per_row(model, owners), "unit": unit}
 
 
 def _token_range(model: Any) -> dict[str, Any]:

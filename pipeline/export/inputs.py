@@ -18,9 +18,7 @@ def token_count(model: Any) -> int | None:
 
     from mcdrop.pipeline.export import keras_internals
 
-    embeddings = [
-        layer for layer in keras_internals.sublayers(model) if isinstance(layer, keras.layers.Embedding)
-    ]
+    embeddings = [layer for layer in keras_internals.sublayers(model) if isinstance(layer, keras.layers.Embedding)]
     first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
     integer_input = np.dtype(str(model.inputs[0].dtype)).kind in "iu"
     if not (integer_input or isinstance(first, keras.layers.Embedding)):

@@ -58,7 +58,7 @@ class DropoutSite:
     """One dropout mask of the model, as it appears in the exported graphs."""
 
     name: str
-    """Unique name: the owning layer's path, plus ``/input``, ``/recurrent`` or ``/attention`` for masks inside a layer."""
+    """Unique name: the layer's path, plus ``/input``, ``/recurrent`` or ``/attention`` for masks inside a layer."""
     layer: str
     """Path of the layer that applies the mask (enclosing model and layer names, ``/``-separated)."""
     class_name: str
@@ -322,7 +322,7 @@ def _draft(model: keras.Model, call: RandomCall, key: tuple[str, str]) -> Dropou
         call_shape = _mask_shape(name, input_shape, args.get("noise_shape"))
     else:
         kind = GAUSSIAN if call.function == "normal" else BERNOULLI
-        rate = float(call.layer.rate)
+        rate = float(getattr(call.layer, "rate", 0.0))
         shape = args["shape"]
         if not isinstance(shape, list | tuple):
             raise ExportError(f"Dropout {name!r} draws a mask of dynamic shape. Expected a static per-row shape.")

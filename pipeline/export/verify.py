@@ -100,9 +100,7 @@ def masked_parity(
     return _parity("masked_parity", actual, reference)
 
 
-def draw_feeds(
-    sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def draw_feeds(sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Host-side masks (uint8 keep flags) and noise for mc_masked.tflite."""
     feeds: dict[str, np.ndarray] = {}
     for spec in sites:

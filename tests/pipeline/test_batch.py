@@ -73,3 +73,27 @@ def test_table_output_and_bad_job_file(tmp_path: Path) -> None:
     result = run_cli("export-batch", str(job))
     assert result.returncode == 2
     assert "has no [[entry]] tables" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_entry_imports_its_custom_layers(tmp_path: Path) -> None:
+    """``import = [...]`` per entry: without it the entry fails with the hint, with it the entry exports."""
+    pytest.importorskip("keras")
+    from tests.pipeline.export import custom_layers
+
+    custom_layers.model_with(custom_layers.DropoutBlock(4, 0.3, name="block"), tmp_path / "custom.keras")
+    layers_file = tmp_path / "my_layers.py"
+    layers_file.write_text(Path(custom_layers.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'repository = "repo"\n'
+        '[[entry]]\nname = "without"\nmodel = "custom.keras"\n'
+        '[[entry]]\nname = "with"\nmodel = "custom.keras"\nimport = ["my_layers.py"]\n',
+        encoding="utf-8",
+    )
+    result = run_cli("export-batch", str(job), "--json", "--quiet")
+    assert result.returncode == 1, result.stderr  # one entry failed
+    entries = {e["name"]: e for e in json.loads(result.stdout)}
+    assert entries["without"]["status"] == "failed" and "--import MODULE_OR_FILE" in entries["without"]["detail"]
+    assert entries["with"]["status"] == "exported" and entries["with"]["version"] == 1
+    manifest = json.loads((tmp_path / "repo" / "with" / "1" / "manifest.json").read_text())
+    assert [d["class"] for d in manifest["dropout_layers"]] == ["Dropout"]

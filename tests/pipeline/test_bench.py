@@ -24,6 +24,12 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
         for batch in (1, 32):
             for name in ("keras_eager_loop", "keras_batched", "tflite_sequential", "mcdrop", "deterministic", "limit"):
                 assert (name, model, batch) in names
+    for model in ("lstm", "transformer"):  # dropout inside layers: mcdrop vs Keras batched, T=100
+        for batch in (1, 32):
+            for name in ("keras_batched", "tflite_mc_graph_rng", "mcdrop", "deterministic", "limit"):
+                assert (name, model, batch) in names
+        ours = next(r for r in report["rows"] if (r["name"], r["model"], r["batch"]) == ("mcdrop", model, 1))
+        assert ours["ratio_to_keras_batched"] > 0
     for row in report["rows"]:
         assert row["median_ms"] > 0
     served = {(r["name"], r["concurrency"]) for r in report["rows"] if "concurrency" in r}

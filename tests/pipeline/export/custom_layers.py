@@ -19,6 +19,10 @@ class DropoutBlock(keras.layers.Layer):
         self.norm = keras.layers.BatchNormalization()
         self.dropout = keras.layers.Dropout(rate)
 
+    def build(self, input_shape: Any) -> None:
+        self.dense.build(input_shape)
+        self.norm.build((*input_shape[:-1], self.units))
+
     def call(self, x: Any, training: bool | None = None) -> Any:
         return self.dropout(keras.ops.relu(self.norm(self.dense(x), training=training)), training=training)
 

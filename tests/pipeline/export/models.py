@@ -119,7 +119,8 @@ def encoder_block(width: int, heads: int, name: str) -> keras.Model:
     """A Transformer encoder block as a nested functional model: attention (with dropout) + residual + LayerNorm,
     feed-forward + Dropout + residual + LayerNorm."""
     inputs = keras.Input((None, width))
-    attended = keras.layers.MultiHeadAttention(heads, width // heads, dropout=0.1, name="self_attention")(inputs, inputs)
+    attention = keras.layers.MultiHeadAttention(heads, width // heads, dropout=0.1, name="self_attention")
+    attended = attention(inputs, inputs)
     h = keras.layers.LayerNormalization(name="norm_1")(inputs + attended)
     ff = keras.layers.Dense(2 * width, activation="relu", name="ff_1")(h)
     ff = keras.layers.Dense(width, name="ff_2")(ff)

@@ -22,7 +22,7 @@ ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_par
 
 def exported(model: Path, repo: Path, name: str) -> dict[str, Any]:
     """Export and assert what every kind must show: MC graphs, every check run and passed, masks as described."""
-    version, manifest = export(ExportOptions(model_path=model, repository=repo, name=name))
+    _, manifest = export(ExportOptions(model_path=model, repository=repo, name=name))
     assert manifest["stochastic"] is True and set(manifest["graphs"]) == {"deterministic", "mc", "mc_masked"}
     checks = manifest["verification"]["checks"]
     assert {c["check"] for c in checks} == ALL_CHECKS and all(c["passed"] for c in checks)
@@ -44,7 +44,10 @@ def test_lstm_input_and_recurrent_dropout_draw_one_mask_per_sequence(tmp_path: P
     lstm = keras.layers.LSTM(16, dropout=0.2, recurrent_dropout=0.2, name="lstm")
     manifest = exported(models.sequence_model(tmp_path / "m.keras", lstm), tmp_path / "repo", "lstm")
     # With recurrent dropout Keras's LSTM masks each of its 4 gates separately: 4 masks per sequence, never per step.
-    assert sites(manifest) == [("lstm/input", "LSTM", "input", [4, 4]), ("lstm/recurrent", "LSTM", "recurrent", [4, 16])]
+    assert sites(manifest) == [
+        ("lstm/input", "LSTM", "input", [4, 4]),
+        ("lstm/recurrent", "LSTM", "recurrent", [4, 16]),
+    ]
     assert [d["rate"] for d in manifest["dropout_layers"]] == [pytest.approx(0.2), pytest.approx(0.2)]
 
 

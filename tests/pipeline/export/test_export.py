@@ -55,8 +55,13 @@ def test_manifest_describes_everything(mlp_export: tuple[Path, Path, dict[str, A
     on_disk = json.loads((version_dir / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["schema_version"] == 1 and manifest["task"] == "classification"
-    assert manifest["input"] == {"name": "x", "shape": [-1, 20], "dtype": "float32", "model_dtype": "float32",
-                                 "feature_names": None}
+    assert manifest["input"] == {
+        "name": "x",
+        "shape": [-1, 20],
+        "dtype": "float32",
+        "model_dtype": "float32",
+        "feature_names": None,
+    }
     assert manifest["output"]["shape"] == [-1, 4]
     assert [(d["class"], d["rate"], d["noise_shape"]) for d in manifest["dropout_layers"]] == [
         ("Dropout", pytest.approx(0.3), [32]),

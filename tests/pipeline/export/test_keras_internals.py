@@ -22,7 +22,9 @@ def test_the_declared_keras_range_is_the_adapters() -> None:
     keras_internals.check_supported()  # the installed Keras has everything
 
 
-@pytest.mark.parametrize("missing", ["_run_through_graph", "_call_context_args"])
+@pytest.mark.parametrize(
+    "missing", ["_run_through_graph", "_call_context_args", "_flatten_layers", "get_dropout_mask", "random.dropout"]
+)
 def test_a_keras_without_the_internals_gets_a_clear_error(
     missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -31,6 +33,16 @@ def test_a_keras_without_the_internals_gets_a_clear_error(
         from keras.src.ops.function import Function
 
         monkeypatch.delattr(Function, "_run_through_graph")
+    elif missing == "_flatten_layers":
+        monkeypatch.delattr(keras.layers.Layer, "_flatten_layers")
+    elif missing == "get_dropout_mask":
+        from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+        monkeypatch.delattr(DropoutRNNCell, "get_dropout_mask")
+    elif missing == "random.dropout":
+        from keras.src import backend
+
+        monkeypatch.delattr(backend.random, "dropout")
     else:
         original = keras.layers.Layer.__getattribute__
 
