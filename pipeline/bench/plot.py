@@ -32,7 +32,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    groups = sorted({(r["model"], r["batch"]) for r in rows if r["name"] in INFERENCE_ROWS})
+    groups = list(dict.fromkeys((r["model"], r["batch"]) for r in rows if r["name"] in INFERENCE_ROWS))  # run order
     fig, (left, right) = plt.subplots(1, 2, figsize=(19, 6), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(INFERENCE_ROWS)
     for i, name in enumerate(INFERENCE_ROWS):
@@ -54,10 +54,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
                     fontweight="bold",
                 )
     left.set_yscale("log")
-    left.set_xticks(range(len(groups)), [f"{m.upper()}  batch {b}" for m, b in groups])
+    left.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
+    bottom, top = left.get_ylim()
+    left.set_ylim(bottom, top * 30)  # room for the legend above the tallest bars
     left.set_ylabel(f"median ms per estimate (T={report['settings']['samples']}, 1 thread, log scale)")
     left.set_title("Monte-Carlo dropout inference, in process")
-    left.legend(fontsize=8, loc="upper right")
+    left.legend(fontsize=8, loc="upper left", ncol=4)
     left.grid(axis="y", which="both", alpha=0.3)
 
     served = [r for r in rows if "concurrency" in r]
