@@ -62,6 +62,9 @@ class PredictionRequest:
     tolerance: float | None = None
     max_samples: int = 0
     chunk: int = 0
+    first_row: int = 0
+    """Position of ``x[0]`` in a larger input: with a seed, a row's masks depend only on the seed and its
+    position, so batch scoring over any partitioning matches one request over all rows."""
 
 
 @dataclasses.dataclass
@@ -104,6 +107,7 @@ class _Plan:
     tolerance: float | None
     chunk: int
     return_samples: bool
+    first_row: int = 0
 
 
 class DataPlane:
@@ -239,7 +243,10 @@ class DataPlane:
         chunk = request.chunk or self.settings.default_chunk
         if not 1 <= chunk <= limit:
             raise InvalidArgument(f"Invalid chunk. Expected 1 <= chunk <= {limit}. Received: {chunk}")
-        return _Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples)
+        if request.first_row < 0:
+            raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
+        return _Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
+                     request.first_row)  # fmt: skip
 
     def _check_input(self, version: ModelVersion, x: np.ndarray) -> np.ndarray:
         """Shape and batch checked, converted to the model's input dtype, finite."""
@@ -298,7 +305,7 @@ class DataPlane:
             return None
         if plan.seed is None:
             plan.seed = fresh_seed()
-        return MaskStream(plan.version.dropout, plan.seed, len(plan.x))
+        return MaskStream(plan.version.dropout, plan.seed, len(plan.x), plan.first_row)
 
     def _one_shot(self, plan: _Plan, deadline: float | None) -> Prediction:
         masks = self._masks(plan)

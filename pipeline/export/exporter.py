@@ -223,8 +223,11 @@ def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> d
     from mcdrop.serving.manifest import dropout_specs
     from mcdrop.serving.masks import MaskStream
 
+    from mcdrop.serving.masks import SCHEME
+
     record: dict[str, Any] = {
         "seed": FINGERPRINT_SEED,
+        "masks": SCHEME,
         "rows": len(x),
         "x": x.tolist(),
         "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),

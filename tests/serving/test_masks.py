@@ -35,6 +35,17 @@ def test_same_seed_same_masks_and_chunking_does_not_matter() -> None:
     assert not np.array_equal(one_shot["mask_d1"], other["mask_d1"])
 
 
+def test_a_rows_masks_depend_only_on_the_seed_and_its_position() -> None:
+    """Row 3 of a batch of 5 gets the masks of a one-row batch starting at position 3; rows differ."""
+    batch = MaskStream(LAYERS, 7, batch=5).next(6)
+    alone = MaskStream(LAYERS, 7, batch=1, first_row=3).next(6)
+    tail = MaskStream(LAYERS, 7, batch=2, first_row=3).next(6)
+    for name, values in batch.items():
+        np.testing.assert_array_equal(values[:, 3], alone[name][:, 0])
+        np.testing.assert_array_equal(values[:, 3:5], tail[name])
+        assert not np.array_equal(values[:, 0], values[:, 1])  # neighbouring rows: unrelated streams
+
+
 @pytest.mark.parametrize("rate", [0.05, 0.2, 0.5, 0.9])
 def test_drop_fraction_in_the_99_percent_interval(rate: float) -> None:
     spec = DropoutSpec("d", "bernoulli", rate, (256,), "mask_d")
