@@ -5,26 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from mcdrop.serving.console import stderr, stdout_console
+from mcdrop.serving.console import progress_bar, stderr, stdout_console
 
 __all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
-
-
-def progress_bar(*, transient: bool = False) -> Progress:
-    """A rich progress bar with count, elapsed and remaining time, drawn on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=stderr,
-        transient=transient,
-    )
 
 
 def format_metrics(logs: dict[str, Any] | None, keys: Iterable[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 stderr = Console(stderr=True)
 
@@ -11,3 +12,18 @@ def stdout_console() -> Console:
     """A console for tables on stdout; wide when piped, so tables are not squeezed to 80 columns."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
+
+
+def progress_bar(*, transient: bool = False) -> Progress:
+    """A rich progress bar with count, elapsed and remaining time, drawn on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr,
+        transient=transient,
+    )

@@ -1,0 +1,138 @@
+"""Score one unit of rows through the server's data plane: the same numbers as a server request with the same model,
+version, T and seed, because a row's masks depend only on the seed and its global position."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mcdrop.serving.dataplane import DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.repository import ModelRepository
+from mcdrop.serving.scoring import inputs
+from mcdrop.serving.scoring.inputs import Columns, Unit
+from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.uncertainty import ClassificationSummary
+
+ROW = "_mcdrop_row"
+"""Global row position: the driver checks every row arrives exactly once, in order."""
+ERROR = "_mcdrop_error"
+"""Why a row could not be scored (null for scored rows)."""
+BOOKKEEPING = (ROW, ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """What every worker needs to score (plain data: it travels to Ray actors)."""
+
+    repository: str
+    model: str
+    version: int
+    samples: int
+    seed: int
+    mode: str
+    interval: float
+    columns: Columns
+    threads: int = 1
+
+
+class Scorer:
+    """One model version loaded in this process, scoring units of rows. Thread-safe (the data plane is)."""
+
+    def __init__(self, settings: ScoreSettings, pool_size: int = 1) -> None:
+        self.settings = settings
+        store = ModelRepository(Path(settings.repository), pool_size=pool_size, interpreter_threads=settings.threads,
+                                max_versions=1_000_000)  # fmt: skip
+        store.scan()
+        limits = ServerSettings(repository=settings.repository, pool_size=pool_size, max_batch=2**31 - 1,
+                                max_sample_rows=2**62, max_request_gflops=1e18, max_samples=max(1, settings.samples),
+                                interpreter_threads=settings.threads).validate()  # fmt: skip
+        self.plane = DataPlane(store, limits, Metrics())
+        self.version = store.get(settings.model, settings.version)
+        self._cache: tuple[str, Any] | None = None
+
+    def score(self, unit: Unit) -> pa.Table:
+        """Every row of ``unit``: its outputs, or its error; plus the bookkeeping columns."""
+        data = self._read(unit)
+        found = inputs.features(data, unit, self.settings.columns)
+        n = unit.stop - unit.start
+        outputs: dict[str, list[Any]] = {}
+        for start, stop in _runs(found.good):  # contiguous rows keep their global positions for the masks
+            rows = found.x[np.searchsorted(found.good, start) : np.searchsorted(found.good, stop - 1) + 1]
+            prediction = self.plane.predict(
+                PredictionRequest(model=self.settings.model, x=rows, version=self.settings.version,
+                                  mode=self.settings.mode, samples=self.settings.samples, seed=self.settings.seed,
+                                  interval=self.settings.interval, first_row=unit.first_row + start)  # fmt: skip
+            )
+            for name, values in self._columns(prediction).items():
+                outputs.setdefault(name, []).extend(values)
+        table: dict[str, Any] = {}
+        if found.keep is not None:
+            for name in found.keep.column_names:
+                table[name] = found.keep.column(name)
+        for field in self.output_schema():
+            values = iter(outputs.get(field.name, []))
+            cells = [None if row in found.errors else next(values) for row in range(n)]
+            table[field.name] = pa.array(cells, field.type)
+        table[ROW] = pa.array(np.arange(unit.first_row, unit.first_row + n, dtype=np.int64))
+        table[ERROR] = pa.array([found.errors.get(row) for row in range(n)], pa.string())
+        return pa.table(table)
+
+    def output_schema(self) -> pa.Schema:
+        """The output columns and their types (fixed, so units whose rows all failed still match)."""
+        if self.version.task == "classification":
+            probabilities = pa.list_(pa.float32())
+            fields = [("predicted_class", pa.int64()), ("predicted_label", pa.string()), ("p_mean", probabilities),
+                      ("p_std", probabilities), ("predictive_entropy", pa.float64()),
+                      ("expected_entropy", pa.float64()), ("mutual_information", pa.float64()),
+                      ("variation_ratio", pa.float64())]  # fmt: skip
+            if not self.version.class_labels:
+                fields.pop(1)
+            return pa.schema(fields)
+        kind = pa.float64() if self._scalar_output() else pa.list_(pa.float64())
+        return pa.schema([(name, kind) for name in ("mean", "std", "lower", "upper")])
+
+    def _scalar_output(self) -> bool:
+        return [int(d) for d in self.version.manifest["output"]["shape"][1:]] in ([], [1])
+
+    def _columns(self, prediction: Prediction) -> dict[str, list[Any]]:
+        summary = prediction.summary
+        if isinstance(summary, ClassificationSummary):
+            columns = {
+                "predicted_class": summary.predicted_class.astype(np.int64).tolist(),
+                "p_mean": summary.mean.astype(np.float32).tolist(),
+                "p_std": summary.std.astype(np.float32).tolist(),
+                "predictive_entropy": summary.predictive_entropy.tolist(),
+                "expected_entropy": summary.expected_entropy.tolist(),
+                "mutual_information": summary.mutual_information.tolist(),
+                "variation_ratio": summary.variation_ratio.tolist(),
+            }
+            if prediction.class_labels:
+                columns["predicted_label"] = [prediction.class_labels[i] for i in columns["predicted_class"]]
+            return columns
+        scalar = self._scalar_output()
+        return {
+            name: (values.reshape(len(values), -1)[:, 0] if scalar else values).tolist()
+            for name, values in (("mean", summary.mean), ("std", summary.std), ("lower", summary.lower),
+                                 ("upper", summary.upper))
+        }  # fmt: skip
+
+    def _read(self, unit: Unit) -> Any:
+        """The unit's file, read once per worker while its units keep coming."""
+        if self._cache is None or self._cache[0] != unit.source.path:
+            self._cache = (unit.source.path, inputs.read(unit.source))
+        return self._cache[1]
+
+
+def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive positions."""
+    if len(positions) == 0:
+        return []
+    breaks = np.nonzero(np.diff(positions) != 1)[0]
+    starts = [int(positions[0]), *(int(positions[i + 1]) for i in breaks)]
+    stops = [*(int(positions[i]) + 1 for i in breaks), int(positions[-1]) + 1]
+    return list(zip(starts, stops, strict=True))
