@@ -4,6 +4,7 @@ Job file::
 
     repository = "repo"              # relative to the job file
     workdir = "job-work"             # trained models go here (default: <job>.work next to the file)
+    cpus_per_entry = 1               # with --ray: CPUs each entry's task reserves
 
     [defaults]                       # training settings shared by every entry
     epochs = 20
@@ -57,6 +58,8 @@ class EntryResult:
     val_metric: str = ""
     seconds: float = 0.0
     detail: str = ""
+    node: str = ""
+    """The Ray node that ran the entry (``--ray``), else empty."""
 
 
 @dataclasses.dataclass
@@ -65,6 +68,7 @@ class Job:
     repository: Path
     workdir: Path
     entries: list[dict[str, Any]]
+    cpus_per_entry: float = 1.0
 
 
 def load_job(path: Path) -> Job:
@@ -88,7 +92,10 @@ def load_job(path: Path) -> Job:
         merged.append({**(defaults if "model" not in entry else {}), **entry})
     repository = base / str(data.get("repository", "repository"))
     workdir = base / str(data.get("workdir", f"{path.stem}.work"))
-    return Job(path, repository, workdir, merged)
+    cpus = data.get("cpus_per_entry", 1)
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+        raise InvalidArgument(f"cpus_per_entry = {cpus!r} in {path}. Expected a number > 0.")
+    return Job(path, repository, workdir, merged, float(cpus))
 
 
 def entry_hash(entry: dict[str, Any], model_sha256: str | None = None) -> str:

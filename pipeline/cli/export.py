@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.cli import prepare
-from mcdrop.serving.cli.arguments import names, positive_int
+from mcdrop.serving.cli.arguments import names, positive_int, require_extra
 
 
 def register_export(subcommands: Any) -> None:
@@ -51,6 +51,14 @@ def register_export_batch(subcommands: Any) -> None:
         "stop the job; the exit code is 1 if any entry failed.",
     )
     batch.add_argument("job", metavar="JOB.toml")
+    batch.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run each entry as a Ray task: a local Ray without ADDRESS, else the cluster at ADDRESS",
+    )
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.add_argument("--json", action="store_true", help="print the results as JSON")
     batch.set_defaults(handler=run_export_batch)
@@ -103,10 +111,17 @@ def run_export_batch(args: argparse.Namespace) -> int:
         if quiet:
             bar.stop()
         task = bar.add_task("export-batch", total=len(job.entries), status="")
-        for entry in job.entries:
-            bar.update(task, status=entry["name"])
-            results.append(run_entry(job, entry))
-            bar.advance(task)
+        if args.ray is not None:
+            require_extra("ray", "ray")
+            from mcdrop.pipeline.batch_on_ray import run_entries_on_ray
+
+            bar.update(task, status="on Ray")
+            results = run_entries_on_ray(job, args.ray, job.cpus_per_entry, lambda _: bar.advance(task))
+        else:
+            for entry in job.entries:
+                bar.update(task, status=entry["name"])
+                results.append(run_entry(job, entry))
+                bar.advance(task)
         bar.update(task, status="done")
     failed = [r for r in results if r.status == "failed"]
     if args.json:

@@ -221,9 +221,7 @@ def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> d
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
     from mcdrop.serving.manifest import dropout_specs
-    from mcdrop.serving.masks import MaskStream
-
-    from mcdrop.serving.masks import SCHEME
+    from mcdrop.serving.masks import SCHEME, MaskStream
 
     record: dict[str, Any] = {
         "seed": FINGERPRINT_SEED,

@@ -79,7 +79,9 @@ def sources(pattern: str) -> list[Source]:
     else:
         files = [pattern] if path.is_file() else []
     if not files:
-        raise InvalidArgument(f"No input files at {pattern}. Expected a .parquet, .csv or .npy file, a folder or a glob.")
+        raise InvalidArgument(
+            f"No input files at {pattern}. Expected a .parquet, .csv or .npy file, a folder or a glob."
+        )
     formats = {FORMATS.get(Path(f).suffix.lower()) for f in files}
     if None in formats or len(formats) != 1:
         kinds = sorted(Path(f).suffix or "(none)" for f in files)

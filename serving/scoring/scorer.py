@@ -64,9 +64,16 @@ class Scorer:
         for start, stop in _runs(found.good):  # contiguous rows keep their global positions for the masks
             rows = found.x[np.searchsorted(found.good, start) : np.searchsorted(found.good, stop - 1) + 1]
             prediction = self.plane.predict(
-                PredictionRequest(model=self.settings.model, x=rows, version=self.settings.version,
-                                  mode=self.settings.mode, samples=self.settings.samples, seed=self.settings.seed,
-                                  interval=self.settings.interval, first_row=unit.first_row + start)  # fmt: skip
+                PredictionRequest(
+                    model=self.settings.model,
+                    x=rows,
+                    version=self.settings.version,
+                    mode=self.settings.mode,
+                    samples=self.settings.samples,
+                    seed=self.settings.seed,
+                    interval=self.settings.interval,
+                    first_row=unit.first_row + start,
+                )  # fmt: skip
             )
             for name, values in self._columns(prediction).items():
                 outputs.setdefault(name, []).extend(values)

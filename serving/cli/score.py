@@ -1,0 +1,102 @@
+"""``mcdrop score``: offline scoring with uncertainty over Parquet/CSV/.npy, in process or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcdrop.serving.cli.arguments import names, positive_float, positive_int, require_extra
+
+
+def register(subcommands: Any) -> None:
+    score = subcommands.add_parser(
+        "score",
+        help="score a table (Parquet, CSV, .npy) with uncertainty, in process or on a Ray cluster",
+        description="Run every row of --input through the model's exported graphs (LiteRT; no TensorFlow) and "
+        "write predictions with uncertainty to --output (Parquet, or CSV if it ends in .csv). With --seed S a "
+        "row's masks depend only on S and its position in the input: any partitioning, worker count or retry "
+        "gives bit-identical output. Without --seed a fresh seed is drawn and recorded in the output.",
+    )
+    add = score.add_argument
+    add("--repository", "--repo", type=Path, required=True, metavar="REPO", help="model repository")
+    add("--model", required=True, help="model name")
+    add("--version", type=positive_int, default=None, help="model version (default: the newest)")
+    add("--input", required=True, metavar="PATH", help="a .parquet/.csv/.npy file, a folder of them, or a glob")
+    add("--output", type=Path, required=True, metavar="PATH", help="output .parquet or .csv")
+    add("--samples", type=positive_int, default=None, metavar="T", help="MC samples (default: the model's)")
+    add("--seed", type=int, default=None, help="makes the output reproducible (default: fresh, recorded)")
+    add("--mode", choices=("monte_carlo", "deterministic"), default=None, help="default: monte_carlo with dropout")
+    add("--interval", type=positive_float, default=0.95, help="regression interval level (default %(default)s)")
+    add("--keep", type=names, default=[], metavar="COL[,COL]", help="input columns copied to the output")
+    add("--batch-size", type=positive_int, default=1024, help="rows per work unit (default %(default)s)")
+    add(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="score on Ray: a local Ray without ADDRESS, else the cluster at ADDRESS (needs mcdrop[ray])",
+    )
+    add(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="threads in process (default 1), Ray actors with --ray (default 2)",
+    )
+    add("--threads", type=positive_int, default=1, help="LiteRT threads per worker (default %(default)s)")
+    add(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a bad row stops the job (default) or goes to OUTPUT.errors.parquet",
+    )
+    add("--quiet", action="store_true", help="no progress bar")
+    add("--json", action="store_true", help="print the summary as JSON")
+    score.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_extra("score", "pyarrow")
+    if args.ray is not None:
+        require_extra("ray", "ray")
+    from mcdrop.serving.console import progress_bar, stdout_console
+    from mcdrop.serving.scoring.job import ScoreOptions, run_score
+
+    options = ScoreOptions(
+        repository=args.repository, model=args.model, input=args.input, output=args.output, version=args.version,
+        samples=args.samples, seed=args.seed, mode=args.mode, interval=args.interval, keep=tuple(args.keep),
+        batch_size=args.batch_size, ray=args.ray, workers=args.workers, on_error=args.on_error, threads=args.threads,
+    )  # fmt: skip
+    with progress_bar(transient=True) as bar:
+        if args.quiet or args.json:
+            bar.stop()
+        task = bar.add_task("scoring", total=None, status="")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run_score(options, progress)
+    record = {**dataclasses.asdict(summary), "rows_per_second": round(summary.rows_per_second, 1)}
+    if args.json:
+        json.dump(record, sys.stdout, indent=2)
+        print()
+        return 0
+    from rich.table import Table
+
+    table = Table(
+        title=f"{summary.model} v{summary.version} · {summary.mode} · T={summary.samples} · seed {summary.seed}"
+    )
+    for column in ("rows in", "scored", "failed", "rows/s", "workers", "nodes", "backend"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{summary.rows_in:,}", f"{summary.rows_scored:,}", f"{summary.rows_failed:,}",
+                  f"{summary.rows_per_second:,.0f}", str(summary.workers), str(summary.nodes), summary.backend)  # fmt: skip
+    console = stdout_console()
+    console.print(table)
+    console.print(
+        f"written: {summary.output}" + (f"; bad rows: {summary.errors_output}" if summary.errors_output else "")
+    )
+    return 0
