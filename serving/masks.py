@@ -62,8 +62,8 @@ class MaskStream:
         self._thresholds = [np.uint16(min(round(spec.rate * LEVELS), LEVELS - 1)) for spec in self._bernoulli]
         self._noise_sizes = [math.prod(spec.noise_shape) for spec in self._gaussian]
         self._noise_count = sum(self._noise_sizes)
-        self._flag_states = _row_states(seed, first_row, batch, stream=0)
-        self._noise_states = _row_states(seed, first_row, batch, stream=1) if self._gaussian else []
+        self._flag_states: list[Any] = _row_states(seed, first_row, batch, stream=0)
+        self._noise_states: list[Any] = _row_states(seed, first_row, batch, stream=1) if self._gaussian else []
 
     def next(self, samples: int) -> dict[str, np.ndarray]:
         """Masks (uint8 keep flags) and noise (float32) for the next ``samples`` samples, ``[T, B, ...]``."""

@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for column in ("rows in", "scored", "failed", "rows/s", "workers", "nodes", "backend"):
         table.add_column(column, justify="right")
-    table.add_row(f"{summary.rows_in:,}", f"{summary.rows_scored:,}", f"{summary.rows_failed:,}",
-                  f"{summary.rows_per_second:,.0f}", str(summary.workers), str(summary.nodes), summary.backend)  # fmt: skip
+    counts = (summary.rows_in, summary.rows_scored, summary.rows_failed)
+    rate = f"{summary.rows_per_second:,.0f}"
+    table.add_row(*(f"{n:,}" for n in counts), rate, str(summary.workers), str(summary.nodes), summary.backend)
     console = stdout_console()
     console.print(table)
     console.print(

@@ -59,8 +59,7 @@ def score_on_ray(settings: ScoreSettings, work: list[Unit], address: str, worker
             compute=ray.data.ActorPoolStrategy(size=workers),
         )
         try:
-            for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                yield table
+            yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
         except Exception as exc:
             raise _unwrapped(exc) from exc
     finally:

@@ -73,7 +73,7 @@ class Scorer:
                     seed=self.settings.seed,
                     interval=self.settings.interval,
                     first_row=unit.first_row + start,
-                )  # fmt: skip
+                )
             )
             for name, values in self._columns(prediction).items():
                 outputs.setdefault(name, []).extend(values)
@@ -82,8 +82,8 @@ class Scorer:
             for name in found.keep.column_names:
                 table[name] = found.keep.column(name)
         for field in self.output_schema():
-            values = iter(outputs.get(field.name, []))
-            cells = [None if row in found.errors else next(values) for row in range(n)]
+            scored = iter(outputs.get(field.name, []))
+            cells = [None if row in found.errors else next(scored) for row in range(n)]
             table[field.name] = pa.array(cells, field.type)
         table[ROW] = pa.array(np.arange(unit.first_row, unit.first_row + n, dtype=np.int64))
         table[ERROR] = pa.array([found.errors.get(row) for row in range(n)], pa.string())

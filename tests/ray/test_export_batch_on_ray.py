@@ -1,4 +1,4 @@
-"""``mcdrop export-batch --ray ADDRESS``: entries as tasks across the cluster's nodes, failures reported, rerun skips."""
+"""``mcdrop export-batch --ray ADDRESS``: entries as tasks across nodes, failures reported, a rerun skips."""
 
 from __future__ import annotations
 
