@@ -71,15 +71,14 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, seed=args.seed, mode=args.mode, interval=args.interval, keep=tuple(args.keep),
         batch_size=args.batch_size, ray=args.ray, workers=args.workers, on_error=args.on_error, threads=args.threads,
     )  # fmt: skip
-    with progress_bar(transient=True) as bar:
-        if args.quiet or args.json:
-            bar.stop()
-        task = bar.add_task("scoring", total=None, status="")
+    from mcdrop.serving.console import stderr
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        summary = run_score(options, progress)
+    if args.quiet or args.json or not stderr.is_terminal:
+        summary = run_score(options)
+    else:
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task("scoring", total=None, status="")
+            summary = run_score(options, lambda done, total: bar.update(task, completed=done, total=total))
     record = {**dataclasses.asdict(summary), "rows_per_second": round(summary.rows_per_second, 1)}
     if args.json:
         json.dump(record, sys.stdout, indent=2)

@@ -141,7 +141,7 @@ def columns(found: list[Source], manifest: dict[str, Any], keep: tuple[str, ...]
     for file, file_schema in schemas:
         missing = [c for c in wanted if c not in file_schema.names]
         if missing:
-            raise InvalidArgument(f"{file}: missing column(s) {missing}. Expected columns {list(wanted)}.")
+            raise InvalidArgument(f"{file}: missing column(s) {_few(missing)}. Expected columns {_few(list(wanted))}.")
     return Columns(row_shape, features, tensor, keep, integer_range)
 
 
@@ -230,6 +230,10 @@ def _tensor_column(column: pa.ChunkedArray, cols: Columns, bad: Any) -> np.ndarr
         except (TypeError, ValueError):
             bad(row, cols.tensor, "a value that is not a number")
     return x
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f", … ({len(names)} in all)" if len(names) > 6 else "")
 
 
 def _row_count(file: str, kind: str) -> int:

@@ -19,10 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.dataplane import DEFAULT_INTERVAL, DETERMINISTIC, MODES, MONTE_CARLO
-from mcdrop.serving.errors import InvalidArgument, MCDropError
+from mcdrop.serving.errors import InvalidArgument, MCDropError, NotFound
 from mcdrop.serving.masks import fresh_seed
-from mcdrop.serving.repository import ModelRepository
+from mcdrop.serving.repository_layout import check_model_name, versions
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.scorer import BOOKKEEPING, ERROR, ROW, Scorer, ScoreSettings
 
@@ -87,22 +88,20 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
     """
     started = time.perf_counter()
     _check(options)
-    store = ModelRepository(options.repository, pool_size=1)
-    store.scan()
-    version = store.get(options.model, options.version)
-    mode = (options.mode or (MONTE_CARLO if version.stochastic else DETERMINISTIC)).lower()
+    number, manifest = _manifest(options.repository, options.model, options.version)  # the workers load the graphs
+    mode = (options.mode or (MONTE_CARLO if manifest["stochastic"] else DETERMINISTIC)).lower()
     if mode not in MODES:
         raise InvalidArgument(f"Invalid mode {options.mode!r}. Expected deterministic or monte_carlo.")
     found = inputs.sources(options.input)
     settings = ScoreSettings(
         repository=str(options.repository),
         model=options.model,
-        version=version.version,
-        samples=options.samples or version.default_samples,
+        version=number,
+        samples=options.samples or int(manifest["default_samples"]),
         seed=fresh_seed() if options.seed is None else options.seed,
         mode=mode,
         interval=options.interval,
-        columns=inputs.columns(found, version.manifest, options.keep),
+        columns=inputs.columns(found, manifest, options.keep),
         threads=options.threads,
     )
     work = inputs.units(found, options.batch_size)
@@ -115,15 +114,27 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
 
         workers = options.workers or 2
         tables, backend = score_on_ray(settings, work, options.ray, workers), "ray"
-    metadata = {"model": options.model, "version": version.version, "samples": settings.samples, "seed": settings.seed,
+    metadata = {"model": options.model, "version": number, "samples": settings.samples, "seed": settings.seed,
                 "mode": mode, "interval": options.interval, "input": options.input, "rows": total}  # fmt: skip
     written = _write(tables, options, metadata, total, progress)
     return ScoreSummary(
-        model=options.model, version=version.version, samples=settings.samples, seed=settings.seed, mode=mode,
+        model=options.model, version=number, samples=settings.samples, seed=settings.seed, mode=mode,
         rows_in=total, rows_scored=written.scored, rows_failed=written.failed,
         seconds=time.perf_counter() - started, workers=workers, nodes=max(1, len(written.nodes)), backend=backend,
         output=str(options.output), errors_output=str(written.errors_path) if written.errors_path else None,
     )  # fmt: skip
+
+
+def _manifest(repository: Path, model: str, version: int | None) -> tuple[int, dict[str, Any]]:
+    """The version to score (the newest by default) and its manifest, without loading any graph."""
+    check_model_name(model)
+    available = versions(repository / model)
+    if not available:
+        raise NotFound(f"Model {model!r} not found in {repository}. Expected REPO/{model}/<version>/manifest.json.")
+    number = available[-1] if version is None else version
+    if number not in available:
+        raise NotFound(f"Model {model!r} has no version {number}. Available: {available}.")
+    return number, manifest_io.load(repository / model / str(number))
 
 
 def _check(options: ScoreOptions) -> None:
