@@ -24,16 +24,50 @@ def register(subcommands: Any) -> None:
     add("--plot", type=Path, default=None, metavar="FILE.png", help="write a bar chart")
     add("--duration", type=positive_float, default=3.0, help="seconds per server load phase (default %(default)s)")
     add("--repeats", type=positive_int, default=50, help="timed repeats per in-process row (default %(default)s)")
+    add("--scoring", action="store_true",
+        help="instead: batch-scoring rows/s in process and on a local Ray (needs mcdrop[ray]; about 3 minutes)")
     add("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.scoring:
+        return run_scoring_bench(args)
     prepare(args, *TRAIN_EXTRA, "matplotlib")
     from mcdrop.pipeline.bench.run import run_bench as bench
 
     report = bench(args.json, args.plot, duration=args.duration, repeats=args.repeats, quiet=args.quiet)
     print_bench(report)
+    return 0
+
+
+def run_scoring_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from mcdrop.serving.cli.arguments import require_extra
+
+    require_extra("ray", "ray", "pyarrow")
+    prepare(args, *TRAIN_EXTRA)
+    from rich.table import Table
+
+    from mcdrop.pipeline.bench.scoring import scoring_bench
+    from mcdrop.serving.console import stderr, stdout_console
+
+    report = scoring_bench(lambda step: None if args.quiet else stderr.print(f"[dim]scoring bench: {step}[/]"))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    table = Table(title=f"batch scoring · digits · T={report['samples']} · {report['batch_size']} rows per unit")
+    for column in ("run", "workers", "rows", "seconds", "rows/s", "nodes"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for r in report["rows"]:
+        table.add_row(r["name"], str(r.get("workers", "")), f"{r['rows']:,}", f"{r['seconds']:.2f}",
+                      f"{r['rows_per_second']:,.0f}", str(r.get("nodes", "")))  # fmt: skip
+    console = stdout_console()
+    console.print(table)
+    for target in report["targets"]:
+        met = "" if "met" not in target else (" [green]met[/]" if target["met"] else " [red]not met[/]")
+        bound = f" (≥ {target['at_least']})" if "at_least" in target else ""
+        console.print(f"{target['target']}: {target['value']}{bound}{met}")
     return 0
 
 
