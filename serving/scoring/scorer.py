@@ -60,7 +60,7 @@ class Scorer:
         data = self._read(unit)
         found = inputs.features(data, unit, self.settings.columns)
         n = unit.stop - unit.start
-        outputs: dict[str, list[Any]] = {}
+        outputs: dict[str, list[np.ndarray]] = {}
         for start, stop in _runs(found.good):  # contiguous rows keep their global positions for the masks
             rows = found.x[np.searchsorted(found.good, start) : np.searchsorted(found.good, stop - 1) + 1]
             prediction = self.plane.predict(
@@ -76,15 +76,16 @@ class Scorer:
                 )
             )
             for name, values in self._columns(prediction).items():
-                outputs.setdefault(name, []).extend(values)
+                outputs.setdefault(name, []).append(values)
         table: dict[str, Any] = {}
         if found.keep is not None:
             for name in found.keep.column_names:
                 table[name] = found.keep.column(name)
+        failed = np.ones(n, dtype=bool)
+        failed[found.good] = False
         for field in self.output_schema():
-            scored = iter(outputs.get(field.name, []))
-            cells = [None if row in found.errors else next(scored) for row in range(n)]
-            table[field.name] = pa.array(cells, field.type)
+            parts = outputs.get(field.name)
+            table[field.name] = _column(np.concatenate(parts) if parts else None, found.good, failed, field.type)
         table[ROW] = pa.array(np.arange(unit.first_row, unit.first_row + n, dtype=np.int64))
         table[ERROR] = pa.array([found.errors.get(row) for row in range(n)], pa.string())
         return pa.table(table)
@@ -106,24 +107,25 @@ class Scorer:
     def _scalar_output(self) -> bool:
         return [int(d) for d in self.version.manifest["output"]["shape"][1:]] in ([], [1])
 
-    def _columns(self, prediction: Prediction) -> dict[str, list[Any]]:
+    def _columns(self, prediction: Prediction) -> dict[str, np.ndarray]:
         summary = prediction.summary
         if isinstance(summary, ClassificationSummary):
-            columns = {
-                "predicted_class": summary.predicted_class.astype(np.int64).tolist(),
-                "p_mean": summary.mean.astype(np.float32).tolist(),
-                "p_std": summary.std.astype(np.float32).tolist(),
-                "predictive_entropy": summary.predictive_entropy.tolist(),
-                "expected_entropy": summary.expected_entropy.tolist(),
-                "mutual_information": summary.mutual_information.tolist(),
-                "variation_ratio": summary.variation_ratio.tolist(),
+            classes = summary.predicted_class.astype(np.int64)
+            columns: dict[str, np.ndarray] = {
+                "predicted_class": classes,
+                "p_mean": summary.mean.astype(np.float32),
+                "p_std": summary.std.astype(np.float32),
+                "predictive_entropy": summary.predictive_entropy.astype(np.float64),
+                "expected_entropy": summary.expected_entropy.astype(np.float64),
+                "mutual_information": summary.mutual_information.astype(np.float64),
+                "variation_ratio": summary.variation_ratio.astype(np.float64),
             }
             if prediction.class_labels:
-                columns["predicted_label"] = [prediction.class_labels[i] for i in columns["predicted_class"]]
+                columns["predicted_label"] = np.asarray(prediction.class_labels, dtype=object)[classes]
             return columns
         scalar = self._scalar_output()
         return {
-            name: (values.reshape(len(values), -1)[:, 0] if scalar else values).tolist()
+            name: (values.reshape(len(values), -1)[:, 0] if scalar else values).astype(np.float64)
             for name, values in (("mean", summary.mean), ("std", summary.std), ("lower", summary.lower),
                                  ("upper", summary.upper))
         }  # fmt: skip
@@ -133,6 +135,28 @@ class Scorer:
         if self._cache is None or self._cache[0] != unit.source.path:
             self._cache = (unit.source.path, inputs.read(unit.source))
         return self._cache[1]
+
+
+def _column(values: np.ndarray | None, good: np.ndarray, failed: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """``values`` (one per good row) spread over all rows, null where a row failed; vectorised, no Python lists."""
+    n = len(failed)
+    mask = pa.array(failed) if failed.any() else None
+    if pa.types.is_list(kind):
+        width = values.shape[1] if values is not None else 0
+        flat = np.zeros((n, width), dtype=kind.value_type.to_pandas_dtype())
+        if values is not None:
+            flat[good] = values
+        offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)), type=kind, mask=mask)
+    if pa.types.is_string(kind):
+        cells = np.full(n, None, dtype=object)
+        if values is not None:
+            cells[good] = values
+        return pa.array(cells, kind)
+    full = np.zeros(n, dtype=kind.to_pandas_dtype())
+    if values is not None:
+        full[good] = values
+    return pa.array(full, kind, mask=failed if failed.any() else None)
 
 
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
