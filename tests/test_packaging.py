@@ -46,5 +46,16 @@ def test_the_wheel_adds_only_mcdrop_to_a_clean_venv(tmp_path: Path) -> None:
         for source in (REPO / folder).rglob("*.py"):
             assert f"mcdrop/{source.relative_to(REPO).as_posix()}" in packaged, source
     assert "[mcdrop.commands]" in commands and "mcdrop = mcdrop.serving.cli:main" in commands
-    for command in ("train", "export", "export-batch", "serve", "predict", "evaluate", "bench", "soak", "demo"):
+    for command in (
+        "train",
+        "export",
+        "export-batch",
+        "serve",
+        "predict",
+        "score",
+        "evaluate",
+        "bench",
+        "soak",
+        "demo",
+    ):
         assert f"\n{command} = mcdrop." in commands, command

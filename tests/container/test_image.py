@@ -107,7 +107,18 @@ def test_inside_the_container(running: Any) -> None:
 def test_the_serving_only_install_lists_every_command_and_answers_train_in_one_line(running: Any) -> None:
     code, output = running.container.exec_run(["mcdrop", "--help"])
     assert code == 0
-    for command in ("train", "export", "export-batch", "serve", "predict", "evaluate", "bench", "soak", "demo"):
+    for command in (
+        "train",
+        "export",
+        "export-batch",
+        "serve",
+        "predict",
+        "score",
+        "evaluate",
+        "bench",
+        "soak",
+        "demo",
+    ):
         assert command in output.decode()
     for command in ("train", "export", "demo"):
         args = ["mcdrop", command] + (
@@ -117,6 +128,10 @@ def test_the_serving_only_install_lists_every_command_and_answers_train_in_one_l
         stderr = (output[1] or b"").decode().strip().splitlines()
         assert code == 2, stderr
         assert len(stderr) == 1 and "Install it with: pip install 'mcdrop[train]'" in stderr[0], stderr
+    score = ["mcdrop", "score", "--repository", "r", "--model", "m", "--input", "i.parquet", "--output", "o.parquet"]
+    code, output = running.container.exec_run(score, demux=True)  # the runtime image has no pyarrow, no Ray
+    stderr = (output[1] or b"").decode().strip().splitlines()
+    assert code == 2 and len(stderr) == 1 and "pip install 'mcdrop[score]'" in stderr[0], stderr
     code, output = running.container.exec_run(["mcdrop", "predict", "--help"])
     assert code == 0 and "--samples" in output.decode()
     code, output = running.container.exec_run(["mcdrop", "soak", "--help"])
