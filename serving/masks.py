@@ -126,3 +126,13 @@ def _generator() -> tuple[np.random.PCG64, np.random.Generator]:
         bits = np.random.PCG64(0)
         cached = _local.generator = (bits, np.random.Generator(bits))
     return cached
+
+
+def fingerprint_feeds(layers: Sequence[DropoutSpec], seed: int, rows: int, samples: int) -> dict[str, np.ndarray]:
+    """Masks for an export fingerprint: ``samples`` from the seed, except sample 0, which keeps every unit
+    (zero noise), so every weight of the graph shows in the outputs (a unit dropped in all random samples
+    would hide damage to its weights)."""
+    feeds = MaskStream(layers, seed, rows).next(samples)
+    for spec in layers:
+        feeds[spec.feed_name][0] = 1 if spec.kind == "bernoulli" else 0
+    return feeds

@@ -25,7 +25,7 @@ import numpy as np
 from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import MCDropError, NotFound
 from mcdrop.serving.manifest import DropoutSpec
-from mcdrop.serving.masks import SCHEME, MaskStream
+from mcdrop.serving.masks import SCHEME, fingerprint_feeds
 from mcdrop.serving.pool import InterpreterPool
 from mcdrop.serving.repository_layout import versions as list_versions
 
@@ -252,7 +252,8 @@ def _check_fingerprint(version: ModelVersion, fingerprint: dict[str, Any]) -> No
     runs = {"deterministic": {"x": x}}
     if version.stochastic and "mc_masked" in fingerprint and fingerprint.get("masks") == SCHEME:
         # (older exports drew their fingerprint masks with another scheme: only the deterministic graph is checked)
-        runs["mc_masked"] = {"x": x, **MaskStream(version.dropout, seed, rows).next(rows)}
+        samples = int(fingerprint.get("samples", rows))
+        runs["mc_masked"] = {"x": x, **fingerprint_feeds(version.dropout, seed, rows, samples)}
     for graph_name, feeds in runs.items():
         with version.pools[graph_name].lease() as graph:
             actual = graph.run(feeds)[0]

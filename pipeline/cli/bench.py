@@ -24,8 +24,11 @@ def register(subcommands: Any) -> None:
     add("--plot", type=Path, default=None, metavar="FILE.png", help="write a bar chart")
     add("--duration", type=positive_float, default=3.0, help="seconds per server load phase (default %(default)s)")
     add("--repeats", type=positive_int, default=50, help="timed repeats per in-process row (default %(default)s)")
-    add("--scoring", action="store_true",
-        help="instead: batch-scoring rows/s in process and on a local Ray (needs mcdrop[ray]; about 3 minutes)")
+    add(
+        "--scoring",
+        action="store_true",
+        help="instead: batch-scoring rows/s in process and on a local Ray (needs mcdrop[ray]; about 3 minutes)",
+    )
     add("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 

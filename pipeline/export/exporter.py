@@ -30,6 +30,8 @@ DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
 VERIFY_ROWS = 4
 FINGERPRINT_SEED = 12345
+FINGERPRINT_ROWS = 4
+FINGERPRINT_SAMPLES = 4
 UNKNOWN_PREPROCESSING = {"applied_in_model": None, "note": "unknown: the model was not trained by mcdrop"}
 
 
@@ -122,7 +124,8 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
             )
 
         step("fingerprint")
-        fingerprint = _fingerprint(graphs, sites, inputs.check_inputs(model, row_shape, None, 2, FINGERPRINT_SEED))
+        fingerprint_x = inputs.check_inputs(model, row_shape, None, FINGERPRINT_ROWS, FINGERPRINT_SEED)
+        fingerprint = _fingerprint(graphs, sites, fingerprint_x)
         step("timing")
         timing = _timing(graphs, sites, row_shape, options.samples)
         manifest = _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging)
@@ -221,18 +224,19 @@ def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> d
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
     from mcdrop.serving.manifest import dropout_specs
-    from mcdrop.serving.masks import SCHEME, MaskStream
+    from mcdrop.serving.masks import SCHEME, fingerprint_feeds
 
     record: dict[str, Any] = {
         "seed": FINGERPRINT_SEED,
         "masks": SCHEME,
         "rows": len(x),
+        "samples": FINGERPRINT_SAMPLES,
         "x": x.tolist(),
         "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),
     }
     if sites:
         specs = dropout_specs({"dropout_layers": [layer.as_manifest() for layer in sites]})  # as a server reads them
-        feeds = MaskStream(specs, FINGERPRINT_SEED, len(x)).next(len(x))
+        feeds = fingerprint_feeds(specs, FINGERPRINT_SEED, len(x), FINGERPRINT_SAMPLES)
         record["mc_masked"] = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
     return record
 
