@@ -12,6 +12,7 @@ The client and the command line raise only these too. Nothing here imports ``grp
     ├── ResourceExhausted       a bounded resource (queue, limit) is full
     ├── Unavailable             a component is not ready (loading, draining, port taken)
     ├── DeadlineExceeded        the caller's deadline passed before completion
+    ├── Unauthenticated         no valid bearer token where the server requires one
     ├── ExportError             an export failed verification or could not run
     └── RpcFailed               a call to a server failed (client side; carries the status code)
 """
@@ -33,6 +34,10 @@ class InvalidArgument(UserInputError):
 
 class NotFound(UserInputError):
     """A named file, model, version or column does not exist."""
+
+
+class Unauthenticated(MCDropError):
+    """A call without a valid bearer token (where the server requires one)."""
 
 
 class MissingExtra(UserInputError):

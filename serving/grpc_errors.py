@@ -24,6 +24,7 @@ log = logging.getLogger("mcdrop.grpc")
 
 STATUS: list[tuple[type[errors.MCDropError], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.UserInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -92,7 +93,8 @@ def translated(api: str, metrics: Metrics) -> Callable[[F], F]:
     return decorate
 
 
-def _incident(exc: BaseException, method: str) -> str:
+def incident_message(exc: BaseException, method: str) -> str:
+    """Log an unexpected error under a fresh incident id; the client's message names only the id."""
     incident = uuid.uuid4().hex[:12]
     log.error("internal error", exc_info=exc, extra={"incident": incident, "method": method})
     return f"Internal server error (incident {incident}); the details are in the server log."
@@ -100,4 +102,4 @@ def _incident(exc: BaseException, method: str) -> str:
 
 def _message(exc: Exception, code: grpc.StatusCode, method: str) -> str:
     """The client's message: the error's own, or for unexpected errors a generic one naming a logged incident."""
-    return str(exc) if code != grpc.StatusCode.INTERNAL else _incident(exc, method)
+    return str(exc) if code != grpc.StatusCode.INTERNAL else incident_message(exc, method)

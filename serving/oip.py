@@ -75,7 +75,7 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
 
         @unary
         def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-            return oip.ModelReadyResponse(ready=plane.model_ready(request.name, _version(request.version)))
+            return oip.ModelReadyResponse(ready=plane.model_ready(request.name, parse_version(request.version)))
 
         @unary
         def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -83,12 +83,12 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
 
         @unary
         def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-            version = plane.model(request.name, _version(request.version))
+            version = plane.model(request.name, parse_version(request.version))
             return model_metadata(version, plane.loaded_versions(version.name))
 
         @unary
         def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-            version = plane.model(request.model_name, _version(request.model_version))
+            version = plane.model(request.model_name, parse_version(request.model_version))
             decoded, wanted = decode_infer_request(request, version)
             prediction = plane.predict(decoded, deadline_of(context))
             return encode_infer_response(request, prediction, wanted)
@@ -142,15 +142,18 @@ def decode_infer_request(request: Any, version: ModelVersion) -> tuple[Predictio
     if tensor.datatype != "FP32":
         raise InvalidArgument(f"Invalid datatype for input 'x'. Expected FP32. Received: {tensor.datatype}")
     shape = [int(d) for d in tensor.shape]
-    codec.check_shape(shape, "input 'x'")
-    expected = list(version.input_shape)
-    if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
-        raise InvalidArgument(
-            f"Invalid shape for input 'x'. Expected {expected} (-1 = any batch size). Received: {shape}"
-        )
+    check_input_shape(version, shape)
     x = _tensor_data(request, tensor, shape)
-    params = _parameters(request)
-    wanted = [o.name for o in request.outputs]
+    return infer_request(version, x, _parameters(request), [o.name for o in request.outputs])
+
+
+def infer_request(
+    version: ModelVersion, x: np.ndarray, params: dict[str, Any], wanted: list[str]
+) -> tuple[PredictionRequest, list[str]]:
+    """The data-plane request for an inference call of either transport (gRPC or REST), and the outputs to return.
+
+    ``params`` are already type-checked (see ``PARAMETERS``); ``wanted`` are the output names asked for.
+    """
     advertised = output_names(version)
     unknown = [name for name in wanted if name not in advertised]
     if unknown:
@@ -169,9 +172,19 @@ def decode_infer_request(request: Any, version: ModelVersion) -> tuple[Predictio
     return decoded, wanted or [name for name in advertised if name != "samples" or return_samples]
 
 
+def check_input_shape(version: ModelVersion, shape: list[int]) -> None:
+    """``shape`` of input 'x' against the metadata (-1 = any batch size)."""
+    codec.check_shape(shape, "input 'x'")
+    expected = list(version.input_shape)
+    if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
+        raise InvalidArgument(
+            f"Invalid shape for input 'x'. Expected {expected} (-1 = any batch size). Received: {shape}"
+        )
+
+
 def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str]) -> Any:
     response = oip.ModelInferResponse(model_name=prediction.model, model_version=str(prediction.version), id=request.id)
-    arrays = _output_arrays(prediction)
+    arrays = output_arrays(prediction)
     for name in wanted:
         array = np.ascontiguousarray(arrays[name])
         datatype = _BY_NUMPY[array.dtype.str.lstrip("<|")]
@@ -185,7 +198,12 @@ def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str
     return response
 
 
-def _output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
+def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype name of a numpy array (FP32, FP64, INT64, …)."""
+    return _BY_NUMPY[array.dtype.str.lstrip("<|")]
+
+
+def output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
     s = prediction.summary
     arrays: dict[str, np.ndarray] = {"mean": s.mean, "std": s.std}
     if isinstance(s, uncertainty.ClassificationSummary):
@@ -254,7 +272,7 @@ def _parameters(request: Any) -> dict[str, Any]:
     return values
 
 
-def _version(text: str) -> int | None:
+def parse_version(text: str) -> int | None:
     if not text:
         return None
     if not text.isdigit() or int(text) < 1:

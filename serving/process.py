@@ -34,10 +34,11 @@ def free_port() -> int:
 
 
 def serve_command(repository: Path, port: int, *flags: str) -> list[str]:
-    """``mcdrop serve`` on 127.0.0.1:``port`` without a metrics endpoint (unless ``flags`` set one)."""
+    """``mcdrop serve`` on 127.0.0.1:``port`` without metrics or REST endpoints (unless ``flags`` set them), so
+    several can run side by side."""
     return [
         sys.executable, "-m", "mcdrop.serving.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", "-1", *flags,
+        "--port", str(port), "--metrics-port", "-1", "--http-port", "0", *flags,
     ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
 from mcdrop.serving.auth import AuthInterceptor, TokenStore
 from mcdrop.serving.dataplane import DataPlane
 from mcdrop.serving.errors import InvalidArgument, Unavailable
+from mcdrop.serving.http_server import HttpServer
 from mcdrop.serving.metrics import Metrics
 from mcdrop.serving.repository import ModelRepository
 from mcdrop.serving.settings import ServerSettings
@@ -52,7 +53,9 @@ class Server:
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._grpc: grpc.Server | None = None
+        self._http: HttpServer | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 
@@ -92,6 +95,8 @@ class Server:
             raise Unavailable(f"Could not bind {address}: the port is taken or the address is not local.")
         server.start()
         self._grpc = server
+        if settings.http_port:
+            self._start_http()
         if settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve_http(settings.metrics_port, settings.host)
         self.repository.start_polling(settings.poll_seconds)
@@ -103,6 +108,7 @@ class Server:
             "serving",
             extra={
                 "port": self.port,
+                "http_port": self.http_port,
                 "metrics_port": self.metrics_port,
                 "models": loaded,
                 "host": settings.host,
@@ -121,11 +127,27 @@ class Server:
         grace = self.settings.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"grace_seconds": grace})
+        stopping = []
+        if self._http is not None:  # both transports drain at once, within the same grace
+            http = self._http
+            stopping.append(threading.Thread(target=http.stop, args=(grace,), name="rest-stop"))
+            stopping[-1].start()
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
+        for thread in stopping:
+            thread.join()
         self.metrics.close_http()
         self.repository.stop()
         log.info("stopped")
+
+    def _start_http(self) -> None:
+        from mcdrop.serving import rest
+
+        settings = self.settings
+        tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
+        app = rest.make_app(self.plane, self.metrics, self.tokens, settings.max_message_bytes)
+        self._http = HttpServer(app, settings.host, settings.http_port, settings.grace_seconds, tls)
+        self.http_port = self._http.start()
 
     def ready(self) -> bool:
         """Started and not shutting down: what health SERVING and the OIP ServerReady report."""

@@ -37,6 +37,7 @@ class ServerSettings:
     repository: str = setting("/models", "model repository directory (REPO/NAME/VERSION/)", aliases=["--repo"])
     host: str = setting("0.0.0.0", "address to bind the gRPC server (and metrics) to")
     port: int = setting(8500, "gRPC port (mcdrop API, Open Inference Protocol, health); 0 picks a free port")
+    http_port: int = setting(8501, "Open Inference Protocol REST port (same process and data plane); 0 turns it off")
     metrics_port: int = setting(8502, "Prometheus /metrics HTTP port; -1 turns it off, 0 picks a free port")
     workers: int = setting(8, "gRPC worker threads")
     pool_size: int = setting(2, "LiteRT interpreters per graph per model version (more requests wait in the queue)")
@@ -81,6 +82,8 @@ class ServerSettings:
                 raise _invalid(name, "a number >= 0", getattr(self, name))
         if not 0 <= self.port <= 65535:
             raise _invalid("port", "a port in 0-65535", self.port)
+        if not 0 <= self.http_port <= 65535:
+            raise _invalid("http_port", "a port in 1-65535, or 0 for no REST", self.http_port)
         if not -1 <= self.metrics_port <= 65535:
             raise _invalid("metrics_port", "a port in 0-65535, or -1 (off)", self.metrics_port)
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -44,7 +44,7 @@ def copy_repository(source: Path, target: Path) -> Path:
 
 @contextlib.contextmanager
 def in_process_server(repository: Path, **settings: object) -> Iterator[tuple[Server, Client]]:
-    options: dict[str, object] = {"repository": str(repository), "host": "127.0.0.1", "port": 0,
+    options: dict[str, object] = {"repository": str(repository), "host": "127.0.0.1", "port": 0, "http_port": 0,
                                   "metrics_port": -1, "poll_seconds": 0, "grace_seconds": 2}  # fmt: skip
     options.update(settings)
     server = Server(ServerSettings(**options).validate())  # type: ignore[arg-type]

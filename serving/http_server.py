@@ -1,0 +1,45 @@
+"""Serve the REST app with uvicorn from a thread of the server process: one process, one data plane."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from mcdrop.serving.errors import Unavailable
+
+
+class HttpServer:
+    """uvicorn in a background thread; ``stop`` lets in-flight requests finish within the grace period."""
+
+    def __init__(self, app: Any, host: str, port: int, grace: float, tls: tuple[str, str, str] | None) -> None:
+        options: dict[str, Any] = {}
+        if tls is not None:
+            cert, key, client_ca = tls
+            options = {"ssl_certfile": cert, "ssl_keyfile": key}
+            if client_ca:
+                options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=max(1, round(grace)), **options)  # fmt: skip
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="rest", daemon=True)
+        self.address = f"{host}:{port}"
+
+    def start(self, timeout: float = 10.0) -> int:
+        """Start serving; return the bound port."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise Unavailable(
+                    f"Could not serve REST on {self.address}: the port is taken or the address is not local."
+                )
+            time.sleep(0.01)
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    def stop(self, grace: float) -> None:
+        self._server.should_exit = True
+        self._thread.join(grace + 5)
