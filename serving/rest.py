@@ -50,6 +50,14 @@ _PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+class _Json(JSONResponse):
+    """JSON that can carry the NaN/Infinity a model may output for extreme inputs (as Python's json reads them),
+    rather than failing the answer."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
+
+
 class _TooLarge(MCDropError):
     """A request body above the server's message limit."""
 
@@ -67,7 +75,7 @@ def make_app(plane: DataPlane, metrics: Metrics, tokens: TokenStore, max_body_by
                 if isinstance(body, Response):
                     status = body.status_code
                     return body
-                return JSONResponse(body)
+                return _Json(body)
             except Exception as exc:  # noqa: BLE001 - the server never dies on a request
                 status, message = _error(exc, name)
                 return JSONResponse({"error": message}, status_code=status)
@@ -98,7 +106,12 @@ def make_app(plane: DataPlane, metrics: Metrics, tokens: TokenStore, max_body_by
 
     async def model_ready(request: Request) -> Any:
         name, version = _model(request)
-        is_ready = await anyio.to_thread.run_sync(plane.model_ready, name, version)
+
+        def check() -> bool:
+            plane.model(name, version)  # unknown model or version: 404, like metadata and infer
+            return plane.model_ready(name, version)
+
+        is_ready = await anyio.to_thread.run_sync(check)
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Any:
