@@ -22,8 +22,11 @@ from tests.helpers import in_process_server
 @pytest.fixture(scope="module")
 def rest(model_repository: Path) -> Iterator[tuple[Server, Client, httpx.Client]]:
     with in_process_server(model_repository, http_port=free_port(), max_message_bytes=200_000) as (server, client):
-        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30)
+        try:
             yield server, client, http
+        finally:
+            http.close()
 
 
 def infer_body(x: np.ndarray, **parameters: Any) -> dict[str, Any]:
@@ -37,7 +40,7 @@ def outputs(answer: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def test_health_and_metadata(rest: tuple[Server, Client, httpx.Client]) -> None:
-    server, _, http = rest
+    _, _, http = rest
     assert http.get("/v2").json() == {"name": "mcdrop", "version": http.get("/v2").json()["version"],
                                       "extensions": ["mc_dropout"]}  # fmt: skip
     assert http.get("/v2/health/live").status_code == 200
@@ -89,31 +92,31 @@ def test_tritonclient_http_reads_the_same_numbers(
     assert result.as_numpy("mutual_information").tobytes() == plain["mutual_information"].tobytes()
 
 
+def x_tensor(datatype: str = "FP32", shape: list[int] | None = None, data: list[Any] | None = None) -> Any:
+    return {"name": "x", "datatype": datatype, "shape": shape or [1, 64], "data": [0] * 64 if data is None else data}
+
+
+INFER = "/v2/models/digits/infer"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/v2/models/digits/infer", b"{not json", 400, "Invalid JSON body"),
-        ("/v2/models/digits/infer", {"inputs": []}, 400, "takes 1 input named 'x'"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]},
-         400, "Expected [-1, 64]"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 64], "data": [0] * 64}]},
-         400, "Expected FP32"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 63}]},
-         400, "Expected 64 values"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64],
-                                                 "data": ["a"] * 64}]}, 400, "Expected numbers"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
-                                     "parameters": {"mc_samples": "ten"}}, 400, "Invalid type for parameter 'mc_samples'"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
-                                     "parameters": {"turbo": True}}, 400, "Unknown parameter 'turbo'"),
-        ("/v2/models/digits/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
-                                     "parameters": {"mc_samples": 0}}, 400, "Expected 1 <= T"),
+        (INFER, b"{not json", 400, "Invalid JSON body"),
+        (INFER, {"inputs": []}, 400, "takes 1 input named 'x'"),
+        (INFER, {"inputs": [x_tensor(shape=[1, 3], data=[1, 2, 3])]}, 400, "Expected [-1, 64]"),
+        (INFER, {"inputs": [x_tensor("INT32")]}, 400, "Expected FP32"),
+        (INFER, {"inputs": [x_tensor(data=[0] * 63)]}, 400, "Expected 64 values"),
+        (INFER, {"inputs": [x_tensor(data=["a"] * 64)]}, 400, "Expected numbers"),
+        (INFER, {"inputs": [x_tensor()], "parameters": {"mc_samples": "ten"}}, 400, "parameter 'mc_samples'"),
+        (INFER, {"inputs": [x_tensor()], "parameters": {"turbo": True}}, 400, "Unknown parameter 'turbo'"),
+        (INFER, {"inputs": [x_tensor()], "parameters": {"mc_samples": 0}}, 400, "Expected 1 <= T"),
         ("/v2/models/nothing/infer", {"inputs": []}, 404, "nothing"),
         ("/v2/models/digits/versions/7/infer", {"inputs": []}, 404, "Version 7 of model"),
         ("/v2/models/digits/versions/x/infer", {"inputs": []}, 400, "Invalid model version"),
-        ("/v2/models/digits/infer", b"[" + b"0," * 150_000 + b"0]", 413, "Expected at most 200000 bytes"),
+        (INFER, b"[" + b"0," * 150_000 + b"0]", 413, "Expected at most 200000 bytes"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_json_errors_with_the_right_status(
     rest: tuple[Server, Client, httpx.Client], path: str, body: Any, status: int, message: str
 ) -> None:
@@ -134,9 +137,10 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=5),
     max_leaves=30,
 )
+FLOATS = st.floats(allow_nan=False, allow_infinity=False)  # JSON has neither
 TENSOR = st.fixed_dictionaries(
     {"name": st.sampled_from(["x", "y"]), "datatype": st.sampled_from(["FP32", "FP64", "BYTES"]),
-     "shape": st.lists(st.integers(-2, 70), max_size=3), "data": st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=70)},
+     "shape": st.lists(st.integers(-2, 70), max_size=3), "data": st.lists(FLOATS, max_size=70)},
 )  # fmt: skip
 BODY = st.one_of(
     JSON,
@@ -165,10 +169,12 @@ def test_the_server_is_ready_after_fuzzing(rest: tuple[Server, Client, httpx.Cli
 
 
 def test_bearer_tokens_guard_rest_but_not_health(model_repository: Path) -> None:
-    with in_process_server(model_repository, http_port=free_port(), auth_tokens="s3cret") as (server, _):
-        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}") as http:
-            assert http.get("/v2/health/ready").status_code == 200
-            refused = http.get("/v2/models/digits")
-            assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
-            assert http.get("/v2/models/digits", headers={"authorization": "Bearer wrong"}).status_code == 401
-            assert http.get("/v2/models/digits", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    with (
+        in_process_server(model_repository, http_port=free_port(), auth_tokens="s3cret") as (server, _),
+        httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}") as http,
+    ):
+        assert http.get("/v2/health/ready").status_code == 200
+        refused = http.get("/v2/models/digits")
+        assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
+        assert http.get("/v2/models/digits", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/v2/models/digits", headers={"authorization": "Bearer s3cret"}).status_code == 200

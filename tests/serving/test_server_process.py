@@ -112,6 +112,38 @@ def test_sigterm_during_a_burst_finishes_accepted_requests_and_exits_0(
     assert '"msg": "signal received"' in log and '"msg": "stopped"' in log
 
 
+def test_sigterm_with_rest_on_finishes_the_rest_request_in_flight_and_exits_0(
+    model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
+) -> None:
+    import threading
+
+    import httpx
+
+    from mcdrop.serving.process import free_port
+
+    port = free_port()
+    server = server_process(
+        model_repository, tmp_path / "server.log", "--grace-seconds", "30", "--http-port", str(port)
+    )
+    x = np.repeat(digits_rows, 8, axis=0)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
+            "parameters": {"mc_samples": 4000}}  # fmt: skip
+    answers: list[int] = []
+    with server:
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+        request = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"http://127.0.0.1:{port}/v2/models/digits/infer", json=body, timeout=60).status_code
+            )
+        )
+        request.start()
+        time.sleep(0.05)  # the request is in the server
+        server.process.send_signal(signal.SIGTERM)
+        request.join(60)
+        code = server.process.wait(timeout=60)
+    assert code == 0 and answers == [200]
+
+
 SERVER_SCRIPT = """
 import json, sys
 import numpy as np
