@@ -2,7 +2,7 @@
 # mcdrop serving image: LiteRT + gRPC + numpy, no TensorFlow.
 #
 #   docker build -t mcdrop .                                   # serving image (target runtime), models at /models
-#   docker run -p 8500:8500 -p 8502:8502 -v "$PWD/repo:/models:ro" mcdrop
+#   docker run -p 8500:8500 -p 8501:8501 -p 8502:8502 -v "$PWD/repo:/models:ro" mcdrop
 #   docker build --target with-models -t mcdrop:digits .       # bakes ./model-repository into the image
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -35,10 +35,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     MCDROP_REPOSITORY=/models \
     MCDROP_HOST=0.0.0.0 \
     MCDROP_PORT=8500 \
+    MCDROP_HTTP_PORT=8501 \
     MCDROP_METRICS_PORT=8502
 VOLUME ["/models"]
-# 8500: gRPC (mcdrop.v1, inference.GRPCInferenceService, health, reflection); 8502: Prometheus /metrics
-EXPOSE 8500 8502
+# 8500: gRPC (mcdrop.v1, inference.GRPCInferenceService, health, reflection); 8501: Open Inference Protocol
+# over REST; 8502: Prometheus /metrics
+EXPOSE 8500 8501 8502
 USER 10001:10001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python3", "-m", "mcdrop.serving.healthcheck"]

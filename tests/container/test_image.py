@@ -26,9 +26,10 @@ class Running:
     """A container of the image on the host network, its gRPC and metrics ports on free loopback ports."""
 
     def __init__(self, client: Any, image: Any, volumes: dict[str, Any] | None = None, **env: str) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         environment = {"MCDROP_HOST": "127.0.0.1", "MCDROP_PORT": str(self.port),
-                       "MCDROP_METRICS_PORT": str(self.metrics_port), **env}  # fmt: skip
+                       "MCDROP_HTTP_PORT": str(self.http_port), "MCDROP_METRICS_PORT": str(self.metrics_port),
+                       **env}  # fmt: skip
         self.started = time.monotonic()
         self.container = client.containers.run(
             image.id, detach=True, network_mode="host", environment=environment, volumes=volumes or {}
@@ -68,7 +69,7 @@ def test_image_configuration(image: Any) -> None:
     config = image.attrs["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["mcdrop", "serve"]
-    assert {"8500/tcp", "8502/tcp"} <= set(config["ExposedPorts"])
+    assert {"8500/tcp", "8501/tcp", "8502/tcp"} <= set(config["ExposedPorts"])
     assert "/models" in config["Volumes"]
     assert "MCDROP_REPOSITORY=/models" in config["Env"]
 
@@ -88,6 +89,14 @@ def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows
     triton_mean = np.frombuffer(base64.b64decode(answer["infer"]["mean"]["b64"]), np.float32).reshape(4, 10)
     assert triton_mean.tobytes() == native.mean.tobytes()
     assert answer["errors"]["short_raw_buffer"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    rest = f"http://127.0.0.1:{running.http_port}/v2/models/digits/infer"  # REST from the same container
+    x = digits_rows[:4]
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 64], "data": x.reshape(-1).tolist()}],
+            "parameters": {"mc_samples": 100, "seed": 1234}, "outputs": [{"name": "mean"}]}  # fmt: skip
+    request = urllib.request.Request(rest, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        mean = json.loads(response.read())["outputs"][0]
+    assert np.asarray(mean["data"], np.float32).reshape(mean["shape"]).tobytes() == native.mean.tobytes()
 
 
 def test_inside_the_container(running: Any) -> None:
