@@ -27,3 +27,32 @@ def load_worker(target: str, method: str, payload: bytes, start_at: float, durat
             call(payload, timeout=30)
             latencies.append((time.perf_counter() - started) * 1e3)
     return latencies
+
+
+def rest_load_worker(host: str, port: int, path: str, body: bytes, start_at: float, duration: float) -> list[float]:
+    """The same closed loop over HTTP/1.1 with one keep-alive connection, posting a JSON body."""
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    headers = {"content-type": "application/json"}
+
+    def call() -> None:
+        connection.request("POST", path, body, headers)
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"REST answered {response.status}: {payload[:200]!r}")
+
+    try:
+        for _ in range(20):
+            call()
+        time.sleep(max(0.0, start_at - time.time()))
+        latencies = []
+        deadline = time.perf_counter() + duration
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            call()
+            latencies.append((time.perf_counter() - started) * 1e3)
+    finally:
+        connection.close()
+    return latencies

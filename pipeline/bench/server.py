@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.bench.load import load_worker
+from mcdrop.pipeline.bench.load import load_worker, rest_load_worker
 from mcdrop.serving.errors import MCDropError
 from mcdrop.serving.measure import memory_mb, percentile
 from mcdrop.serving.process import ServerProcess, free_port
@@ -49,12 +51,23 @@ def server_rows(
     flags = server_flags(SERVER_SETTINGS)
     ready = [_start_to_ready(single, flags) for _ in range(STARTS)]
     rows: list[dict[str, Any]] = []
-    with ServerProcess(single, *flags) as server:
+    http_port = free_port()
+    tensor_json = {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}
+    rest_bodies = {
+        "rest_deterministic": {"inputs": [tensor_json], "parameters": {"mode": "deterministic"}},
+        f"rest_mc_T{samples}": {"inputs": [tensor_json], "parameters": {"mc_samples": samples}},
+    }
+    with ServerProcess(single, *flags, "--http-port", str(http_port)) as server:
         rss_loaded = memory_mb(server.pid)["rss"]
         for name, request in payloads.items():
             for clients in concurrency:
                 payload = request.SerializeToString()
                 row = _measure(name, server.address, PREDICT, payload, clients, duration)
+                rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1})
+        for name, body in rest_bodies.items():  # the Open Inference Protocol over REST, same process and model
+            for clients in concurrency:
+                path = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
+                row = _measure(name, path, "REST", json.dumps(body).encode(), clients, duration)
                 rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1})
         memory = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": memory_mb(server.pid)["peak"]}
     echo_port = free_port()
@@ -83,7 +96,13 @@ def _measure(name: str, target: str, method: str, payload: bytes, clients: int, 
     start_at = time.time() + 2.0 + 0.3 * clients  # after every worker has spawned and warmed up
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(clients, mp_context=context) as pool:
-        futures = [pool.submit(load_worker, target, method, payload, start_at, duration) for _ in range(clients)]
+        if method == "REST":  # target is the URL
+            url = urllib.parse.urlsplit(target)
+            host, port = str(url.hostname), int(url.port or 80)
+            futures = [pool.submit(rest_load_worker, host, port, url.path, payload, start_at, duration)
+                       for _ in range(clients)]  # fmt: skip
+        else:
+            futures = [pool.submit(load_worker, target, method, payload, start_at, duration) for _ in range(clients)]
         latencies = [t for f in futures for t in f.result()]
     if not latencies:
         raise MCDropError(f"no {name} request completed")

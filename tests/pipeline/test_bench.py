@@ -33,7 +33,8 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
     for row in report["rows"]:
         assert row["median_ms"] > 0
     served = {(r["name"], r["concurrency"]) for r in report["rows"] if "concurrency" in r}
-    assert served == {(n, c) for n in ("server_deterministic", "server_mc_T100", "echo_floor") for c in (1, 8)}
+    names = ("server_deterministic", "server_mc_T100", "rest_deterministic", "rest_mc_T100", "echo_floor")
+    assert served == {(n, c) for n in names for c in (1, 8)}
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
     assert len(report["targets"]) == 6 and all(isinstance(t["met"], bool) for t in report["targets"])
