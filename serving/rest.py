@@ -192,6 +192,12 @@ def encode_infer(body: dict[str, Any], prediction: Prediction, wanted: list[str]
 
 def _tensor_data(data: Any, shape: list[int]) -> np.ndarray:
     count = math.prod(shape)
+    if isinstance(data, list) and len(data) == count and not any(v is True or v is False for v in data):
+        try:  # the common case, a flat list of numbers: one C-level conversion
+            with np.errstate(over="ignore"):
+                return np.asarray(data, dtype=np.float64).astype(np.float32).reshape(shape)
+        except (TypeError, ValueError, OverflowError):
+            pass  # strings, nulls, nested lists or huge integers: the checks below name the problem
     if not isinstance(data, list):
         raise InvalidArgument(f"Invalid data for input 'x'. Expected a list of {count} numbers. Received: {data!r:.80}")
     try:
@@ -207,8 +213,11 @@ def _tensor_data(data: Any, shape: list[int]) -> np.ndarray:
     bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | float)), None)
     if bad is not None or (values.size and any(isinstance(v, list) for v in values)):
         raise InvalidArgument(f"Invalid value {bad!r} in input 'x'. Expected numbers (FP32).")
-    with np.errstate(over="ignore"):
-        array = values.astype(np.float64).astype(np.float32)
+    try:
+        with np.errstate(over="ignore"):
+            array = values.astype(np.float64).astype(np.float32)
+    except OverflowError:
+        raise InvalidArgument("Invalid value in input 'x': an integer beyond the float range. Expected FP32.") from None
     return array.reshape(shape)
 
 

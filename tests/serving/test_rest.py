@@ -108,6 +108,8 @@ INFER = "/v2/models/digits/infer"
         (INFER, {"inputs": [x_tensor("INT32")]}, 400, "Expected FP32"),
         (INFER, {"inputs": [x_tensor(data=[0] * 63)]}, 400, "Expected 64 values"),
         (INFER, {"inputs": [x_tensor(data=["a"] * 64)]}, 400, "Expected numbers"),
+        (INFER, {"inputs": [x_tensor(data=[10**400] * 64)]}, 400, "beyond the float range"),
+        (INFER, {"inputs": [x_tensor(data=[True] * 64)]}, 400, "Expected numbers"),
         (INFER, {"inputs": [x_tensor()], "parameters": {"mc_samples": "ten"}}, 400, "parameter 'mc_samples'"),
         (INFER, {"inputs": [x_tensor()], "parameters": {"turbo": True}}, 400, "Unknown parameter 'turbo'"),
         (INFER, {"inputs": [x_tensor()], "parameters": {"mc_samples": 0}}, 400, "Expected 1 <= T"),
@@ -131,7 +133,7 @@ def test_bad_requests_get_json_errors_with_the_right_status(
 JSON = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**70), 2**70)
+    | st.integers(-(2**1100), 2**1100)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=5),
@@ -163,9 +165,15 @@ def test_fuzzed_requests_always_get_a_proper_json_answer(
     assert ("outputs" in payload) if answer.status_code == 200 else isinstance(payload.get("error"), str)
 
 
-def test_the_server_is_ready_after_fuzzing(rest: tuple[Server, Client, httpx.Client]) -> None:
-    _, _, http = rest
+def test_the_server_is_ready_after_fuzzing_and_counted_every_call_per_protocol(
+    rest: tuple[Server, Client, httpx.Client],
+) -> None:
+    server, _, http = rest
     assert http.get("/v2/health/ready").status_code == 200
+    counted = {(s.labels["method"], s.labels["code"]): s.value for m in server.metrics.registry.collect()
+               for s in m.samples if s.name == "mcdrop_requests_total" and s.labels.get("api") == "rest"}  # fmt: skip
+    assert counted[("ModelInfer", "200")] >= 1 and counted[("ModelInfer", "400")] >= 10
+    assert counted[("ServerReady", "200")] >= 1
 
 
 def test_bearer_tokens_guard_rest_but_not_health(model_repository: Path) -> None:

@@ -142,3 +142,24 @@ def test_tls_settings_are_checked() -> None:
         ServerSettings(tls_cert="a.pem").validate()
     with pytest.raises(InvalidArgument, match="needs tls_cert"):
         ServerSettings(tls_client_ca="ca.pem").validate()
+
+
+def test_rest_serves_the_same_tls_and_mutual_tls(model_repository: Path, pki: dict[str, Any]) -> None:
+    """REST shares the gRPC side's certificates: TLS verified by the CA, client certificates required with mTLS."""
+    import ssl
+
+    import httpx
+
+    from mcdrop.serving.process import free_port
+
+    port = free_port()
+    with in_process_server(model_repository, http_port=port, **tls_settings(pki, mutual=True)):
+        url = f"https://localhost:{port}/v2/models/digits"
+        client_cert = tuple(str(p) for p in pki["client"])
+        context = ssl.create_default_context(cafile=str(pki["ca"]))
+        context.load_cert_chain(*client_cert)
+        assert httpx.get(url, verify=context).json()["name"] == "digits"
+        with pytest.raises(httpx.HTTPError):  # no client certificate
+            httpx.get(url, verify=ssl.create_default_context(cafile=str(pki["ca"])))
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port
+            httpx.get(f"http://localhost:{port}/v2/models/digits")
