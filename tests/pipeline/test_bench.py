@@ -65,5 +65,9 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    assert len(started) == bench_server.STARTS + 1 and all(flags == tuple(expected) for flags in started)
+    assert len(started) == bench_server.STARTS + 1 and all(
+        flags[: len(expected)] == tuple(expected) for flags in started
+    )
+    assert "--http-port" in started[-1]  # the measured server also serves REST, for the REST rows
+    assert {r["model"] for r in rows if r["name"].startswith("rest_")} == {"digits"}
     assert process["peak_rss_mb"] > 0
