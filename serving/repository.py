@@ -27,6 +27,7 @@ from mcdrop.serving.errors import MCDropError, NotFound
 from mcdrop.serving.manifest import DropoutSpec
 from mcdrop.serving.masks import SCHEME, fingerprint_feeds
 from mcdrop.serving.pool import InterpreterPool
+from mcdrop.serving.repository_layout import check_model_name
 from mcdrop.serving.repository_layout import versions as list_versions
 
 log = logging.getLogger("mcdrop.repository")
@@ -106,8 +107,15 @@ class ModelRepository:
         interpreter_threads: int = 1,
         max_versions: int = 2,
         listener: Listener | None = None,
+        model_name: str | None = None,
     ) -> None:
+        """Args:
+        model_name: the name to serve a single-model directory under (KServe's ``/mnt/models``: one
+            exported version's files directly in ``root``); default: the name in its manifest.
+        """
         self.root = root
+        self._model_name = model_name or None
+        self._single: tuple[str, int] | None = None
         self._pool_size = pool_size
         self._threads = interpreter_threads
         self._max_versions = max_versions
@@ -200,6 +208,19 @@ class ModelRepository:
         wanted: dict[str, dict[int, int]] = {}
         if not self.root.is_dir():
             raise OSError(f"{self.root} is not a directory")
+        if (self.root / manifest_io.MANIFEST).is_file():
+            # KServe's layout: the storage initializer copies one exported version's files into the root.
+            name, version = self._single_model()
+            self._single = (name, version)
+            return {name: {version: _signature(self.root)}}
+        self._single = None
+        stray = list_versions(self.root)
+        if stray:
+            raise OSError(
+                f"{self.root} holds version folders {stray} but no manifest.json: it looks like one model's folder. "
+                "Expected REPO/NAME/VERSION/ (pass its parent as the repository) or one version's files "
+                "(manifest.json, *.tflite) directly in the repository (KServe's single-model layout)."
+            )
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or model_dir.name.startswith("."):
                 continue
@@ -209,8 +230,16 @@ class ModelRepository:
                 wanted[model_dir.name] = signatures
         return wanted
 
+    def _single_model(self) -> tuple[str, int]:
+        try:
+            manifest = manifest_io.load(self.root)
+            name = check_model_name(self._model_name or str(manifest.get("name", "")) or "model")
+            return name, int(manifest.get("version", 1))
+        except (MCDropError, ValueError) as exc:  # reported like an unreadable repository: nothing is unloaded
+            raise OSError(f"single-model directory {self.root}: {exc}") from exc
+
     def _load(self, name: str, version: int, signature: int) -> ModelVersion:
-        path = self.root / name / str(version)
+        path = self.root if self._single == (name, version) else self.root / name / str(version)
         manifest = manifest_io.load(path)
         pools = {}
         for graph, spec in manifest["graphs"].items():

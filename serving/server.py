@@ -46,6 +46,7 @@ class Server:
             interpreter_threads=settings.interpreter_threads,
             max_versions=settings.max_versions,
             listener=self._on_repository_event,
+            model_name=settings.model_name or None,
         )
         self.plane = DataPlane(self.repository, settings, self.metrics, is_ready=self.ready)
         self.health = health.HealthServicer(experimental_non_blocking=True)

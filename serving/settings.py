@@ -37,6 +37,11 @@ class ServerSettings:
     repository: str = setting("/models", "model repository directory (REPO/NAME/VERSION/)", aliases=["--repo"])
     host: str = setting("0.0.0.0", "address to bind the gRPC server (and metrics) to")
     port: int = setting(8500, "gRPC port (mcdrop API, Open Inference Protocol, health); 0 picks a free port")
+    model_name: str = setting(
+        "",
+        "name of the model when --repository holds one version's files directly (KServe's /mnt/models); "
+        "default: the name in its manifest",
+    )
     http_port: int = setting(8501, "Open Inference Protocol REST port (same process and data plane); 0 turns it off")
     metrics_port: int = setting(8502, "Prometheus /metrics HTTP port; -1 turns it off, 0 picks a free port")
     workers: int = setting(8, "gRPC worker threads")
@@ -82,6 +87,11 @@ class ServerSettings:
                 raise _invalid(name, "a number >= 0", getattr(self, name))
         if not 0 <= self.port <= 65535:
             raise _invalid("port", "a port in 0-65535", self.port)
+        if self.model_name:
+            from mcdrop.serving.repository_layout import MODEL_NAME
+
+            if not MODEL_NAME.match(self.model_name):
+                raise _invalid("model_name", "1-128 letters, digits, '.', '_' or '-'", self.model_name)
         if not 0 <= self.http_port <= 65535:
             raise _invalid("http_port", "a port in 1-65535, or 0 for no REST", self.http_port)
         if not -1 <= self.metrics_port <= 65535:
