@@ -1,0 +1,122 @@
+"""The Kubernetes manifests agree with the server they deploy: settings, ports, health services, user, grace."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcdrop.serving import grpc_api, oip
+from mcdrop.serving.server import REPOSITORY_HEALTH
+from mcdrop.serving.settings import ENV_PREFIX, ServerSettings, load_settings
+from tests.helpers import REPO
+
+yaml = pytest.importorskip("yaml")
+KUBERNETES = REPO / "deploy" / "kubernetes"
+
+
+def documents() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        found += [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+    return found
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in documents() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(matches) == 1, (kind, name, len(matches))
+    return matches[0]
+
+
+def test_every_configmap_variable_is_a_real_setting_with_a_valid_value() -> None:
+    data = one("ConfigMap")["data"]
+    fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServerSettings)}
+    assert set(data) <= fields, sorted(set(data) - fields)
+    settings = load_settings({}, environ=data)  # parses and validates every value as the server would
+    assert (settings.port, settings.http_port, settings.metrics_port) == (8500, 8501, 8502)
+
+
+def test_ports_probes_user_and_grace_agree_with_the_server() -> None:
+    settings = load_settings({}, environ=one("ConfigMap")["data"])
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": settings.port, "http": settings.http_port, "metrics": settings.metrics_port}
+    services = {"", grpc_api.SERVICE_NAME, oip.SERVICE_NAME, REPOSITORY_HEALTH}  # what the health servicer knows
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == settings.port
+        assert container[probe]["grpc"]["service"] in services
+    uid = int(re.search(r"--uid (\d+)", (REPO / "Dockerfile").read_text(encoding="utf-8")).group(1))  # type: ignore[union-attr]
+    assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] > settings.grace_seconds
+    for service in (one("Service", "mcdrop"), one("Service", "mcdrop-headless")):
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    assert pod["containers"][0]["volumeMounts"][0] == {"name": "models", "mountPath": settings.repository,
+                                                       "readOnly": True}  # fmt: skip
+
+
+def test_the_pod_is_hardened() -> None:
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+    assert one("Deployment")["spec"]["replicas"] >= 2
+    assert one("PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+
+
+TOOLS = ("kubernetes-validate==1.37.0", "checkov==3.3.30")
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    """kubernetes-validate and checkov in a venv of their own (their pins must not move the project's)."""
+    import subprocess
+    import sys
+
+    venv = REPO / ".venv-deploy-tools"
+    marker = venv / ("installed-" + "-".join(t.replace("==", "_") for t in TOOLS))
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *TOOLS], check=True, timeout=900)
+        marker.touch()
+    return venv / "bin"
+
+
+@pytest.mark.parametrize("version", ["1.30.0", TOOLS[0].split("==")[1]])  # the oldest supported and the newest bundled
+def test_manifests_validate_strictly(tools: Path, version: str) -> None:
+    import subprocess
+
+    manifests = [str(p) for p in sorted(KUBERNETES.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    result = subprocess.run([str(tools / "kubernetes-validate"), "-k", version, "--strict", "--quiet", *manifests],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = KUBERNETES.parent / "broken.yaml"  # the validator can fail: a misspelt field is caught
+    try:
+        broken.write_text((KUBERNETES / "deployment.yaml").read_text().replace("replicas:", "replicaz:"))
+        refused = subprocess.run([str(tools / "kubernetes-validate"), "-k", version, "--strict", "--quiet",
+                                  str(broken)], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        assert refused.returncode == 1 and "replicaz" in refused.stdout + refused.stderr
+    finally:
+        broken.unlink(missing_ok=True)
+
+
+def test_checkov_passes_with_every_skip_explained(tools: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [str(tools / "checkov"), "-d", str(KUBERNETES), "--framework", "kubernetes", "--skip-download", "--compact",
+         "--quiet"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    for path in KUBERNETES.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        skips = re.findall(r"checkov\.io/skip\d+: (.*)", text)
+        for skip in skips:  # each skip names a check and gives its reason
+            assert re.fullmatch(r"CKV_K8S_\d+=.{20,}", skip.strip()), skip
