@@ -120,3 +120,31 @@ def test_checkov_passes_with_every_skip_explained(tools: Path) -> None:
         skips = re.findall(r"checkov\.io/skip\d+: (.*)", text)
         for skip in skips:  # each skip names a check and gives its reason
             assert re.fullmatch(r"CKV_K8S_\d+=.{20,}", skip.strip()), skip
+
+
+def kserve(kind: str) -> dict[str, Any]:
+    found = [d for path in sorted((REPO / "deploy" / "kserve").glob("*.yaml"))
+             for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d and d["kind"] == kind]  # fmt: skip
+    assert len(found) == 1, kind
+    return found[0]
+
+
+def test_the_kserve_runtime_agrees_with_the_server_and_the_inference_service() -> None:
+    runtime = kserve("ClusterServingRuntime")
+    spec = runtime["spec"]
+    assert {"v2", "grpc-v2"} <= set(spec["protocolVersions"])
+    formats = {f["name"] for f in spec["supportedModelFormats"]}
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = load_settings({}, environ=env)  # every variable is a setting and its value is valid
+    assert settings.repository == "/mnt/models"
+    assert container["ports"] == [{"name": "h2c", "containerPort": settings.port, "protocol": "TCP"}]  # gRPC
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"]["drop"] == ["ALL"] and spec["securityContext"]["runAsUser"] == 10001
+    service = kserve("InferenceService")["spec"]["predictor"]["model"]
+    assert service["runtime"] == runtime["metadata"]["name"] and service["modelFormat"]["name"] in formats
+    assert service["protocolVersion"] in spec["protocolVersions"] and service["storageUri"]
+    model_env = {e["name"]: e["value"] for e in service.get("env", [])}
+    assert load_settings({}, environ={**env, **model_env}).model_name == "digits"

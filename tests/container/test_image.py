@@ -25,14 +25,21 @@ from tests.helpers import REPO, burst_then_signal
 class Running:
     """A container of the image on the host network, its gRPC and metrics ports on free loopback ports."""
 
-    def __init__(self, client: Any, image: Any, volumes: dict[str, Any] | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        image: Any,
+        volumes: dict[str, Any] | None = None,
+        run: dict[str, Any] | None = None,
+        **env: str,
+    ) -> None:
         self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         environment = {"MCDROP_HOST": "127.0.0.1", "MCDROP_PORT": str(self.port),
                        "MCDROP_HTTP_PORT": str(self.http_port), "MCDROP_METRICS_PORT": str(self.metrics_port),
                        **env}  # fmt: skip
         self.started = time.monotonic()
         self.container = client.containers.run(
-            image.id, detach=True, network_mode="host", environment=environment, volumes=volumes or {}
+            image.id, detach=True, network_mode="host", environment=environment, volumes=volumes or {}, **(run or {})
         )
         self.address = f"127.0.0.1:{self.port}"
         self.ready_seconds = self._wait_ready()
@@ -178,5 +185,40 @@ def test_model_baked_into_the_image(docker_client: Any, shared_repository: Path,
         with Client(server.address) as client:
             assert {m.name for m in client.list_models()} == {"digits", "diabetes"}
             assert client.predict("digits", np.zeros((1, 64), np.float32), samples=10).samples == 10
+    finally:
+        server.remove()
+
+
+def test_runs_as_the_deployment_runs_it_on_kserves_single_model_layout(
+    docker_client: Any, image: Any, shared_repository: Path, digits_rows: np.ndarray, tmp_path: Path
+) -> None:
+    """deploy/kubernetes and deploy/kserve's constraints: read-only root (+ tmpfs for the emptyDir), uid 10001,
+    no capabilities, no new privileges, the manifest's memory limit, one model version at /mnt/models."""
+    import yaml
+
+    deployment = next(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "deployment.yaml").read_text()))
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    memory = int(limits["memory"].removesuffix("Mi")) * 1024 * 1024
+    single = tmp_path / "mnt-models"
+    shutil.copytree(shared_repository / "digits" / "1", single)
+    for path in [single, *single.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    run = {"read_only": True, "tmpfs": {"/tmp": "size=64m"}, "user": "10001:10001", "cap_drop": ["ALL"],
+           "security_opt": ["no-new-privileges"], "mem_limit": memory}  # fmt: skip
+    server = Running(docker_client, image, {str(single): {"bind": "/mnt/models", "mode": "ro"}}, run,
+                     MCDROP_REPOSITORY="/mnt/models", MCDROP_MODEL_NAME="handwriting")  # fmt: skip
+    try:
+        with Client(server.address) as client:
+            assert [m.name for m in client.list_models()] == ["handwriting"]
+            native = client.predict("handwriting", digits_rows[:2], samples=50, seed=3)
+        tensor = {"name": "x", "datatype": "FP32", "shape": [2, 64], "data": digits_rows[:2].reshape(-1).tolist()}
+        body = {"inputs": [tensor], "parameters": {"mc_samples": 50, "seed": 3}, "outputs": [{"name": "mean"}]}
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/handwriting/infer"
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            mean = json.loads(response.read())["outputs"][0]
+        assert np.asarray(mean["data"], np.float32).reshape(mean["shape"]).tobytes() == native.mean.tobytes()
+        server.container.kill(signal="SIGTERM")
+        assert server.container.wait(timeout=60)["StatusCode"] == 0, server.logs()
     finally:
         server.remove()
