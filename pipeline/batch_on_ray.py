@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.batch import EntryResult, Job, run_entry
-from mcdrop.serving.errors import InvalidArgument, MissingExtra
+from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.ray_cluster import connected
 
 RETRIES = 3
 
@@ -24,19 +25,12 @@ def run_entries_on_ray(
     job: Job, address: str, cpus: float, on_result: Callable[[EntryResult], None] = lambda _: None
 ) -> list[EntryResult]:
     """Run every entry of ``job`` as a Ray task; results in job order."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingExtra("--ray needs Ray. Install it with: pip install 'mcdrop[ray]'") from exc
     # Workers do not share the driver's working directory: give them absolute paths.
     job = dataclasses.replace(job, path=job.path.resolve(), repository=job.repository.resolve(),
                               workdir=job.workdir.resolve())  # fmt: skip
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address or None, log_to_driver=False, include_dashboard=False, configure_logging=False)
-    try:
+    with connected(address) as ray:
         job.repository.mkdir(parents=True, exist_ok=True)
-        problem = ray.get(ray.remote(num_cpus=0)(_writable).remote(str(job.repository.resolve())))
+        problem = ray.get(ray.remote(num_cpus=0)(_writable).remote(str(job.repository)))
         if problem:
             raise InvalidArgument(
                 f"The repository {job.repository} is not writable from a Ray worker ({problem}). Expected a path "
@@ -51,9 +45,6 @@ def run_entries_on_ray(
             results[index] = ray.get(done[0])
             on_result(results[index])
         return [results[i] for i in range(len(job.entries))]
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:

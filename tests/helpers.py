@@ -19,6 +19,8 @@ from mcdrop.serving.process import ServerProcess
 from mcdrop.serving.server import Server
 from mcdrop.serving.settings import ServerSettings
 
+COMMANDS = ("train", "export", "export-batch", "serve", "predict", "score", "evaluate", "bench", "soak", "demo")
+"""Every ``mcdrop`` subcommand, as the entry points in pyproject.toml declare them."""
 REPO = Path(__file__).resolve().parents[1]
 
 

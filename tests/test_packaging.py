@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import COMMANDS, REPO
 
 
 def _top_level_names(site_packages: Path) -> set[str]:
@@ -46,16 +46,5 @@ def test_the_wheel_adds_only_mcdrop_to_a_clean_venv(tmp_path: Path) -> None:
         for source in (REPO / folder).rglob("*.py"):
             assert f"mcdrop/{source.relative_to(REPO).as_posix()}" in packaged, source
     assert "[mcdrop.commands]" in commands and "mcdrop = mcdrop.serving.cli:main" in commands
-    for command in (
-        "train",
-        "export",
-        "export-batch",
-        "serve",
-        "predict",
-        "score",
-        "evaluate",
-        "bench",
-        "soak",
-        "demo",
-    ):
+    for command in COMMANDS:
         assert f"\n{command} = mcdrop." in commands, command

@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from mcdrop.serving.errors import MCDropError, MissingExtra
+from mcdrop.serving.errors import MCDropError
+from mcdrop.serving.ray_cluster import connected
 from mcdrop.serving.scoring.inputs import Unit
 from mcdrop.serving.scoring.scorer import Scorer, ScoreSettings
 
@@ -37,14 +38,7 @@ class RayScorer:
 
 def score_on_ray(settings: ScoreSettings, work: list[Unit], address: str, workers: int) -> Iterator[pa.Table]:
     """Unit tables in input order, scored by ``workers`` actors on the cluster at ``address`` ("" = a local Ray)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingExtra("--ray needs Ray. Install it with: pip install 'mcdrop[ray]'") from exc
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address or None, log_to_driver=False, include_dashboard=False, configure_logging=False)
-    try:
+    with connected(address) as ray:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
@@ -62,9 +56,6 @@ def score_on_ray(settings: ScoreSettings, work: list[Unit], address: str, worker
             yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
         except Exception as exc:
             raise _unwrapped(exc) from exc
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _unwrapped(exc: BaseException) -> BaseException:

@@ -19,7 +19,7 @@ import pytest
 from mcdrop.serving.client import Client
 from mcdrop.serving.process import free_port
 from tests.container.images import build
-from tests.helpers import REPO, burst_then_signal
+from tests.helpers import COMMANDS, REPO, burst_then_signal
 
 
 class Running:
@@ -123,18 +123,7 @@ def test_inside_the_container(running: Any) -> None:
 def test_the_serving_only_install_lists_every_command_and_answers_train_in_one_line(running: Any) -> None:
     code, output = running.container.exec_run(["mcdrop", "--help"])
     assert code == 0
-    for command in (
-        "train",
-        "export",
-        "export-batch",
-        "serve",
-        "predict",
-        "score",
-        "evaluate",
-        "bench",
-        "soak",
-        "demo",
-    ):
+    for command in COMMANDS:
         assert command in output.decode()
     for command in ("train", "export", "demo"):
         args = ["mcdrop", command] + (
