@@ -197,7 +197,10 @@ def run(settings: ServerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()
-        stop_requested.wait()
+        # Wait with a timeout: the kernel may deliver SIGTERM to any thread, and Python runs the handler only
+        # when the main thread returns to the interpreter, which a wait without timeout would never do.
+        while not stop_requested.wait(timeout=0.2):
+            pass
     finally:
         server.stop()
     return 0

@@ -27,7 +27,8 @@ def serve(port: int, workers: int = 8) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("ready", flush=True)
-    stop.wait()
+    while not stop.wait(timeout=0.2):  # a timeout lets the handler run when another thread got the signal
+        pass
     server.stop(0)
 
 

@@ -121,10 +121,9 @@ def test_sigterm_with_rest_on_finishes_the_rest_request_in_flight_and_exits_0(
 
     from mcdrop.serving.process import free_port
 
-    port = free_port()
-    server = server_process(
-        model_repository, tmp_path / "server.log", "--grace-seconds", "30", "--http-port", str(port)
-    )
+    port, metrics_port = free_port(), free_port()
+    server = server_process(model_repository, tmp_path / "server.log", "--grace-seconds", "30",
+                            "--http-port", str(port), "--metrics-port", str(metrics_port))  # fmt: skip
     x = np.repeat(digits_rows, 8, axis=0)
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
             "parameters": {"mc_samples": 4000}}  # fmt: skip
@@ -137,11 +136,31 @@ def test_sigterm_with_rest_on_finishes_the_rest_request_in_flight_and_exits_0(
             )
         )
         request.start()
-        time.sleep(0.05)  # the request is in the server
+        deadline = time.monotonic() + 30
+        while "mcdrop_inflight_requests 1.0" not in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text:
+            assert time.monotonic() < deadline, "the request never reached the data plane"
+            time.sleep(0.01)
         server.process.send_signal(signal.SIGTERM)
         request.join(60)
         code = server.process.wait(timeout=60)
     assert code == 0 and answers == [200]
+
+
+TGKILL_SYSCALL = {"x86_64": 234, "aarch64": 131}
+
+
+def test_sigterm_delivered_to_a_worker_thread_still_stops_the_server(model_repository: Path, tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads (Kubernetes does not choose one)."""
+    import ctypes
+    import os
+    import platform
+
+    with server_process(model_repository, tmp_path / "server.log", "--http-port", "0") as server:
+        workers = sorted(int(t) for t in os.listdir(f"/proc/{server.pid}/task") if int(t) != server.pid)
+        assert workers, "the server runs no threads besides the main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(TGKILL_SYSCALL[platform.machine()], server.pid, workers[-1], signal.SIGTERM) == 0
+        assert server.process.wait(timeout=20) == 0
 
 
 SERVER_SCRIPT = """
