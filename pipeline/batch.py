@@ -45,7 +45,7 @@ from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.repository_layout import check_model_name, versions
 
-EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import")
+EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision")
 
 
 @dataclasses.dataclass
@@ -140,6 +140,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             samples=int(entry.get("samples", 100)),
             quantize=tuple(entry.get("quantize", ())),
             imports=_imports(job, entry),
+            noise_precision=_noise_precision(entry),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -154,6 +155,15 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     except Exception as exc:  # noqa: BLE001 - one broken entry must not stop the job
         detail = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
         return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=detail + _where(exc))
+
+
+def _noise_precision(entry: dict[str, Any]) -> tuple[float, ...]:
+    """The entry's ``noise_precision``: a number or a list of numbers (one per output)."""
+    value = entry.get("noise_precision", ())
+    values = value if isinstance(value, list) else [value] if value != () else []
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        raise InvalidArgument(f"noise_precision must be a number > 0 or a list of them. Received: {value!r}")
+    return tuple(float(v) for v in values)
 
 
 def _imports(job: Job, entry: dict[str, Any]) -> tuple[str, ...]:

@@ -96,6 +96,7 @@ def fit(config: TrainConfig, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
         "final_metrics": final,
         "train_val_gap": _gap(final),
         "train_seconds": round(seconds, 3),
+        **({} if classification else {"observation_noise": _observation_noise(model, dataset, config.seed)}),
         "environment": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
@@ -137,6 +138,33 @@ def _final_metrics(model: Any, dataset: Dataset) -> dict[str, dict[str, float]]:
                 "mae": float(np.mean(np.abs(error))),
             }
     return metrics
+
+
+NOISE_SAMPLES = 200
+
+
+def _observation_noise(model: Any, dataset: Dataset, seed: int) -> dict[str, Any]:
+    """tau per output on the validation split, from T Monte-Carlo passes (Keras training-mode dropout,
+    the distribution the exported MC graphs reproduce and the export verifies against)."""
+    import keras
+
+    from mcdrop.pipeline.observation_noise import estimate_precision, noise_record
+
+    keras.utils.set_random_seed(seed + 1)
+    x = dataset.x_val
+    per_call = max(1, 200_000 // max(1, len(x)))
+    parts, drawn = [], 0
+    while drawn < NOISE_SAMPLES:
+        size = min(per_call, NOISE_SAMPLES - drawn)
+        out = np.asarray(model(np.tile(x, (size,) + (1,) * (x.ndim - 1)), training=True), np.float64)
+        parts.append(out.reshape(size, len(x), -1))
+        drawn += size
+    precision = estimate_precision(np.concatenate(parts), dataset.y_val.reshape(len(x), -1))
+    return noise_record(
+        precision,
+        method=f"validation split ({len(x)} rows), T = {NOISE_SAMPLES}: "
+        "1/tau = mean squared error of the MC mean - mean MC variance",
+    )
 
 
 def _gap(final: dict[str, dict[str, float]]) -> dict[str, float]:

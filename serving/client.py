@@ -58,8 +58,15 @@ class Prediction:
     class_labels: list[str] | None = None
     # regression
     lower: np.ndarray | None = None
+    """Central predictive interval for y (see the proto's Regression message)."""
     upper: np.ndarray | None = None
     interval: float | None = None
+    predictive_std: np.ndarray | None = None
+    mean_lower: np.ndarray | None = None
+    """Central interval of the samples: the uncertainty of the mean."""
+    mean_upper: np.ndarray | None = None
+    noise_variance: np.ndarray | None = None
+    """Observation-noise variance per output; None when the model is epistemic only."""
 
     @property
     def task(self) -> str:
@@ -281,6 +288,10 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
         lower=codec.decode(r.lower, "lower"),
         upper=codec.decode(r.upper, "upper"),
         interval=r.interval,
+        predictive_std=codec.decode(r.predictive_std, "predictive_std"),
+        mean_lower=codec.decode(r.mean_lower, "mean_lower"),
+        mean_upper=codec.decode(r.mean_upper, "mean_upper"),
+        noise_variance=codec.decode(r.noise_variance, "noise_variance") if r.HasField("noise_variance") else None,
         **common,
     )
 

@@ -82,6 +82,8 @@ class Prediction:
     max_standard_error: float
     queue_ms: float
     compute_ms: float
+    noise_variance: np.ndarray | None = None
+    """Regression: the observation-noise variance behind ``predictive_std``; None = epistemic only."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +372,7 @@ class DataPlane:
         if version.task == "classification":
             summary = uncertainty.classification(samples)
         else:
-            summary = uncertainty.regression(samples, plan.interval)
+            summary = uncertainty.regression(samples, plan.interval, version.noise_variance)
         count = samples.shape[0]
         error = 0.0 if plan.mode == DETERMINISTIC else uncertainty.max_standard_error_from_std(summary.std, count)
         return Prediction(
@@ -387,6 +389,7 @@ class DataPlane:
             max_standard_error=error,
             queue_ms=queue_s * 1e3,
             compute_ms=compute_s * 1e3,
+            noise_variance=None if version.task == "classification" else version.noise_variance,
         )
 
     def _observe(self, plan: _Plan, prediction: Prediction) -> None:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
 from mcdrop.serving import codec, uncertainty
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
@@ -108,6 +109,8 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
             )
         )
     else:
+        variance = prediction.noise_variance
+        noise = {} if variance is None else {"noise_variance": codec.encode(variance.astype(np.float32))}
         response.regression.CopyFrom(
             pb.Regression(
                 mean=codec.encode(summary.mean),
@@ -115,6 +118,10 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
                 lower=codec.encode(summary.lower),
                 upper=codec.encode(summary.upper),
                 interval=summary.level,
+                predictive_std=codec.encode(summary.predictive_std),
+                mean_lower=codec.encode(summary.mean_lower),
+                mean_upper=codec.encode(summary.mean_upper),
+                **noise,
             )
         )
     if prediction.sample_outputs is not None:

@@ -96,6 +96,10 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
     return InferenceServicer()
 
 
+REGRESSION_OUTPUTS = ("predictive_std", "lower", "upper", "mean_lower", "mean_upper")
+"""Beside mean and std (epistemic): see ``mcdrop.serving.uncertainty`` for each one's meaning."""
+
+
 def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
     """``(name, datatype, shape)`` of every output the model metadata advertises, in its order."""
     output = [int(d) for d in version.manifest["output"]["shape"]]
@@ -104,7 +108,7 @@ def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
         tensors += [("predicted_class", "INT64", [-1])]
         tensors += [(name, "FP64", [-1]) for name in CLASSIFICATION_OUTPUTS[3:]]
     else:
-        tensors += [("lower", "FP32", output), ("upper", "FP32", output)]
+        tensors += [(name, "FP32", output) for name in REGRESSION_OUTPUTS]
     if version.stochastic:
         tensors.append(("samples", "FP32", [-1, *output]))
     return tensors
@@ -195,6 +199,8 @@ def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str
     response.parameters["model_version"].string_param = str(prediction.version)
     if prediction.seed is not None:
         response.parameters["seed"].int64_param = prediction.seed
+    if isinstance(prediction.summary, uncertainty.RegressionSummary):
+        response.parameters["epistemic_only"].bool_param = prediction.noise_variance is None
     return response
 
 
@@ -215,7 +221,7 @@ def output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
             "variation_ratio": s.variation_ratio.astype(np.float64),
         }
     else:
-        arrays |= {"lower": s.lower, "upper": s.upper}
+        arrays |= {name: getattr(s, name) for name in REGRESSION_OUTPUTS}
     if prediction.sample_outputs is not None:
         arrays["samples"] = prediction.sample_outputs
     return arrays

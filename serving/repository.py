@@ -67,6 +67,15 @@ class ModelVersion:
         return None if bounds is None else (int(bounds[0]), int(bounds[1]))
 
     @property
+    def noise_variance(self) -> np.ndarray | None:
+        """Observation-noise variance 1/tau in the output's shape, or None (epistemic only)."""
+        noise = self.manifest["output"].get("observation_noise") or {}
+        variance = noise.get("variance")
+        if variance is None:
+            return None
+        return np.asarray(variance, np.float64).reshape([int(d) for d in self.manifest["output"]["shape"][1:]])
+
+    @property
     def class_labels(self) -> list[str]:
         return list(self.manifest.get("class_labels") or [])
 

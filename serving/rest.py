@@ -183,6 +183,8 @@ def encode_infer(body: dict[str, Any], prediction: Prediction, wanted: list[str]
                                   "model_version": str(prediction.version)}  # fmt: skip
     if prediction.seed is not None:
         parameters["seed"] = prediction.seed
+    if prediction.task == "regression":
+        parameters["epistemic_only"] = prediction.noise_variance is None
     response = {"model_name": prediction.model, "model_version": str(prediction.version), "outputs": outputs,
                 "parameters": parameters}  # fmt: skip
     if isinstance(body.get("id"), str):

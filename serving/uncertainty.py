@@ -7,13 +7,23 @@ Classification, for samples ``p[t, b, c]`` (T samples, B rows, C classes); all e
 * mutual information  H[E_t p] - E_t H[p_t] ≥ 0   epistemic part (BALD): what more data would resolve
 * variation ratio     1 - (votes for the modal class) / T, in [0, 1 - 1/C]
 
-Regression, for samples ``y[t, b, ...]``: mean, standard deviation and a central
-interval from the empirical quantiles of the samples.
+Regression, for samples ``y[t, b, ...]`` and an observation-noise variance ``1/tau`` per output:
+
+* mean                E_t y                    the prediction
+* std                 sd_t y                   epistemic: the spread of the MC samples (uncertainty of the mean)
+* predictive_std      sqrt(std^2 + 1/tau)      the predictive distribution's spread (epistemic + aleatoric)
+* lower, upper        mean -/+ z predictive_std   central predictive interval for y: the moment-matched
+                      normal of the MC predictive distribution (the mixture of N(y_t, 1/tau) over t has
+                      exactly this mean and variance; Gal & Ghahramani 2016, eq. 7-8)
+* mean_lower, mean_upper   empirical quantiles of the samples: the interval of the mean (epistemic only)
+
+Without a noise estimate (a model exported as "epistemic only") predictive_std = std.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 import numpy as np
 
@@ -36,9 +46,16 @@ class ClassificationSummary:
 class RegressionSummary:
     mean: np.ndarray
     std: np.ndarray
+    """Epistemic: the spread of the MC samples."""
     lower: np.ndarray
+    """Central predictive interval for y at ``level``: ``mean -/+ z * predictive_std``."""
     upper: np.ndarray
     level: float
+    predictive_std: np.ndarray
+    """sqrt(std^2 + observation-noise variance); equals ``std`` when the noise is unknown."""
+    mean_lower: np.ndarray
+    """Central ``level`` interval of the samples (empirical quantiles): the uncertainty of the mean."""
+    mean_upper: np.ndarray
 
 
 # Clamping p at a tiny positive value before the log makes p * log(p) exactly 0 at p = 0 (0 x finite)
@@ -80,19 +97,47 @@ def classification(samples: np.ndarray) -> ClassificationSummary:
     )
 
 
-def regression(samples: np.ndarray, level: float = 0.95) -> RegressionSummary:
-    """Summarise ``[T, B, ...]`` regression samples; the interval is the central ``level`` quantile range."""
+def regression(
+    samples: np.ndarray, level: float = 0.95, noise_variance: np.ndarray | float | None = None
+) -> RegressionSummary:
+    """Summarise ``[T, B, ...]`` regression samples (see the module docstring for each field).
+
+    ``noise_variance`` is the observation noise 1/tau, a scalar or one value per output
+    (broadcast over the trailing axes); ``None`` means unknown (epistemic only).
+    """
     samples = _check_samples(samples, min_rank=2)
     if not 0 < level < 1:
         raise ValueError(f"Interval level must be in (0, 1). Received: {level}")
-    lower, upper = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    mean = samples.mean(axis=0, dtype=np.float64)
+    variance = samples.var(axis=0, dtype=np.float64)
+    noise = np.zeros(()) if noise_variance is None else np.asarray(noise_variance, np.float64)
+    if np.any(~np.isfinite(noise)) or np.any(noise < 0):
+        raise ValueError(f"Noise variance must be finite and >= 0. Received: {noise_variance}")
+    predictive_std = np.sqrt(variance + noise)
+    half_width = normal_quantile(level) * predictive_std
+    mean_lower, mean_upper = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return RegressionSummary(
-        mean=samples.mean(axis=0, dtype=np.float64).astype(np.float32),
-        std=samples.std(axis=0, dtype=np.float64).astype(np.float32),
-        lower=lower.astype(np.float32),
-        upper=upper.astype(np.float32),
+        mean=mean.astype(np.float32),
+        std=np.sqrt(variance).astype(np.float32),
+        lower=(mean - half_width).astype(np.float32),
+        upper=(mean + half_width).astype(np.float32),
         level=level,
+        predictive_std=predictive_std.astype(np.float32),
+        mean_lower=mean_lower.astype(np.float32),
+        mean_upper=mean_upper.astype(np.float32),
     )
+
+
+def normal_quantile(level: float) -> float:
+    """z such that a normal's central interval mean -/+ z sd holds ``level`` of its mass."""
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def coverage(summary: RegressionSummary, targets: np.ndarray) -> tuple[float, float]:
+    """Fraction of ``targets`` inside the predictive interval, and inside the interval of the mean."""
+    predictive = (targets >= summary.lower) & (targets <= summary.upper)
+    epistemic = (targets >= summary.mean_lower) & (targets <= summary.mean_upper)
+    return float(predictive.mean()), float(epistemic.mean())
 
 
 def max_standard_error(samples: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.cli import prepare
-from mcdrop.serving.cli.arguments import names, positive_int, require_extra
+from mcdrop.serving.cli.arguments import names, positive_floats, positive_int, require_extra
 
 
 def register_export(subcommands: Any) -> None:
@@ -36,6 +36,15 @@ def register_export(subcommands: Any) -> None:
         default=[],
         metavar="MODULE_OR_FILE",
         help="import this module or .py file first, so the model's registered custom layers load (repeatable)",
+    )
+    add(
+        "--noise-precision",
+        type=positive_floats,
+        default=(),
+        metavar="TAU[,TAU]",
+        help="regression: observation-noise precision tau (1/variance, in the target's units) per output, or one "
+        "for all; served intervals then cover y, not only the mean (default: the training record's estimate, "
+        "else epistemic only)",
     )
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
@@ -78,6 +87,7 @@ def run_export(args: argparse.Namespace) -> int:
         labels=args.labels,
         seed=args.seed,
         imports=tuple(args.imports),
+        noise_precision=tuple(args.noise_precision),
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -190,5 +200,10 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )
     timing = ", ".join(f"{k}={v}" for k, v in manifest["timing_ms"].items())
+    noise = manifest["output"].get("observation_noise")
+    if noise is not None:
+        precision = noise["precision"]
+        shown = "none (epistemic only)" if precision is None else ", ".join(f"{p:.4g}" for p in precision)
+        console.print(f"observation noise tau: {shown} — {noise['method']}")
     console.print(f"timing (ms): {timing}")
     console.print(f"published: {repository / manifest['name'] / str(version)}")

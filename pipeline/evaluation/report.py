@@ -47,8 +47,11 @@ def print_uci(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = stdout_console()
-    table = Table(title="UCI regression, MC dropout through exported graphs: ours vs Gal & Ghahramani (2016)")
-    for column in ("dataset", "splits", "RMSE ours", "RMSE paper", "LL ours", "LL paper", "95% coverage", "verdict"):
+    protocol = all(d["protocol"] for d in results["datasets"])
+    title = "UCI regression, MC dropout through exported graphs: ours vs Gal & Ghahramani's grid-search table"
+    table = Table(title=title + ("" if protocol else " — NON-PROTOCOL RUN (--epoch-factor)"))
+    columns = ("dataset", "splits", "epochs", "RMSE ours", "RMSE paper", "LL ours", "LL paper", "verdict", "s/split")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("dataset", "verdict") else "right")
     for d in results["datasets"]:
         s = d["summary"]
@@ -56,17 +59,57 @@ def print_uci(results: dict[str, Any]) -> None:
         table.add_row(
             d["dataset"],
             str(d["splits"]),
+            str(d["epochs"]),
             _pm(s["rmse"]["mean"], s["rmse"]["se"], 3),
             _pm(s["rmse"]["published"], s["rmse"]["published_se"], 2),
             _pm(s["ll"]["mean"], s["ll"]["se"], 3),
             _pm(s["ll"]["published"], s["ll"]["published_se"], 2),
-            f"{s['coverage_95']['mean']:.3f}",
             verdict,
+            f"{d['timing']['seconds_per_split']:.1f}",
         )
     console.print(table)
     console.print(
         "mean ± standard error over splits; verdict: within 2 combined standard errors of the paper, or better"
     )
+    coverage = Table(title="held-out coverage: predictive interval for y (with 1/tau) | interval of the mean only")
+    coverage.add_column("dataset")
+    levels = list(results["datasets"][0]["summary"]["coverage"])
+    for level in levels:
+        coverage.add_column(f"{float(level):.0%} predictive", justify="right")
+        coverage.add_column(f"{float(level):.0%} mean only", justify="right")
+    for d in results["datasets"]:
+        c = d["summary"]["coverage"]
+        coverage.add_row(
+            d["dataset"], *[f"{c[level][kind]:.3f}" for level in levels for kind in ("predictive", "epistemic")]
+        )
+    console.print(coverage)
+    for d in results["datasets"]:
+        if "paper_rmse" not in d["per_split"][0]:
+            continue
+        splits = Table(title=f"{d['dataset']}: split by split against the published values")
+        for column in ("split", "rate", "tau", "tau paper", "RMSE", "RMSE paper", "LL", "LL paper", "95% cover"):
+            splits.add_column(column, justify="right")
+        for r in d["per_split"]:
+            splits.add_row(
+                str(r["split"]),
+                f"{r['best']['rate']:g}",
+                f"{r['best']['tau']:g}",
+                f"{r.get('paper_tau', float('nan')):g}",
+                f"{r['rmse']:.3f}",
+                f"{r['paper_rmse']:.3f}",
+                f"{r['ll']:.3f}",
+                f"{r['paper_ll']:.3f}",
+                f"{r['coverage']['0.95']['predictive']:.3f}",
+            )
+        console.print(splits)
+        s = d["summary"]
+        console.print(
+            f"{d['dataset']}: ours at least as good as the paper on {s['rmse']['splits_at_least_as_good']}/"
+            f"{d['splits']} splits (RMSE) and {s['ll']['splits_at_least_as_good']}/{d['splits']} (LL); mean "
+            f"difference ours - paper: RMSE {s['rmse']['mean_difference']:+.3f}, LL {s['ll']['mean_difference']:+.3f}"
+        )
+    if "total_seconds" in results:
+        console.print(f"wall time {results['total_seconds']:.0f} s with {results['jobs']} training threads")
 
 
 def _pm(mean: float, se: float, digits: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,8 @@ class ExportOptions:
     seed: int = 0
     imports: tuple[str, ...] = ()
     """Modules or .py files to import before loading (the user's registered custom layers)."""
+    noise_precision: tuple[float, ...] = ()
+    """Observation-noise precision tau per output (regression); overrides the training record's."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
@@ -157,6 +160,39 @@ def _load_model(path: Path) -> Any:
         raise ExportError(
             f"Could not load {path} as a Keras model: {detail}" + (f" {IMPORT_HINT}" if unknown_class else "")
         ) from exc
+
+
+EPISTEMIC_ONLY = {
+    "precision": None,
+    "variance": None,
+    "method": "epistemic only: no observation-noise estimate (train with mcdrop train, or export with "
+    "--noise-precision TAU); intervals cover the model's uncertainty, not the noise of y",
+}
+
+
+def _observation_noise(
+    options: ExportOptions, training: dict[str, Any] | None, task: str, output_shape: list[int]
+) -> dict[str, Any] | None:
+    """tau per output for regression: ``--noise-precision``, else the training record's, else none."""
+    from mcdrop.pipeline.observation_noise import noise_record
+
+    outputs = math.prod(output_shape)
+    if task != "regression":
+        if options.noise_precision:
+            raise InvalidArgument("--noise-precision applies to regression models. This model is a classifier.")
+        return None
+    if options.noise_precision:
+        if len(options.noise_precision) not in (1, outputs):
+            raise InvalidArgument(
+                f"--noise-precision takes one value or one per output ({outputs}). "
+                f"Received: {len(options.noise_precision)} values"
+            )
+        values = list(options.noise_precision) * (outputs if len(options.noise_precision) == 1 else 1)
+        return noise_record(values, method="given at export (--noise-precision)")
+    recorded = (training or {}).get("observation_noise")
+    if isinstance(recorded, dict) and len(recorded.get("precision") or []) == outputs:
+        return noise_record(recorded["precision"], method=str(recorded.get("method", "training record")))
+    return EPISTEMIC_ONLY
 
 
 def _training_record(model_path: Path) -> dict[str, Any] | None:
@@ -312,6 +348,7 @@ def _manifest(
             "shape": [-1, *output_shape],
             "dtype": "float32",
             "target_names": dataset.get("target_names"),
+            "observation_noise": _observation_noise(options, training, task, output_shape),
         },
         "preprocessing": (training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
         "dropout_layers": [spec.as_manifest() for spec in sites],

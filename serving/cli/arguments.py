@@ -30,6 +30,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_floats(text: str) -> tuple[float, ...]:
+    """``0.5,2`` → ``(0.5, 2.0)``, each finite and > 0."""
+    return tuple(positive_float(part) for part in names(text))
+
+
 def names(text: str) -> list[str]:
     """``a,b , c`` → ``["a", "b", "c"]``."""
     return [part.strip() for part in text.split(",") if part.strip()]

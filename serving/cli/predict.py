@@ -135,13 +135,28 @@ def print_prediction(p: Any) -> None:
                 f"{p.variation_ratio[i]:.3f}",
             )
     else:
-        for column in ("row", "output", "mean", "± std", f"{p.interval:.0%} interval"):
+        epistemic_only = p.noise_variance is None
+        interval = f"{p.interval:.0%} interval of y" + (" (epistemic only)" if epistemic_only else "")
+        for column in ("row", "output", "mean", "± std (model)", "± predictive std", interval, "interval of mean"):
             table.add_column(column, justify="right")
-        mean, std = p.mean.reshape(len(p.mean), -1), p.std.reshape(len(p.std), -1)
-        lower, upper = p.lower.reshape(len(p.lower), -1), p.upper.reshape(len(p.upper), -1)
-        for i in range(len(mean)):
+        rows = len(p.mean)
+        mean, std, predictive = (a.reshape(rows, -1) for a in (p.mean, p.std, p.predictive_std))
+        lower, upper = p.lower.reshape(rows, -1), p.upper.reshape(rows, -1)
+        mean_lower, mean_upper = p.mean_lower.reshape(rows, -1), p.mean_upper.reshape(rows, -1)
+        for i in range(rows):
             for j in range(mean.shape[1]):
                 table.add_row(
-                    str(i), str(j), f"{mean[i, j]:.4g}", f"{std[i, j]:.3g}", f"[{lower[i, j]:.4g}, {upper[i, j]:.4g}]"
+                    str(i),
+                    str(j),
+                    f"{mean[i, j]:.4g}",
+                    f"{std[i, j]:.3g}",
+                    f"{predictive[i, j]:.3g}",
+                    f"[{lower[i, j]:.4g}, {upper[i, j]:.4g}]",
+                    f"[{mean_lower[i, j]:.4g}, {mean_upper[i, j]:.4g}]",
                 )
     stdout_console().print(table)
+    if p.task == "regression" and p.noise_variance is None:
+        stdout_console().print(
+            "This model was exported without an observation-noise estimate: the intervals cover the model's "
+            "uncertainty about the mean, not where y will fall (export with --noise-precision TAU to add it)."
+        )

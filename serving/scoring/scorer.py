@@ -25,6 +25,10 @@ ERROR = "_mcdrop_error"
 BOOKKEEPING = (ROW, ERROR)
 
 
+REGRESSION_COLUMNS = ("mean", "std", "predictive_std", "lower", "upper", "mean_lower", "mean_upper")
+"""Regression output columns, as the server names them (``mcdrop.serving.uncertainty`` says what each means)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
     """What every worker needs to score (plain data: it travels to Ray actors)."""
@@ -102,7 +106,7 @@ class Scorer:
                 fields.pop(1)
             return pa.schema(fields)
         kind = pa.float64() if self._scalar_output() else pa.list_(pa.float64())
-        return pa.schema([(name, kind) for name in ("mean", "std", "lower", "upper")])
+        return pa.schema([(name, kind) for name in REGRESSION_COLUMNS])
 
     def _scalar_output(self) -> bool:
         return [int(d) for d in self.version.manifest["output"]["shape"][1:]] in ([], [1])
@@ -126,9 +130,8 @@ class Scorer:
         scalar = self._scalar_output()
         return {
             name: (values.reshape(len(values), -1)[:, 0] if scalar else values).astype(np.float64)
-            for name, values in (("mean", summary.mean), ("std", summary.std), ("lower", summary.lower),
-                                 ("upper", summary.upper))
-        }  # fmt: skip
+            for name, values in ((name, getattr(summary, name)) for name in REGRESSION_COLUMNS)
+        }
 
     def _read(self, unit: Unit) -> Any:
         """The unit's file, read once per worker while its units keep coming."""

@@ -90,18 +90,26 @@ class Classification(_message.Message):
     def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., predicted_label: _Optional[_Iterable[str]] = ..., predictive_entropy: _Optional[_Iterable[float]] = ..., expected_entropy: _Optional[_Iterable[float]] = ..., mutual_information: _Optional[_Iterable[float]] = ..., variation_ratio: _Optional[_Iterable[float]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Regression(_message.Message):
-    __slots__ = ("mean", "std", "lower", "upper", "interval")
+    __slots__ = ("mean", "std", "lower", "upper", "interval", "predictive_std", "mean_lower", "mean_upper", "noise_variance")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIVE_STD_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOWER_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UPPER_FIELD_NUMBER: _ClassVar[int]
+    NOISE_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     std: Tensor
     lower: Tensor
     upper: Tensor
     interval: float
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ...) -> None: ...
+    predictive_std: Tensor
+    mean_lower: Tensor
+    mean_upper: Tensor
+    noise_variance: Tensor
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ..., predictive_std: _Optional[_Union[Tensor, _Mapping]] = ..., mean_lower: _Optional[_Union[Tensor, _Mapping]] = ..., mean_upper: _Optional[_Union[Tensor, _Mapping]] = ..., noise_variance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms")
