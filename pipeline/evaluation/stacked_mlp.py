@@ -24,7 +24,10 @@ less than 8e-6 and the kept units are scaled by the exact ``1 / keep``, so dropo
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -36,6 +39,24 @@ BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # keras.optimizers.Adam defaults
 LEVELS = 1 << 16  # mask resolution: uint16 uniforms
 
 Progress = Callable[[int], None]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+HEAP_ARRAYS_UP_TO = 256 << 20
+
+
+@functools.cache
+def _keep_temporaries_on_the_heap() -> None:
+    """Every step allocates a dozen ``[K, B, H]`` temporaries of a few MB. glibc serves blocks that size
+    with a fresh ``mmap`` and returns them with ``munmap``, so each step page-faults them in again:
+    measured 16.4 vs 10.3 ms per step (K = 240, one thread), a third of it in the kernel. Raising the
+    mmap threshold keeps them in the reused heap. No effect (and no harm) outside glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_ARRAYS_UP_TO)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_ARRAYS_UP_TO)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclasses.dataclass
@@ -99,6 +120,8 @@ def fit(
     consecutive networks. ``jobs`` threads share the groups (numpy releases the GIL in the heavy
     calls). ``progress(steps)`` is called as optimiser steps of the whole stack complete.
     """
+    _keep_temporaries_on_the_heap()
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
     groups = len(seeds)
     if len(x) % groups:
         raise ValueError(f"{len(x)} networks cannot be split into {groups} equal groups")
@@ -210,6 +233,8 @@ def mc_log_likelihood(
     un-does the target standardisation; the predictive density is the mixture of T Gaussians with
     precision ``taus`` (Gal & Ghahramani 2016, eq. 8), accumulated over chunks of samples.
     """
+    _keep_temporaries_on_the_heap()
+    x = np.asarray(x, np.float32)
     groups = len(seeds)
     per_group = len(x) // groups
     chunks = np.array_split(np.arange(groups), max(1, min(jobs, groups)))
