@@ -59,6 +59,9 @@ def test_export_errors_exit_2(tmp_path: Path) -> None:
     model.write_text("not a model")
     result = run_cli("export", str(model), "--repository", str(tmp_path), "--name", "m")
     assert result.returncode == 2 and "Expected a Keras 3 .keras" in result.stderr
+    result = run_cli("export", str(model), "--repository", str(tmp_path), "--name", "m", "--noise-precision", "0")
+    assert result.returncode == 2
+    assert "argument --noise-precision: expected a number > 0, received 0" in result.stderr
 
 
 def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
@@ -70,6 +73,12 @@ def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "draws no dropout mask in training mode: exported the deterministic graph only" in result.stdout
     assert sorted(p.name for p in (tmp_path / "r" / "p" / "1").iterdir()) == ["deterministic.tflite", "manifest.json"]
+    args = ("export", str(tmp_path / "plain.keras"), "--repository", str(tmp_path / "r"), "--name", "p")
+    result = run_cli(*args, "--noise-precision", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mcdrop export: error: --noise-precision applies to regression models. This model is a classifier."
+    )
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:

@@ -77,6 +77,11 @@ def test_regression_reports_original_units(tmp_path: Path) -> None:
     assert model.layers[-1].name == "destandardise"
     # Diabetes targets range 25..346: a model in original units has RMSE near 55, not near 1.
     assert 40 < record["final_metrics"]["val"]["rmse"] < 80
+    # The observation noise, in the same units: most of the validation error, never more than all of it.
+    noise = record["observation_noise"]
+    assert len(noise["precision"]) == 1 and noise["variance"][0] == pytest.approx(1 / noise["precision"][0])
+    assert 0.3 * 40**2 < noise["variance"][0] < 1.2 * record["final_metrics"]["val"]["rmse"] ** 2
+    assert "validation split" in noise["method"]
 
 
 def test_vector_regression_from_npz(tmp_path: Path) -> None:

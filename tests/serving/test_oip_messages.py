@@ -65,6 +65,19 @@ def test_requested_outputs_in_order_and_regression(stub: tuple[Any, Client]) -> 
     response = service.ModelInfer(message, timeout=10)
     assert [o.name for o in response.outputs] == ["upper", "lower"]
     assert (output(response, "lower") < output(response, "upper")).all()
+    assert response.parameters["epistemic_only"].bool_param is False
+
+
+def test_regression_outputs_are_the_native_apis_bit_for_bit(stub: tuple[Any, Client]) -> None:
+    service, client = stub
+    x = np.linspace(-0.1, 0.1, 20, dtype=np.float32).reshape(2, 10)
+    response = service.ModelInfer(request(x, model="diabetes", mc_samples=40, seed=4, interval=0.8), timeout=10)
+    native = client.predict("diabetes", x, samples=40, seed=4, interval=0.8)
+    names = ["mean", "std", "predictive_std", "lower", "upper", "mean_lower", "mean_upper"]
+    assert [o.name for o in response.outputs] == names  # samples only when asked for
+    for name in names:
+        assert output(response, name).tobytes() == getattr(native, name).tobytes(), name
+    assert (native.predictive_std > native.std).all()
 
 
 @pytest.mark.parametrize(

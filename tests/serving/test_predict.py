@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -88,7 +89,7 @@ def test_seeded_results_survive_a_restart(model_repository: Path, digits_rows: n
     assert answers[0] == answers[1]
 
 
-def test_regression_mean_std_and_interval(served: tuple[Server, Client]) -> None:
+def test_regression_mean_std_and_interval(served: tuple[Server, Client], model_repository: Path) -> None:
     from sklearn.datasets import load_diabetes
 
     _, client = served
@@ -99,6 +100,13 @@ def test_regression_mean_std_and_interval(served: tuple[Server, Client]) -> None
     assert p.lower is not None and p.upper is not None
     assert (p.lower < p.mean).all() and (p.mean < p.upper).all() and (p.std > 0).all()
     assert 25 < float(p.mean.mean()) < 350  # original units of the diabetes target
+    # Trained by mcdrop, so its manifest has tau: the predictive spread adds 1/tau to the samples' variance.
+    manifest = json.loads((model_repository / "diabetes" / "1" / "manifest.json").read_text())
+    variance = manifest["output"]["observation_noise"]["variance"]
+    assert p.noise_variance is not None and p.noise_variance.tolist() == pytest.approx(variance)
+    np.testing.assert_allclose(p.predictive_std**2, p.std.astype(np.float64) ** 2 + variance[0], rtol=1e-5)
+    np.testing.assert_allclose(p.upper - p.mean, 1.6448536 * p.predictive_std, rtol=1e-4)
+    assert (p.lower < p.mean_lower).all() and (p.mean_upper < p.upper).all()
 
 
 def test_stream_is_progressive_and_ends_where_a_one_shot_call_does(

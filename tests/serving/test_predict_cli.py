@@ -43,7 +43,8 @@ def test_regression_table(address: str, tmp_path: Path) -> None:
     (tmp_path / "rows.json").write_text(json.dumps([[0.01] * 10, [-0.02] * 10]))
     result = run_cli("predict", "--server", address, "--model", "diabetes", "--input", str(tmp_path / "rows.json"))
     assert result.returncode == 0, result.stderr
-    assert "95% interval" in result.stdout
+    assert "95% interval of y" in result.stdout and "interval of mean" in result.stdout
+    assert "epistemic only" not in result.stdout  # trained by mcdrop: tau is in the manifest
 
 
 def test_errors_exit_with_a_message(address: str, tmp_path: Path) -> None:

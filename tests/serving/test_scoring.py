@@ -85,9 +85,10 @@ def test_regression_columns(model_repository: Path, tmp_path: Path) -> None:
     summary = score(model_repository, tmp_path / "x.npy", tmp_path / "out.csv", model="diabetes", keep=(), interval=0.9)
     assert summary.rows_scored == 50
     rows = (tmp_path / "out.csv").read_text().splitlines()
-    assert rows[0] == '"mean","std","lower","upper"' and len(rows) == 51
-    mean, std, lower, upper = (float(v) for v in rows[1].split(","))
-    assert lower < mean < upper and std > 0
+    assert rows[0] == '"mean","std","predictive_std","lower","upper","mean_lower","mean_upper"' and len(rows) == 51
+    mean, std, predictive_std, lower, upper, mean_lower, mean_upper = (float(v) for v in rows[1].split(","))
+    assert 0 < std < predictive_std  # the model was trained by mcdrop: its observation noise is known
+    assert lower < mean_lower < mean < mean_upper < upper
 
 
 def test_bad_rows_fail_the_job_by_default_and_go_aside_with_skip(model_repository: Path, tmp_path: Path) -> None:

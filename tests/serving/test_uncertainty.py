@@ -100,3 +100,44 @@ def test_gaussian_mixture_log_likelihood_matches_direct_formula() -> None:
     np.testing.assert_allclose(uncertainty.gaussian_mixture_log_likelihood(samples, y, tau), direct, rtol=1e-10)
     far = uncertainty.gaussian_mixture_log_likelihood(np.zeros((3, 1)), np.array([100.0]), 1.0)
     assert np.isfinite(far).all()  # logsumexp: no underflow to -inf
+
+
+def test_predictive_interval_adds_the_observation_noise_to_the_samples_spread() -> None:
+    rng = np.random.default_rng(0)
+    samples = rng.normal(3.0, 0.5, size=(4000, 2, 1)).astype(np.float32)
+    r = uncertainty.regression(samples, 0.9, noise_variance=np.array([4.0]))
+    np.testing.assert_allclose(r.predictive_std, np.sqrt(samples.astype(np.float64).var(axis=0) + 4.0), rtol=1e-6)
+    np.testing.assert_allclose(r.upper - r.mean, 1.6448536 * r.predictive_std, rtol=1e-5)
+    np.testing.assert_allclose(r.mean - r.lower, 1.6448536 * r.predictive_std, rtol=1e-5)
+    np.testing.assert_allclose(r.mean_lower, np.quantile(samples, 0.05, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(r.mean_upper, np.quantile(samples, 0.95, axis=0), rtol=1e-6)
+    assert (r.predictive_std > 2 * r.std).all()  # noise sd 2 vs sample sd 0.5
+
+
+def test_without_a_noise_estimate_the_predictive_spread_is_the_samples_spread() -> None:
+    samples = np.random.default_rng(1).normal(size=(500, 3, 2)).astype(np.float32)
+    r = uncertainty.regression(samples, 0.95)
+    np.testing.assert_array_equal(r.predictive_std, r.std)
+    np.testing.assert_allclose(r.upper, r.mean + 1.959964 * r.std, rtol=1e-5)
+
+
+def test_predictive_interval_covers_draws_from_the_mc_predictive_distribution() -> None:
+    """y drawn from the mixture of N(y_t, 1/tau): the predictive interval covers it at its level,
+    the interval of the mean (the samples' own quantiles) far less often."""
+    rng = np.random.default_rng(2)
+    rows, samples_t, tau = 20_000, 200, 2.0
+    centre = rng.normal(size=rows)
+    samples = (centre + 0.3 * rng.normal(size=(samples_t, rows))).astype(np.float32)
+    y = samples[rng.integers(0, samples_t, rows), np.arange(rows)] + rng.normal(0, tau**-0.5, rows)
+    for level in (0.5, 0.9, 0.95):
+        r = uncertainty.regression(samples, level, noise_variance=1 / tau)
+        predictive, epistemic = uncertainty.coverage(r, y)
+        tolerance = 4 * np.sqrt(level * (1 - level) / rows) + 0.01  # moment-matched normal vs the mixture
+        assert abs(predictive - level) < tolerance, (level, predictive)
+        assert epistemic < level - 0.2, (level, epistemic)
+
+
+@pytest.mark.parametrize("noise", [-1.0, float("nan"), float("inf")])
+def test_invalid_noise_variance_is_refused(noise: float) -> None:
+    with pytest.raises(ValueError, match="Noise variance must be finite and >= 0"):
+        uncertainty.regression(np.zeros((4, 2, 1), np.float32), 0.9, noise_variance=noise)

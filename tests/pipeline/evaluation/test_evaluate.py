@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 
 
 def write_uci_dataset(root: Path, name: str, rows: int = 60, splits: int = 2) -> Path:
@@ -61,49 +61,95 @@ def test_uci_protocol_runs_and_prints_the_paper_beside_it(tmp_path: Path) -> Non
     out = tmp_path / "uci.json"
     # Tiny epochs and T: this checks the protocol's plumbing, not the paper's numbers.
     result = run_cli(
-        "evaluate",
-        "--suite",
-        "uci",
-        "--dataset",
-        "concrete",
-        "--splits",
-        "2",
-        "--epoch-factor",
-        "0.05",
-        "--samples",
-        "200",
-        "--uci-root",
-        str(uci),
-        "--json",
-        str(out),
-        "--quiet",
-    )
+        "evaluate", "--suite", "uci", "--dataset", "concrete", "--splits", "2", "--epoch-factor", "0.05",
+        "--samples", "200", "--validation-samples", "50", "--uci-root", str(uci), "--json", str(out), "--quiet",
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())["datasets"][0]
     assert report["dataset"] == "concrete" and report["splits"] == 2 and report["epochs"] == 2
+    assert report["protocol"] is False and "NON-PROTOCOL RUN" in result.stdout
     for split in report["per_split"]:
         assert len(split["grid"]) == 12  # 4 dropout rates x 3 taus
         assert split["best"]["rate"] in (0.005, 0.01, 0.05, 0.1) and split["best"]["tau"] in (0.025, 0.05, 0.075)
         assert 0 < split["rmse"] < 1  # targets in [-0.5, 0.5]
-        # Observation noise 1/tau dominates the predictive variance: every interval covers its target, and the
-        # log-likelihood is close to a Gaussian's at that noise, -0.5 log(2 pi / tau) for tau in [0.025, 0.075].
-        assert split["coverage_95"] == 1.0
+        # Observation noise 1/tau dominates the predictive variance: every predictive interval covers its target,
+        # and the log-likelihood is close to a Gaussian's at that noise, -0.5 log(2 pi / tau), tau in [0.025, 0.075].
+        covered = {level: c["predictive"] for level, c in split["coverage"].items()}
+        assert covered == {"0.5": 1.0, "0.9": 1.0, "0.95": 1.0}
         assert -0.5 * np.log(2 * np.pi / 0.025) - 0.05 < split["ll"] < -0.5 * np.log(2 * np.pi / 0.075)
+        assert "paper_rmse" not in split  # this folder has no published results
     assert report["summary"]["rmse"]["published"] == 4.82
     assert "4.82 ± 0.16" in result.stdout and "-2.93 ± 0.02" in result.stdout
+
+
+def test_bundled_uci_data_runs_from_any_directory_and_compares_split_by_split(tmp_path: Path) -> None:
+    """No --uci-root: the repository's own copy of the data and of the paper's per-split results (CI's UCI smoke)."""
+    pytest.importorskip("keras")
+    out, work = tmp_path / "uci.json", tmp_path / "work"
+    result = run_cli(
+        "evaluate", "--suite", "uci", "--dataset", "concrete", "--splits", "1", "--epoch-factor", "0.025",
+        "--samples", "100", "--validation-samples", "20", "--json", str(out), "--workdir", str(work), "--quiet",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    split = json.loads(out.read_text())["datasets"][0]["per_split"][0]
+    published = (REPO / "pipeline/evaluation/uci_data/concrete/paper-results").glob("test_MC_rmse_*.txt")
+    assert split["paper_rmse"] == float(next(published).read_text().split()[0])  # 5.4387…
+    assert "concrete: split by split against the published values" in result.stdout
+    manifest = json.loads(next(work.glob("concrete/split-0/repository/uci/1/manifest.json")).read_text())
+    assert manifest["output"]["observation_noise"]["precision"] == [split["best"]["tau"]]
+
+
+def test_the_paper_repositorys_layout_is_read_too(tmp_path: Path) -> None:
+    from mcdrop.pipeline.evaluation import uci
+
+    root = write_uci_dataset(tmp_path / "flat", "yacht")
+    paper = tmp_path / "UCI_Datasets" / "yacht"
+    (root / "yacht").rename(tmp_path / "data")
+    paper.mkdir(parents=True)
+    (tmp_path / "data").rename(paper / "data")
+    (paper / "results").mkdir()
+    for metric, file in uci.PAPER_FILES.items():
+        np.savetxt(paper / "results" / file, np.arange(2) + {"rmse": 1.0, "ll": -2.0, "tau": 0.5}[metric])
+    data = uci.load(tmp_path / "UCI_Datasets", "yacht")
+    assert data.splits == 2 and data.x.shape == (60, 8)
+    assert data.paper["rmse"].tolist() == [1.0, 2.0] and data.paper["tau"].tolist() == [0.5, 1.5]
+    assert uci.available_datasets(tmp_path / "UCI_Datasets") == ["yacht"]
+    assert uci.PUBLISHED["yacht"] == {"rmse": (0.67, 0.05), "ll": (-1.25, 0.01)}
 
 
 def test_unknown_uci_dataset_is_named(tmp_path: Path) -> None:
     uci = write_uci_dataset(tmp_path / "uci", "concrete")
     result = run_cli("evaluate", "--suite", "uci", "--dataset", "yacht", "--uci-root", str(uci), "--quiet")
     assert result.returncode == 2
-    assert "UCI dataset 'yacht' not found" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"mcdrop evaluate: error: UCI dataset 'yacht' not found in {uci}. Available: concrete"
+    ]
 
 
-def test_uci_suite_without_its_data_says_which_flag_to_pass() -> None:
-    result = run_cli("evaluate", "--suite", "uci", "--quiet")
+def test_missing_uci_root_is_named(tmp_path: Path) -> None:
+    result = run_cli("evaluate", "--suite", "uci", "--uci-root", str(tmp_path / "nowhere"), "--quiet")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "mcdrop evaluate: error: --suite uci needs --uci-root DIR: the UCI regression data with its 20 standard "
-        "splits (DIR/<dataset>/data.txt, index_train_K.txt, index_test_K.txt, ...)."
+        f"mcdrop evaluate: error: UCI data directory not found: {tmp_path / 'nowhere'}. "
+        "Expected DIR/<dataset>/data.txt."
     ]
+
+
+@pytest.mark.slow
+def test_regression_suite_measures_held_out_coverage_of_served_intervals(tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    out = tmp_path / "regression.json"
+    result = run_cli(
+        "evaluate", "--suite", "regression", "--dataset", "diabetes", "--samples", "300", "--json", str(out), "--quiet"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    diabetes = json.loads(out.read_text())["datasets"][0]
+    assert diabetes["test_rows"] == 88 and diabetes["tau"][0] > 0
+    coverage = diabetes["coverage"]
+    # 88 held-out rows: 95 % +- 2 binomial standard errors (0.023) and a little for the estimate of tau.
+    assert 0.88 <= coverage["0.95"]["predictive"] <= 1.0
+    assert 0.35 <= coverage["0.5"]["predictive"] <= 0.65
+    # The samples' own spread covers far less: it is the uncertainty of the mean, not of y.
+    assert coverage["0.95"]["epistemic"] < 0.75
+    assert "held-out coverage of served regression intervals" in result.stdout

@@ -172,3 +172,24 @@ def test_versions_increase_and_bad_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="Unknown quantization 'int4'"):
         run_export(model, tmp_path / "repo", "p", quantize=("int4",))
     assert sorted(p.name for p in (tmp_path / "repo" / "p").iterdir()) == ["1", "2"]
+
+
+def test_observation_noise_given_at_export_or_epistemic_only(tmp_path: Path) -> None:
+    model = models.regression_with_skip(tmp_path / "reg.keras")  # two outputs, no training record
+    _, plain = run_export(model, tmp_path / "repo", "reg")
+    noise = plain["output"]["observation_noise"]
+    assert noise["precision"] is None and noise["variance"] is None and noise["method"].startswith("epistemic only")
+    _, one = run_export(model, tmp_path / "repo", "reg", noise_precision=(4.0,))
+    assert one["output"]["observation_noise"]["precision"] == [4.0, 4.0]
+    assert one["output"]["observation_noise"]["variance"] == [0.25, 0.25]
+    _, each = run_export(model, tmp_path / "repo", "reg", noise_precision=(4.0, 0.5))
+    assert each["output"]["observation_noise"]["variance"] == [0.25, 2.0]
+    with pytest.raises(InvalidArgument, match=r"one value or one per output \(2\). Received: 3 values"):
+        run_export(model, tmp_path / "repo", "reg", noise_precision=(1.0, 2.0, 3.0))
+    assert sorted(p.name for p in (tmp_path / "repo" / "reg").iterdir() if p.name.isdigit()) == ["1", "2", "3"]
+
+
+def test_noise_precision_on_a_classifier_is_refused(tmp_path: Path) -> None:
+    model = models.without_dropout(tmp_path / "plain.keras")
+    with pytest.raises(InvalidArgument, match="--noise-precision applies to regression models"):
+        run_export(model, tmp_path / "repo", "plain", noise_precision=(1.0,))
