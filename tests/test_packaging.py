@@ -40,11 +40,14 @@ def test_the_wheel_adds_only_mcdrop_to_a_clean_venv(tmp_path: Path) -> None:
 
     with zipfile.ZipFile(wheel) as archive:
         packaged = {name for name in archive.namelist() if name.endswith(".py")}
+        data = {name for name in archive.namelist() if name.endswith(".txt") and "/uci_data/" in name}
         entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
         commands = archive.read(entry_points).decode()
     for folder in ("pipeline", "serving"):
         for source in (REPO / folder).rglob("*.py"):
             assert f"mcdrop/{source.relative_to(REPO).as_posix()}" in packaged, source
+    bundled = list((REPO / "pipeline" / "evaluation" / "uci_data").rglob("*.txt"))
+    assert len(bundled) > 200 and {f"mcdrop/{p.relative_to(REPO).as_posix()}" for p in bundled} == data
     assert "[mcdrop.commands]" in commands and "mcdrop = mcdrop.serving.cli:main" in commands
     for command in COMMANDS:
         assert f"\n{command} = mcdrop." in commands, command

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -120,17 +121,9 @@ def fit(
     consecutive networks. ``jobs`` threads share the groups (numpy releases the GIL in the heavy
     calls). ``progress(steps)`` is called as optimiser steps of the whole stack complete.
     """
-    _keep_temporaries_on_the_heap()
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    groups = len(seeds)
-    if len(x) % groups:
-        raise ValueError(f"{len(x)} networks cannot be split into {groups} equal groups")
-    per_group = len(x) // groups
-    chunks = np.array_split(np.arange(groups), max(1, min(jobs, groups)))
 
-    def one(chunk: np.ndarray) -> StackedFit:
-        rows = np.concatenate([np.arange(g * per_group, (g + 1) * per_group) for g in chunk])
-        lead = chunk[0] == chunks[0][0]  # only one thread reports progress
+    def work(rows: np.ndarray, generators: list[np.random.Generator], lead: bool) -> StackedFit:
         return _fit_stack(
             x[rows],
             y[rows],
@@ -138,12 +131,41 @@ def fit(
             decays[rows],
             hidden=hidden,
             epochs=epochs,
-            generators=[np.random.Generator(np.random.SFC64(seeds[g])) for g in chunk],
-            progress=progress if lead else None,
+            generators=generators,
+            progress=progress if lead else None,  # one thread reports: all run the same steps
         )
 
+    return StackedFit.join(_across_threads(len(x), seeds, jobs, work))
+
+
+Result = TypeVar("Result")
+
+
+def _across_threads(
+    networks: int,
+    seeds: Sequence[np.random.SeedSequence],
+    jobs: int,
+    work: Callable[[np.ndarray, list[np.random.Generator], bool], Result],
+) -> list[Result]:
+    """``work(rows, generators, lead)`` on ``jobs`` threads, each taking whole groups of networks.
+
+    numpy releases the GIL in the heavy calls, so threads share the cores; a group's generators
+    come from its own seed, so the split into threads does not change any number.
+    """
+    _keep_temporaries_on_the_heap()
+    groups = len(seeds)
+    if networks % groups:
+        raise ValueError(f"{networks} networks cannot be split into {groups} equal groups")
+    per_group = networks // groups
+    chunks = np.array_split(np.arange(groups), max(1, min(jobs, groups)))
+
+    def one(numbered: tuple[int, np.ndarray]) -> Result:
+        number, chunk = numbered
+        rows = np.concatenate([np.arange(g * per_group, (g + 1) * per_group) for g in chunk])
+        return work(rows, [np.random.Generator(np.random.SFC64(seeds[g])) for g in chunk], number == 0)
+
     with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
-        return StackedFit.join(list(pool.map(one, chunks)))
+        return list(pool.map(one, enumerate(chunks)))
 
 
 def _fit_stack(
@@ -233,27 +255,13 @@ def mc_log_likelihood(
     un-does the target standardisation; the predictive density is the mixture of T Gaussians with
     precision ``taus`` (Gal & Ghahramani 2016, eq. 8), accumulated over chunks of samples.
     """
-    _keep_temporaries_on_the_heap()
     x = np.asarray(x, np.float32)
-    groups = len(seeds)
-    per_group = len(x) // groups
-    chunks = np.array_split(np.arange(groups), max(1, min(jobs, groups)))
 
-    def one(chunk: np.ndarray) -> np.ndarray:
-        rows = np.concatenate([np.arange(g * per_group, (g + 1) * per_group) for g in chunk])
-        return _log_likelihood(
-            fitted.take(rows),
-            x[rows],
-            y[rows],
-            rates[rows],
-            taus[rows],
-            (y_scale[0][rows], y_scale[1][rows]),
-            samples,
-            [np.random.Generator(np.random.SFC64(seeds[g])) for g in chunk],
-        )
+    def work(rows: np.ndarray, generators: list[np.random.Generator], _lead: bool) -> np.ndarray:
+        scale = (y_scale[0][rows], y_scale[1][rows])
+        return _log_likelihood(fitted.take(rows), x[rows], y[rows], rates[rows], taus[rows], scale, samples, generators)
 
-    with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
-        return np.concatenate(list(pool.map(one, chunks)))
+    return np.concatenate(_across_threads(len(x), seeds, jobs, work))
 
 
 def _log_likelihood(

@@ -221,6 +221,11 @@ def run_uci(
     }
 
 
+def weight_decay(rates: np.ndarray, taus: np.ndarray, *, rows: int) -> np.ndarray:
+    """The protocol's L2 factor per network, l^2 (1 - p) / (2 N tau), with N the rows it is fitted on."""
+    return np.asarray(LENGTH_SCALE**2 * (1.0 - rates) / (2.0 * rows * taus), np.float32)
+
+
 def _seeds(seed: int, name: str, splits: range, phase: int) -> list[np.random.SeedSequence]:
     """One stream per split and phase, independent of which other splits run beside it."""
     return [np.random.SeedSequence([seed, zlib.crc32(name.encode()), k, phase]) for k in splits]
@@ -251,13 +256,11 @@ def _grid_search(
             y_stds.append(y_std)
     rates = np.array([r for _ in indices for r, _t in pairs], np.float32)
     taus = np.array([t for _ in indices for _r, t in pairs])
-    rows = len(xs[0])
-    decays = LENGTH_SCALE**2 * (1.0 - rates) / (2.0 * rows * taus)
     fitted = stacked_mlp.fit(
         np.stack(xs),
         np.stack(ys),
         rates,
-        decays.astype(np.float32),
+        weight_decay(rates, taus, rows=len(xs[0])),
         hidden=data.hidden,
         epochs=epochs,
         seeds=_seeds(seed, data.name, range(len(indices)), 0),
@@ -300,13 +303,11 @@ def _refit(
     standardised = [s.standardised() for s in splits]
     rates = np.array([b["rate"] for b in best], np.float32)
     taus = np.array([b["tau"] for b in best])
-    rows = len(splits[0].x_fit)
-    decays = LENGTH_SCALE**2 * (1.0 - rates) / (2.0 * rows * taus)
     fitted = stacked_mlp.fit(
         np.stack([s[0] for s in standardised]),
         np.stack([s[1] for s in standardised]),
         rates,
-        decays.astype(np.float32),
+        weight_decay(rates, taus, rows=len(splits[0].x_fit)),
         hidden=data.hidden,
         epochs=epochs,
         seeds=_seeds(seed, data.name, range(len(splits)), 2),
