@@ -31,8 +31,15 @@ def estimate_precision(samples: np.ndarray, targets: np.ndarray) -> np.ndarray:
     mean = samples.mean(axis=0)
     squared_error = np.mean((targets - mean) ** 2, axis=0)
     epistemic = samples.var(axis=0).mean(axis=0)
-    floor = FLOOR * np.maximum(targets.var(axis=0), np.finfo(np.float32).tiny)
-    return np.asarray(1.0 / np.maximum(squared_error - epistemic, floor))
+    return precision_from_moments(squared_error, epistemic, targets.var(axis=0))
+
+
+def precision_from_moments(
+    squared_error: np.ndarray | float, epistemic_variance: np.ndarray | float, target_variance: np.ndarray | float
+) -> np.ndarray:
+    """tau = 1 / max(mean squared error of the MC mean - mean MC variance, FLOOR x Var[y])."""
+    floor = FLOOR * np.maximum(target_variance, np.finfo(np.float32).tiny)
+    return np.asarray(1.0 / np.maximum(np.asarray(squared_error) - epistemic_variance, floor))
 
 
 def noise_record(precision: list[float] | np.ndarray, *, method: str) -> dict[str, Any]:

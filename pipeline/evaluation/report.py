@@ -71,23 +71,26 @@ def print_uci(results: dict[str, Any]) -> None:
     console.print(
         "mean ± standard error over splits; verdict: within 2 combined standard errors of the paper, or better"
     )
-    coverage = Table(title="held-out coverage: predictive interval for y (with 1/tau) | interval of the mean only")
+    coverage = Table(
+        title="held-out coverage of the interval for y — served tau (mcdrop's estimate) | the grid's tau — "
+        "and of the interval of the mean"
+    )
     coverage.add_column("dataset")
     levels = list(results["datasets"][0]["summary"]["coverage"])
+    kinds = {"predictive": "served", "grid_tau": "grid tau", "epistemic": "mean only"}
     for level in levels:
-        coverage.add_column(f"{float(level):.0%} predictive", justify="right")
-        coverage.add_column(f"{float(level):.0%} mean only", justify="right")
+        for label in kinds.values():
+            coverage.add_column(f"{float(level):.0%} {label}", justify="right")
     for d in results["datasets"]:
         c = d["summary"]["coverage"]
-        coverage.add_row(
-            d["dataset"], *[f"{c[level][kind]:.3f}" for level in levels for kind in ("predictive", "epistemic")]
-        )
+        coverage.add_row(d["dataset"], *[f"{c[level][kind]:.3f}" for level in levels for kind in kinds])
     console.print(coverage)
     for d in results["datasets"]:
         if "paper_rmse" not in d["per_split"][0]:
             continue
         splits = Table(title=f"{d['dataset']}: split by split against the published values")
-        for column in ("split", "rate", "tau", "tau paper", "RMSE", "RMSE paper", "LL", "LL paper", "95% cover"):
+        headers = ("split", "rate", "tau", "tau paper", "served tau", "RMSE", "RMSE paper", "LL", "LL paper")
+        for column in (*headers, "95% cover"):
             splits.add_column(column, justify="right")
         for r in d["per_split"]:
             splits.add_row(
@@ -95,6 +98,7 @@ def print_uci(results: dict[str, Any]) -> None:
                 f"{r['best']['rate']:g}",
                 f"{r['best']['tau']:g}",
                 f"{r.get('paper_tau', float('nan')):g}",
+                f"{r['best']['served_tau']:.3g}",
                 f"{r['rmse']:.3f}",
                 f"{r['paper_rmse']:.3f}",
                 f"{r['ll']:.3f}",

@@ -237,6 +237,15 @@ def _adam(
         p -= rate * m / (np.sqrt(v) + np.float32(EPSILON))
 
 
+@dataclasses.dataclass
+class MonteCarloScores:
+    """Per network ``[K]``: mean log-likelihood, mean squared error of the MC mean, mean MC variance."""
+
+    log_likelihood: np.ndarray
+    squared_error: np.ndarray
+    epistemic_variance: np.ndarray
+
+
 def mc_log_likelihood(
     fitted: StackedFit,
     x: np.ndarray,
@@ -248,8 +257,8 @@ def mc_log_likelihood(
     samples: int,
     seeds: Sequence[np.random.SeedSequence],
     jobs: int = 1,
-) -> np.ndarray:
-    """Mean MC-dropout test log-likelihood ``[K]`` of each network on its own rows, in original units.
+) -> MonteCarloScores:
+    """MC-dropout scores of each network on its own rows, in original units (see ``MonteCarloScores``).
 
     ``x [K, N, D]`` standardised, ``y [K, N]`` original units, ``y_scale = (mean [K], std [K])``
     un-does the target standardisation; the predictive density is the mixture of T Gaussians with
@@ -261,7 +270,7 @@ def mc_log_likelihood(
         scale = (y_scale[0][rows], y_scale[1][rows])
         return _log_likelihood(fitted.take(rows), x[rows], y[rows], rates[rows], taus[rows], scale, samples, generators)
 
-    return np.concatenate(_across_threads(len(x), seeds, jobs, work))
+    return MonteCarloScores(*np.concatenate(_across_threads(len(x), seeds, jobs, work)).T)
 
 
 def _log_likelihood(
@@ -279,6 +288,7 @@ def _log_likelihood(
     chunk = max(1, 2_000_000 // (k * n * fitted.w1.shape[-1]))
     tau = taus[:, np.newaxis].astype(np.float64)
     running = np.full((k, n), -np.inf)  # running logsumexp over samples of -tau/2 (y - y_t)^2
+    total, squares = np.zeros((k, n)), np.zeros((k, n))  # moments of the samples, for the noise estimate
     drawn = 0
     while drawn < samples:
         size = min(chunk, samples - drawn)
@@ -290,6 +300,16 @@ def _log_likelihood(
         predictions = out.reshape(k, size, n) * y_scale[1][:, None, None] + y_scale[0][:, None, None]
         exponent = -0.5 * tau[:, np.newaxis] * np.square(y[:, np.newaxis] - predictions, dtype=np.float64)
         running = np.logaddexp(running, np.logaddexp.reduce(exponent, axis=1))
+        total += predictions.sum(axis=1, dtype=np.float64)
+        squares += np.square(predictions, dtype=np.float64).sum(axis=1)
         drawn += size
     ll = running - math.log(samples) - 0.5 * math.log(2 * math.pi) + 0.5 * np.log(tau)
-    return np.asarray(ll.mean(axis=1))
+    mean = total / samples
+    return np.stack(
+        [
+            ll.mean(axis=1),
+            np.mean((y - mean) ** 2, axis=1),
+            np.mean(np.maximum(squares / samples - mean**2, 0), axis=1),
+        ],
+        axis=1,
+    )

@@ -74,8 +74,10 @@ def test_uci_protocol_runs_and_prints_the_paper_beside_it(tmp_path: Path) -> Non
         assert 0 < split["rmse"] < 1  # targets in [-0.5, 0.5]
         # Observation noise 1/tau dominates the predictive variance: every predictive interval covers its target,
         # and the log-likelihood is close to a Gaussian's at that noise, -0.5 log(2 pi / tau), tau in [0.025, 0.075].
-        covered = {level: c["predictive"] for level, c in split["coverage"].items()}
+        covered = {level: c["grid_tau"] for level, c in split["coverage"].items()}
         assert covered == {"0.5": 1.0, "0.9": 1.0, "0.95": 1.0}
+        best = next(g for g in split["grid"] if (g["rate"], g["tau"]) == (split["best"]["rate"], split["best"]["tau"]))
+        assert split["best"]["served_tau"] == best["estimated_tau"] > 0
         assert -0.5 * np.log(2 * np.pi / 0.025) - 0.05 < split["ll"] < -0.5 * np.log(2 * np.pi / 0.075)
         assert "paper_rmse" not in split  # this folder has no published results
     assert report["summary"]["rmse"]["published"] == 4.82
@@ -97,7 +99,9 @@ def test_bundled_uci_data_runs_from_any_directory_and_compares_split_by_split(tm
     assert split["paper_rmse"] == float(next(published).read_text().split()[0])  # 5.4387…
     assert "concrete: split by split against the published values" in result.stdout
     manifest = json.loads(next(work.glob("concrete/split-0/repository/uci/1/manifest.json")).read_text())
-    assert manifest["output"]["observation_noise"]["precision"] == [split["best"]["tau"]]
+    # The exported model serves mcdrop's own noise estimate from the grid's validation rows.
+    assert manifest["output"]["observation_noise"]["precision"] == [split["best"]["served_tau"]]
+    assert manifest["output"]["observation_noise"]["method"].startswith("validation rows of the UCI grid search")
 
 
 def test_the_paper_repositorys_layout_is_read_too(tmp_path: Path) -> None:

@@ -82,11 +82,16 @@ def test_training_fits_a_smooth_function_and_the_mc_log_likelihood_is_the_papers
     # Rate 0: every sample is the same network, so the mixture is one Gaussian with precision tau.
     tau, y_mean, y_std = 4.0, 10.0, 3.0
     targets = y[:, :50] * y_std + y_mean
-    ll = stacked_mlp.mc_log_likelihood(
+    scores = stacked_mlp.mc_log_likelihood(
         fitted, x[:, :50], targets, rates, np.array([tau, tau]), (np.full(2, y_mean), np.full(2, y_std)),
         samples=64, seeds=[np.random.SeedSequence(6)] * 2,
     )  # fmt: skip
     residual = targets[0] - (predicted[:50] * y_std + y_mean)
     expected = np.mean(-0.5 * tau * residual**2 - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau))
+    ll = scores.log_likelihood
     assert ll[0] == pytest.approx(expected, rel=1e-4)
     assert ll[1] < ll[0] + 1.0 and np.isfinite(ll[1])
+    # ... and the moments behind mcdrop's noise estimate: no spread at rate 0, the error of the one network.
+    assert scores.epistemic_variance[0] == pytest.approx(0.0, abs=1e-6)
+    assert scores.squared_error[0] == pytest.approx(float(np.mean(residual**2)), rel=1e-4)
+    assert scores.epistemic_variance[1] > 0
