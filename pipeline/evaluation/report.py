@@ -55,7 +55,7 @@ def print_uci(results: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column in ("dataset", "verdict") else "right")
     for d in results["datasets"]:
         s = d["summary"]
-        verdict = "/".join(f"{m.upper()} {'ok' if s[m]['within_2se_or_better'] else 'off'}" for m in ("rmse", "ll"))
+        verdict = "/".join(f"{m.upper()} {_verdict(s[m]['within_2se_or_better'])}" for m in ("rmse", "ll"))
         table.add_row(
             d["dataset"],
             str(d["splits"]),
@@ -142,6 +142,10 @@ def print_regression(results: dict[str, Any]) -> None:
         "predictive: lower/upper (MC samples + observation noise 1/tau, estimated by mcdrop train on its validation "
         "split); mean only: mean_lower/mean_upper, the samples' own spread"
     )
+
+
+def _verdict(within: bool | None) -> str:
+    return "n/a (1 split)" if within is None else "ok" if within else "off"
 
 
 def _pm(mean: float, se: float, digits: int) -> str:
