@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 stderr = Console(stderr=True)
 
@@ -14,12 +22,13 @@ def stdout_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def progress_bar(*, transient: bool = False) -> Progress:
-    """A rich progress bar with count, elapsed and remaining time, drawn on stderr."""
+def progress_bar(*, transient: bool = False, counts: bool = True) -> Progress:
+    """A rich progress bar with count (or percentage, when the units mean nothing to a reader), elapsed and
+    remaining time, drawn on stderr."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        MofNCompleteColumn() if counts else TaskProgressColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

@@ -72,7 +72,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mcdrop.pipeline.evaluation.report import print_digits, print_regression, print_uci
     from mcdrop.pipeline.progress import progress_bar
 
-    with tempfile.TemporaryDirectory(prefix="mcdrop-evaluate-") as tmp, progress_bar() as bar:
+    with tempfile.TemporaryDirectory(prefix="mcdrop-evaluate-") as tmp, progress_bar(counts=args.suite != "uci") as bar:
         if args.quiet:
             bar.stop()
         workdir = args.workdir or Path(tmp)
