@@ -14,6 +14,7 @@ mutated, on each change.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -66,14 +67,16 @@ class ModelVersion:
         bounds = self.manifest["input"].get("integer_range")
         return None if bounds is None else (int(bounds[0]), int(bounds[1]))
 
-    @property
+    @functools.cached_property
     def noise_variance(self) -> np.ndarray | None:
-        """Observation-noise variance 1/tau in the output's shape, or None (epistemic only)."""
+        """Observation-noise variance 1/tau in the output's shape, or None (epistemic only); read once per version."""
         noise = self.manifest["output"].get("observation_noise") or {}
         variance = noise.get("variance")
         if variance is None:
             return None
-        return np.asarray(variance, np.float64).reshape([int(d) for d in self.manifest["output"]["shape"][1:]])
+        shaped = np.asarray(variance, np.float64).reshape([int(d) for d in self.manifest["output"]["shape"][1:]])
+        shaped.setflags(write=False)  # shared by every request of this version
+        return shaped
 
     @property
     def class_labels(self) -> list[str]:

@@ -152,15 +152,15 @@ class _Split:
         )
 
 
+EXPORT_UNITS = 200_000  # about one split's export + test, in network-steps of training time
+
+
 def work_units(data: UciData, splits: int, epochs: int) -> float:
     """Progress units of a run (network-steps of training, plus an equivalent for each export)."""
     train_rows = len(data.split(0)[0])
     grid = len(data.rates) * len(data.taus) * splits * epochs * -(-int(0.8 * train_rows) // stacked_mlp.BATCH)
     refit = splits * epochs * -(-train_rows // stacked_mlp.BATCH)
     return float(grid + refit + splits * EXPORT_UNITS)
-
-
-EXPORT_UNITS = 200_000  # about one split's export + test, in network-steps of training time
 
 
 def run_uci(
@@ -383,8 +383,6 @@ def _export(
     data: UciData, split: _Split, weights: list[np.ndarray], rate: float, tau: float, epochs: int, folder: Path
 ) -> Path:
     """The refit network as the Keras model ``mcdrop train`` builds, exported and verified by mcdrop."""
-    import keras
-
     from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.data import Dataset
     from mcdrop.pipeline.export.exporter import ExportOptions, export
@@ -411,7 +409,6 @@ def _export(
         ),
     }
     (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    del keras
     version, _ = export(ExportOptions(model_path=folder / "model.keras", repository=folder / "repository", name="uci"))
     return folder / "repository" / "uci" / str(version)
 
