@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -15,7 +16,18 @@ from mcdrop.serving.errors import Unavailable
 class HttpServer:
     """uvicorn in a background thread; ``stop`` lets in-flight requests finish within the grace period."""
 
-    def __init__(self, app: Any, host: str, port: int, grace: float, tls: tuple[str, str, str] | None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        grace: float,
+        tls: tuple[str, str, str] | None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        """``reuse_port``: bind with SO_REUSEPORT, so that every worker of ``mcdrop serve --workers N`` listens on
+        the same port and the kernel spreads connections over them."""
         options: dict[str, Any] = {}
         if tls is not None:
             cert, key, client_ca = tls
@@ -25,8 +37,9 @@ class HttpServer:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=max(1, round(grace)), **options)  # fmt: skip
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="rest", daemon=True)
         self.address = f"{host}:{port}"
+        sockets = [reuse_port_socket(host, port)] if reuse_port else None
+        self._thread = threading.Thread(target=self._server.run, args=(sockets,), name="rest", daemon=True)
 
     def start(self, timeout: float = 10.0) -> int:
         """Start serving; return the bound port."""
@@ -43,3 +56,21 @@ class HttpServer:
     def stop(self, grace: float) -> None:
         self._server.should_exit = True
         self._thread.join(grace + 5)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not yet listening).
+
+    Raises:
+        Unavailable: the port is held by a socket that does not share it, or the address is not local.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"Could not bind {host}:{port}: {exc.strerror or exc}.") from None
+    return sock

@@ -14,6 +14,13 @@ mcdrop_model_load_failures_total         counter     model
 mcdrop_repository_scan_errors_total      counter
 mcdrop_auth_failures_total               counter
 =======================================  ==========  ==========================================
+
+With ``mcdrop serve --workers N`` (N > 1) every worker process writes its values to files in a
+directory the supervisor owns (prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
+and the supervisor serves one ``/metrics`` for all of them: counters and histograms are summed over
+workers (including workers that exited and were restarted), ``mcdrop_inflight_requests`` is summed over
+live workers, and ``mcdrop_model_version_loaded`` is the maximum over live workers (1 while any worker
+has the version loaded, 0 once none has).
 """
 
 from __future__ import annotations
@@ -21,19 +28,42 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
-class Metrics:
+class _Endpoint:
+    """A registry and the HTTP endpoint that exposes it."""
+
     def __init__(self) -> None:
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
         self.registry = CollectorRegistry()
+
+    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+        """Expose /metrics over HTTP (in a background thread); return the bound port."""
+        self.close_http()
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close_http(self) -> None:
+        """Stop the /metrics endpoint and free its port (no-op if it is not running)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=5)
+            self._http, self._http_thread = None, None
+
+
+class Metrics(_Endpoint):
+    def __init__(self) -> None:
+        super().__init__()
         r = self.registry
         self.requests = Counter(
             "mcdrop_requests", "RPCs by API, method and status code", ["api", "method", "code"], registry=r
@@ -52,9 +82,10 @@ class Metrics:
             "mcdrop_samples_per_request", "Monte-Carlo samples per request", ["model", "mode"], buckets=SAMPLE_BUCKETS,
             registry=r,
         )  # fmt: skip
-        self.inflight = Gauge("mcdrop_inflight_requests", "Requests admitted and not finished", registry=r)
+        self.inflight = Gauge("mcdrop_inflight_requests", "Requests admitted and not finished", registry=r,
+                              multiprocess_mode="livesum")  # fmt: skip
         self.loaded = Gauge("mcdrop_model_version_loaded", "1 while a model version is loaded", ["model", "version"],
-                            registry=r)  # fmt: skip
+                            registry=r, multiprocess_mode="livemax")  # fmt: skip
         self.load_failures = Counter("mcdrop_model_load_failures", "Model versions that failed to load", ["model"],
                                      registry=r)  # fmt: skip
         self.auth_failures = Counter("mcdrop_auth_failures", "RPCs refused for a missing or wrong token", registry=r)
@@ -82,23 +113,22 @@ class Metrics:
             self.loaded.labels(model, str(version)).set(1)
         elif event == "unloaded":
             with contextlib.suppress(KeyError):
+                self.loaded.labels(model, str(version)).set(0)  # what workers' value files keep (see above)
                 self.loaded.remove(model, str(version))
         elif event == "failed":
             self.load_failures.labels(model).inc()
         elif event == "scan_failed":
             self.scan_errors.inc()
 
-    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Expose /metrics over HTTP (in a background thread); return the bound port."""
-        self.close_http()
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_port)
 
-    def close_http(self) -> None:
-        """Stop the /metrics endpoint and free its port (no-op if it is not running)."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            if self._http_thread is not None:
-                self._http_thread.join(timeout=5)
-            self._http, self._http_thread = None, None
+class AggregatedMetrics(_Endpoint):
+    """One /metrics for every worker process that writes its values under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+        multiprocess.MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def worker_exited(self, pid: int) -> None:
+        """Drop an exited worker's live gauges (its counters and histograms stay in the sums)."""
+        multiprocess.mark_process_dead(pid, path=str(self.directory))  # type: ignore[no-untyped-call]

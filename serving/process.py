@@ -34,11 +34,11 @@ def free_port() -> int:
 
 
 def serve_command(repository: Path, port: int, *flags: str) -> list[str]:
-    """``mcdrop serve`` on 127.0.0.1:``port`` without metrics or REST endpoints (unless ``flags`` set them), so
-    several can run side by side."""
+    """``mcdrop serve`` on 127.0.0.1:``port`` with one worker process and without metrics or REST endpoints
+    (unless ``flags`` say otherwise: a later flag wins), so that several can run side by side."""
     return [
         sys.executable, "-m", "mcdrop.serving.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-        "--port", str(port), "--metrics-port", "-1", "--http-port", "0", *flags,
+        "--port", str(port), "--metrics-port", "-1", "--http-port", "0", "--workers", "1", *flags,
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -37,8 +38,10 @@ REPOSITORY_HEALTH = "mcdrop.repository"
 class Server:
     """One mcdrop server. Cheap to construct; ``start()`` does the work."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, reuse_port: bool = False) -> None:
+        """``reuse_port``: bind the gRPC and REST ports with SO_REUSEPORT (a worker of ``mcdrop serve --workers``)."""
         self.settings = settings
+        self.reuse_port = reuse_port
         self.metrics = Metrics()
         self.repository = ModelRepository(
             Path(settings.repository),
@@ -69,13 +72,13 @@ class Server:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.reuse_port)),
         ]
         interceptors = []
         if self.tokens.enabled:
             interceptors.append(AuthInterceptor(self.tokens, self.metrics))
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers), options=options, interceptors=interceptors
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_threads), options=options, interceptors=interceptors
         )
         mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -147,7 +150,9 @@ class Server:
         settings = self.settings
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
         app = rest.make_app(self.plane, self.metrics, self.tokens, settings.max_message_bytes)
-        self._http = HttpServer(app, settings.host, settings.http_port, settings.grace_seconds, tls)
+        self._http = HttpServer(
+            app, settings.host, settings.http_port, settings.grace_seconds, tls, reuse_port=self.reuse_port
+        )
         self.http_port = self._http.start()
 
     def ready(self) -> bool:
@@ -185,8 +190,20 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 
 def run(settings: ServerSettings) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a graceful stop)."""
-    server = Server(settings)
+    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a graceful stop).
+
+    With more than one worker (``settings.workers``; 0 = one per usable CPU) this process supervises
+    that many server processes (``mcdrop.serving.workers``)."""
+    from mcdrop.serving import workers
+
+    count = workers.resolve(settings.workers)
+    if count > 1:
+        return workers.Supervisor(settings, count).run()
+    return serve_until_signalled(Server(settings))
+
+
+def serve_until_signalled(server: Server, on_started: Callable[[], None] = lambda: None) -> int:
+    """Start ``server``, call ``on_started``, serve until SIGTERM or SIGINT, drain; return 0."""
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -194,9 +211,11 @@ def run(settings: ServerSettings) -> int:
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a worker leaves Ctrl-C to its supervisor
+        signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()
+        on_started()
         # Wait with a timeout: the kernel may deliver SIGTERM to any thread, and Python runs the handler only
         # when the main thread returns to the interpreter, which a wait without timeout would never do.
         while not stop_requested.wait(timeout=0.2):

@@ -44,7 +44,12 @@ class ServerSettings:
     )
     http_port: int = setting(8501, "Open Inference Protocol REST port (same process and data plane); 0 turns it off")
     metrics_port: int = setting(8502, "Prometheus /metrics HTTP port; -1 turns it off, 0 picks a free port")
-    workers: int = setting(8, "gRPC worker threads")
+    workers: int = setting(
+        0,
+        "server processes sharing the gRPC and REST ports (SO_REUSEPORT), each with its own interpreters; "
+        "0 = one per usable CPU (affinity and cgroup CPU quota)",
+    )
+    grpc_threads: int = setting(8, "gRPC worker threads per server process")
     pool_size: int = setting(2, "LiteRT interpreters per graph per model version (more requests wait in the queue)")
     interpreter_threads: int = setting(1, "threads inside each interpreter invoke")
     max_queue: int = setting(64, "requests that may wait for an interpreter; more get RESOURCE_EXHAUSTED")
@@ -75,14 +80,14 @@ class ServerSettings:
 
     def validate(self) -> ServerSettings:
         """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
-        positive = ("workers", "pool_size", "interpreter_threads", "max_samples", "max_batch", "max_sample_rows",
+        positive = ("grpc_threads", "pool_size", "interpreter_threads", "max_samples", "max_batch", "max_sample_rows",
                     "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))
         if not self.max_request_gflops > 0:
             raise _invalid("max_request_gflops", "a number > 0", self.max_request_gflops)
-        for name in ("max_queue", "poll_seconds", "grace_seconds"):
+        for name in ("workers", "max_queue", "poll_seconds", "grace_seconds"):
             if not getattr(self, name) >= 0:
                 raise _invalid(name, "a number >= 0", getattr(self, name))
         if not 0 <= self.port <= 65535:

@@ -63,7 +63,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.grid(axis="y", which="both", alpha=0.3)
 
     served = [r for r in rows if "concurrency" in r]
-    labels = [f"{r['name'].replace('server_', '')}\nc={r['concurrency']}" for r in served]
+    labels = [f"{r['name'].replace('server_', '')}\nc={r['concurrency']}" + (f" w={r['workers']}" if "workers" in r
+              else "") for r in served]  # fmt: skip
     p50 = [r["median_ms"] for r in served]
     p99 = [r["p99_ms"] for r in served]
     x = range(len(served))

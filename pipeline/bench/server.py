@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
 import shutil
 import signal
 import subprocess
@@ -24,7 +26,10 @@ from mcdrop.serving.process import ServerProcess, free_port
 PREDICT = "/mcdrop.v1.Inference/Predict"
 ECHO = "/echo.Echo/Echo"
 # The server under test runs with exactly these settings; the report shows the same values.
-SERVER_SETTINGS = {"pool_size": 2, "interpreter_threads": 1, "workers": 8, "poll_seconds": 0, "log_level": "WARNING"}
+SERVER_SETTINGS = {"pool_size": 2, "interpreter_threads": 1, "grpc_threads": 8, "poll_seconds": 0,
+                   "log_level": "WARNING"}  # fmt: skip
+WORKERS = (1, 2)
+"""``mcdrop serve --workers`` values measured side by side (the REST rows use one worker)."""
 STARTS = 3
 
 
@@ -49,27 +54,36 @@ def server_rows(
         f"server_mc_T{samples}": pb.PredictRequest(model=model, input=tensor, mode=pb.MONTE_CARLO, samples=samples),
     }
     flags = server_flags(SERVER_SETTINGS)
-    ready = [_start_to_ready(single, flags) for _ in range(STARTS)]
+    ready = {w: [_start_to_ready(single, [*flags, "--workers", str(w)]) for _ in range(STARTS)] for w in WORKERS}
     rows: list[dict[str, Any]] = []
-    http_port = free_port()
     tensor_json = {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}
     rest_bodies = {
         "rest_deterministic": {"inputs": [tensor_json], "parameters": {"mode": "deterministic"}},
         f"rest_mc_T{samples}": {"inputs": [tensor_json], "parameters": {"mc_samples": samples}},
     }
-    with ServerProcess(single, *flags, "--http-port", str(http_port)) as server:
-        rss_loaded = memory_mb(server.pid)["rss"]
-        for name, request in payloads.items():
-            for clients in concurrency:
-                payload = request.SerializeToString()
-                row = _measure(name, server.address, PREDICT, payload, clients, duration)
-                rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1})
-        for name, body in rest_bodies.items():  # the Open Inference Protocol over REST, same process and model
-            for clients in concurrency:
-                path = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
-                row = _measure(name, path, "REST", json.dumps(body).encode(), clients, duration)
-                rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1})
-        memory = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": memory_mb(server.pid)["peak"]}
+    memory: dict[int, dict[str, float]] = {}
+    for workers in WORKERS:
+        http_port = free_port()
+        served = ServerProcess(single, *flags, "--workers", str(workers), "--http-port", str(http_port))
+        with served as server:
+            pids = server_pids(server.pid, workers)
+            measured = sorted({server.pid, *pids})  # CPU time: the supervisor too
+            rss_loaded = max(memory_mb(pid)["rss"] for pid in pids)
+            for name, request in payloads.items():
+                for clients in concurrency:
+                    payload = request.SerializeToString()
+                    row = _measure(name, server.address, PREDICT, payload, clients, duration, measured)
+                    rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1,
+                                 "workers": workers})  # fmt: skip
+            if workers == 1:  # the Open Inference Protocol over REST, same process and model
+                for name, body in rest_bodies.items():
+                    for clients in concurrency:
+                        path = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
+                        row = _measure(name, path, "REST", json.dumps(body).encode(), clients, duration, pids)
+                        rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1,
+                                     "workers": workers})  # fmt: skip
+            peak = max(memory_mb(pid)["peak"] for pid in pids)
+        memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
     echo_port = free_port()
     echo = subprocess.Popen(
         [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE
@@ -79,7 +93,7 @@ def server_rows(
             echo.stdout.readline()  # "ready"
         payload = payloads[f"server_mc_T{samples}"].SerializeToString()
         for clients in concurrency:
-            row = _measure("echo_floor", f"127.0.0.1:{echo_port}", ECHO, payload, clients, duration)
+            row = _measure("echo_floor", f"127.0.0.1:{echo_port}", ECHO, payload, clients, duration, [echo.pid])
             rows.append({**row, "model": "echo", "batch": len(x), "samples": 0})
     finally:
         echo.send_signal(signal.SIGTERM)
@@ -88,11 +102,69 @@ def server_rows(
     for r in rows:
         if r["name"] != "echo_floor":
             r["ratio_to_echo_floor"] = r["median_ms"] / floor[r["concurrency"]]
-    process = {**memory, "ready_seconds_median": percentile(ready, 50), "ready_seconds": ready}
+    process = {
+        **memory[1],
+        "peak_rss_mb_per_worker": max(m["peak_rss_mb"] for m in memory.values()),
+        "by_workers": {
+            str(w): {**memory[w], "ready_seconds_median": percentile(ready[w], 50), "ready_seconds": ready[w]}
+            for w in WORKERS
+        },
+        "ready_seconds_median": max(percentile(ready[w], 50) for w in WORKERS),
+        "ready_seconds": ready[1],
+    }
     return rows, process
 
 
-def _measure(name: str, target: str, method: str, payload: bytes, clients: int, duration: float) -> dict[str, Any]:
+def server_pids(pid: int, workers: int, timeout: float = 10.0) -> list[int]:
+    """The processes that serve requests: ``pid`` itself with one worker, else its ``workers`` worker children."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + timeout
+    while True:
+        children = [c for c in descendants(pid) if "multiprocessing.spawn" in _command_line(c)]
+        if len(children) >= workers or time.monotonic() > deadline:
+            return children[:workers] or [pid]
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc/PID/task/TID/children``)."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far (``/proc/PID/stat`` fields 14 and 15)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _measure(
+    name: str, target: str, method: str, payload: bytes, clients: int, duration: float, pids: list[int]
+) -> dict[str, Any]:
+    """Latency and throughput of ``clients`` closed loops, and the CPU time the server ``pids`` spent meanwhile."""
     start_at = time.time() + 2.0 + 0.3 * clients  # after every worker has spawned and warmed up
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(clients, mp_context=context) as pool:
@@ -103,7 +175,11 @@ def _measure(name: str, target: str, method: str, payload: bytes, clients: int, 
                        for _ in range(clients)]  # fmt: skip
         else:
             futures = [pool.submit(load_worker, target, method, payload, start_at, duration) for _ in range(clients)]
-        latencies = [t for f in futures for t in f.result()]
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu_before = cpu_seconds(pids)
+        results = [f.result() for f in futures]
+        cpu = cpu_seconds(pids) - cpu_before
+    latencies = [t for result in results for t in result]
     if not latencies:
         raise MCDropError(f"no {name} request completed")
     return {
@@ -113,6 +189,7 @@ def _measure(name: str, target: str, method: str, payload: bytes, clients: int, 
         "median_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "throughput_rps": len(latencies) / duration,
+        "cpu_s_per_1000": cpu / len(latencies) * 1000,
     }
 
 

@@ -86,22 +86,25 @@ def print_bench(report: dict[str, Any]) -> None:
     for r in report["rows"]:
         ratios = ", ".join(f"{k.removeprefix('ratio_to_')} {v:.3f}" for k, v in r.items() if k.startswith("ratio_to_"))
         name = r["name"] + (f" c={r['concurrency']}" if "concurrency" in r else "")
+        name += f" w={r['workers']}" if "workers" in r else ""
         p99 = f"{r['p99_ms']:.3f}" if "p99_ms" in r else ""
         if "throughput_rps" in r:
-            ratios = f"{r['throughput_rps']:.0f} req/s" + (f", {ratios}" if ratios else "")
+            cpu = f", {r['cpu_s_per_1000']:.2f} CPU s/1000 req"
+            ratios = f"{r['throughput_rps']:.0f} req/s{cpu}" + (f", {ratios}" if ratios else "")
         table.add_row(name, r["model"], str(r["batch"]), f"{r['median_ms']:.3f}", p99, ratios)
     console.print(table)
     targets = Table(title="targets")
-    for column in ("target", "value", "at most", "met"):
+    for column in ("target", "value", "bound", "met"):
         targets.add_column(column)
     for t in report["targets"]:
-        targets.add_row(
-            t["target"], f"{t['value']:.3f}", f"{t['at_most']:g}", "[green]yes[/]" if t["met"] else "[red]no[/]"
-        )
+        bound = f"≤ {t['at_most']:g}" if "at_most" in t else f"≥ {t['at_least']:g}"
+        targets.add_row(t["target"], f"{t['value']:.3f}", bound, "[green]yes[/]" if t["met"] else "[red]no[/]")
     console.print(targets)
     process = report["process"]
     server = ", ".join(f"{k}={v}" for k, v in report["settings"]["server"].items())
     console.print(
-        f"server ({server}): peak RSS {process['peak_rss_mb']:.1f} MB, ready in {process['ready_seconds']} s; "
-        f"whole run {report['seconds']} s"
+        f"server ({server}): peak RSS {process['peak_rss_mb']:.1f} MB (per worker, at most "
+        f"{process['peak_rss_mb_per_worker']:.1f} MB), ready in {process['ready_seconds']} s (one worker), "
+        + ", ".join(f"{w} workers {v['ready_seconds_median']:.2f} s" for w, v in process["by_workers"].items())
+        + f"; whole run {report['seconds']} s"
     )

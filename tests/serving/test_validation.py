@@ -126,7 +126,7 @@ def test_negative_values_are_refused_by_the_data_plane(served: tuple[Server, Cli
 
 
 def test_overload_returns_resource_exhausted(model_repository: Path) -> None:
-    with in_process_server(model_repository, pool_size=1, max_queue=0, workers=8) as (_, client):
+    with in_process_server(model_repository, pool_size=1, max_queue=0, grpc_threads=8) as (_, client):
         heavy = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
         codes: list[str] = []
         lock = threading.Lock()
