@@ -27,7 +27,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableSequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,9 @@ MONTE_CARLO = "monte_carlo"
 MODES = (DETERMINISTIC, MONTE_CARLO)
 DEFAULT_INTERVAL = 0.95
 MAX_SEED = 2**64 - 1
+LONE_REQUEST_FLOPS = 50e6
+"""Invokes smaller than this (about 0.5 ms on one core) run on one thread even when alone: waking a second thread
+costs more than it saves, and on a small machine the client shares the cores."""
 
 
 @dataclasses.dataclass
@@ -110,6 +113,8 @@ class _Plan:
     chunk: int
     return_samples: bool
     first_row: int = 0
+    flops: float = 0.0
+    """Compute of the whole request (0 when the manifest has no cost)."""
 
 
 class DataPlane:
@@ -121,12 +126,16 @@ class DataPlane:
         settings: ServerSettings,
         metrics: Metrics,
         is_ready: Callable[[], bool] = lambda: True,
+        server_load: MutableSequence[int] | None = None,
+        worker: int = 0,
     ) -> None:
         """Args:
         repository: the loaded model versions.
         settings: limits and defaults.
         metrics: where to count and time.
         is_ready: whether the server is up and not draining (for readiness answers).
+        server_load: requests in flight per worker process of this server (shared memory); this data plane
+            writes slot ``worker``. None: this process is the whole server.
         """
         self.repository = repository
         self.settings = settings
@@ -135,6 +144,8 @@ class DataPlane:
         self._capacity = settings.pool_size + settings.max_queue
         self._inflight = 0
         self._lock = threading.Lock()
+        self._server_load = server_load
+        self._worker = worker
 
     # Models -------------------------------------------------------------------------------------
 
@@ -230,8 +241,9 @@ class DataPlane:
                 f"Expected at most {self.settings.max_sample_rows}."
             )
         cost = version.manifest.get("cost")
+        flops = request_flops(cost, len(x), samples) if cost else 0.0
         if cost:
-            gflops = request_flops(cost, len(x), samples) / 1e9
+            gflops = flops / 1e9
             if gflops > self.settings.max_request_gflops:
                 raise InvalidArgument(
                     f"Request too costly: {gflops:.3g} GFLOP for batch {len(x)} x T={samples} on model "
@@ -248,7 +260,7 @@ class DataPlane:
         if request.first_row < 0:
             raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
         return _Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
-                     request.first_row)  # fmt: skip
+                     request.first_row, flops)  # fmt: skip
 
     def _check_input(self, version: ModelVersion, x: np.ndarray) -> np.ndarray:
         """Shape and batch checked, converted to the model's input dtype, finite."""
@@ -289,12 +301,22 @@ class DataPlane:
                         "Retry later."
                     )
                 plane._inflight += 1
+                if plane._server_load is not None:
+                    plane._server_load[plane._worker] = plane._inflight
             plane.metrics.inflight.inc()
 
         def __exit__(self, *exc: object) -> None:
-            with self._plane._lock:
-                self._plane._inflight -= 1
-            self._plane.metrics.inflight.dec()
+            plane = self._plane
+            with plane._lock:
+                plane._inflight -= 1
+                if plane._server_load is not None:
+                    plane._server_load[plane._worker] = plane._inflight
+            plane.metrics.inflight.dec()
+
+    def _alone(self) -> bool:
+        """Whether the calling request is the only one in flight on the whole server (so cores are idle)."""
+        load = self._server_load
+        return (sum(load) if load is not None else self._inflight) == 1
 
     def _admitted(self) -> DataPlane._Admission:
         return DataPlane._Admission(self)
@@ -356,7 +378,8 @@ class DataPlane:
         else:
             graph_name, feeds = "mc", {"x": plan.x, "samples": np.array(samples, np.int32)}
         waiting = time.perf_counter()
-        with version.pools[graph_name].lease(deadline) as graph:
+        alone = plan.flops * samples / plan.samples >= LONE_REQUEST_FLOPS and self._alone()
+        with version.pools[graph_name].lease(deadline, alone=alone) as graph:
             started = time.perf_counter()
             output = graph.run(feeds)[0]
             finished = time.perf_counter()

@@ -117,6 +117,7 @@ class ModelRepository:
         *,
         pool_size: int = 2,
         interpreter_threads: int = 1,
+        lone_request_threads: int = 1,
         max_versions: int = 2,
         listener: Listener | None = None,
         model_name: str | None = None,
@@ -124,12 +125,15 @@ class ModelRepository:
         """Args:
         model_name: the name to serve a single-model directory under (KServe's ``/mnt/models``: one
             exported version's files directly in ``root``); default: the name in its manifest.
+        lone_request_threads: threads of each pool's extra interpreter for a request alone in flight
+            (``mcdrop.serving.pool``); 1 = no such interpreter.
         """
         self.root = root
         self._model_name = model_name or None
         self._single: tuple[str, int] | None = None
         self._pool_size = pool_size
         self._threads = interpreter_threads
+        self._lone_threads = lone_request_threads
         self._max_versions = max_versions
         self._listener = listener or (lambda *_: None)
         self._models: dict[str, ModelState] = {}
@@ -257,7 +261,9 @@ class ModelRepository:
         for graph, spec in manifest["graphs"].items():
             # Hash the very bytes the interpreters get: never serve a file that failed its digest.
             content = manifest_io.read_verified(path, spec["file"], manifest)
-            pools[graph] = InterpreterPool(content, size=self._pool_size, threads=self._threads)
+            pools[graph] = InterpreterPool(
+                content, size=self._pool_size, threads=self._threads, lone_threads=self._lone_threads
+            )
         loaded = ModelVersion(name, version, path, manifest, pools, signature)
         _smoke_test(loaded)
         return loaded

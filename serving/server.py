@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -38,8 +38,18 @@ REPOSITORY_HEALTH = "mcdrop.repository"
 class Server:
     """One mcdrop server. Cheap to construct; ``start()`` does the work."""
 
-    def __init__(self, settings: ServerSettings, *, reuse_port: bool = False) -> None:
-        """``reuse_port``: bind the gRPC and REST ports with SO_REUSEPORT (a worker of ``mcdrop serve --workers``)."""
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        reuse_port: bool = False,
+        server_load: MutableSequence[int] | None = None,
+        worker: int = 0,
+    ) -> None:
+        """A worker of ``mcdrop serve --workers`` binds with ``reuse_port`` (SO_REUSEPORT) and counts its requests
+        in flight in slot ``worker`` of the shared ``server_load``."""
+        from mcdrop.serving.workers import usable_cpus
+
         self.settings = settings
         self.reuse_port = reuse_port
         self.metrics = Metrics()
@@ -47,11 +57,14 @@ class Server:
             Path(settings.repository),
             pool_size=settings.pool_size,
             interpreter_threads=settings.interpreter_threads,
+            lone_request_threads=settings.lone_request_threads or usable_cpus(),
             max_versions=settings.max_versions,
             listener=self._on_repository_event,
             model_name=settings.model_name or None,
         )
-        self.plane = DataPlane(self.repository, settings, self.metrics, is_ready=self.ready)
+        self.plane = DataPlane(
+            self.repository, settings, self.metrics, is_ready=self.ready, server_load=server_load, worker=worker
+        )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]

@@ -52,6 +52,11 @@ class ServerSettings:
     grpc_threads: int = setting(8, "gRPC worker threads per server process")
     pool_size: int = setting(2, "LiteRT interpreters per graph per model version (more requests wait in the queue)")
     interpreter_threads: int = setting(1, "threads inside each interpreter invoke")
+    lone_request_threads: int = setting(
+        0,
+        "threads for a request that is alone in flight on the whole server (an extra interpreter per graph; idle "
+        "cores shorten it, answers are bit-identical); 0 = the usable CPUs, 1 turns it off",
+    )
     max_queue: int = setting(64, "requests that may wait for an interpreter; more get RESOURCE_EXHAUSTED")
     max_samples: int = setting(10_000, "largest Monte-Carlo sample count T per request")
     max_batch: int = setting(1024, "largest batch (rows) per request")
@@ -87,7 +92,7 @@ class ServerSettings:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))
         if not self.max_request_gflops > 0:
             raise _invalid("max_request_gflops", "a number > 0", self.max_request_gflops)
-        for name in ("workers", "max_queue", "poll_seconds", "grace_seconds"):
+        for name in ("workers", "lone_request_threads", "max_queue", "poll_seconds", "grace_seconds"):
             if not getattr(self, name) >= 0:
                 raise _invalid(name, "a number >= 0", getattr(self, name))
         if not 0 <= self.port <= 65535:

@@ -75,6 +75,7 @@ class Supervisor:
         self._workers: dict[int, BaseProcess] = {}
         self._ready: dict[int, Any] = {}
         self._restarts: list[float] = []
+        self._load = self._context.RawArray("i", count)  # requests in flight per worker: "alone" is server-wide
         self._stop = threading.Event()
 
     def run(self) -> int:
@@ -124,7 +125,7 @@ class Supervisor:
         ready = self._context.Event()
         settings = dataclasses.replace(self.settings, workers=1, metrics_port=-1)
         process = self._context.Process(
-            target=_worker_main, args=(settings, index, ready), name=f"mcdrop-worker-{index}", daemon=False
+            target=_worker_main, args=(settings, index, ready, self._load), name=f"mcdrop-worker-{index}", daemon=False
         )
         process.start()
         self._workers[index], self._ready[index] = process, ready
@@ -150,6 +151,7 @@ class Supervisor:
                 if process.exitcode is None:
                     continue
                 metrics.worker_exited(process.pid)
+                self._load[index] = 0  # its requests died with it
                 now = time.monotonic()
                 self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
                 if len(self._restarts) > MAX_RESTARTS:
@@ -189,7 +191,7 @@ class _WorkerField(logging.Filter):
         return True
 
 
-def _worker_main(settings: ServerSettings, index: int, ready: Any) -> None:
+def _worker_main(settings: ServerSettings, index: int, ready: Any, load: Any) -> None:
     """One worker: a complete server on the shared ports until SIGTERM (exit code 0 after draining)."""
     from mcdrop.serving import logs
     from mcdrop.serving.server import Server, serve_until_signalled
@@ -199,5 +201,6 @@ def _worker_main(settings: ServerSettings, index: int, ready: Any) -> None:
         handler.addFilter(_WorkerField(index))
     # Ctrl-C reaches the whole process group: the supervisor alone decides, and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = serve_until_signalled(Server(settings, reuse_port=True), on_started=ready.set)
+    server = Server(settings, reuse_port=True, server_load=load, worker=index)
+    code = serve_until_signalled(server, on_started=ready.set)
     raise SystemExit(code)
