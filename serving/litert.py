@@ -64,6 +64,10 @@ class Graph:
     def input_names(self) -> list[str]:
         return list(self._inputs)
 
+    def input_index(self, name: str) -> int:
+        """Tensor index of input ``name``."""
+        return int(self._inputs[name]["index"])
+
     def input_spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Shape signature (-1 for dynamic) and dtype of input ``name``."""
         detail = self._inputs[name]

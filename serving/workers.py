@@ -48,13 +48,14 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 STARTUP_TIMEOUT = 120.0
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's CPU limit)."""
     count = len(os.sched_getaffinity(0))
     with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="utf-8").split()[:2]
+        quota, period = CGROUP_CPU_MAX.read_text(encoding="utf-8").split()[:2]
         if quota != "max":
             count = min(count, max(1, math.ceil(int(quota) / int(period))))
     return count
@@ -163,18 +164,24 @@ class Supervisor:
         return 0
 
     def _stop_workers(self) -> list[int | None]:
-        """SIGTERM every worker, wait for each to drain, kill what is still running after the grace period."""
+        """SIGTERM every worker, wait for each to drain, kill what is still running after the grace period.
+
+        Returns the exit codes; a worker stopped while still starting (no requests yet, no handler yet) counts as 0.
+        """
         for process in self._workers.values():
             if process.exitcode is None and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.grace_seconds + 10
-        for process in self._workers.values():
+        codes: list[int | None] = []
+        for index, process in self._workers.items():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.exitcode is None:
                 process.kill()
                 process.join(5)
-        return [p.exitcode for p in self._workers.values()]
+            starting = process.exitcode == -signal.SIGTERM and not self._ready[index].is_set()
+            codes.append(0 if starting else process.exitcode)
+        return codes
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})

@@ -195,7 +195,7 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
             masks.add_row(d["masked_input"], layer, kind, f"{d['rate']:g}", shape)
         console.print(masks)
     for check in manifest["verification"]["checks"]:
-        detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_tile")}
+        detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_samples")}
         console.print(
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )

@@ -24,7 +24,12 @@ reused at every step, as Keras does.
 With ``samples`` (T) given, the pass carries T Monte-Carlo samples folded into the
 batch dimension (row ``t * B + b``). The input is *not* repeated up front: a tensor is
 tiled T times only when it first reaches an owner (or meets an already-tiled tensor),
-so everything before the first dropout is computed once per input.
+so everything before the first dropout is computed once per input. A ``Dropout`` or
+``SpatialDropout`` layer that is first to see the samples does not tile at all: one
+broadcasting multiply of its ``[B, ...]`` input by the ``[T, B, ...]`` masks makes the
+samples (a TILE would copy T x B rows only to multiply them next). Inverted dropout's
+scale is applied after the mask, as a multiply by a constant, which the converter folds
+into a following Dense or convolution.
 
 Why not ``model(x, training=True)``: Keras 3 draws from stateless random ops that
 LiteRT cannot run, the converter silently drops ``training=True`` dropout, and the flag
@@ -130,6 +135,11 @@ class Policy:
         """Keep flags (float32 0/1) or standard-normal noise for draw ``call`` of ``site``: ``[rows, *call_shape]``."""
         raise NotImplementedError
 
+    def draw_samples(self, site: DropoutSite, call: int, samples: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+        """The same for T samples of B rows, as ``[T, B, *call_shape]``."""
+        shape = tf.concat([tf.stack([samples, batch]), tf.constant(site.call_shape, tf.int32)], axis=0)
+        return tf.reshape(self.draw(site, call, samples * batch), shape)
+
     def trains(self, owner: keras.layers.Layer) -> bool:
         """Whether to call ``owner`` (a layer that owns dropout) in training mode."""
         return self.owners_in_training_mode
@@ -189,6 +199,12 @@ class FedMasks(Policy):
     def draw(self, site: DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
         fed = tf.cast(tf.convert_to_tensor(self._feeds[site.feed_name]), tf.float32)
         return _one_call(tf.reshape(fed, [-1, *site.noise_shape]), site, call)
+
+    def draw_samples(self, site: DropoutSite, call: int, samples: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+        # The fed [T, B, ...] tensor as it is: no reshape computed from runtime shapes, which would make every
+        # tensor after it dynamic and keep those ops out of the XNNPACK delegate.
+        fed = tf.cast(tf.convert_to_tensor(self._feeds[site.feed_name]), tf.float32)
+        return fed[:, :, call] if site.calls > 1 else fed
 
 
 class KerasTrainingMode(Policy):
@@ -409,6 +425,11 @@ def input_signature(model: keras.Model) -> tuple[tuple[int, ...], tf.DType]:
     return tuple(int(d) for d in spec.shape[1:]), spec.dtype
 
 
+BROADCASTING_OWNERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                       keras.layers.SpatialDropout3D)  # fmt: skip
+"""Owners whose output is exactly ``keras.random.dropout`` of their one input (no other use of the draw)."""
+
+
 class _Walk:
     def __init__(self, sites: list[DropoutSite], policy: Policy, samples: tf.Tensor | None) -> None:
         self._sites = {(s.layer, s.mask_kind): s for s in sites}
@@ -419,6 +440,7 @@ class _Walk:
         self._tiled: dict[Any, tf.Tensor] = {}
         self._enclosing: tuple[keras.layers.Layer, ...] = ()
         self._calls: collections.Counter[str] = collections.Counter()
+        self._broadcasting = False
 
     def is_expanded(self, tensor: Any) -> bool:
         return tf.is_tensor(tensor) and tensor.ref() in self._expanded
@@ -457,6 +479,8 @@ class _Walk:
             return call.neutral()
         if index >= site.calls:
             raise ExportError(f"Dropout {site.name!r} draws more masks than the {site.calls} found when traced.")
+        if self._broadcasting and self._samples is not None:  # [T, B, ...] masks for a [B, ...] input
+            return _apply(call, site, self._policy.draw_samples(site, index, self._samples, _rows(call)), True)
         return _apply(call, site, self._policy.draw(site, index, _rows(call)))
 
     def check_counts(self) -> None:
@@ -477,16 +501,25 @@ class _Walk:
             return self.run_model(op, args[0], enclosing=(*enclosing, op))
         is_owner = path in self._owners
         tensors = [t for t in tf.nest.flatten((args, kwargs)) if tf.is_tensor(t)]
-        expand = self._samples is not None and (is_owner or any(self.is_expanded(t) for t in tensors))
+        sampled = any(self.is_expanded(t) for t in tensors)
+        broadcast = (self._samples is not None and is_owner and not sampled and self._policy.draws
+                     and type(op) in BROADCASTING_OWNERS and len(tensors) == 1)  # fmt: skip
+        expand = self._samples is not None and not broadcast and (is_owner or sampled)
         if expand:
             args, kwargs = tf.nest.map_structure(self._expand, (args, kwargs))
         training = is_owner and self._policy.trains(op)
         if keras_internals.takes_training_argument(op) or "training" in kwargs:
             kwargs = {**kwargs, "training": training}  # also overrides a training=True baked into the graph
         self._enclosing = enclosing
-        with keras_internals.batch_norm_frozen(op) if training else contextlib.nullcontext():
-            out = op(*args, **kwargs)
-        if expand:
+        out = _static_reshape(op, args, kwargs)
+        if out is None:
+            self._broadcasting = broadcast
+            try:
+                with keras_internals.batch_norm_frozen(op) if training else contextlib.nullcontext():
+                    out = op(*args, **kwargs)
+            finally:
+                self._broadcasting = False
+        if expand or broadcast:
             for tensor in tf.nest.flatten(out):
                 if tf.is_tensor(tensor):
                     self._expanded.add(tensor.ref())
@@ -502,12 +535,44 @@ class _Walk:
         return self._tiled[value.ref()]
 
 
-def _apply(call: RandomCall, site: DropoutSite, drawn: tf.Tensor) -> tf.Tensor:
-    """What Keras's random function returns, built from our keep flags or noise."""
+def _static_reshape(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tf.Tensor | None:
+    """``Flatten`` / ``Reshape`` as a reshape to a constant ``[-1, ...]`` shape, or None to call the layer.
+
+    Keras reshapes to ``(tf.shape(x)[0], ...)``, a shape computed at run time: LiteRT then treats every tensor
+    after it as dynamic and keeps those ops out of the XNNPACK delegate (a CNN's dense head ran on the slower
+    builtin kernels). The result is the same tensor.
+    """
+    if type(op) not in (keras.layers.Flatten, keras.layers.Reshape) or set(kwargs) - {"training"} or len(args) != 1:
+        return None
+    if getattr(op, "data_format", "channels_last") != "channels_last" or not tf.is_tensor(args[0]):
+        return None
+    row_shape = args[0].shape[1:]
+    if not row_shape.is_fully_defined():
+        return None
+    target = tuple(op.compute_output_shape((None, *row_shape.as_list())))[1:]
+    if any(d is None or d < 0 for d in target):
+        return None
+    return tf.reshape(args[0], [-1, *target])
+
+
+def _apply(call: RandomCall, site: DropoutSite, drawn: tf.Tensor, per_sample: bool = False) -> tf.Tensor:
+    """What Keras's random function returns, built from our keep flags or noise.
+
+    ``per_sample``: ``drawn`` is ``[T, B, ...]`` and the ``[B, ...]`` input is broadcast against it.
+    """
     args = call.arguments
     if call.function == "dropout":
         inputs = args["inputs"]
-        return inputs * tf.cast(drawn * (1.0 / (1.0 - site.rate)), inputs.dtype)
+        keep = tf.cast(drawn, inputs.dtype)
+        scale = tf.constant(1.0 / (1.0 - site.rate), inputs.dtype)
+        if not per_sample:
+            # The scale last, as a multiply by a constant: the converter folds it into a following Dense or conv.
+            return inputs * keep * scale
+        row_shape = inputs.shape[1:]
+        # Scaled on the B input rows (cheap), and a constant target shape when the row shape is known: a shape
+        # computed at run time makes the tensors after it dynamic, which XNNPACK does not take.
+        target = [-1, *row_shape] if row_shape.is_fully_defined() else tf.concat([[-1], tf.shape(inputs)[1:]], 0)
+        return tf.reshape((inputs * scale)[tf.newaxis] * keep, target)
     if call.function == "normal":  # GaussianDropout: N(mean, stddev) from standard-normal noise
         return args.get("mean", 0.0) + args.get("stddev", 1.0) * drawn
     return drawn  # AlphaDropout keeps an element where uniform >= rate: 1.0 kept, 0.0 dropped

@@ -13,8 +13,9 @@ not pass, and the exporter refuses to publish if there is any. The checks:
   within a Bonferroni-corrected number of standard errors.
 * ``fresh_randomness``: mc.tflite gives different samples on every invoke, also after
   tensors are re-allocated (a fixed-seed random op would restart its sequence).
-* ``prefix_cached``: the first tiling to T samples happens on ``B`` rows, after the
-  deterministic prefix, which therefore runs once per input.
+* ``prefix_cached``: the first op that turns the input's rows into T x B sample rows (a TILE,
+  or the broadcasting multiply of a Dropout layer's input by its masks) reads ``B`` rows, so
+  the deterministic prefix before it runs once per input.
 """
 
 from __future__ import annotations
@@ -195,25 +196,34 @@ def _drop_fraction(graph: Graph, sites: list[DropoutSite]) -> dict[str, Any]:
 
 
 def _prefix_cached(graph: Graph, batch: int, samples: int) -> dict[str, Any]:
-    ops = graph.op_details()
-    tiles = [i for i, op in enumerate(ops) if op["op_name"] == "TILE"]
-    if not tiles:
-        return {"check": "prefix_cached", "passed": False, "problems": ["no TILE op in mc.tflite"]}
-    first = ops[tiles[0]]
-    rows_in = graph.tensor_shape(int(first["inputs"][0]))[0]
-    rows_out = graph.tensor_shape(int(first["outputs"][0]))[0]
-    ok = rows_in == batch and rows_out == batch * samples
-    prefix_ops = [str(op["op_name"]) for op in ops[: tiles[0]]]
-    return {
-        "check": "prefix_cached",
-        "passed": ok,
-        "problems": []
-        if ok
-        else [f"first TILE maps {rows_in} rows to {rows_out}; expected {batch} to {batch * samples}"],
-        "prefix_ops": prefix_ops,
-        "rows_before_tile": rows_in,
-        "rows_after_tile": rows_out,
-    }
+    """Follow the data flow from ``x`` to the first op whose output has T x B sample rows; its input from ``x``
+    must have ``B`` rows (``[B, ...]``, or ``[1, B, ...]`` when it broadcasts against ``[T, B, ...]`` masks)."""
+    derived = {graph.input_index("x")}
+    prefix_ops: list[str] = []
+    for op in graph.op_details():
+        from_x = [int(i) for i in op["inputs"] if int(i) in derived]
+        if not from_x or op["op_name"] == "SHAPE":  # a shape is not the input's data
+            continue
+        outputs = [int(i) for i in op["outputs"]]
+        if any(_sample_rows(graph.tensor_shape(i), batch, samples) for i in outputs):
+            shapes = [graph.tensor_shape(i) for i in from_x]
+            ok = all(_input_rows(shape) == batch for shape in shapes)
+            problems = [] if ok else [f"{op['op_name']} makes the samples from rows of shapes {shapes}; expected "
+                                      f"{batch} rows of the input"]  # fmt: skip
+            return {"check": "prefix_cached", "passed": ok, "problems": problems, "prefix_ops": prefix_ops,
+                    "expanding_op": str(op["op_name"]), "rows_before_samples": _input_rows(shapes[0]),
+                    "rows_after": batch * samples}  # fmt: skip
+        prefix_ops.append(str(op["op_name"]))
+        derived.update(outputs)
+    return {"check": "prefix_cached", "passed": False, "problems": ["no op of mc.tflite makes T x B sample rows"]}
+
+
+def _sample_rows(shape: tuple[int, ...], batch: int, samples: int) -> bool:
+    return bool(shape) and (shape[0] == batch * samples or shape[:2] == (samples, batch))
+
+
+def _input_rows(shape: tuple[int, ...]) -> int:
+    return shape[1] if len(shape) >= 2 and shape[0] == 1 else (shape[0] if shape else 0)
 
 
 def _keras_mc(model: keras.Model, sites: list[DropoutSite], x: np.ndarray, samples: int) -> np.ndarray:

@@ -23,7 +23,9 @@ from tests.helpers import REPO, run_cli
         (["--log-format", "xml"], {}, "Invalid setting log_format (--log-format / MCDROP_LOG_FORMAT). Expected one "
          "of json, text. Received: 'xml'"),
         (["--mask-source", "gpu"], {}, "Expected one of host, graph. Received: 'gpu'"),
-        (["--workers", "0"], {}, "Invalid setting workers (--workers / MCDROP_WORKERS). Expected an integer >= 1"),
+        (["--grpc-threads", "0"], {}, "Invalid setting grpc_threads (--grpc-threads / MCDROP_GRPC_THREADS). "
+         "Expected an integer >= 1"),
+        (["--workers", "-1"], {}, "Invalid setting workers (--workers / MCDROP_WORKERS). Expected a number >= 0"),
         ([], {"MCDROP_PORT": "eighty"}, "Environment variable MCDROP_PORT must be a int. Received: 'eighty'"),
     ],
 )  # fmt: skip

@@ -22,7 +22,8 @@ from tests.helpers import REPO, burst_then_signal, copy_repository, server_proce
 def test_sixteen_concurrent_clients_get_uncorrupted_answers(
     model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
 ) -> None:
-    with server_process(model_repository, tmp_path / "server.log", "--pool-size", "2", "--workers", "16") as server:
+    flags = ("--pool-size", "2", "--grpc-threads", "16")
+    with server_process(model_repository, tmp_path / "server.log", *flags) as server:
         batches = [digits_rows[: 1 + s % 4] for s in range(10)]  # mixed batch sizes force re-allocations
         with Client(server.address) as client:
             reference = {s: client.predict("digits", batches[s], samples=30, seed=s).mean.tobytes() for s in range(10)}

@@ -133,7 +133,7 @@ def test_functional_cnn_with_spatial_dropout_and_batchnorm(tmp_path: Path) -> No
     # BatchNorm ran in inference mode: the deterministic graph equals Keras inference.
     assert found["deterministic_parity"]["max_abs_diff"] <= 1e-5
     # The prefix (conv + batchnorm) ran on the 4 verification rows, not on 4 x 2000.
-    assert found["prefix_cached"]["rows_before_tile"] == 4
+    assert found["prefix_cached"]["rows_before_samples"] == 4
     assert "CONV_2D" in found["prefix_cached"]["prefix_ops"]
 
 
