@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcdrop.serving import grpc_api, oip
+from mcdrop.serving import cpus, grpc_api, oip
 from mcdrop.serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
 from mcdrop.serving.auth import AuthInterceptor, TokenStore
@@ -48,8 +48,6 @@ class Server:
     ) -> None:
         """A worker of ``mcdrop serve --workers`` binds with ``reuse_port`` (SO_REUSEPORT) and counts its requests
         in flight in slot ``worker`` of the shared ``server_load``."""
-        from mcdrop.serving.workers import usable_cpus
-
         self.settings = settings
         self.reuse_port = reuse_port
         self.metrics = Metrics()
@@ -57,7 +55,7 @@ class Server:
             Path(settings.repository),
             pool_size=settings.pool_size,
             interpreter_threads=settings.interpreter_threads,
-            lone_request_threads=settings.lone_request_threads or usable_cpus(),
+            lone_request_threads=settings.lone_request_threads or cpus.usable_cpus(),
             max_versions=settings.max_versions,
             listener=self._on_repository_event,
             model_name=settings.model_name or None,
@@ -203,15 +201,8 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 
 def run(settings: ServerSettings) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a graceful stop).
-
-    With more than one worker (``settings.workers``; 0 = one per usable CPU) this process supervises
-    that many server processes (``mcdrop.serving.workers``)."""
-    from mcdrop.serving import workers
-
-    count = workers.resolve(settings.workers)
-    if count > 1:
-        return workers.Supervisor(settings, count).run()
+    """Serve in this process until SIGTERM or SIGINT; return the exit code (0 after a graceful stop).
+    (``mcdrop serve --workers N`` with N > 1 runs ``mcdrop.serving.workers.Supervisor`` instead.)"""
     return serve_until_signalled(Server(settings))
 
 

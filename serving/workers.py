@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -48,22 +47,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 STARTUP_TIMEOUT = 120.0
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's CPU limit)."""
-    count = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = CGROUP_CPU_MAX.read_text(encoding="utf-8").split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    return count
-
-
-def resolve(workers: int) -> int:
-    """The number of worker processes a ``workers`` setting asks for (0 = one per usable CPU)."""
-    return workers if workers > 0 else usable_cpus()
 
 
 class Supervisor:

@@ -24,7 +24,7 @@ def register(subcommands: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from mcdrop.serving import logs
+    from mcdrop.serving import cpus, logs, workers
     from mcdrop.serving.server import run
 
     names = [field.name for field in dataclasses.fields(ServerSettings)]
@@ -32,4 +32,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not Path(settings.repository).is_dir():
         raise NotFound(f"Model repository not found: {settings.repository}. Expected a directory (REPO/NAME/VERSION/).")
     logs.configure(settings.log_level, settings.log_format)
+    count = cpus.resolve(settings.workers)
+    if count > 1:  # N processes on the shared ports, under this one
+        return workers.Supervisor(settings, count).run()
     return run(settings)

@@ -142,15 +142,15 @@ def test_a_port_held_by_another_program_fails_in_one_line(model_repository: Path
 def test_usable_cpus_follow_the_affinity_and_the_cgroup_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int
 ) -> None:
-    from mcdrop.serving import workers
+    from mcdrop.serving import cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
         path.write_text(cpu_max)
-    monkeypatch.setattr(workers, "CGROUP_CPU_MAX", path)
-    assert workers.usable_cpus() == expected
-    assert workers.resolve(0) == expected and workers.resolve(3) == 3
+    monkeypatch.setattr(cpus, "CGROUP_CPU_MAX", path)
+    assert cpus.usable_cpus() == expected
+    assert cpus.resolve(0) == expected and cpus.resolve(3) == 3
 
 
 def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_identically(
