@@ -30,6 +30,8 @@ class _Job:
     rows: int
     arrived: float
     alone: bool
+    taken: bool = False
+    """In an invoke (its own or another request's): no longer queued."""
     done: bool = False
     output: np.ndarray | None = None
     error: BaseException | None = None
@@ -77,10 +79,10 @@ class Batcher:
     def _wait_for_turn(self, job: _Job, deadline: float | None) -> list[_Job] | None:
         with self._cond:
             while not job.done:
-                if self._running < self._pool.size:
+                if not job.taken and self._running < self._pool.size:
                     self._running += 1
                     return self._take()
-                timeout = None if deadline is None else deadline - time.monotonic()
+                timeout = None if deadline is None or job.taken else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     self._pending.remove(job)
                     raise DeadlineExceeded("The deadline passed while waiting for a free interpreter.")
@@ -99,6 +101,7 @@ class Batcher:
                 rows += job.samples * job.rows
         for job in batch:
             self._pending.remove(job)
+            job.taken = True
         return batch
 
     def _invoke(self, batch: list[_Job]) -> None:

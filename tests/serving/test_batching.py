@@ -20,8 +20,8 @@ from mcdrop.serving.repository import ModelRepository
 from mcdrop.serving.settings import ServerSettings
 
 
-def plane(repository: Path, **settings: object) -> DataPlane:
-    store = ModelRepository(repository, pool_size=1)
+def plane(repository: Path, pool_size: int = 1, **settings: object) -> DataPlane:
+    store = ModelRepository(repository, pool_size=pool_size)
     store.scan()
     return DataPlane(store, ServerSettings(repository=str(repository), **settings).validate(), Metrics())  # type: ignore[arg-type]
 
@@ -117,3 +117,17 @@ def test_batch_requests_must_be_positive(value: str) -> None:
 
     with pytest.raises(InvalidArgument, match="Invalid setting batch_requests"):
         load_settings({}, {"MCDROP_BATCH_REQUESTS": value})
+
+
+def test_many_threads_at_once_all_get_their_own_answers(model_repository: Path, digits_rows: np.ndarray) -> None:
+    shared = plane(model_repository, batch_requests=8, pool_size=2)
+    requests = [PredictionRequest(model="digits", x=digits_rows[: 1 + i % 4], samples=20, seed=i) for i in range(8)]
+    expected = [plane(model_repository, batch_requests=1).predict(r).summary.mean.tobytes() for r in requests]
+
+    def client(index: int) -> list[bool]:
+        return [shared.predict(requests[(index + j) % 8]).summary.mean.tobytes() == expected[(index + j) % 8]
+                for j in range(60)]  # fmt: skip
+
+    with ThreadPoolExecutor(8) as threads:
+        answers = [same for result in threads.map(client, range(8)) for same in result]
+    assert len(answers) == 480 and all(answers)
