@@ -5,4 +5,4 @@ Nothing under this package imports TensorFlow; the serving image ships without i
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -147,15 +147,19 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     docker_client: Any, image: Any, shared_repository: Path, digits_rows: np.ndarray
 ) -> None:
     server = Running(docker_client, image, {str(shared_repository): {"bind": "/models", "mode": "ro"}},
-                     MCDROP_GRACE_SECONDS="30")  # fmt: skip
+                     MCDROP_GRACE_SECONDS="30", MCDROP_WORKERS="2")  # fmt: skip
     try:
+        count = ("import pathlib; print(sum(b'multiprocessing.spawn' in p.read_bytes() "
+                 "for p in pathlib.Path('/proc').glob('[0-9]*/cmdline')))")  # fmt: skip
+        code, output = server.container.exec_run(["python3", "-c", count])
+        assert code == 0 and output.decode().strip() == "2", output  # MCDROP_WORKERS=2: two server processes
         x = np.repeat(digits_rows, 8, axis=0)
         outcomes, signalled = burst_then_signal(server.address, x, 16, lambda: server.container.kill(signal="SIGTERM"))
         result = server.container.wait(timeout=60)
         assert result["StatusCode"] == 0, server.logs()
         assert len(outcomes) == 16 and {o for o, _ in outcomes} <= {"OK", "UNAVAILABLE"}
         assert any(o == "OK" and t > signalled for o, t in outcomes), "nothing was in flight at SIGTERM"
-        assert '"msg": "stopped"' in server.logs()
+        assert server.logs().count('"msg": "stopped"') == 3  # both workers drained, then the supervisor
     finally:
         server.remove()
 

@@ -32,14 +32,22 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
         assert ours["ratio_to_keras_batched"] > 0
     for row in report["rows"]:
         assert row["median_ms"] > 0
-    served = {(r["name"], r["concurrency"]) for r in report["rows"] if "concurrency" in r}
-    names = ("server_deterministic", "server_mc_T100", "rest_deterministic", "rest_mc_T100", "echo_floor")
-    assert served == {(n, c) for n in names for c in (1, 8)}
+    served = {(r["name"], r["concurrency"], r.get("workers")) for r in report["rows"] if "concurrency" in r}
+    expected = {(n, c, w) for n in ("server_deterministic", "server_mc_T100") for c in (1, 8) for w in (1, 2)}
+    expected |= {(n, c, 1) for n in ("rest_deterministic", "rest_mc_T100") for c in (1, 8)}
+    expected |= {("echo_floor", c, None) for c in (1, 8)} | {("server_mc_T100_unbatched", 8, 2)}
+    assert served == expected
+    for row in report["rows"]:
+        if "concurrency" in row:  # CPU time per 1,000 requests, from /proc, for the server and the echo floor
+            assert row["cpu_s_per_1000"] > 0, row
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
-    assert len(report["targets"]) == 6 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 14 and all(isinstance(t["met"], bool) for t in report["targets"])
+    names = {t["target"] for t in report["targets"]}
+    assert {"mcdrop / limit (CNN, B=32)", "mcdrop / keras_batched (MLP, B=1)"} <= names
     assert report["settings"]["server"]["pool_size"] == 2 and report["settings"]["server"]["interpreter_threads"] == 1
     assert report["process"]["peak_rss_mb"] > 0 and report["process"]["ready_seconds_median"] > 0
+    assert set(report["process"]["by_workers"]) == {"1", "2"} and report["process"]["peak_rss_mb_per_worker"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "targets" in result.stdout
 
@@ -65,9 +73,12 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    assert len(started) == bench_server.STARTS + 1 and all(
+    # Start-up (STARTS per worker count), one measured server per worker count, one without batching.
+    runs = len(bench_server.WORKERS)
+    assert len(started) == (bench_server.STARTS + 1) * runs + 1 and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
-    assert "--http-port" in started[-1]  # the measured server also serves REST, for the REST rows
+    assert "--http-port" in started[bench_server.STARTS * runs]  # the one-worker server also serves REST
+    assert started[-1][-2:] == ("--batch-requests", "1")
     assert {r["model"] for r in rows if r["name"].startswith("rest_")} == {"digits"}
     assert process["peak_rss_mb"] > 0
