@@ -386,8 +386,7 @@ class DataPlane:
             graph_name, feeds = "mc", {"x": plan.x, "samples": np.array(samples, np.int32)}
         waiting = time.perf_counter()
         alone = plan.flops * samples / plan.samples >= LONE_REQUEST_FLOPS and self._alone()
-        # Alone in this worker, nothing could share the invoke: skip the batcher's bookkeeping.
-        if shareable and graph_name == "mc_masked" and self.settings.batch_requests > 1 and self._inflight > 1:
+        if shareable and graph_name == "mc_masked" and self.settings.batch_requests > 1:
             return self._batcher(version.pools[graph_name]).run(feeds, samples, deadline, alone)
         with version.pools[graph_name].lease(deadline, alone=alone) as graph:
             started = time.perf_counter()
