@@ -27,19 +27,16 @@ import dataclasses
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, MutableSequence
 from typing import Any
 
 import numpy as np
 
 from mcdrop.serving import uncertainty
-from mcdrop.serving.batching import Batcher
 from mcdrop.serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from mcdrop.serving.manifest import request_flops
 from mcdrop.serving.masks import MaskStream, fresh_seed
 from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.pool import InterpreterPool
 from mcdrop.serving.repository import ModelRepository, ModelVersion
 from mcdrop.serving.settings import ServerSettings
 
@@ -149,7 +146,6 @@ class DataPlane:
         self._lock = threading.Lock()
         self._server_load = server_load
         self._worker = worker
-        self._batchers: weakref.WeakKeyDictionary[InterpreterPool, Batcher] = weakref.WeakKeyDictionary()
 
     # Models -------------------------------------------------------------------------------------
 
@@ -337,7 +333,7 @@ class DataPlane:
 
     def _one_shot(self, plan: _Plan, deadline: float | None) -> Prediction:
         masks = self._masks(plan)
-        samples, queue_s, compute_s = self._run(plan, plan.samples, masks, deadline, shareable=True)
+        samples, queue_s, compute_s = self._run(plan, plan.samples, masks, deadline)
         started = time.perf_counter()
         prediction = self._summarise(plan, samples, final=True, queue_s=queue_s, compute_s=compute_s)
         prediction.compute_ms += (time.perf_counter() - started) * 1e3
@@ -369,12 +365,9 @@ class DataPlane:
                 return
 
     def _run(
-        self, plan: _Plan, samples: int, masks: MaskStream | None, deadline: float | None, shareable: bool = False
+        self, plan: _Plan, samples: int, masks: MaskStream | None, deadline: float | None
     ) -> tuple[np.ndarray, float, float]:
-        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds.
-
-        ``shareable``: the invoke may carry other requests' rows too (``mcdrop.serving.batching``).
-        """
+        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
         version = plan.version
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("The deadline passed before sampling finished.")
@@ -386,8 +379,6 @@ class DataPlane:
             graph_name, feeds = "mc", {"x": plan.x, "samples": np.array(samples, np.int32)}
         waiting = time.perf_counter()
         alone = plan.flops * samples / plan.samples >= LONE_REQUEST_FLOPS and self._alone()
-        if shareable and graph_name == "mc_masked" and self.settings.batch_requests > 1:
-            return self._batcher(version.pools[graph_name]).run(feeds, samples, deadline, alone)
         with version.pools[graph_name].lease(deadline, alone=alone) as graph:
             started = time.perf_counter()
             output = graph.run(feeds)[0]
@@ -395,15 +386,6 @@ class DataPlane:
         if plan.mode == DETERMINISTIC:
             output = output[np.newaxis]
         return output, started - waiting, finished - started
-
-    def _batcher(self, pool: InterpreterPool) -> Batcher:
-        with self._lock:
-            batcher = self._batchers.get(pool)
-            if batcher is None:
-                settings = self.settings
-                batcher = Batcher(pool, max_requests=settings.batch_requests, max_rows=settings.max_sample_rows)
-                self._batchers[pool] = batcher
-            return batcher
 
     def _summarise(
         self, plan: _Plan, samples: np.ndarray, *, final: bool, queue_s: float, compute_s: float

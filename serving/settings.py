@@ -57,11 +57,6 @@ class ServerSettings:
         "threads for a request that is alone in flight on the whole server (an extra interpreter per graph; idle "
         "cores shorten it, answers are bit-identical); 0 = the usable CPUs, 1 turns it off",
     )
-    batch_requests: int = setting(
-        8,
-        "Monte-Carlo requests for one model version and T that may share an invoke: those already queued join the "
-        "next one (no waiting window; answers unchanged); 1 turns it off",
-    )
     max_queue: int = setting(64, "requests that may wait for an interpreter; more get RESOURCE_EXHAUSTED")
     max_samples: int = setting(10_000, "largest Monte-Carlo sample count T per request")
     max_batch: int = setting(1024, "largest batch (rows) per request")
@@ -90,7 +85,7 @@ class ServerSettings:
 
     def validate(self) -> ServerSettings:
         """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
-        positive = ("grpc_threads", "batch_requests", "pool_size", "interpreter_threads", "max_samples", "max_batch",
+        positive = ("grpc_threads", "pool_size", "interpreter_threads", "max_samples", "max_batch",
                     "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:

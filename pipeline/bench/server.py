@@ -84,13 +84,6 @@ def server_rows(
                                      "workers": workers})  # fmt: skip
             peak = max(memory_mb(pid)["peak"] for pid in pids)
         memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
-    # Cross-request batching off, beside the rows above: what sharing invokes buys under load.
-    workers, name = max(WORKERS), f"server_mc_T{samples}"
-    with ServerProcess(single, *flags, "--workers", str(workers), "--batch-requests", "1") as server:
-        measured = sorted({server.pid, *server_pids(server.pid, workers)})
-        payload = payloads[name].SerializeToString()
-        row = _measure(f"{name}_unbatched", server.address, PREDICT, payload, max(concurrency), duration, measured)
-        rows.append({**row, "model": model, "batch": len(x), "samples": samples, "workers": workers})
     echo_port = free_port()
     echo = subprocess.Popen(
         [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE

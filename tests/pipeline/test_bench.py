@@ -35,7 +35,7 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
     served = {(r["name"], r["concurrency"], r.get("workers")) for r in report["rows"] if "concurrency" in r}
     expected = {(n, c, w) for n in ("server_deterministic", "server_mc_T100") for c in (1, 8) for w in (1, 2)}
     expected |= {(n, c, 1) for n in ("rest_deterministic", "rest_mc_T100") for c in (1, 8)}
-    expected |= {("echo_floor", c, None) for c in (1, 8)} | {("server_mc_T100_unbatched", 8, 2)}
+    expected |= {("echo_floor", c, None) for c in (1, 8)}
     assert served == expected
     for row in report["rows"]:
         if "concurrency" in row:  # CPU time per 1,000 requests, from /proc, for the server and the echo floor
@@ -73,12 +73,11 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    # Start-up (STARTS per worker count), one measured server per worker count, one without batching.
+    # Start-up (STARTS per worker count), then one measured server per worker count.
     runs = len(bench_server.WORKERS)
-    assert len(started) == (bench_server.STARTS + 1) * runs + 1 and all(
+    assert len(started) == (bench_server.STARTS + 1) * runs and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
     assert "--http-port" in started[bench_server.STARTS * runs]  # the one-worker server also serves REST
-    assert started[-1][-2:] == ("--batch-requests", "1")
     assert {r["model"] for r in rows if r["name"].startswith("rest_")} == {"digits"}
     assert process["peak_rss_mb"] > 0
