@@ -16,8 +16,9 @@ def register(subcommands: Any) -> None:
         help="measure Monte-Carlo-dropout inference side by side (Keras, LiteRT, mcdrop, gRPC server)",
         description="Every row in one run on this machine: Keras eager loop and batched, TFLite sequential, "
         "mcdrop, the deterministic floor and the FLOP limit for a 784-256-256-10 MLP and the digits CNN at "
-        "T=100 (batch 1 and 32), then server latency/throughput from separate client processes next to a "
-        "bare gRPC echo server, server memory and start-up time.",
+        "T=100 (batch 1 and 32), then server latency/throughput with 1 and 2 worker processes from separate "
+        "client processes next to a bare gRPC echo server, CPU seconds per 1,000 requests (from /proc), memory "
+        "per worker and start-up time.",
     )
     add = bench.add_argument
     add("--json", type=Path, default=None, metavar="FILE", help="write the rows as JSON")
