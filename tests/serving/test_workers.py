@@ -186,3 +186,34 @@ def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_i
     with planes[2]._admitted():  # another request in flight: the cores are busy, one thread each
         planes[2].predict(large)
     assert used == [len(digits_rows)]
+
+
+@pytest.mark.slow
+def test_every_worker_picks_up_a_new_version(model_repository: Path, digits_rows: np.ndarray, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.helpers import copy_repository
+
+    repo = copy_repository(model_repository, tmp_path / "repo")
+    flags = ("--workers", "2", "--poll-seconds", "0.2")
+    with server_process(repo, tmp_path / "server.log", *flags) as server:
+        workers = worker_pids(server.pid, 2)
+        staging = repo / "digits" / ".staging-2"
+        shutil.copytree(repo / "digits" / "1", staging)
+        staging.rename(repo / "digits" / "2")
+        before = {pid: cpu_ticks(pid) for pid in workers}
+        deadline = time.monotonic() + 30
+        versions: list[int] = []
+        while time.monotonic() < deadline:
+            versions = []
+            for _ in range(20):  # new connections: the kernel spreads them over both workers
+                with Client(server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+                    versions.append(client.predict("digits", digits_rows, samples=5).version)
+            if set(versions) == {2}:
+                break
+            time.sleep(0.2)
+        assert set(versions) == {2}, versions
+        assert all(cpu_ticks(pid) > before[pid] for pid in workers), "a worker served none of the connections"
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert log.count('"msg": "model version loaded", "model": "digits", "version": 2') == 2  # once per worker
