@@ -70,16 +70,11 @@ class MaskStream:
         feeds: dict[str, np.ndarray] = {}
         stream, noise = _generator()
         if self._bernoulli:
-            if self._batch == 1:  # the row's words are the whole array: no copy
-                stream.state = self._flag_states[0]
-                words = stream.random_raw(samples * self._row_words).reshape(samples, 1, -1)
-                self._flag_states[0] = stream.state
-            else:
-                words = np.empty((samples, self._batch, self._row_words), dtype=np.uint64)
-                for row in range(self._batch):
-                    stream.state = self._flag_states[row]
-                    words[:, row, :] = stream.random_raw(samples * self._row_words).reshape(samples, -1)
-                    self._flag_states[row] = stream.state
+            words = np.empty((samples, self._batch, self._row_words), dtype=np.uint64)
+            for row in range(self._batch):
+                stream.state = self._flag_states[row]
+                words[:, row, :] = stream.random_raw(samples * self._row_words).reshape(samples, -1)
+                self._flag_states[row] = stream.state
             start = 0
             for spec, size, count, threshold in zip(
                 self._bernoulli, self._sizes, self._words, self._thresholds, strict=True

@@ -1,7 +1,10 @@
-"""Small measuring helpers shared by bench, soak and the tests: percentiles and a process's memory."""
+"""Small measuring helpers shared by bench, soak and the tests: percentiles, a process's memory and CPU time, and
+the worker processes of ``mcdrop serve --workers``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,3 +46,41 @@ def memory_mb(pid: int) -> dict[str, float]:
     if set(fields) != {"VmRSS", "VmHWM"}:
         raise MCDropError(f"/proc/{pid}/status reports no VmRSS/VmHWM")
     return {"rss": int(fields["VmRSS"]) / 1024, "peak": int(fields["VmHWM"]) / 1024}
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time the processes used so far (``/proc/PID/stat`` fields 14 and 15); gone ones count 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def worker_pids(supervisor: int, expected: int, timeout: float = 30.0) -> list[int]:
+    """The worker processes (``multiprocessing`` spawn children) of a ``mcdrop serve`` supervisor, sorted: as soon as
+    ``expected`` of them run, or whatever runs after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = sorted(pid for pid in _children(supervisor) if b"multiprocessing.spawn" in _command_line(pid))
+        if len(workers) == expected or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux ``/proc/PID/task/TID/children``)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

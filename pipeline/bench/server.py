@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +18,7 @@ import numpy as np
 
 from mcdrop.pipeline.bench.load import load_worker, rest_load_worker
 from mcdrop.serving.errors import MCDropError
-from mcdrop.serving.measure import memory_mb, percentile
+from mcdrop.serving.measure import cpu_seconds, memory_mb, percentile, worker_pids
 from mcdrop.serving.process import ServerProcess, free_port
 
 PREDICT = "/mcdrop.v1.Inference/Predict"
@@ -115,50 +113,9 @@ def server_rows(
     return rows, process
 
 
-def server_pids(pid: int, workers: int, timeout: float = 10.0) -> list[int]:
+def server_pids(pid: int, workers: int) -> list[int]:
     """The processes that serve requests: ``pid`` itself with one worker, else its ``workers`` worker children."""
-    if workers == 1:
-        return [pid]
-    deadline = time.monotonic() + timeout
-    while True:
-        children = [c for c in descendants(pid) if "multiprocessing.spawn" in _command_line(c)]
-        if len(children) >= workers or time.monotonic() > deadline:
-            return children[:workers] or [pid]
-        time.sleep(0.05)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux ``/proc/PID/task/TID/children``)."""
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        current = queue.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            queue += children
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes used so far (``/proc/PID/stat`` fields 14 and 15)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return [pid] if workers == 1 else worker_pids(pid, workers, timeout=10) or [pid]
 
 
 def _measure(

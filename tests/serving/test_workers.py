@@ -14,28 +14,13 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client, RpcFailed
+from mcdrop.serving.measure import cpu_seconds, worker_pids
 from mcdrop.serving.process import free_port
 from tests.helpers import burst_then_signal, server_process
 
 
-def worker_pids(supervisor: int, expected: int, timeout: float = 30) -> list[int]:
-    """The supervisor's worker processes (multiprocessing spawn children), once ``expected`` of them run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        children = []
-        for task in Path(f"/proc/{supervisor}/task").iterdir():
-            for pid in (task / "children").read_text().split():
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"multiprocessing.spawn" in command:
-                    children.append(int(pid))
-        if len(children) == expected or time.monotonic() > deadline:
-            return sorted(children)
-        time.sleep(0.05)
-
-
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def cpu_ticks(pid: int) -> float:
+    return cpu_seconds([pid])
 
 
 def metric(text: str, line_start: str) -> float:
