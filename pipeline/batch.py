@@ -45,7 +45,7 @@ from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.repository_layout import check_model_name, versions
 
-EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision")
+EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers")
 
 
 @dataclasses.dataclass
@@ -141,6 +141,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             quantize=tuple(entry.get("quantize", ())),
             imports=_imports(job, entry),
             noise_precision=_noise_precision(entry),
+            mc_layers=_mc_layers(entry),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -155,6 +156,16 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     except Exception as exc:  # noqa: BLE001 - one broken entry must not stop the job
         detail = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
         return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=detail + _where(exc))
+
+
+def _mc_layers(entry: dict[str, Any]) -> str:
+    """The entry's ``mc_layers``: ``"all"``, ``"last"``, a comma-separated string or a list of names."""
+    value = entry.get("mc_layers", "all")
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    if isinstance(value, str):
+        return value
+    raise InvalidArgument(f"mc_layers must be all, last or a list of layer names. Received: {value!r}")
 
 
 def _noise_precision(entry: dict[str, Any]) -> tuple[float, ...]:

@@ -12,13 +12,12 @@ and, for fixed-seed random ops, restarts their sequence.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mcdrop.serving.errors import InvalidArgument
 
@@ -42,17 +41,17 @@ class Graph:
         model: str | Path | bytes,
         *,
         num_threads: int = 1,
-        preserve_all_tensors: bool = False,
+        delegate: bool = True,
     ) -> None:
+        """Args:
+        delegate: use LiteRT's default (XNNPACK) delegate; without it every op runs on the builtin kernels and
+            reports the shapes of its tensors (a delegated partition does not update its inner shapes).
+        """
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        with warnings.catch_warnings():
-            # Keeping all tensors is deliberate (verification reads masks back); the warning is noise.
-            warnings.simplefilter("ignore", UserWarning)
-            self._interpreter = Interpreter(
-                model_content=content,
-                num_threads=num_threads,
-                experimental_preserve_all_tensors=preserve_all_tensors,
-            )
+        resolver = OpResolverType.AUTO if delegate else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self._interpreter = Interpreter(
+            model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver
+        )
         self._interpreter.allocate_tensors()
         self._inputs = {logical_name(d["name"]): d for d in self._interpreter.get_input_details()}
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
@@ -107,16 +106,6 @@ class Graph:
         for name, value in feeds.items():
             self._interpreter.set_tensor(self._inputs[name]["index"], value)
 
-    def tensors_named(self, prefix: str) -> dict[str, np.ndarray]:
-        """Intermediate tensors whose name, after any name scope (``model/layer/``), starts with ``prefix``,
-        keyed by that last part (needs ``preserve_all_tensors``)."""
-        found = {}
-        for detail in self._interpreter.get_tensor_details():
-            name = detail["name"].rsplit("/", 1)[-1]
-            if name.startswith(prefix):
-                found[name] = self._interpreter.get_tensor(detail["index"])
-        return found
-
     def tensor_shape(self, index: int) -> tuple[int, ...]:
-        """Current shape of tensor ``index`` (intermediates need ``preserve_all_tensors``)."""
-        return tuple(self._interpreter.get_tensor(index).shape)
+        """Current shape of tensor ``index`` (for intermediates: without the delegate, after an invoke)."""
+        return tuple(int(d) for d in self._interpreter._interpreter.TensorSize(index, 0))

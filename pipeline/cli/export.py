@@ -46,6 +46,14 @@ def register_export(subcommands: Any) -> None:
         "for all; served intervals then cover y, not only the mean (default: the training record's estimate, "
         "else epistemic only)",
     )
+    add(
+        "--mc-layers",
+        default="all",
+        metavar="all|last|NAME[,NAME]",
+        help="which dropout layers stay stochastic in the Monte-Carlo graphs: all (default), last (those nearest the "
+        "output, which feed no other dropout: the rest of the model runs once per input) or layer/mask names as in "
+        "the export's mask table; the others run as in inference",
+    )
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
@@ -88,6 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
         seed=args.seed,
         imports=tuple(args.imports),
         noise_precision=tuple(args.noise_precision),
+        mc_layers=args.mc_layers,
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -186,14 +195,21 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         )
     else:
         masks = Table(title="dropout masks (one per sequence for RNNs; fed to mc_masked.tflite as [T, B, *shape])")
-        for column in ("mask", "layer", "kind", "rate", "shape"):
+        for column in ("site", "mask input", "layer", "kind", "rate", "shape", "sampled"):
             masks.add_column(column, justify="right" if column in ("rate", "shape") else "left")
-        for d in manifest["dropout_layers"]:
+        unsampled = manifest.get("unsampled_dropout_layers") or []
+        for d, sampled in [*((d, True) for d in manifest["dropout_layers"]), *((d, False) for d in unsampled)]:
             kind = d.get("mask_kind", "plain")
             shape = "×".join(map(str, d["noise_shape"]))
             layer = f"{d.get('layer', d['name'])} ({d['class']})"
-            masks.add_row(d["masked_input"], layer, kind, f"{d['rate']:g}", shape)
+            mask_input = d["masked_input"] if sampled else ""
+            shown = "[green]yes[/]" if sampled else "[dim]no (inference)[/]"
+            masks.add_row(d["name"], mask_input, layer, kind, f"{d['rate']:g}", shape, shown)
         console.print(masks)
+        console.print(
+            f"--mc-layers {manifest.get('mc_layers', 'all')}: the uncertainty comes from "
+            f"{len(manifest['dropout_layers'])} of {len(manifest['dropout_layers']) + len(unsampled)} dropout sites"
+        )
     for check in manifest["verification"]["checks"]:
         detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_samples")}
         console.print(
@@ -206,4 +222,10 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         shown = "none (epistemic only)" if precision is None else ", ".join(f"{p:.4g}" for p in precision)
         console.print(f"observation noise tau: {shown} — {noise['method']}")
     console.print(f"timing (ms): {timing}")
+    memory = manifest.get("activation_memory", {})
+    if "mc_masked" in memory:
+        per_row = memory["mc_masked"]["per_sample_row"] / 2**20
+        console.print(f"activation memory: {per_row:.2f} MiB per sample row (T x B rows per invoke)")
+    if "export" in manifest:
+        console.print(f"export: {manifest['export']['wall_s']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:,.0f} MB")
     console.print(f"published: {repository / manifest['name'] / str(version)}")

@@ -35,8 +35,14 @@ from mcdrop.serving.errors import ExportError
 QUANTIZATIONS = ("float16", "dynamic-int8")
 
 
-def graph_functions(model: keras.Model, sites: list[DropoutSite]) -> dict[str, Any]:
-    """Concrete TF functions for each graph; only ``deterministic`` if there is no dropout."""
+def graph_functions(
+    model: keras.Model, sites: list[DropoutSite], inactive: list[DropoutSite] | None = None
+) -> dict[str, Any]:
+    """Concrete TF functions for each graph; only ``deterministic`` if there is no dropout.
+
+    ``sites`` are the sampled dropout sites; ``inactive`` ones (``--mc-layers``) run as in inference in every graph.
+    """
+    inactive = inactive or []
     row_shape, dtype = stochastic.input_signature(model)
     x_spec = tf.TensorSpec([None, *row_shape], tf.float32, name="x")
 
@@ -44,19 +50,19 @@ def graph_functions(model: keras.Model, sites: list[DropoutSite]) -> dict[str, A
         return x if dtype == tf.float32 else tf.cast(x, dtype)
 
     def deterministic(x: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, sites, model_input(x), stochastic.Deterministic())
+        return stochastic.forward(model, sites, model_input(x), stochastic.Deterministic(), inactive=inactive)
 
     functions = {"deterministic": _concrete(deterministic, [x_spec], "deterministic")}
     if not sites:
         return functions
 
     def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, sites, model_input(x), stochastic.InGraphRandom(), samples)
+        return stochastic.forward(model, sites, model_input(x), stochastic.InGraphRandom(), samples, inactive)
 
     def mc_masked(x: tf.Tensor, *feeds: tf.Tensor) -> tf.Tensor:
         named = {site.feed_name: feed for site, feed in zip(sites, feeds, strict=True)}
         samples = tf.shape(feeds[0])[0]
-        return stochastic.forward(model, sites, model_input(x), stochastic.FedMasks(named), samples)
+        return stochastic.forward(model, sites, model_input(x), stochastic.FedMasks(named), samples, inactive)
 
     samples_spec = tf.TensorSpec([], tf.int32, name="samples")
     feed_specs = [tf.TensorSpec([None, None, *s.noise_shape], s.feed_dtype, name=s.feed_name) for s in sites]

@@ -13,6 +13,8 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import resource
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +31,10 @@ from mcdrop.serving.repository_layout import check_model_name
 
 DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
+VERIFY_BUDGET_BYTES = 256 * 2**20
+"""Live activations of one verification invoke: the statistics run their samples in chunks that fit."""
+KERAS_MEMORY_FACTOR = 4
+"""The Keras reference (TensorFlow's graph executor) holds more than LiteRT's planned arena: smaller chunks."""
 VERIFY_ROWS = 4
 FINGERPRINT_SEED = 12345
 FINGERPRINT_ROWS = 4
@@ -50,6 +56,8 @@ class ExportOptions:
     """Modules or .py files to import before loading (the user's registered custom layers)."""
     noise_precision: tuple[float, ...] = ()
     """Observation-noise precision tau per output (regression); overrides the training record's."""
+    mc_layers: str = "all"
+    """Which dropout sites stay stochastic: ``all``, ``last`` or names (``mcdrop.pipeline.export.selection``)."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
@@ -70,6 +78,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
     """
     from mcdrop.pipeline.export.convert import QUANTIZATIONS
 
+    started = time.perf_counter()
     check_model_name(options.name)
     for quantization in options.quantize:
         if quantization not in QUANTIZATIONS:
@@ -93,29 +102,41 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
 
     from mcdrop.pipeline.export import convert, inputs, stochastic, verify
 
+    from mcdrop.pipeline.export import selection as site_selection
+
     step("finding dropout sites")
-    sites = stochastic.describe(model)
+    all_sites = stochastic.describe(model)
+    mc_layers = site_selection.parse(options.mc_layers)
+    upstream = stochastic.upstream_owners(model, all_sites) if mc_layers == site_selection.LAST and all_sites else {}
+    chosen = site_selection.select(mc_layers, all_sites, upstream)
+    sites, inactive = chosen.sampled, chosen.unsampled
     row_shape, _ = stochastic.input_signature(model)
     task = _task(options, model, training)
     x = inputs.check_inputs(model, row_shape, training, VERIFY_ROWS, options.seed)
 
     staging = publish.create_staging(options.repository, options.name)
     try:
-        functions = convert.graph_functions(model, sites)
+        functions = convert.graph_functions(model, sites, inactive)
         blobs: dict[str, bytes] = {}
         for graph, function in functions.items():
             step(f"converting {graph}")
             blobs[graph] = convert.to_tflite(function, model)
             (staging / graph_file(graph)).write_bytes(blobs[graph])
 
+        step("measuring activation memory")
+        footprints = _footprints(blobs, sites, row_shape)
+        chunk = _chunk_samples(footprints.get("mc_masked"), len(x))
         step("verifying graphs")
         graphs = {name: Graph(blob) for name, blob in blobs.items()}
         checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
         checks.append(verify.deterministic_parity(model, graphs["deterministic"], x))
         if sites:
-            checks.append(verify.training_mode_parity(model, sites, x))
-            checks.append(verify.masked_parity(model, graphs["mc_masked"], sites, x, samples=8, seed=options.seed))
-            checks.extend(verify.mc_statistics(model, blobs["mc"], sites, x, STAT_SAMPLES))
+            checks.append(verify.training_mode_parity(model, sites, x, inactive))
+            checks.append(verify.masked_parity(model, graphs["mc_masked"], sites, x, samples=8, seed=options.seed,
+                                               chunk=chunk, inactive=inactive))  # fmt: skip
+            chunks = verify.Chunks(tflite=chunk, keras=max(1, chunk // KERAS_MEMORY_FACTOR))
+            step(f"verifying graphs: {STAT_SAMPLES} Monte-Carlo samples ({chunk} per invoke)")
+            checks.extend(verify.mc_statistics(model, blobs["mc"], sites, x, STAT_SAMPLES, chunks, inactive))
         if problems := verify.failures(checks):
             raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
 
@@ -123,16 +144,28 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         for quantization in options.quantize:
             step(f"quantising ({quantization})")
             quantized[quantization] = _quantized_variant(
-                model, functions, quantization, graphs, sites, x, task, staging, options.seed
+                model, functions, quantization, graphs, sites, x, task, staging, options.seed, chunk
             )
 
         step("fingerprint")
         fingerprint_x = inputs.check_inputs(model, row_shape, None, FINGERPRINT_ROWS, FINGERPRINT_SEED)
         fingerprint = _fingerprint(graphs, sites, fingerprint_x)
         step("timing")
-        timing = _timing(graphs, sites, row_shape, options.samples)
+        timing = _timing(graphs, sites, row_shape, options.samples, _chunk_samples(footprints.get("mc_masked"), 1))
         manifest = _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging)
         manifest["fingerprint"] = fingerprint
+        manifest["mc_layers"] = mc_layers
+        manifest["unsampled_dropout_layers"] = [site.as_manifest() for site in inactive]
+        manifest["activation_memory"] = {
+            "unit": "bytes of live activations in one invoke: fixed + rows x per_input_row + rows x T x "
+            "per_sample_row (LiteRT op order; measured without the delegate)",
+            **{graph: fp.as_manifest() for graph, fp in footprints.items()},
+        }
+        manifest["export"] = {
+            "wall_s": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "verification_samples_per_invoke": chunk,
+        }
         manifest["versions"]["tensorflow"] = tf.__version__
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         step("publishing")
@@ -141,6 +174,33 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         publish.discard(staging)
         raise
     return version, manifest
+
+
+def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Activation bytes per row of the deterministic and the fed-mask graph (``serving.memory``)."""
+    from mcdrop.serving.memory import footprint
+
+    def deterministic_feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
+        return {"x": np.zeros((rows, *row_shape), np.float32)}
+
+    def masked_feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
+        feeds = {"x": np.zeros((rows, *row_shape), np.float32)}
+        for site in sites:
+            feeds[site.feed_name] = np.zeros((samples, rows, *site.noise_shape), site.feed_dtype.as_numpy_dtype)
+        return feeds
+
+    found = {"deterministic": footprint(blobs["deterministic"], deterministic_feeds)}
+    if sites:
+        found["mc_masked"] = footprint(blobs["mc_masked"], masked_feeds)
+    return found
+
+
+def _chunk_samples(masked: Any, rows: int) -> int:
+    """Samples per verification invoke of ``rows`` rows that keep its activations within ``VERIFY_BUDGET_BYTES``."""
+    if masked is None:
+        return STAT_SAMPLES
+    room = VERIFY_BUDGET_BYTES - masked.fixed - rows * masked.per_input_row
+    return int(min(STAT_SAMPLES, max(1, room // max(1, rows * masked.per_sample_row))))
 
 
 def _load_model(path: Path) -> Any:
@@ -228,6 +288,7 @@ def _quantized_variant(
     task: str,
     staging: Path,
     seed: int,
+    chunk: int,
 ) -> dict[str, Any]:
     """Convert the graphs with ``quantization`` and record how far they move from float32."""
     from mcdrop.pipeline.export import convert, verify
@@ -242,7 +303,7 @@ def _quantized_variant(
         record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
     checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
     if sites:
-        checks.append(verify.fresh_randomness(graphs["mc"], x))
+        checks.append(verify.fresh_randomness(graphs["mc"], x[:2]))
     if problems := verify.failures(checks):
         raise ExportError(f"{quantization} variant failed verification:\n  " + "\n  ".join(problems))
     reference = float_graphs["deterministic"].run({"x": x})[0]
@@ -250,10 +311,19 @@ def _quantized_variant(
     record["deterministic"] = _agreement(reference, quantised, task)
     if sites:
         feeds = verify.draw_feeds(sites, 16, len(x), np.random.default_rng(seed))
-        reference = float_graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
-        quantised = graphs["mc_masked"].run({"x": x, **feeds})[0].mean(axis=0)
+        reference = _run_chunked(float_graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
+        quantised = _run_chunked(graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
         record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
     return record
+
+
+def _run_chunked(graph: Graph, x: np.ndarray, feeds: dict[str, np.ndarray], chunk: int) -> np.ndarray:
+    """mc_masked.tflite over all samples of ``feeds``, ``chunk`` samples per invoke."""
+    samples = next(iter(feeds.values())).shape[0]
+    return np.concatenate([
+        graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
+        for start in range(0, samples, chunk)
+    ])
 
 
 def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:
@@ -285,8 +355,10 @@ def _agreement(reference: np.ndarray, other: np.ndarray, task: str) -> dict[str,
     return result
 
 
-def _timing(graphs: dict[str, Graph], sites: list[Any], row_shape: tuple[int, ...], samples: int) -> dict[str, Any]:
-    """Median ms of one MC invoke (T samples, batch 1) vs T separate deterministic invokes."""
+def _timing(
+    graphs: dict[str, Graph], sites: list[Any], row_shape: tuple[int, ...], samples: int, chunk: int
+) -> dict[str, Any]:
+    """Median ms of one MC estimate (T samples, batch 1; invokes of ``chunk`` samples) vs T deterministic invokes."""
     x = np.zeros((1, *row_shape), np.float32)
 
     def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
@@ -299,8 +371,10 @@ def _timing(graphs: dict[str, Graph], sites: list[Any], row_shape: tuple[int, ..
         lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=5
     )
     if sites:
-        t = np.array(samples, np.int32)
-        result[f"mc_one_invoke_T{samples}_ms"] = median_ms(lambda: graphs["mc"].run({"x": x, "samples": t}))
+        sizes = [np.array(min(chunk, samples - start), np.int32) for start in range(0, samples, chunk)]
+        result[f"mc_one_invoke_T{samples}_ms" if len(sizes) == 1 else f"mc_T{samples}_in_{len(sizes)}_invokes_ms"] = (
+            median_ms(lambda: [graphs["mc"].run({"x": x, "samples": t}) for t in sizes])
+        )
     return result
 
 

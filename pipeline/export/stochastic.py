@@ -42,7 +42,7 @@ import collections
 import contextlib
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -386,15 +386,25 @@ def _owner(model: keras.Model, layers: list[keras.layers.Layer]) -> str:
 
 
 def forward(
-    model: keras.Model, sites: list[DropoutSite], x: tf.Tensor, policy: Policy, samples: tf.Tensor | None = None
+    model: keras.Model,
+    sites: list[DropoutSite],
+    x: tf.Tensor,
+    policy: Policy,
+    samples: tf.Tensor | None = None,
+    inactive: Sequence[DropoutSite] = (),
 ) -> tf.Tensor:
     """Run ``model`` on ``x``, letting ``policy`` answer every dropout draw of ``sites``.
+
+    Args:
+        sites: the sampled dropout sites; their owners run in training mode.
+        inactive: dropout sites left out of sampling (``--mc-layers``): their owners run in inference mode, as
+            every other layer, and any draw they still make is answered by the identity.
 
     Returns:
         ``[B, ...]`` without ``samples``; ``[T, B, ...]`` with ``samples = T``.
     """
     keras_internals.check_supported()
-    walk = _Walk(sites, policy, samples)
+    walk = _Walk(sites, policy, samples, inactive)
     with contextlib.ExitStack() as stack:
         stack.enter_context(keras_internals.unrolled_rnns(model))
         if policy.intercepts:
@@ -430,10 +440,36 @@ BROADCASTING_OWNERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, kera
 """Owners whose output is exactly ``keras.random.dropout`` of their one input (no other use of the draw)."""
 
 
+def upstream_owners(model: keras.Model, sites: list[DropoutSite]) -> dict[str, set[str]]:
+    """For each owner of ``sites``, the other owners whose output reaches its input (traced data flow)."""
+    walk = _Walk(sites, Deterministic(), None, track_flow=True)
+    spec = _input_spec(model)
+
+    def run(x: tf.Tensor) -> Any:
+        with keras_internals.unrolled_rnns(model), random_calls.intercepted(walk.on_random, root=model):
+            return walk.run_model(model, x, enclosing=())
+
+    _trace(run, spec, f"Tracing the data flow of model {model.name!r}")
+    return {owner: walk.upstream.get(owner, set()) - {owner} for owner in {s.owner for s in sites}}
+
+
 class _Walk:
-    def __init__(self, sites: list[DropoutSite], policy: Policy, samples: tf.Tensor | None) -> None:
+    def __init__(
+        self,
+        sites: list[DropoutSite],
+        policy: Policy,
+        samples: tf.Tensor | None,
+        inactive: Sequence[DropoutSite] = (),
+        *,
+        track_flow: bool = False,
+    ) -> None:
         self._sites = {(s.layer, s.mask_kind): s for s in sites}
+        self._track_flow = track_flow  # off by default: in eager mode its references would keep every tensor alive
+        self._inactive = {(s.layer, s.mask_kind) for s in inactive}
         self._owners = {s.owner for s in sites}
+        self._taint: dict[Any, frozenset[str]] = {}
+        self.upstream: dict[str, set[str]] = {}
+        """Owner → owners whose output flows into it (recorded on every pass)."""
         self._policy = policy
         self._samples = samples
         self._expanded: set[Any] = set()
@@ -466,6 +502,8 @@ class _Walk:
         call.layers = [*enclosing, *(layer for layer in call.layers if not any(layer is e for e in enclosing))]
         key = site_key(call)
         site = self._sites.get(key) if key else None
+        if site is None and key in self._inactive:
+            return call.neutral()  # a dropout left out of sampling: the standard inference rule
         if site is None:
             layer = call.layer
             where = f"Layer {layer_path(call.layers)!r} ({type(layer).__name__})" if layer else "The model"
@@ -501,6 +539,10 @@ class _Walk:
             return self.run_model(op, args[0], enclosing=(*enclosing, op))
         is_owner = path in self._owners
         tensors = [t for t in tf.nest.flatten((args, kwargs)) if tf.is_tensor(t)]
+        taint = frozenset().union(*(self._taint.get(t.ref(), frozenset()) for t in tensors if self._track_flow))
+        if is_owner and self._track_flow:
+            self.upstream.setdefault(path, set()).update(taint)
+            taint = taint | {path}
         sampled = any(self.is_expanded(t) for t in tensors)
         broadcast = (self._samples is not None and is_owner and not sampled and self._policy.draws
                      and type(op) in BROADCASTING_OWNERS and len(tensors) == 1)  # fmt: skip
@@ -519,9 +561,11 @@ class _Walk:
                     out = op(*args, **kwargs)
             finally:
                 self._broadcasting = False
-        if expand or broadcast:
-            for tensor in tf.nest.flatten(out):
-                if tf.is_tensor(tensor):
+        for tensor in tf.nest.flatten(out):
+            if tf.is_tensor(tensor):
+                if taint and self._track_flow:
+                    self._taint[tensor.ref()] = taint
+                if expand or broadcast:
                     self._expanded.add(tensor.ref())
         return out
 

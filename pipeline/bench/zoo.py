@@ -1,0 +1,92 @@
+"""Real-size vision models as people ship them: ``keras.applications`` backbones with dropout, built offline.
+
+``build(family, size)`` returns a Keras model of one of ``FAMILIES`` at ``size`` x ``size`` x 3 px with
+random weights (``weights=None``: ImageNet weights would need a download). An untrained backbone is
+degenerate — an untrained EfficientNetB0 answers 0.1 ± 1e-6 for every class, so every MC sample is the
+same to float precision and mcdrop's ``fresh_randomness`` check rightly refuses the export — because
+its BatchNormalization layers hold their initial statistics (mean 0, variance 1) and the activations
+shrink or blow up block after block. ``build`` therefore *calibrates* every BatchNormalization layer on
+random images (one training-mode pass with momentum 0: each layer's moving statistics become those
+of its actual input), which keeps every layer's activations at unit scale, as a trained network's are,
+and then checks that the dropout head sees a non-trivial input and that dropout moves the output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FAMILIES = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50")
+CLASSES = 5
+"""Output classes of every zoo model (a small fine-tuning task's head)."""
+HEAD_DROPOUT = {"mobilenet_v2": 0.2, "mobilenet_v3_small": 0.2, "efficientnet_b0": 0.2, "resnet50": 0.5}
+CALIBRATION_ROWS = 8
+
+
+def build(family: str, size: int, seed: int = 0) -> Any:
+    """A ``family`` model at ``size`` px with calibrated BatchNormalization and random weights.
+
+    Raises:
+        ValueError: unknown family, or the model came out degenerate (dropout does not move its output).
+    """
+    import keras
+
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown model family {family!r}. Expected one of {', '.join(FAMILIES)}.")
+    keras.utils.set_random_seed(seed)
+    shape = (size, size, 3)
+    apps = keras.applications
+    rate = HEAD_DROPOUT[family]
+    if family == "mobilenet_v3_small":
+        model = apps.MobileNetV3Small(
+            input_shape=shape, weights=None, classes=CLASSES, dropout_rate=rate, include_preprocessing=False
+        )
+    elif family == "efficientnet_b0":
+        # Keras's EfficientNet has a Dropout(noise_shape=(None, 1, 1, 1)) in most blocks (stochastic depth,
+        # drop_connect_rate 0.2) and a Dropout(0.2) before its classifier.
+        model = apps.EfficientNetB0(input_shape=shape, weights=None, classes=CLASSES)
+    else:
+        backbone_class = apps.MobileNetV2 if family == "mobilenet_v2" else apps.ResNet50
+        backbone = backbone_class(include_top=False, weights=None, input_shape=shape)
+        # The Keras transfer-learning recipe: backbone, pooling, dropout, a new dense head.
+        inputs = keras.Input(shape)
+        h = backbone(inputs)
+        h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+        h = keras.layers.Dropout(rate, name="head_dropout")(h)
+        outputs = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(h)
+        model = keras.Model(inputs, outputs, name=f"{family}_classifier")
+    calibrate_batch_norm(model, images(CALIBRATION_ROWS, size, seed + 1))
+    _check_not_degenerate(model, family, images(2, size, seed + 2))
+    return model
+
+
+def images(rows: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random images in [0, 255] (what a camera gives; the models' own preprocessing, if any, rescales)."""
+    return np.random.default_rng(seed).uniform(0.0, 255.0, (rows, size, size, 3)).astype(np.float32)
+
+
+def calibrate_batch_norm(model: Any, x: np.ndarray) -> None:
+    """Set every BatchNormalization layer's moving statistics to those of its input on ``x`` (one pass)."""
+    import keras
+
+    from mcdrop.pipeline.export import keras_internals
+
+    layers = [layer for layer in keras_internals.sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+
+
+def _check_not_degenerate(model: Any, family: str, x: np.ndarray) -> None:
+    samples = np.stack([np.asarray(model(x, training=True)) for _ in range(4)])
+    spread = float(samples.std(axis=0).max())
+    if spread < 1e-4:
+        raise ValueError(
+            f"{family}: dropout moves the output by at most {spread:.2g} (degenerate backbone). Expected > 1e-4."
+        )
