@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving import uncertainty
-from mcdrop.serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
+from mcdrop.serving import invokes, uncertainty
+from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotFound, ResourceExhausted
+from mcdrop.serving.litert import Graph
 from mcdrop.serving.manifest import request_flops
 from mcdrop.serving.masks import MaskStream, fresh_seed
 from mcdrop.serving.metrics import Metrics
@@ -367,25 +368,79 @@ class DataPlane:
     def _run(
         self, plan: _Plan, samples: int, masks: MaskStream | None, deadline: float | None
     ) -> tuple[np.ndarray, float, float]:
-        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
+        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds.
+
+        The T x B sample rows run in invokes that fit ``max_invoke_mb`` (``mcdrop.serving.invokes``), all on one
+        leased interpreter; masks are drawn per chunk of samples for all rows, so the answer does not depend on
+        the split.
+        """
         version = plan.version
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("The deadline passed before sampling finished.")
-        if plan.mode == DETERMINISTIC:
-            graph_name, feeds = "deterministic", {"x": plan.x}
-        elif masks is not None:
-            graph_name, feeds = "mc_masked", {"x": plan.x, **masks.next(samples)}
-        else:
-            graph_name, feeds = "mc", {"x": plan.x, "samples": np.array(samples, np.int32)}
+        graph_name = DETERMINISTIC if plan.mode == DETERMINISTIC else ("mc_masked" if masks is not None else "mc")
+        split = self._split(version, graph_name, len(plan.x), 1 if plan.mode == DETERMINISTIC else samples)
         waiting = time.perf_counter()
         alone = plan.flops * samples / plan.samples >= LONE_REQUEST_FLOPS and self._alone()
         with version.pools[graph_name].lease(deadline, alone=alone) as graph:
             started = time.perf_counter()
-            output = graph.run(feeds)[0]
+            if plan.mode == DETERMINISTIC:
+                output = np.concatenate(
+                    [self._invoke(graph, version, graph_name, {"x": x}, 1) for x in _blocks(plan.x, split.rows)]
+                )[np.newaxis]
+            else:
+                output = self._sample(graph, version, graph_name, plan.x, samples, masks, split, deadline)
             finished = time.perf_counter()
-        if plan.mode == DETERMINISTIC:
-            output = output[np.newaxis]
         return output, started - waiting, finished - started
+
+    def _split(self, version: ModelVersion, graph_name: str, batch: int, samples: int) -> invokes.InvokePlan:
+        footprint = version.footprint("deterministic" if graph_name == DETERMINISTIC else "mc_masked")
+        what = f"Model {version.name!r} version {version.version} ({graph_name}.tflite)"
+        return invokes.plan(footprint, batch, samples, self.settings.max_invoke_mb * invokes.MIB, what)
+
+    def _sample(
+        self,
+        graph: Graph,
+        version: ModelVersion,
+        graph_name: str,
+        x: np.ndarray,
+        samples: int,
+        masks: MaskStream | None,
+        split: invokes.InvokePlan,
+        deadline: float | None,
+    ) -> np.ndarray:
+        output: np.ndarray | None = None
+        for first in range(0, samples, split.samples):
+            count = min(split.samples, samples - first)
+            drawn = masks.next(count) if masks is not None else None
+            for start in range(0, len(x), split.rows):
+                rows = slice(start, start + split.rows)
+                if drawn is not None:
+                    feeds = {"x": x[rows], **{name: mask[:, rows] for name, mask in drawn.items()}}
+                else:
+                    feeds = {"x": x[rows], "samples": np.array(count, np.int32)}
+                block = self._invoke(graph, version, graph_name, feeds, count)
+                if output is None:
+                    output = np.empty((samples, len(x), *block.shape[2:]), block.dtype)
+                output[first : first + count, rows] = block
+            if deadline is not None and time.monotonic() > deadline and first + count < samples:
+                raise DeadlineExceeded("The deadline passed before sampling finished.")
+        assert output is not None  # samples >= 1
+        return output
+
+    @staticmethod
+    def _invoke(
+        graph: Graph, version: ModelVersion, graph_name: str, feeds: dict[str, np.ndarray], samples: int
+    ) -> np.ndarray:
+        """One invoke; a LiteRT failure becomes an error that names the model, graph, rows and what to change."""
+        try:
+            return graph.run(feeds)[0]
+        except (RuntimeError, ValueError) as exc:
+            rows = len(feeds["x"])
+            raise InferenceFailed(
+                f"LiteRT failed to run {graph_name}.tflite of model {version.name!r} version {version.version} on "
+                f"{rows * samples} sample rows (T={samples} x B={rows}): {str(exc).strip() or type(exc).__name__}. "
+                "Try a smaller T or batch, or a smaller --max-invoke-mb so that each invoke holds fewer rows."
+            ) from exc
 
     def _summarise(
         self, plan: _Plan, samples: np.ndarray, *, final: bool, queue_s: float, compute_s: float
@@ -420,6 +475,10 @@ class DataPlane:
         queue.observe(prediction.queue_ms / 1e3)
         compute.observe(prediction.compute_ms / 1e3)
         samples.observe(prediction.samples)
+
+
+def _blocks(x: np.ndarray, rows: int) -> list[np.ndarray]:
+    return [x[start : start + rows] for start in range(0, len(x), rows)]
 
 
 def _check_token_ids(x: np.ndarray, bounds: tuple[int, int], model: str) -> None:

@@ -10,6 +10,7 @@ The client and the command line raise only these too. Nothing here imports ``grp
     │   ├── NotFound            a file, model, version or column is missing
     │   └── MissingExtra        a command needs an optional install extra (e.g. ``train``)
     ├── ResourceExhausted       a bounded resource (queue, limit) is full
+    │   └── InferenceFailed     LiteRT failed to run a graph (names model, graph, rows, what to change)
     ├── Unavailable             a component is not ready (loading, draining, port taken)
     ├── DeadlineExceeded        the caller's deadline passed before completion
     ├── Unauthenticated         no valid bearer token where the server requires one
@@ -46,6 +47,10 @@ class MissingExtra(UserInputError):
 
 class ResourceExhausted(MCDropError):
     """A bounded resource is full; retrying later may succeed."""
+
+
+class InferenceFailed(ResourceExhausted):
+    """LiteRT could not run a graph on a request's rows (most often: memory); a smaller request may succeed."""
 
 
 class Unavailable(MCDropError):

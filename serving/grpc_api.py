@@ -147,4 +147,10 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
         ],
         default_samples=version.default_samples,
         manifest_json=json.dumps(manifest),
+        unsampled_dropout_layers=[
+            pb.DropoutLayer(name=d["name"], layer_class=d["class"], rate=d["rate"], noise_shape=d["noise_shape"])
+            for d in version.unsampled_dropout
+        ],
+        mc_layers=version.mc_layers,
+        activation_bytes_per_sample_row=version.uncertainty_source()["activation_bytes_per_sample_row"],
     )

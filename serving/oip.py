@@ -123,7 +123,12 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
         outputs=[
             oip.ModelMetadataResponse.TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in output_tensors(version)
         ],
+        parameters={name: _parameter(value) for name, value in version.uncertainty_source().items()},
     )
+
+
+def _parameter(value: str | int) -> Any:
+    return oip.InferParameter(string_param=value) if isinstance(value, str) else oip.InferParameter(int64_param=value)
 
 
 def decode_infer_request(request: Any, version: ModelVersion) -> tuple[PredictionRequest, list[str]]:

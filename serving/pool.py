@@ -25,15 +25,29 @@ from mcdrop.serving.litert import Graph
 
 
 class InterpreterPool:
-    """``size`` interpreters over the same model bytes."""
+    """Up to ``size`` interpreters over the same model bytes, created as concurrency needs them.
+
+    One interpreter exists from the start (it runs the load-time checks); another is created only when a request
+    finds every existing one busy, so an idle or lightly used version holds one interpreter's memory (weights
+    packed by XNNPACK, activations) instead of ``size``.
+    """
 
     def __init__(self, content: bytes, *, size: int, threads: int, lone_threads: int = 1) -> None:
         self.size = size
+        self._content = content
+        self._threads = threads
+        self._lone_threads = lone_threads
         self._free: queue.LifoQueue[Graph] = queue.LifoQueue()
-        for _ in range(size):
-            self._free.put(Graph(content, num_threads=threads))
-        self._lone = Graph(content, num_threads=lone_threads) if lone_threads > threads else None
+        self._free.put(Graph(content, num_threads=threads))
+        self._created = 1
+        self._grow = threading.Lock()
+        self._lone: Graph | None = None
         self._lone_free = threading.Lock()
+
+    @property
+    def created(self) -> int:
+        """Interpreters created so far (the many-thread one not counted)."""
+        return self._created
 
     @contextmanager
     def lease(self, deadline: float | None = None, *, alone: bool = False) -> Iterator[Graph]:
@@ -46,18 +60,35 @@ class InterpreterPool:
         Raises:
             DeadlineExceeded: no interpreter became free before the deadline.
         """
-        if alone and self._lone is not None and self._lone_free.acquire(blocking=False):
+        if alone and self._lone_threads > self._threads and self._lone_free.acquire(blocking=False):
             try:
+                if self._lone is None:
+                    self._lone = Graph(self._content, num_threads=self._lone_threads)
                 yield self._lone
             finally:
                 self._lone_free.release()
             return
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            graph = self._free.get(timeout=timeout)
-        except queue.Empty:
-            raise DeadlineExceeded("The deadline passed while waiting for a free interpreter.") from None
+        graph = self._take(deadline)
         try:
             yield graph
         finally:
             self._free.put(graph)
+
+    def _take(self, deadline: float | None) -> Graph:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._grow:
+            if self._created < self.size:
+                self._created += 1
+                try:
+                    return Graph(self._content, num_threads=self._threads)
+                except BaseException:
+                    self._created -= 1
+                    raise
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            raise DeadlineExceeded("The deadline passed while waiting for a free interpreter.") from None

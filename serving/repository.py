@@ -27,6 +27,7 @@ from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import MCDropError, NotFound
 from mcdrop.serving.manifest import DropoutSpec
 from mcdrop.serving.masks import SCHEME, fingerprint_feeds
+from mcdrop.serving.memory import Footprint, footprint
 from mcdrop.serving.pool import InterpreterPool
 from mcdrop.serving.repository_layout import check_model_name
 from mcdrop.serving.repository_layout import versions as list_versions
@@ -44,6 +45,8 @@ class ModelVersion:
     manifest: dict[str, Any]
     pools: dict[str, InterpreterPool]
     signature: int
+    contents: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+    """The verified bytes of each graph (the interpreters' model buffers: LiteRT reads weights from them)."""
 
     @property
     def task(self) -> str:
@@ -89,6 +92,48 @@ class ModelVersion:
     @property
     def dropout(self) -> list[DropoutSpec]:
         return manifest_io.dropout_specs(self.manifest)
+
+    @property
+    def mc_layers(self) -> str:
+        """The export's ``--mc-layers`` choice (``all`` for exports from before it existed)."""
+        return str(self.manifest.get("mc_layers", "all"))
+
+    @property
+    def unsampled_dropout(self) -> list[dict[str, Any]]:
+        """Dropout sites the export left out of sampling (they run as in inference)."""
+        return list(self.manifest.get("unsampled_dropout_layers") or [])
+
+    def uncertainty_source(self) -> dict[str, Any]:
+        """Where the Monte-Carlo uncertainty comes from, for metadata answers (every API says the same)."""
+        return {
+            "mc_layers": self.mc_layers,
+            "sampled_dropout": ",".join(d["name"] for d in self.manifest["dropout_layers"]),
+            "unsampled_dropout": ",".join(d["name"] for d in self.unsampled_dropout),
+            "activation_bytes_per_sample_row": self.footprints["mc_masked"].per_sample_row if self.stochastic else 0,
+            "default_samples": self.default_samples,
+        }
+
+    @functools.cached_property
+    def footprints(self) -> dict[str, Footprint]:
+        """Activation bytes per row of the deterministic and the fed-mask graph, measured from the graphs."""
+        found = {"deterministic": footprint(self.contents["deterministic"], self._feeds(masks=False))}
+        if self.stochastic:
+            found["mc_masked"] = footprint(self.contents["mc_masked"], self._feeds(masks=True))
+        return found
+
+    def footprint(self, graph: str) -> Footprint:
+        """``graph``'s footprint (``mc`` shares ``mc_masked``'s: the same layers, masks drawn inside)."""
+        return self.footprints["mc_masked" if graph == "mc" else graph]
+
+    def _feeds(self, *, masks: bool) -> Callable[[int, int], dict[str, np.ndarray]]:
+        def feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
+            found = {"x": np.zeros((rows, *self.input_shape[1:]), np.float32)}
+            for spec in self.dropout if masks else []:
+                dtype = np.uint8 if spec.kind == "bernoulli" else np.float32
+                found[spec.feed_name] = np.zeros((samples, rows, *spec.noise_shape), dtype)
+            return found
+
+        return feeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,15 +302,16 @@ class ModelRepository:
     def _load(self, name: str, version: int, signature: int) -> ModelVersion:
         path = self.root if self._single == (name, version) else self.root / name / str(version)
         manifest = manifest_io.load(path)
-        pools = {}
+        pools, contents = {}, {}
         for graph, spec in manifest["graphs"].items():
             # Hash the very bytes the interpreters get: never serve a file that failed its digest.
-            content = manifest_io.read_verified(path, spec["file"], manifest)
+            contents[graph] = manifest_io.read_verified(path, spec["file"], manifest)
             pools[graph] = InterpreterPool(
-                content, size=self._pool_size, threads=self._threads, lone_threads=self._lone_threads
+                contents[graph], size=self._pool_size, threads=self._threads, lone_threads=self._lone_threads
             )
-        loaded = ModelVersion(name, version, path, manifest, pools, signature)
+        loaded = ModelVersion(name, version, path, manifest, pools, signature, contents)
         _smoke_test(loaded)
+        loaded.footprints  # measured now, not on the first request  # noqa: B018
         return loaded
 
     # Polling ------------------------------------------------------------------------------------

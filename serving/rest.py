@@ -146,6 +146,7 @@ def metadata_json(version: Any, loaded: list[int]) -> dict[str, Any]:
         "platform": oip.PLATFORM,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": list(version.input_shape)}],
         "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in oip.output_tensors(version)],
+        "parameters": version.uncertainty_source(),
     }
 
 

@@ -67,7 +67,15 @@ class ServerSettings:
         "so it can be replayed) or graph (LiteRT's in-graph random ops); seeded requests always use host masks",
         choices=("host", "graph"),
     )
-    max_request_gflops: float = setting(50.0, "largest compute per request: rows x (prefix + T x per-sample) FLOPs")
+    max_request_gflops: float = setting(
+        1000.0, "largest compute per request: rows x (prefix + T x per-sample) FLOPs (1000: about 10 s of one core)"
+    )
+    max_invoke_mb: int = setting(
+        64,
+        "activation memory of one LiteRT invoke, in MiB: a request's T x B sample rows run in as many invokes as "
+        "it takes (answers are identical for every value); per interpreter, so a worker's working memory is about "
+        "this x its busy interpreters",
+    )
     default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
     max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message, both directions")
     poll_seconds: float = setting(2.0, "repository scan interval for new, changed or removed versions; 0 turns it off")
@@ -86,7 +94,7 @@ class ServerSettings:
     def validate(self) -> ServerSettings:
         """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
         positive = ("grpc_threads", "pool_size", "interpreter_threads", "max_samples", "max_batch",
-                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
+                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions", "max_invoke_mb")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))

@@ -66,12 +66,40 @@ def run_predict(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             interval=args.interval,
         )
+        source = (
+            uncertainty_source(client.metadata(args.model, prediction.version))
+            if prediction.mode != "deterministic"
+            else None
+        )
     if args.json:
-        json.dump(prediction_as_json(prediction), sys.stdout, indent=2)
+        json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
+                  indent=2)  # fmt: skip
         print()
     else:
         print_prediction(prediction)
+        if source:
+            print_source(source)
     return 0
+
+
+def uncertainty_source(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Which dropout layers the Monte-Carlo uncertainty comes from (``mcdrop export --mc-layers``)."""
+    return {
+        "mc_layers": manifest.get("mc_layers", "all"),
+        "sampled": [d["name"] for d in manifest.get("dropout_layers", [])],
+        "unsampled": [d["name"] for d in manifest.get("unsampled_dropout_layers") or []],
+    }
+
+
+def print_source(source: dict[str, Any]) -> None:
+    from mcdrop.serving.console import stdout_console
+
+    sampled, unsampled = source["sampled"], source["unsampled"]
+    shown = ", ".join(sampled[:6]) + (f" and {len(sampled) - 6} more" if len(sampled) > 6 else "")
+    line = f"Uncertainty from {len(sampled)} sampled dropout site(s): {shown}"
+    if unsampled:
+        line += f"; {len(unsampled)} other(s) run as in inference (exported with --mc-layers {source['mc_layers']})"
+    stdout_console().print(line)
 
 
 def read_input(source: str) -> np.ndarray:

@@ -16,6 +16,9 @@ from mcdrop.pipeline.export.exporter import STAT_SAMPLES  # noqa: E402
 from mcdrop.serving.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
+CHUNKS = verify.Chunks(tflite=300, keras=700)
+"""Chunk sizes that do not divide 2,000: the statistics add up uneven chunks."""
+
 
 def test_converter_silently_drops_training_true_dropout_and_the_op_check_catches_it(tmp_path: Path) -> None:
     model = keras.saving.load_model(models.functional_cnn(tmp_path / "cnn.keras"))
@@ -53,7 +56,7 @@ def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
     blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
     claimed = [dataclasses.replace(sites[0], rate=0.25), sites[1]]  # the graph drops 0.2, the manifest says 0.25
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
-    drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES)[0]
+    drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES, CHUNKS)[0]
     assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
     wrong, right = drop["sites"]
     assert not wrong["passed"] and abs(wrong["observed"] - 0.2) < 0.005  # what the graph really drops
@@ -77,7 +80,7 @@ def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
     blob = convert.to_tflite(tf.function(mc, input_signature=specs, autograph=False).get_concrete_function(), model)
     assert verify.op_check("mc", Graph(blob).ops(), sites)["passed"]  # random ops remain: the op check is fooled
     x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
-    drop = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES)[0]
+    drop = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)[0]
     assert not drop["passed"]
     assert any(sites[0].tensor_name in problem and "not found" in problem for problem in drop["problems"])
 
@@ -88,7 +91,7 @@ def test_correct_graph_passes_with_bounded_false_alarms() -> None:
     sites = stochastic.describe(model)
     blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
     x = np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)
-    drop, _, mean, _ = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES)
+    drop, _, mean, _ = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)
     assert drop["passed"] and mean["passed"] and drop["attempts"] == 1
     for layer in drop["sites"]:
         low, high = layer["bound"]
@@ -102,5 +105,28 @@ def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
     graph = Graph(convert.to_tflite(convert.graph_functions(model, sites)["mc_masked"], model))
     other = keras.models.clone_model(model)  # same architecture, fresh weights
     x = np.ones((2, 20), np.float32)
-    assert verify.masked_parity(model, graph, sites, x, samples=3, seed=0)["passed"]
-    assert not verify.masked_parity(other, graph, sites, x, samples=3, seed=0)["passed"]
+    assert verify.masked_parity(model, graph, sites, x, samples=3, seed=0, chunk=2)["passed"]
+    assert not verify.masked_parity(other, graph, sites, x, samples=3, seed=0, chunk=2)["passed"]
+
+
+def test_moments_added_in_chunks_equal_moments_of_all_samples() -> None:
+    samples = np.random.default_rng(1).normal(3.0, 2.0, size=(1001, 4, 5)).astype(np.float32)
+    moments = verify.Moments()
+    for start in range(0, 1001, 300):
+        moments.add(samples[start : start + 300])
+    assert moments.count == 1001
+    np.testing.assert_allclose(moments.mean, samples.mean(axis=0, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(moments.variance, samples.astype(np.float64).var(axis=0, ddof=1), rtol=1e-10)
+
+
+def test_with_outputs_hands_back_the_mask_tensors_of_the_shipped_ops() -> None:
+    model = _mlp_with_dropout(0.2)
+    sites = stochastic.describe(model)
+    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
+    probe = Graph(verify.with_outputs(blob, [site.tensor_name for site in sites]))
+    assert probe.ops() == Graph(blob).ops()
+    outputs = probe.run({"x": np.ones((3, 20), np.float32), "samples": np.array(5, np.int32)})
+    assert [o.shape for o in outputs[1:]] == [(15, *site.noise_shape) for site in sites]
+    assert all(set(np.unique(o)) <= {0.0, 1.0} for o in outputs[1:])
+    with pytest.raises(verify.ExportError, match="not found"):
+        verify.with_outputs(blob, ["mcdrop_keep_nothing"])

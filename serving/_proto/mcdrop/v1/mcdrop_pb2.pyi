@@ -201,7 +201,7 @@ class DropoutLayer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layer_class: _Optional[str] = ..., rate: _Optional[float] = ..., noise_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json")
+    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,9 @@ class ModelMetadata(_message.Message):
     DROPOUT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    UNSAMPLED_DROPOUT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MC_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_BYTES_PER_SAMPLE_ROW_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -222,4 +225,7 @@ class ModelMetadata(_message.Message):
     dropout_layers: _containers.RepeatedCompositeFieldContainer[DropoutLayer]
     default_samples: int
     manifest_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    unsampled_dropout_layers: _containers.RepeatedCompositeFieldContainer[DropoutLayer]
+    mc_layers: str
+    activation_bytes_per_sample_row: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ...) -> None: ...
