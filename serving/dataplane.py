@@ -395,7 +395,7 @@ class DataPlane:
     def _split(self, version: ModelVersion, graph_name: str, batch: int, samples: int) -> invokes.InvokePlan:
         footprint = version.footprint("deterministic" if graph_name == DETERMINISTIC else "mc_masked")
         what = f"Model {version.name!r} version {version.version} ({graph_name}.tflite)"
-        return invokes.plan(footprint, batch, samples, self.settings.max_invoke_mb * invokes.MIB, what)
+        return invokes.plan(footprint, batch, samples, int(self.settings.max_invoke_mb * invokes.MIB), what)
 
     def _sample(
         self,

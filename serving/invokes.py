@@ -46,8 +46,16 @@ def plan(footprint: Footprint, batch: int, samples: int, budget_bytes: int, what
             f"memory budget of {budget_bytes / MIB:.1f} MiB. Expected a budget of at least {-(-one_row // MIB)} MiB: "
             "raise --max-invoke-mb (MCDROP_MAX_INVOKE_MB)."
         )
-    room = budget_bytes - footprint.fixed
-    rows = min(batch, max(1, room // max(1, footprint.per_input_row + footprint.per_sample_row)))
-    per_sample = rows * footprint.per_sample_row
-    fitting = (room - rows * footprint.per_input_row) // per_sample if per_sample else samples
+    rows = 1
+    while rows < batch and footprint.bytes_for(min(batch, rows * 2), 1) <= budget_bytes:
+        rows = min(batch, rows * 2)
+    low, high = rows, min(batch, rows * 2)  # the largest row count whose one-sample invoke fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if footprint.bytes_for(middle, 1) <= budget_bytes else (low, middle - 1)
+    rows = low
+    fitting = samples
+    for fixed, per_row, per_sample in footprint.terms:
+        if per_sample:
+            fitting = min(fitting, (budget_bytes - fixed - rows * per_row) // (rows * per_sample))
     return InvokePlan(int(rows), int(min(samples, max(1, fitting))))

@@ -70,8 +70,8 @@ class ServerSettings:
     max_request_gflops: float = setting(
         1000.0, "largest compute per request: rows x (prefix + T x per-sample) FLOPs (1000: about 10 s of one core)"
     )
-    max_invoke_mb: int = setting(
-        64,
+    max_invoke_mb: float = setting(
+        64.0,
         "activation memory of one LiteRT invoke, in MiB: a request's T x B sample rows run in as many invokes as "
         "it takes (answers are identical for every value); per interpreter, so a worker's working memory is about "
         "this x its busy interpreters",
@@ -94,12 +94,13 @@ class ServerSettings:
     def validate(self) -> ServerSettings:
         """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
         positive = ("grpc_threads", "pool_size", "interpreter_threads", "max_samples", "max_batch",
-                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions", "max_invoke_mb")  # fmt: skip
+                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))
-        if not self.max_request_gflops > 0:
-            raise _invalid("max_request_gflops", "a number > 0", self.max_request_gflops)
+        for name in ("max_request_gflops", "max_invoke_mb"):
+            if not getattr(self, name) > 0:
+                raise _invalid(name, "a number > 0", getattr(self, name))
         for name in ("workers", "lone_request_threads", "max_queue", "poll_seconds", "grace_seconds"):
             if not getattr(self, name) >= 0:
                 raise _invalid(name, "a number >= 0", getattr(self, name))

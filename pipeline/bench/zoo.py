@@ -13,6 +13,7 @@ and then checks that the dropout head sees a non-trivial input and that dropout 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,13 @@ CALIBRATION_ROWS = 8
 
 
 def build(family: str, size: int, seed: int = 0) -> Any:
+    with warnings.catch_warnings():
+        # Keras warns that a nested model (the backbone) is called on a tensor rather than a list of one.
+        warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match", UserWarning)
+        return _build(family, size, seed)
+
+
+def _build(family: str, size: int, seed: int) -> Any:
     """A ``family`` model at ``size`` px with calibrated BatchNormalization and random weights.
 
     Raises:
@@ -56,7 +64,9 @@ def build(family: str, size: int, seed: int = 0) -> Any:
         h = keras.layers.Dropout(rate, name="head_dropout")(h)
         outputs = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(h)
         model = keras.Model(inputs, outputs, name=f"{family}_classifier")
-    calibrate_batch_norm(model, images(CALIBRATION_ROWS, size, seed + 1))
+    calibration = images(CALIBRATION_ROWS, size, seed + 1)
+    calibrate_batch_norm(model, calibration)
+    temper_logits(model, calibration)
     _check_not_degenerate(model, family, images(2, size, seed + 2))
     return model
 
@@ -81,6 +91,28 @@ def calibrate_batch_norm(model: Any, x: np.ndarray) -> None:
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
+
+
+LOGIT_SPREAD = 1.0
+"""Standard deviation of the logits across classes after ``temper_logits``: a confident but unsaturated softmax."""
+
+
+def temper_logits(model: Any, x: np.ndarray) -> None:
+    """Scale the classifier's last kernel so that its logits spread by ``LOGIT_SPREAD`` on ``x``.
+
+    A randomly initialised head on unit-scale features of 1,280-2,048 channels gives logits hundreds apart: a
+    softmax saturated to exactly 0 and 1, where dropout cannot move the output — unlike a trained model's.
+    """
+    import keras
+
+    head = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None][-1]
+    features = np.asarray(keras.Model(model.inputs, head.input)(x)).reshape(len(x), -1)
+    kernel = np.asarray(head.kernel)
+    logits = features @ kernel.reshape(-1, kernel.shape[-1])
+    scale = LOGIT_SPREAD / max(float(logits.std(axis=1).mean()), 1e-12)
+    head.kernel.assign(kernel * scale)
+    if getattr(head, "bias", None) is not None:
+        head.bias.assign(np.asarray(head.bias) * scale)
 
 
 def _check_not_degenerate(model: Any, family: str, x: np.ndarray) -> None:

@@ -227,5 +227,7 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         per_row = memory["mc_masked"]["per_sample_row"] / 2**20
         console.print(f"activation memory: {per_row:.2f} MiB per sample row (T x B rows per invoke)")
     if "export" in manifest:
-        console.print(f"export: {manifest['export']['wall_s']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:,.0f} MB")
+        console.print(
+            f"export: {manifest['export']['wall_s']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:,.0f} MB"
+        )
     console.print(f"published: {repository / manifest['name'] / str(version)}")

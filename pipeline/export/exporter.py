@@ -101,7 +101,6 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
     import tensorflow as tf
 
     from mcdrop.pipeline.export import convert, inputs, stochastic, verify
-
     from mcdrop.pipeline.export import selection as site_selection
 
     step("finding dropout sites")
@@ -132,11 +131,13 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         checks.append(verify.deterministic_parity(model, graphs["deterministic"], x))
         if sites:
             checks.append(verify.training_mode_parity(model, sites, x, inactive))
-            checks.append(verify.masked_parity(model, graphs["mc_masked"], sites, x, samples=8, seed=options.seed,
-                                               chunk=chunk, inactive=inactive))  # fmt: skip
+            masked = verify.masked_parity(model, graphs["mc_masked"], sites, x, samples=8, seed=options.seed,
+                                          chunk=chunk, inactive=inactive)  # fmt: skip
+            checks.append(masked)
             chunks = verify.Chunks(tflite=chunk, keras=max(1, chunk // KERAS_MEMORY_FACTOR))
             step(f"verifying graphs: {STAT_SAMPLES} Monte-Carlo samples ({chunk} per invoke)")
-            checks.extend(verify.mc_statistics(model, blobs["mc"], sites, x, STAT_SAMPLES, chunks, inactive))
+            checks.extend(verify.mc_statistics(model, blobs["mc"], sites, x, STAT_SAMPLES, chunks, inactive,
+                                               allowance=masked["tolerance"]))  # fmt: skip
         if problems := verify.failures(checks):
             raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
 
@@ -157,8 +158,9 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         manifest["mc_layers"] = mc_layers
         manifest["unsampled_dropout_layers"] = [site.as_manifest() for site in inactive]
         manifest["activation_memory"] = {
-            "unit": "bytes of live activations in one invoke: fixed + rows x per_input_row + rows x T x "
-            "per_sample_row (LiteRT op order; measured without the delegate)",
+            "unit": "bytes of live activations in one invoke of B rows and T samples: the largest over terms of "
+            "fixed + B x per_input_row + B x T x per_sample_row (per op, LiteRT op order; measured without the "
+            "delegate)",
             **{graph: fp.as_manifest() for graph, fp in footprints.items()},
         }
         manifest["export"] = {
@@ -199,8 +201,11 @@ def _chunk_samples(masked: Any, rows: int) -> int:
     """Samples per verification invoke of ``rows`` rows that keep its activations within ``VERIFY_BUDGET_BYTES``."""
     if masked is None:
         return STAT_SAMPLES
-    room = VERIFY_BUDGET_BYTES - masked.fixed - rows * masked.per_input_row
-    return int(min(STAT_SAMPLES, max(1, room // max(1, rows * masked.per_sample_row))))
+    from mcdrop.serving import invokes
+
+    what = "The verification invoke of mc.tflite"
+    split = invokes.plan(masked, rows, STAT_SAMPLES, max(VERIFY_BUDGET_BYTES, masked.bytes_for(rows, 1)), what)
+    return split.samples
 
 
 def _load_model(path: Path) -> Any:
@@ -295,15 +300,16 @@ def _quantized_variant(
 
     record: dict[str, Any] = {"graphs": {}}
     graphs = {}
+    blobs = {}
     for graph, function in functions.items():
-        blob = convert.to_tflite(function, model, quantization)
+        blob = blobs[graph] = convert.to_tflite(function, model, quantization)
         name = graph_file(graph, quantization)
         (staging / name).write_bytes(blob)
         graphs[graph] = Graph(blob)
         record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
     checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
     if sites:
-        checks.append(verify.fresh_randomness(graphs["mc"], x[:2]))
+        checks.append(verify.fresh_randomness(verify.mask_probe(blobs["mc"], sites)[0], x[:2]))
     if problems := verify.failures(checks):
         raise ExportError(f"{quantization} variant failed verification:\n  " + "\n  ".join(problems))
     reference = float_graphs["deterministic"].run({"x": x})[0]
@@ -320,10 +326,12 @@ def _quantized_variant(
 def _run_chunked(graph: Graph, x: np.ndarray, feeds: dict[str, np.ndarray], chunk: int) -> np.ndarray:
     """mc_masked.tflite over all samples of ``feeds``, ``chunk`` samples per invoke."""
     samples = next(iter(feeds.values())).shape[0]
-    return np.concatenate([
-        graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
-        for start in range(0, samples, chunk)
-    ])
+    return np.concatenate(
+        [
+            graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
+            for start in range(0, samples, chunk)
+        ]
+    )
 
 
 def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:

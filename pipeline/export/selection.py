@@ -55,7 +55,9 @@ def select(spec: str, sites: list[DropoutSite], upstream: dict[str, set[str]]) -
             matched = {site.owner for site in sites if name in (site.name, site.layer, site.owner)}
             if not matched:
                 known = ", ".join(sorted({site.name for site in sites}))
-                raise InvalidArgument(f"--mc-layers names {name!r}, which is no dropout site. Expected any of: {known}.")
+                raise InvalidArgument(
+                    f"--mc-layers names {name!r}, which is no dropout site. Expected any of: {known}."
+                )
             partial = [s.name for s in sites if s.owner in matched and name not in (s.name, s.layer, s.owner)]
             if partial and name not in {site.owner for site in sites}:
                 raise InvalidArgument(

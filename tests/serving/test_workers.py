@@ -153,8 +153,10 @@ def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_i
         store.scan()
         planes[threads] = DataPlane(store, settings, Metrics())
     pool = planes[2].model("digits").pools["mc_masked"]
-    lone = pool._lone
-    assert lone is not None and planes[1].model("digits").pools["mc_masked"]._lone is None
+    with pool.lease(alone=True) as lone:  # created on first use
+        assert lone is pool._lone and lone is not None
+    with planes[1].model("digits").pools["mc_masked"].lease(alone=True) as single:
+        assert single is not pool._lone and planes[1].model("digits").pools["mc_masked"]._lone is None
     used: list[int] = []
     original = lone.run
     monkeypatch.setattr(lone, "run", lambda feeds: used.append(len(feeds["x"])) or original(feeds))

@@ -1,0 +1,192 @@
+"""The vision models people ship, end to end at a small resolution: export (all and last dropout layers sampled),
+bounded-memory verification, serving in invokes that fit a budget with answers identical for every budget, and the
+clear refusal of a request whose one sample row does not fit.
+
+The families are ``keras.applications`` backbones with random weights (``mcdrop.pipeline.bench.zoo``: batch norm
+calibrated so that dropout moves the output, as in a trained model). 32 px keeps the suite fast; ``mcdrop bench
+--zoo`` runs them at 224 px.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from mcdrop.pipeline.bench import zoo  # noqa: E402
+from mcdrop.pipeline.export import selection, stochastic  # noqa: E402
+from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
+from mcdrop.serving import invokes  # noqa: E402
+from mcdrop.serving.dataplane import DataPlane, PredictionRequest  # noqa: E402
+from mcdrop.serving.errors import InferenceFailed, InvalidArgument, ResourceExhausted  # noqa: E402
+from mcdrop.serving.metrics import Metrics  # noqa: E402
+from mcdrop.serving.repository import ModelRepository  # noqa: E402
+from mcdrop.serving.settings import ServerSettings  # noqa: E402
+from tests.helpers import in_process_server  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SIZE = 32
+ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_parity", "drop_fraction", "prefix_cached",
+              "mc_mean", "fresh_randomness"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zoo_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Every family exported with ``all``; EfficientNetB0 (dropout inside its blocks) also with ``last``."""
+    root = tmp_path_factory.mktemp("zoo")
+    repository = root / "repo"
+    models: dict[str, Any] = {}
+    for family in zoo.FAMILIES:
+        model = models[family] = zoo.build(family, SIZE)
+        path = root / f"{family}.keras"
+        model.save(path)
+        export(ExportOptions(model_path=path, repository=repository, name=family))
+    path = root / "efficientnet_b0.keras"
+    export(ExportOptions(model_path=path, repository=repository, name="efficientnet_b0-last", mc_layers="last"))
+    return repository, models
+
+
+def _manifest(repository: Path, name: str) -> dict[str, Any]:
+    return json.loads((repository / name / "1" / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def _plane(repository: Path, **settings: Any) -> DataPlane:
+    store = ModelRepository(repository, pool_size=1)
+    store.scan()
+    return DataPlane(store, ServerSettings(repository=str(repository), **settings).validate(), Metrics())
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_every_family_exports_with_every_check_passing(
+    zoo_repository: tuple[Path, dict[str, Any]], family: str
+) -> None:
+    manifest = _manifest(zoo_repository[0], family)
+    checks = {check["check"]: check for check in manifest["verification"]["checks"]}
+    assert set(checks) == ALL_CHECKS and all(check["passed"] for check in checks.values())
+    assert checks["mc_mean"]["samples"] == 2000
+    assert manifest["mc_layers"] == "all" and manifest["unsampled_dropout_layers"] == []
+    assert manifest["export"]["wall_s"] > 0 and manifest["export"]["peak_rss_mb"] > 0
+    per_sample_row = manifest["activation_memory"]["mc_masked"]["per_sample_row"]
+    assert per_sample_row >= 4 * manifest["output"]["shape"][-1]  # at least the sampled output row itself
+
+
+def test_efficientnet_statistics_run_in_chunks_within_the_budget(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
+    from mcdrop.pipeline.export.exporter import VERIFY_BUDGET_BYTES
+    from mcdrop.serving.memory import Footprint
+
+    manifest = _manifest(zoo_repository[0], "efficientnet_b0")
+    footprint = Footprint.from_manifest(manifest["activation_memory"]["mc_masked"])
+    chunk = manifest["export"]["verification_samples_per_invoke"]
+    assert chunk < 2000  # 2,000 samples x 4 rows would not fit: the check ran in chunks ...
+    assert footprint.bytes_for(4, chunk) <= VERIFY_BUDGET_BYTES < footprint.bytes_for(4, chunk + 1)  # ... that fit
+
+
+def test_last_samples_only_the_dropout_nearest_the_output(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
+    repository, models = zoo_repository
+    every = _manifest(repository, "efficientnet_b0")
+    last = _manifest(repository, "efficientnet_b0-last")
+    assert len(every["dropout_layers"]) > 5  # stochastic depth inside the blocks, and the head
+    assert [d["name"] for d in last["dropout_layers"]] == ["top_dropout"]
+    assert {d["name"] for d in last["unsampled_dropout_layers"]} == {d["name"] for d in every["dropout_layers"][:-1]}
+    assert last["mc_layers"] == "last" and all(c["passed"] for c in last["verification"]["checks"])
+    # The whole backbone is now the deterministic prefix, computed once per row.
+    assert last["cost"]["prefix"] > 0.99 * (every["cost"]["prefix"] + every["cost"]["per_sample"])
+    prefix = next(c for c in last["verification"]["checks"] if c["check"] == "prefix_cached")
+    assert prefix["rows_before_samples"] == 4 and len(prefix["prefix_ops"]) > 100
+    # In the single-head families the only dropout is the last one: last selects it, the same as all.
+    for family in ("mobilenet_v2", "mobilenet_v3_small", "resnet50"):
+        sites = stochastic.describe(models[family])
+        chosen = selection.select("last", sites, stochastic.upstream_owners(models[family], sites))
+        assert chosen.sampled == sites and chosen.unsampled == []
+
+
+def test_mc_layers_names_and_refusals(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
+    model = zoo_repository[1]["efficientnet_b0"]
+    sites = stochastic.describe(model)
+    upstream = stochastic.upstream_owners(model, sites)
+    chosen = selection.select("block6d_drop,top_dropout", sites, upstream)
+    assert [s.name for s in chosen.sampled] == ["block6d_drop", "top_dropout"]
+    assert len(chosen.unsampled) == len(sites) - 2
+    assert "top_dropout" not in upstream["top_dropout"] and "block6d_drop" in upstream["top_dropout"]
+    with pytest.raises(InvalidArgument, match=r"no dropout site\. Expected any of"):
+        selection.select("block99_drop", sites, upstream)
+
+
+def test_served_answers_are_identical_for_every_invoke_budget(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
+    repository, _ = zoo_repository
+    x = zoo.images(3, SIZE, 7)
+    roomy, tight = _plane(repository, max_invoke_mb=1024), _plane(repository, max_invoke_mb=0.5)
+    for name in ("efficientnet_b0", "efficientnet_b0-last", "mobilenet_v2"):
+        version = tight.model(name)
+        footprint = version.footprint("mc_masked")
+        assert invokes.plan(footprint, 3, 40, 1024 * invokes.MIB, name).invokes(3, 40) == 1
+        if name == "efficientnet_b0":  # 0.5 MiB holds a few sample rows of it: many invokes, rows split too
+            split = invokes.plan(footprint, 3, 40, invokes.MIB // 2, name)
+            assert split.invokes(3, 40) > 10 and split.rows < 3
+        for mode in ("monte_carlo", "deterministic"):
+            request = PredictionRequest(model=name, x=x, samples=40, seed=11, mode=mode, return_samples=True)
+            one, many = roomy.predict(request), tight.predict(request)
+            assert one.sample_outputs is not None and many.sample_outputs is not None
+            assert one.sample_outputs.tobytes() == many.sample_outputs.tobytes()
+            assert one.summary.mean.tobytes() == many.summary.mean.tobytes()
+            if mode == "monte_carlo":
+                assert float(one.summary.std.max()) > 0  # dropout moves the outputs: the comparison means something
+
+
+def test_a_budget_too_small_for_one_sample_row_is_refused_with_the_numbers(
+    zoo_repository: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository, _ = zoo_repository
+    plane = _plane(repository, max_invoke_mb=0.01)
+    invoked: list[int] = []
+    pool = plane.model("efficientnet_b0").pools["mc_masked"]
+    with pool.lease() as graph:
+        monkeypatch.setattr(type(graph), "run", lambda self, feeds: invoked.append(1) or [])
+    request = PredictionRequest(model="efficientnet_b0", x=zoo.images(1, SIZE), samples=10, seed=1)
+    with pytest.raises(ResourceExhausted, match=r"needs [0-9.]+ MiB of activations for one sample of one row, above "
+                                                 r"the invoke memory budget of 0\.0 MiB.*--max-invoke-mb"):  # fmt: skip
+        plane.predict(request)
+    assert invoked == []  # refused before any invoke
+
+
+def test_a_litert_failure_names_the_model_graph_rows_and_what_to_change(
+    zoo_repository: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository, _ = zoo_repository
+    plane = _plane(repository)
+
+    def fail(self: Any, feeds: Any) -> Any:
+        raise RuntimeError("")  # what LiteRT raises when an invoke fails: an empty message
+
+    from mcdrop.serving.litert import Graph
+
+    monkeypatch.setattr(Graph, "run", fail)
+    request = PredictionRequest(model="resnet50", x=zoo.images(2, SIZE), samples=30, seed=1)
+    with pytest.raises(InferenceFailed) as raised:
+        plane.predict(request)
+    message = str(raised.value)
+    assert "mc_masked.tflite of model 'resnet50' version 1 on 60 sample rows (T=30 x B=2)" in message
+    assert "RuntimeError" in message and "smaller T or batch" in message
+
+
+def test_metadata_over_every_api_says_where_the_uncertainty_comes_from(
+    zoo_repository: tuple[Path, dict[str, Any]],
+) -> None:
+    import httpx
+
+    from mcdrop.serving.process import free_port
+
+    repository, _ = zoo_repository
+    with in_process_server(repository, http_port=free_port()) as (server, client):
+        meta = client.metadata("efficientnet_b0-last")
+        assert meta["mc_layers"] == "last" and len(meta["unsampled_dropout_layers"]) > 5
+        rest = httpx.get(f"http://127.0.0.1:{server.http_port}/v2/models/efficientnet_b0-last", timeout=10).json()
+        assert rest["parameters"]["mc_layers"] == "last"
+        assert rest["parameters"]["sampled_dropout"] == "top_dropout"
+        assert rest["parameters"]["activation_bytes_per_sample_row"] > 0
+        prediction = client.predict("efficientnet_b0", zoo.images(2, SIZE), samples=100, seed=3)
+        assert prediction.samples == 100 and prediction.mean.shape == (2, zoo.CLASSES)
