@@ -30,6 +30,14 @@ def register(subcommands: Any) -> None:
         action="store_true",
         help="instead: batch-scoring rows/s in process and on a local Ray (needs mcdrop[ray]; about 3 minutes)",
     )
+    add(
+        "--zoo",
+        action="store_true",
+        help="instead: MobileNetV2, MobileNetV3Small, EfficientNetB0 and ResNet50 at 224 px (MobileNetV2 also at 160) "
+        "through export (wall time, peak RSS, --mc-layers all and last), deterministic vs Monte-Carlo latency and "
+        "serving memory per worker (about 30 minutes)",
+    )
+    add("--workdir", type=Path, default=None, metavar="DIR", help="--zoo: keep models and repository here")
     add("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
@@ -37,6 +45,8 @@ def register(subcommands: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     if args.scoring:
         return run_scoring_bench(args)
+    if args.zoo:
+        return run_zoo_bench(args)
     prepare(args, *TRAIN_EXTRA, "matplotlib")
     from mcdrop.pipeline.bench.run import run_bench as bench
 
@@ -73,6 +83,54 @@ def run_scoring_bench(args: argparse.Namespace) -> int:
         bound = f" (≥ {target['at_least']})" if "at_least" in target else ""
         console.print(f"{target['target']}: {target['value']}{bound}{met}")
     return 0
+
+
+def run_zoo_bench(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    prepare(args, *TRAIN_EXTRA)
+    from mcdrop.pipeline.bench.zoo_bench import zoo_bench
+    from mcdrop.serving.console import stderr
+
+    with tempfile.TemporaryDirectory(prefix="mcdrop-zoo-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        report = zoo_bench(workdir, lambda step: None if args.quiet else stderr.print(f"[dim]zoo bench: {step}[/]"))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_zoo_bench(report)
+    return 0
+
+
+def print_zoo_bench(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from mcdrop.serving.console import stdout_console
+
+    console = stdout_console()
+    table = Table(title=f"mcdrop bench --zoo · T={report['samples']} · B=1 · default settings")
+    columns = ("model", "px", "mc-layers", "export s", "export peak MB", "graphs MB", "sampled", "MB/sample row",
+               "det ms", "MC ms", "MC/det", "serve loaded MB", "serve peak MB")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "mc-layers") else "right")
+    for r in report["rows"]:
+        if not r.get("exported"):
+            table.add_row(r["family"], str(r["size"]), r["mc_layers"], str(r["export_wall_s"]),
+                          str(r["export_peak_rss_mb"]), f"[red]{r.get('error', 'failed')}[/]")  # fmt: skip
+            continue
+        graphs = "/".join(f"{v:g}" for v in r["graph_mb"].values())
+        sampled = f"{r['sampled_sites']}/{r['sampled_sites'] + r['unsampled_sites']}"
+        table.add_row(r["family"], str(r["size"]), r["mc_layers"], f"{r['export_wall_s']:.0f}",
+                      f"{r['export_peak_rss_mb']:,}", graphs, sampled, f"{r['activation_mb_per_sample_row']:.2f}",
+                      f"{r['deterministic_ms']:.1f}", f"{r['mc_ms']:.1f}", f"{r['mc_over_deterministic']:.2f}",
+                      str(r.get("serving_loaded_rss_mb", "")), str(r.get("serving_peak_rss_mb", "")))  # fmt: skip
+    console.print(table)
+    for r in report["rows"]:
+        if "keras_batched_ms" in r:
+            console.print(f"{r['name']}: keras_batched {r['keras_batched_ms']:.0f} ms vs mcdrop MC {r['mc_ms']:.0f} ms")
+    for v in report["verdicts"]:
+        value = f" ({v['value']})" if "value" in v else ""
+        console.print(f"{v['target']}{value}: " + ("[green]met[/]" if v["met"] else "[red]not met[/]"))
 
 
 def print_bench(report: dict[str, Any]) -> None:
