@@ -21,7 +21,11 @@ builtin ops only, so a graph that would need Flex fails here, loudly.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import re
+import warnings
 from typing import Any
 
 import keras
@@ -86,7 +90,7 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
 
     Args:
         function: a concrete TF function.
-        trackable_obj: the model the function belongs to (keeps the converter on its current path).
+        trackable_obj: the model the function belongs to (names its layers in error messages).
         quantization: None (float32), ``float16`` (weights stored as float16) or
             ``dynamic-int8`` (int8 weights, activations quantised on the fly).
 
@@ -104,7 +108,11 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
             " (in training mode, to keep its dropout on). Expected only dropout to change in training mode;"
             " move the dropout out of that layer."
         ) from exc
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable_obj)
+    # The frozen function alone (no trackable object): the converter then imports its graph directly instead of
+    # writing and re-reading a SavedModel, which peaked 0.9 GB higher on ResNet50 (3.83 vs 2.96 GB resident).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Please consider providing the trackable_obj", UserWarning)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_enable_resource_variables = False
     if quantization == "float16":
@@ -118,6 +126,17 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
         return bytes(converter.convert())
     except Exception as exc:
         raise ExportError(conversion_failure(str(exc), function.graph, trackable_obj)) from exc
+    finally:
+        del converter, frozen
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS: the converter frees gigabytes that glibc would keep
+    (ResNet50: 3.5 GB resident after its first conversion, 1.4 GB after this)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def conversion_failure(text: str, graph: tf.Graph, model: Any) -> str:

@@ -33,6 +33,7 @@ DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
 VERIFY_BUDGET_BYTES = 256 * 2**20
 """Live activations of one verification invoke: the statistics run their samples in chunks that fit."""
+TIMING_BUDGET_MS = 3000.0
 KERAS_MEMORY_FACTOR = 4
 """The Keras reference (TensorFlow's graph executor) holds more than LiteRT's planned arena: smaller chunks."""
 VERIFY_ROWS = 4
@@ -372,16 +373,20 @@ def _timing(
     def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
         return round(percentile(call_times_ms(fn, repeats), 50), 4)
 
+    def repeats_within(ms: float, at_most: int) -> int:
+        """Repeats that fit about ``TIMING_BUDGET_MS`` (a real-size model's T passes take seconds each)."""
+        return max(1, min(at_most, int(TIMING_BUDGET_MS / max(ms, 1e-3))))
+
     deterministic = graphs["deterministic"]
     result: dict[str, Any] = {"samples": samples, "batch": 1, "threads": 1}
-    result["deterministic_x1_ms"] = median_ms(lambda: deterministic.run({"x": x}))
+    one = result["deterministic_x1_ms"] = median_ms(lambda: deterministic.run({"x": x}))
     result[f"deterministic_x{samples}_separate_ms"] = median_ms(
-        lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=5
+        lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=repeats_within(one * samples, 5)
     )
     if sites:
         sizes = [np.array(min(chunk, samples - start), np.int32) for start in range(0, samples, chunk)]
         result[f"mc_one_invoke_T{samples}_ms" if len(sizes) == 1 else f"mc_T{samples}_in_{len(sizes)}_invokes_ms"] = (
-            median_ms(lambda: [graphs["mc"].run({"x": x, "samples": t}) for t in sizes])
+            median_ms(lambda: [graphs["mc"].run({"x": x, "samples": t}) for t in sizes], repeats_within(one * 20, 15))
         )
     return result
 
