@@ -39,6 +39,8 @@ def plan(footprint: Footprint, batch: int, samples: int, budget_bytes: int, what
     Raises:
         ResourceExhausted: not even one sample of one row fits the budget.
     """
+    if footprint.bytes_for(batch, samples) <= budget_bytes:  # the common case: the whole request in one invoke
+        return InvokePlan(batch, samples)
     one_row = footprint.bytes_for(1, 1)
     if one_row > budget_bytes:
         raise ResourceExhausted(

@@ -10,6 +10,7 @@ calibrated so that dropout moves the output, as in a trained model). 32 px keeps
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,13 @@ keras = pytest.importorskip("keras")
 
 from mcdrop.pipeline.bench import zoo  # noqa: E402
 from mcdrop.pipeline.export import selection, stochastic  # noqa: E402
-from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
 from mcdrop.serving import invokes  # noqa: E402
 from mcdrop.serving.dataplane import DataPlane, PredictionRequest  # noqa: E402
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument, ResourceExhausted  # noqa: E402
 from mcdrop.serving.metrics import Metrics  # noqa: E402
 from mcdrop.serving.repository import ModelRepository  # noqa: E402
 from mcdrop.serving.settings import ServerSettings  # noqa: E402
-from tests.helpers import in_process_server  # noqa: E402
+from tests.helpers import in_process_server, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SIZE = 32
@@ -40,13 +40,21 @@ def zoo_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     root = tmp_path_factory.mktemp("zoo")
     repository = root / "repo"
     models: dict[str, Any] = {}
+    exports = []
     for family in zoo.FAMILIES:
         model = models[family] = zoo.build(family, SIZE)
-        path = root / f"{family}.keras"
-        model.save(path)
-        export(ExportOptions(model_path=path, repository=repository, name=family))
-    path = root / "efficientnet_b0.keras"
-    export(ExportOptions(model_path=path, repository=repository, name="efficientnet_b0-last", mc_layers="last"))
+        model.save(root / f"{family}.keras")
+        exports.append((family, family, "all"))
+    exports.append(("efficientnet_b0", "efficientnet_b0-last", "last"))
+
+    def run(job: tuple[str, str, str]) -> None:  # as users run it: the command, in its own process
+        family, name, mode = job
+        result = run_cli("export", str(root / f"{family}.keras"), "--repository", str(repository), "--name", name,
+                         "--mc-layers", mode, "--quiet")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    with ThreadPoolExecutor(2) as pool:  # two exports at a time: conversion runs mostly on one core
+        list(pool.map(run, exports))
     return repository, models
 
 

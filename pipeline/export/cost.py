@@ -1,7 +1,7 @@
 """How much compute a model needs per input row: the prefix before the first dropout, and each sample after it.
 
-Counts 2 x multiply-adds of the layers that hold nearly all of it — Dense, EinsumDense, convolutions,
-RNN cells (per time step) and attention scores — in layer order, switching from "prefix" to
+Counts 2 x multiply-adds of the layers that hold nearly all of it — Dense, EinsumDense, convolutions
+(also depthwise and separable, as in MobileNet and EfficientNet), RNN cells (per time step) and attention scores — in layer order, switching from "prefix" to
 "per sample" at the first layer that owns dropout. Recorded in the manifest; the server bounds a
 request's cost with ``mcdrop.serving.manifest.request_flops``.
 """
@@ -47,6 +47,12 @@ def layer_flops(layer: Any) -> float:
             total += 2.0 * math.prod(sub.kernel.shape) * positions
         elif isinstance(sub, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D):
             total += 2.0 * math.prod(d for d in _output_shape(sub)[:-1] if d) * math.prod(sub.kernel.shape)
+        elif isinstance(sub, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+            # kernel [k..., channels, multiplier]: each output position reads k... inputs per output channel
+            total += 2.0 * math.prod(d for d in _output_shape(sub)[:-1] if d) * math.prod(sub.kernel.shape)
+        elif isinstance(sub, keras.layers.SeparableConv1D | keras.layers.SeparableConv2D):
+            positions = math.prod(d for d in _output_shape(sub)[:-1] if d)
+            total += 2.0 * positions * (math.prod(sub.depthwise_kernel.shape) + math.prod(sub.pointwise_kernel.shape))
         elif isinstance(sub, keras.layers.RNN):
             steps = _steps(sub) or _steps(layer) or 1  # a Bidirectional's inner RNNs have no input of their own
             cell = sub.cell
