@@ -441,7 +441,7 @@ class DataPlane:
         """One invoke; a LiteRT failure becomes an error that names the model, graph, rows and what to change."""
         try:
             return graph.run(feeds)[0]
-        except (RuntimeError, ValueError) as exc:
+        except (InferenceFailed, RuntimeError) as exc:
             rows = len(feeds["x"])
             raise InferenceFailed(
                 f"LiteRT failed to run {graph_name}.tflite of model {version.name!r} version {version.version} on "

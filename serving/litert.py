@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.errors import InferenceFailed, InvalidArgument
 
 RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 VARIABLE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
@@ -81,9 +81,20 @@ class Graph:
         return [op for op in self._interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Feed every input, invoke once, return copies of all outputs."""
-        self.feed(feeds)
-        self._interpreter.invoke()
+        """Feed every input, invoke once, return copies of all outputs.
+
+        Raises:
+            InferenceFailed: LiteRT could not allocate or run the graph at these shapes (its own message is often
+                empty); the message names the input shapes.
+        """
+        try:
+            self.feed(feeds)
+            self._interpreter.invoke()
+        except RuntimeError as exc:
+            shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+            raise InferenceFailed(
+                f"LiteRT failed at inputs {shapes}: {str(exc).strip() or 'RuntimeError without a message'}"
+            ) from exc
         return [self._interpreter.get_tensor(index) for index in self._outputs]
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:

@@ -167,18 +167,24 @@ def test_a_litert_failure_names_the_model_graph_rows_and_what_to_change(
     repository, _ = zoo_repository
     plane = _plane(repository)
 
-    def fail(self: Any, feeds: Any) -> Any:
-        raise RuntimeError("")  # what LiteRT raises when an invoke fails: an empty message
-
     from mcdrop.serving.litert import Graph
 
-    monkeypatch.setattr(Graph, "run", fail)
+    version = plane.model("resnet50")
+    with version.pools["mc_masked"].lease() as graph:
+        interpreter = graph._interpreter
+
+    def fail() -> None:
+        raise RuntimeError("")  # what LiteRT raises when an invoke fails: an empty message
+
+    monkeypatch.setattr(interpreter, "invoke", fail)
+    assert isinstance(graph, Graph)
     request = PredictionRequest(model="resnet50", x=zoo.images(2, SIZE), samples=30, seed=1)
     with pytest.raises(InferenceFailed) as raised:
         plane.predict(request)
     message = str(raised.value)
     assert "mc_masked.tflite of model 'resnet50' version 1 on 60 sample rows (T=30 x B=2)" in message
-    assert "RuntimeError" in message and "smaller T or batch" in message
+    assert "LiteRT failed at inputs x [2, 32, 32, 3], mask_head_dropout [30, 2, 2048]" in message
+    assert "RuntimeError without a message" in message and "smaller T or batch" in message
 
 
 def test_metadata_over_every_api_says_where_the_uncertainty_comes_from(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.export import publish
-from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound
+from mcdrop.serving.errors import ExportError, InferenceFailed, InvalidArgument, NotFound
 from mcdrop.serving.litert import Graph
 from mcdrop.serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
 from mcdrop.serving.measure import call_times_ms, percentile
@@ -173,6 +173,13 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         step("publishing")
         version = publish.publish(staging)
+    except InferenceFailed as exc:
+        publish.discard(staging)
+        raise ExportError(
+            f"Verifying model {options.name!r} ({options.model_path.name}) failed inside LiteRT; nothing was "
+            f"published. {exc}. Each verification invoke holds at most {VERIFY_BUDGET_BYTES // 2**20} MiB of "
+            "activations; if the machine is short of memory, free some and retry, else report the model."
+        ) from exc
     except BaseException:
         publish.discard(staging)
         raise
