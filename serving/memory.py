@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from mcdrop.serving.litert import logical_name
+
 Feeds = Callable[[int, int], Mapping[str, np.ndarray]]
 """``(rows, samples)`` → zero-valued inputs of those shapes for one graph."""
 
@@ -85,7 +87,7 @@ def live_bytes_per_op(content: bytes, feeds: Mapping[str, np.ndarray]) -> list[i
     interpreter = Interpreter(
         model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
-    inputs = {_logical(d["name"]): d for d in interpreter.get_input_details()}
+    inputs = {logical_name(d["name"]): d for d in interpreter.get_input_details()}
     for name, value in feeds.items():
         interpreter.resize_tensor_input(inputs[name]["index"], list(value.shape), strict=False)
     interpreter.allocate_tensors()
@@ -123,9 +125,3 @@ def _shape(interpreter: Any, index: int) -> tuple[int, ...]:
 def _bytes(detail: Mapping[str, Any], interpreter: Any) -> int:
     shape = _shape(interpreter, int(detail["index"]))
     return int(np.prod(shape)) * np.dtype(detail["dtype"]).itemsize if shape else 0
-
-
-def _logical(name: str) -> str:
-    from mcdrop.serving.litert import logical_name
-
-    return logical_name(name)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -204,3 +205,14 @@ def test_metadata_over_every_api_says_where_the_uncertainty_comes_from(
         assert rest["parameters"]["activation_bytes_per_sample_row"] > 0
         prediction = client.predict("efficientnet_b0", zoo.images(2, SIZE), samples=100, seed=3)
         assert prediction.samples == 100 and prediction.mean.shape == (2, zoo.CLASSES)
+        rows = repository.parent / "rows.npy"
+        np.save(rows, zoo.images(1, SIZE))
+        args = ("predict", "--server", f"127.0.0.1:{server.port}", "--model", "efficientnet_b0-last", "--input",
+                str(rows), "--samples", "20", "--seed", "1")  # fmt: skip
+        shown = run_cli(*args)
+        assert shown.returncode == 0, shown.stderr
+        expected = "Uncertainty from 1 sampled dropout site(s): top_dropout; 9 other(s) run as in inference"
+        assert f"{expected} (exported with --mc-layers last)" in " ".join(shown.stdout.split())
+        as_json = json.loads(run_cli(*args, "--json").stdout)
+        assert as_json["uncertainty_from"]["sampled"] == ["top_dropout"]
+        assert len(as_json["uncertainty_from"]["unsampled"]) == 9
