@@ -48,14 +48,10 @@ def plan(footprint: Footprint, batch: int, samples: int, budget_bytes: int, what
             f"memory budget of {budget_bytes / MIB:.1f} MiB. Expected a budget of at least {-(-one_row // MIB)} MiB: "
             "raise --max-invoke-mb (MCDROP_MAX_INVOKE_MB)."
         )
-    rows = 1
-    while rows < batch and footprint.bytes_for(min(batch, rows * 2), 1) <= budget_bytes:
-        rows = min(batch, rows * 2)
-    low, high = rows, min(batch, rows * 2)  # the largest row count whose one-sample invoke fits
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if footprint.bytes_for(middle, 1) <= budget_bytes else (low, middle - 1)
-    rows = low
+    rows = batch  # the largest row count whose one-sample invoke fits every term
+    for fixed, per_row, per_sample in footprint.terms:
+        if per_row + per_sample:
+            rows = min(rows, (budget_bytes - fixed) // (per_row + per_sample))
     fitting = samples
     for fixed, per_row, per_sample in footprint.terms:
         if per_sample:

@@ -17,7 +17,7 @@ update the shapes of its inner tensors when the inputs are resized.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,19 @@ class Footprint:
     @staticmethod
     def from_manifest(record: Mapping[str, Any]) -> Footprint:
         return Footprint(tuple((int(a), int(b), int(c)) for a, b, c in record["terms"]))
+
+
+def zero_feeds(row_shape: Sequence[int], masks: Sequence[tuple[str, Sequence[int], Any]] = ()) -> Feeds:
+    """Feeds for ``footprint``: ``x`` of ``row_shape`` rows, and each ``(name, noise_shape, dtype)`` mask input
+    shaped ``[samples, rows, *noise_shape]`` (``mc_masked.tflite``'s inputs)."""
+
+    def feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
+        found = {"x": np.zeros((rows, *row_shape), np.float32)}
+        for name, noise_shape, dtype in masks:
+            found[name] = np.zeros((samples, rows, *noise_shape), dtype)
+        return found
+
+    return feeds
 
 
 def footprint(content: bytes, feeds: Feeds) -> Footprint:

@@ -27,7 +27,7 @@ from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import MCDropError, NotFound
 from mcdrop.serving.manifest import DropoutSpec
 from mcdrop.serving.masks import SCHEME, fingerprint_feeds
-from mcdrop.serving.memory import Footprint, footprint
+from mcdrop.serving.memory import Feeds, Footprint, footprint, zero_feeds
 from mcdrop.serving.pool import InterpreterPool
 from mcdrop.serving.repository_layout import check_model_name
 from mcdrop.serving.repository_layout import versions as list_versions
@@ -125,15 +125,10 @@ class ModelVersion:
         """``graph``'s footprint (``mc`` shares ``mc_masked``'s: the same layers, masks drawn inside)."""
         return self.footprints["mc_masked" if graph == "mc" else graph]
 
-    def _feeds(self, *, masks: bool) -> Callable[[int, int], dict[str, np.ndarray]]:
-        def feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
-            found = {"x": np.zeros((rows, *self.input_shape[1:]), np.float32)}
-            for spec in self.dropout if masks else []:
-                dtype = np.uint8 if spec.kind == "bernoulli" else np.float32
-                found[spec.feed_name] = np.zeros((samples, rows, *spec.noise_shape), dtype)
-            return found
-
-        return feeds
+    def _feeds(self, *, masks: bool) -> Feeds:
+        specs = self.dropout if masks else []
+        mask_inputs = [(s.feed_name, s.noise_shape, np.uint8 if s.kind == "bernoulli" else np.float32) for s in specs]
+        return zero_feeds(self.input_shape[1:], mask_inputs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,20 +188,12 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
 
 def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
     """Activation bytes per row of the deterministic and the fed-mask graph (``serving.memory``)."""
-    from mcdrop.serving.memory import footprint
+    from mcdrop.serving.memory import footprint, zero_feeds
 
-    def deterministic_feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
-        return {"x": np.zeros((rows, *row_shape), np.float32)}
-
-    def masked_feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
-        feeds = {"x": np.zeros((rows, *row_shape), np.float32)}
-        for site in sites:
-            feeds[site.feed_name] = np.zeros((samples, rows, *site.noise_shape), site.feed_dtype.as_numpy_dtype)
-        return feeds
-
-    found = {"deterministic": footprint(blobs["deterministic"], deterministic_feeds)}
+    found = {"deterministic": footprint(blobs["deterministic"], zero_feeds(row_shape))}
     if sites:
-        found["mc_masked"] = footprint(blobs["mc_masked"], masked_feeds)
+        masks = [(site.feed_name, site.noise_shape, site.feed_dtype.as_numpy_dtype) for site in sites]
+        found["mc_masked"] = footprint(blobs["mc_masked"], zero_feeds(row_shape, masks))
     return found
 
 
@@ -325,21 +317,10 @@ def _quantized_variant(
     record["deterministic"] = _agreement(reference, quantised, task)
     if sites:
         feeds = verify.draw_feeds(sites, 16, len(x), np.random.default_rng(seed))
-        reference = _run_chunked(float_graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
-        quantised = _run_chunked(graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
+        reference = verify.run_masked(float_graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
+        quantised = verify.run_masked(graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
         record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
     return record
-
-
-def _run_chunked(graph: Graph, x: np.ndarray, feeds: dict[str, np.ndarray], chunk: int) -> np.ndarray:
-    """mc_masked.tflite over all samples of ``feeds``, ``chunk`` samples per invoke."""
-    samples = next(iter(feeds.values())).shape[0]
-    return np.concatenate(
-        [
-            graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
-            for start in range(0, samples, chunk)
-        ]
-    )
 
 
 def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:

@@ -113,17 +113,23 @@ def masked_parity(
     """mc_masked.tflite against the model run once per sample, untiled, with the same masks (``chunk`` samples
     per invoke)."""
     feeds = draw_feeds(sites, samples, len(x), np.random.default_rng(seed))
-    actual = np.concatenate(
-        [
-            graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
-            for start in range(0, samples, chunk)
-        ]
-    )
+    actual = run_masked(graph, x, feeds, chunk)
 
     def keras(rows: np.ndarray) -> np.ndarray:
         return np.stack([_reference_sample(model, rows, sites, feeds, t, inactive or []) for t in range(samples)])
 
     return _parity("masked_parity", actual, keras(x), rounding_sensitivity(keras, x))
+
+
+def run_masked(graph: Graph, x: np.ndarray, feeds: dict[str, np.ndarray], chunk: int) -> np.ndarray:
+    """mc_masked.tflite over every sample of ``feeds`` (``[T, B, ...]`` masks), ``chunk`` samples per invoke."""
+    samples = next(iter(feeds.values())).shape[0]
+    return np.concatenate(
+        [
+            graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
+            for start in range(0, samples, chunk)
+        ]
+    )
 
 
 def draw_feeds(sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
