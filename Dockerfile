@@ -17,7 +17,7 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --no-cache-dir /wheels/mcdrop-*.whl \
- && /opt/venv/bin/python -c "import mcdrop.serving.server, sys; sys.exit('tensorflow' in sys.modules)" \
+ && /opt/venv/bin/python -c "import mcdrop.serving.server.server, sys; sys.exit('tensorflow' in sys.modules)" \
  && /opt/venv/bin/pip uninstall --yes --quiet setuptools \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/pip-* /opt/venv/bin/pip*
@@ -43,7 +43,7 @@ VOLUME ["/models"]
 EXPOSE 8500 8501 8502
 USER 10001:10001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-m", "mcdrop.serving.healthcheck"]
+    CMD ["python3", "-m", "mcdrop.serving.server.healthcheck"]
 # Exec form: mcdrop is PID 1 and gets SIGTERM itself (it drains in-flight requests, then exits 0).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mcdrop", "serve"]

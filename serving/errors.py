@@ -1,7 +1,7 @@
 """The one error tree of mcdrop.
 
 Domain code raises these; exactly one place per transport translates them
-(the CLI into exit codes, ``mcdrop.serving.grpc_errors`` into gRPC status codes).
+(the CLI into exit codes, ``mcdrop.serving.grpc.status`` into gRPC status codes).
 The client and the command line raise only these too. Nothing here imports ``grpc``.
 
     MCDropError                 base class; never raised directly

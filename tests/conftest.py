@@ -12,9 +12,9 @@ import pytest
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository with ``digits`` (classifier, v1) and ``diabetes`` (regressor, v1), trained briefly."""
     pytest.importorskip("keras")  # building the models needs the train extra
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     root = tmp_path_factory.mktemp("models")
     repo = root / "repo"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from mcdrop.serving.client import Client, RpcFailed
-from mcdrop.serving.process import ServerProcess
-from mcdrop.serving.server import Server
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.harness.process import ServerProcess
+from mcdrop.serving.server.server import Server
+from mcdrop.serving.server.settings import ServerSettings
 
 COMMANDS = ("train", "export", "export-batch", "serve", "predict", "score", "evaluate", "bench", "soak", "demo")
 """Every ``mcdrop`` subcommand, as the entry points in pyproject.toml declare them."""
@@ -60,7 +60,7 @@ def in_process_server(repository: Path, **settings: object) -> Iterator[tuple[Se
 
 
 def server_process(repository: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
-    """``mcdrop serve`` in its own process (see ``mcdrop.serving.process``), logging to ``log``."""
+    """``mcdrop serve`` in its own process (see ``mcdrop.serving.harness.process``), logging to ``log``."""
     return ServerProcess(repository, *flags, log=log, env=env, cwd=REPO)
 
 

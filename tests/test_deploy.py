@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from mcdrop.serving import grpc_api, oip
-from mcdrop.serving.server import REPOSITORY_HEALTH
-from mcdrop.serving.settings import ENV_PREFIX, ServerSettings, load_settings
+from mcdrop.serving.grpc import mcdrop_v1 as grpc_api
+from mcdrop.serving.grpc import oip
+from mcdrop.serving.server.server import REPOSITORY_HEALTH
+from mcdrop.serving.server.settings import ENV_PREFIX, ServerSettings, load_settings
 from tests.helpers import REPO
 
 yaml = pytest.importorskip("yaml")

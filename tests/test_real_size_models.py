@@ -21,12 +21,12 @@ keras = pytest.importorskip("keras")
 
 from mcdrop.pipeline.bench import zoo  # noqa: E402
 from mcdrop.pipeline.export import selection, stochastic  # noqa: E402
-from mcdrop.serving import invokes  # noqa: E402
-from mcdrop.serving.dataplane import DataPlane, PredictionRequest  # noqa: E402
+from mcdrop.serving.core import invokes  # noqa: E402
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument, ResourceExhausted  # noqa: E402
-from mcdrop.serving.metrics import Metrics  # noqa: E402
-from mcdrop.serving.repository import ModelRepository  # noqa: E402
-from mcdrop.serving.settings import ServerSettings  # noqa: E402
+from mcdrop.serving.models.repository import ModelRepository  # noqa: E402
+from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest  # noqa: E402
+from mcdrop.serving.runtime.metrics import Metrics  # noqa: E402
+from mcdrop.serving.server.settings import ServerSettings  # noqa: E402
 from tests.helpers import in_process_server, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -85,7 +85,7 @@ def test_every_family_exports_with_every_check_passing(
 
 def test_efficientnet_statistics_run_in_chunks_within_the_budget(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
     from mcdrop.pipeline.export.exporter import VERIFY_BUDGET_BYTES
-    from mcdrop.serving.memory import Footprint
+    from mcdrop.serving.models.memory import Footprint
 
     manifest = _manifest(zoo_repository[0], "efficientnet_b0")
     footprint = Footprint.from_manifest(manifest["activation_memory"]["mc_masked"])
@@ -168,7 +168,7 @@ def test_a_litert_failure_names_the_model_graph_rows_and_what_to_change(
     repository, _ = zoo_repository
     plane = _plane(repository)
 
-    from mcdrop.serving.litert import Graph
+    from mcdrop.serving.models.litert import Graph
 
     version = plane.model("resnet50")
     with version.pools["mc_masked"].lease() as graph:
@@ -193,7 +193,7 @@ def test_metadata_over_every_api_says_where_the_uncertainty_comes_from(
 ) -> None:
     import httpx
 
-    from mcdrop.serving.process import free_port
+    from mcdrop.serving.harness.process import free_port
 
     repository, _ = zoo_repository
     with in_process_server(repository, http_port=free_port()) as (server, client):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.bench.reference import Reference, flops
-from mcdrop.serving.measure import call_times_ms, percentile
+from mcdrop.serving.harness.measure import call_times_ms, percentile
 
 WARMUP = 3
 
@@ -25,11 +25,11 @@ def inference_rows(
 ) -> list[dict[str, Any]]:
     import tensorflow as tf
 
-    from mcdrop.serving.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.litert import Graph
-    from mcdrop.serving.metrics import Metrics
-    from mcdrop.serving.repository import ModelRepository
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.models.litert import Graph
+    from mcdrop.serving.models.repository import ModelRepository
+    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
+    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.settings import ServerSettings
 
     model, x = reference.model, reference.inputs(batch)
     version_dir = repository / reference.name / "1"

@@ -50,9 +50,9 @@ def classic_mlp() -> Any:
 
 def digits_cnn() -> Any:
     """mcdrop's default CNN on digits (conv 16/32 + spatial dropout 0.1, dense 256/256 + dropout 0.2/0.5)."""
-    from mcdrop.pipeline.config import TrainConfig
-    from mcdrop.pipeline.data import load_dataset
-    from mcdrop.pipeline.models import build_models
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.data import load_dataset
+    from mcdrop.pipeline.training.models import build_models
 
     config = TrainConfig(out="-", architecture="cnn", dataset="digits").validate()
     dataset = load_dataset("digits", task="auto", target=[], val_fraction=0.2, seed=0)
@@ -116,7 +116,7 @@ def export_references(repository: Path) -> list[Reference]:
 
 def flops(manifest: dict[str, Any], batch: int, samples: int) -> float:
     """FLOPs of one MC estimate with prefix caching (the manifest's count, which the server's cost limit uses)."""
-    from mcdrop.serving.manifest import request_flops
+    from mcdrop.serving.models.manifest import request_flops
 
     return request_flops(manifest["cost"], batch, samples)
 

@@ -63,9 +63,9 @@ def scoring_bench(progress: Any = lambda _: None) -> dict[str, Any]:
 
 
 def _digits_model(root: Path) -> Path:
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     train(TrainConfig(out=str(root / "run"), dataset="digits", epochs=5, seed=1, quiet=True).validate())
     export(ExportOptions(model_path=root / "run" / "model.keras", repository=root / "repo", name="digits"))
@@ -74,10 +74,10 @@ def _digits_model(root: Path) -> Path:
 
 def _data_plane(repository: Path, data: np.ndarray) -> dict[str, Any]:
     """The data plane on 1,024-row batches: the ceiling for scoring with one worker."""
-    from mcdrop.serving.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.metrics import Metrics
-    from mcdrop.serving.repository import ModelRepository
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.models.repository import ModelRepository
+    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
+    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.settings import ServerSettings
 
     store = ModelRepository(repository, pool_size=1)
     store.scan()

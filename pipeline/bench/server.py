@@ -18,8 +18,8 @@ import numpy as np
 
 from mcdrop.pipeline.bench.load import load_worker, rest_load_worker
 from mcdrop.serving.errors import MCDropError
-from mcdrop.serving.measure import cpu_seconds, memory_mb, percentile, worker_pids
-from mcdrop.serving.process import ServerProcess, free_port
+from mcdrop.serving.harness.measure import cpu_seconds, memory_mb, percentile, worker_pids
+from mcdrop.serving.harness.process import ServerProcess, free_port
 
 PREDICT = "/mcdrop.v1.Inference/Predict"
 ECHO = "/echo.Echo/Echo"
@@ -40,8 +40,8 @@ def server_rows(
     repository: Path, model: str, x: np.ndarray, samples: int, duration: float, concurrency: tuple[int, ...]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for deterministic and Monte-Carlo requests of ``model`` and the echo floor, plus memory and start-up."""
-    from mcdrop.serving import codec
     from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+    from mcdrop.serving.protocols import tensors as codec
 
     single = repository.parent / "single-model"
     shutil.rmtree(single, ignore_errors=True)

@@ -95,11 +95,11 @@ def _export(model_path: Path, repository: Path, name: str, mode: str) -> dict[st
 
 def _latency(repository: Path, name: str, size: int, repeats: int) -> dict[str, Any]:
     """Median ms of the data plane in process (default settings, one interpreter thread): deterministic and MC."""
-    from mcdrop.serving.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.measure import call_times_ms, percentile
-    from mcdrop.serving.metrics import Metrics
-    from mcdrop.serving.repository import ModelRepository
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.harness.measure import call_times_ms, percentile
+    from mcdrop.serving.models.repository import ModelRepository
+    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
+    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.settings import ServerSettings
 
     store = ModelRepository(repository, pool_size=1)
     store.scan()
@@ -120,7 +120,7 @@ def _keras_batched_ms(model: Any, size: int, repeats: int) -> float:
     """One tf.function call of the model in training mode on the input repeated T times (the usual MC recipe)."""
     import tensorflow as tf
 
-    from mcdrop.serving.measure import call_times_ms, percentile
+    from mcdrop.serving.harness.measure import call_times_ms, percentile
 
     x = tf.constant(np.repeat(zoo.images(1, size, 3), SAMPLES, axis=0))
     batched = tf.function(lambda rows: model(rows, training=True))
@@ -130,7 +130,7 @@ def _keras_batched_ms(model: Any, size: int, repeats: int) -> float:
 def _serving(repository: Path, name: str, size: int, workdir: Path, *, check_budget: bool) -> dict[str, Any]:
     """One worker with default settings serving only this version: RSS after loading, after T = 100 requests of
     each batch size, and the peak; with ``check_budget``, the answers against a server with a 4x larger budget."""
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.server.settings import ServerSettings
 
     alone = workdir / "serve" / name
     if alone.exists():
@@ -151,8 +151,8 @@ def _serve_and_measure(
     repository: Path, name: str, size: int, flags: list[str]
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     from mcdrop.serving.client import Client
-    from mcdrop.serving.measure import memory_mb
-    from mcdrop.serving.process import ServerProcess
+    from mcdrop.serving.harness.measure import memory_mb
+    from mcdrop.serving.harness.process import ServerProcess
 
     x = zoo.images(max(SERVING_BATCHES), size, 5)
     answers: list[np.ndarray] = []

@@ -33,9 +33,9 @@ def run_demo(args: argparse.Namespace) -> int:
     prepare(args)
     from mcdrop.pipeline.cli.export import export_with_status, print_export_summary
     from mcdrop.pipeline.cli.train import print_training_summary
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     workdir = Path(args.workdir)
     repository = workdir / "repository"
@@ -56,7 +56,7 @@ def query_demo_server(repository: Path, log: Path, record: dict[str, Any]) -> in
     from mcdrop.serving.cli.predict import print_prediction
     from mcdrop.serving.client import Client
     from mcdrop.serving.errors import MCDropError
-    from mcdrop.serving.process import ServerProcess
+    from mcdrop.serving.harness.process import ServerProcess
 
     in_distribution, out_of_distribution = _demo_inputs(record)
     with ServerProcess(repository, log=log) as server, Client(server.address, timeout=30) as client:

@@ -110,7 +110,7 @@ def run_export(args: argparse.Namespace) -> int:
 def export_with_status(options: Any, *, quiet: bool) -> tuple[int, dict[str, Any]]:
     """Run one export, showing its current step on stderr unless ``quiet``."""
     from mcdrop.pipeline.export.exporter import export
-    from mcdrop.serving.console import stderr
+    from mcdrop.serving.cli.console import stderr
 
     if quiet:
         return export(options)
@@ -120,7 +120,7 @@ def export_with_status(options: Any, *, quiet: bool) -> tuple[int, dict[str, Any
 
 def run_export_batch(args: argparse.Namespace) -> int:
     prepare(args)
-    from mcdrop.pipeline.batch import load_job, run_entry
+    from mcdrop.pipeline.export.batch import load_job, run_entry
     from mcdrop.pipeline.progress import progress_bar
 
     job = load_job(Path(args.job))
@@ -132,7 +132,7 @@ def run_export_batch(args: argparse.Namespace) -> int:
         task = bar.add_task("export-batch", total=len(job.entries), status="")
         if args.ray is not None:
             require_extra("ray", "ray")
-            from mcdrop.pipeline.batch_on_ray import run_entries_on_ray
+            from mcdrop.pipeline.export.batch_on_ray import run_entries_on_ray
 
             bar.update(task, status="on Ray")
             results = run_entries_on_ray(job, args.ray, job.cpus_per_entry, lambda _: bar.advance(task))
@@ -154,7 +154,7 @@ def run_export_batch(args: argparse.Namespace) -> int:
 def print_batch_summary(results: list[Any], repository: Path) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.cli.console import stdout_console
 
     table = Table(title=f"export-batch → {repository}")
     for column in ("entry", "status", "version", "selected", "validation", "seconds", "detail"):
@@ -175,7 +175,7 @@ def print_batch_summary(results: list[Any], repository: Path) -> None:
 def print_export_summary(repository: Path, version: int, manifest: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.cli.console import stdout_console
 
     console = stdout_console()
     table = Table(title=f"{manifest['name']} version {version} · {manifest['task']}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.cli import prepare
-from mcdrop.pipeline.config import parse_float_list, parse_int_list
+from mcdrop.pipeline.training.config import parse_float_list, parse_int_list
 from mcdrop.serving.cli.arguments import names
 from mcdrop.serving.errors import InvalidArgument
 
@@ -56,8 +56,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     prepare(args)
-    from mcdrop.pipeline.config import FIELD_NAMES, load_config
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import FIELD_NAMES, load_config
+    from mcdrop.pipeline.training.loop import train
 
     overrides = {name: value for name, value in vars(args).items() if name in FIELD_NAMES}
     config = load_config(args.config, overrides)
@@ -75,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
 def print_training_summary(record: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.cli.console import stdout_console
 
     final, gap = record["final_metrics"], record["train_val_gap"]
     table = Table(title=f"{record['dataset']['name']} · {record['task']} · {record['epochs_run']} epochs")

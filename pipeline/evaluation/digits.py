@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.evaluation.graphs import Exported
-from mcdrop.serving import uncertainty
+from mcdrop.serving.core import uncertainty
 
 SAMPLES = 100
 SAMPLE_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -24,9 +24,9 @@ ID_CLASSES = 5
 
 def run_digits(workdir: Path, *, seed: int = 0, quiet: bool = True, step: Any = lambda _: None) -> dict[str, Any]:
     """All digits experiments; returns the results (figures are drawn by ``pipeline.evaluation.figures``)."""
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     repository = workdir / "repository"
     step("training the digits classifier")
@@ -69,7 +69,7 @@ def run_digits(workdir: Path, *, seed: int = 0, quiet: bool = True, step: Any = 
 
 def _held_out(config: Any) -> tuple[np.ndarray, np.ndarray]:
     """The split the training stage held out (never used to fit or select anything)."""
-    from mcdrop.pipeline.data import load_dataset
+    from mcdrop.pipeline.training.data import load_dataset
 
     data = load_dataset(config.dataset, task="auto", target=[], val_fraction=config.val_fraction, seed=config.seed)
     return data.x_val, data.y_val
@@ -107,9 +107,9 @@ def _averaging_curve(
 def _ood(workdir: Path, seed: int, quiet: bool) -> dict[str, Any]:
     from sklearn.datasets import load_digits
 
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     digits = load_digits()
     inside = digits.target < ID_CLASSES

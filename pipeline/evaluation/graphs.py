@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mcdrop.serving import manifest as manifest_io
-from mcdrop.serving.litert import Graph
-from mcdrop.serving.masks import MaskStream
+from mcdrop.serving.models import manifest as manifest_io
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.masks import MaskStream
 
 ROWS_PER_INVOKE = 200_000  # samples x rows per mc_masked invoke: bounds memory at T = 10,000
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from mcdrop.pipeline.evaluation import uci
 from mcdrop.pipeline.evaluation.graphs import Exported
-from mcdrop.serving import uncertainty
+from mcdrop.serving.core import uncertainty
 
 SAMPLES = 1000
 HIDDEN, DROPOUT = [64, 64], [0.1]  # the configuration M2.6's report was measured with
@@ -58,9 +58,9 @@ def _rows(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def _one(name: str, folder: Path, *, seed: int, samples: int, epochs: int) -> dict[str, Any]:
-    from mcdrop.pipeline.config import TrainConfig
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.training import train
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
 
     x_fit, y_fit, x_test, y_test = _rows(name, seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.evaluation import stacked_mlp
-from mcdrop.pipeline.observation_noise import precision_from_moments
-from mcdrop.serving import uncertainty
+from mcdrop.pipeline.training.observation_noise import precision_from_moments
+from mcdrop.serving.core import uncertainty
 from mcdrop.serving.errors import InvalidArgument, NotFound
 
 LENGTH_SCALE = 1e-2
@@ -139,7 +139,7 @@ class _Split:
     y_eval: np.ndarray
 
     def standardised(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-        from mcdrop.pipeline.data import standardisation
+        from mcdrop.pipeline.training.data import standardisation
 
         x_mean, x_std = standardisation(self.x_fit)
         y_mean, y_std = standardisation(self.y_fit[:, np.newaxis])
@@ -383,11 +383,11 @@ def _export(
     data: UciData, split: _Split, weights: list[np.ndarray], rate: float, tau: float, epochs: int, folder: Path
 ) -> Path:
     """The refit network as the Keras model ``mcdrop train`` builds, exported and verified by mcdrop."""
-    from mcdrop.pipeline.config import TrainConfig
-    from mcdrop.pipeline.data import Dataset
     from mcdrop.pipeline.export.exporter import ExportOptions, export
-    from mcdrop.pipeline.models import build_models
-    from mcdrop.pipeline.observation_noise import noise_record
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.data import Dataset
+    from mcdrop.pipeline.training.models import build_models
+    from mcdrop.pipeline.training.observation_noise import noise_record
 
     config = TrainConfig(
         out=str(folder), hidden=[data.hidden], dropout=[rate], input_dropout=rate, l2=0.0, epochs=epochs

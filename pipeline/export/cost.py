@@ -3,7 +3,7 @@
 Counts 2 x multiply-adds of the layers that hold nearly all of it — Dense, EinsumDense, convolutions
 (also depthwise and separable, as in MobileNet and EfficientNet), RNN cells (per time step) and attention
 scores — in layer order, switching from "prefix" to "per sample" at the first layer that owns dropout.
-Recorded in the manifest; the server bounds a request's cost with ``mcdrop.serving.manifest.request_flops``.
+Recorded in the manifest; the server bounds a request's cost with ``mcdrop.serving.models.manifest.request_flops``.
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ import numpy as np
 
 from mcdrop.pipeline.export import publish
 from mcdrop.serving.errors import ExportError, InferenceFailed, InvalidArgument, NotFound
-from mcdrop.serving.litert import Graph
-from mcdrop.serving.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
-from mcdrop.serving.measure import call_times_ms, percentile
-from mcdrop.serving.repository_layout import check_model_name
+from mcdrop.serving.harness.measure import call_times_ms, percentile
+from mcdrop.serving.models.layout import check_model_name
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
 
 DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
@@ -188,7 +188,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
 
 def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
     """Activation bytes per row of the deterministic and the fed-mask graph (``serving.memory``)."""
-    from mcdrop.serving.memory import footprint, zero_feeds
+    from mcdrop.serving.models.memory import footprint, zero_feeds
 
     found = {"deterministic": footprint(blobs["deterministic"], zero_feeds(row_shape))}
     if sites:
@@ -201,7 +201,7 @@ def _chunk_samples(masked: Any, rows: int) -> int:
     """Samples per verification invoke of ``rows`` rows that keep its activations within ``VERIFY_BUDGET_BYTES``."""
     if masked is None:
         return STAT_SAMPLES
-    from mcdrop.serving import invokes
+    from mcdrop.serving.core import invokes
 
     what = "The verification invoke of mc.tflite"
     split = invokes.plan(masked, rows, STAT_SAMPLES, max(VERIFY_BUDGET_BYTES, masked.bytes_for(rows, 1)), what)
@@ -239,7 +239,7 @@ def _observation_noise(
     options: ExportOptions, training: dict[str, Any] | None, task: str, output_shape: list[int]
 ) -> dict[str, Any] | None:
     """tau per output for regression: ``--noise-precision``, else the training record's, else none."""
-    from mcdrop.pipeline.observation_noise import noise_record
+    from mcdrop.pipeline.training.observation_noise import noise_record
 
     outputs = math.prod(output_shape)
     if task != "regression":
@@ -326,8 +326,8 @@ def _quantized_variant(
 def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
-    from mcdrop.serving.manifest import dropout_specs
-    from mcdrop.serving.masks import SCHEME, fingerprint_feeds
+    from mcdrop.serving.models.manifest import dropout_specs
+    from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds
 
     record: dict[str, Any] = {
         "seed": FINGERPRINT_SEED,

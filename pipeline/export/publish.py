@@ -15,7 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mcdrop.serving.repository_layout import STAGING_PREFIX, check_model_name, versions
+from mcdrop.serving.models.layout import STAGING_PREFIX, check_model_name, versions
 
 
 def create_staging(repository: Path, name: str) -> Path:

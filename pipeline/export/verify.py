@@ -33,7 +33,7 @@ import tensorflow as tf
 from mcdrop.pipeline.export import stochastic
 from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
 from mcdrop.serving.errors import ExportError
-from mcdrop.serving.litert import RANDOM_OPS, VARIABLE_OPS, Graph
+from mcdrop.serving.models.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 PARITY_TOLERANCE = 1e-5
 # False alarms: a correct graph must pass. The mask checks use distribution-free (Hoeffding) or exact

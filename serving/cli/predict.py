@@ -92,7 +92,7 @@ def uncertainty_source(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_source(source: dict[str, Any]) -> None:
-    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.cli.console import stdout_console
 
     sampled, unsampled = source["sampled"], source["unsampled"]
     shown = ", ".join(sampled[:6]) + (f" and {len(sampled) - 6} more" if len(sampled) > 6 else "")
@@ -144,7 +144,7 @@ def print_prediction(p: Any) -> None:
     """One table row per input row: the prediction and its uncertainty."""
     from rich.table import Table
 
-    from mcdrop.serving.console import stdout_console
+    from mcdrop.serving.cli.console import stdout_console
 
     title = f"{p.model} v{p.version} · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
     table = Table(title=title)

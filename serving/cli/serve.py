@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.serving.errors import NotFound
-from mcdrop.serving.settings import ServerSettings, add_arguments, load_settings
+from mcdrop.serving.server.settings import ServerSettings, add_arguments, load_settings
 
 
 def register(subcommands: Any) -> None:
@@ -24,8 +24,9 @@ def register(subcommands: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from mcdrop.serving import cpus, logs, workers
-    from mcdrop.serving.server import run
+    from mcdrop.serving.server import cpus, logs
+    from mcdrop.serving.server import supervisor as workers
+    from mcdrop.serving.server.server import run
 
     names = [field.name for field in dataclasses.fields(ServerSettings)]
     settings = load_settings({name: getattr(args, name) for name in names if hasattr(args, name)})

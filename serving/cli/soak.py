@@ -33,8 +33,8 @@ def register(subcommands: Any) -> None:
 
 
 def run_soak(args: argparse.Namespace) -> int:
-    from mcdrop.serving.console import stdout_console
-    from mcdrop.serving.soak import soak
+    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.harness.soak import soak
 
     report = soak(
         repository=args.repository,

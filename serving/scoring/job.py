@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mcdrop.serving import manifest as manifest_io
-from mcdrop.serving.dataplane import DEFAULT_INTERVAL, DETERMINISTIC, MODES, MONTE_CARLO
 from mcdrop.serving.errors import InvalidArgument, MCDropError, NotFound
-from mcdrop.serving.masks import fresh_seed
-from mcdrop.serving.repository_layout import check_model_name, versions
+from mcdrop.serving.models import manifest as manifest_io
+from mcdrop.serving.models.layout import check_model_name, versions
+from mcdrop.serving.models.masks import fresh_seed
+from mcdrop.serving.runtime.dataplane import DEFAULT_INTERVAL, DETERMINISTIC, MODES, MONTE_CARLO
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.scorer import BOOKKEEPING, ERROR, ROW, Scorer, ScoreSettings
 

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from mcdrop.serving.errors import MCDropError
-from mcdrop.serving.ray_cluster import connected
 from mcdrop.serving.scoring.inputs import Unit
+from mcdrop.serving.scoring.ray_cluster import connected
 from mcdrop.serving.scoring.scorer import Scorer, ScoreSettings
 
 

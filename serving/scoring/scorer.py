@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mcdrop.serving.dataplane import DataPlane, Prediction, PredictionRequest
-from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.repository import ModelRepository
+from mcdrop.serving.core.uncertainty import ClassificationSummary
+from mcdrop.serving.models.repository import ModelRepository
+from mcdrop.serving.runtime.dataplane import DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.runtime.metrics import Metrics
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.inputs import Columns, Unit
-from mcdrop.serving.settings import ServerSettings
-from mcdrop.serving.uncertainty import ClassificationSummary
+from mcdrop.serving.server.settings import ServerSettings
 
 ROW = "_mcdrop_row"
 """Global row position: the driver checks every row arrives exactly once, in order."""
@@ -26,7 +26,7 @@ BOOKKEEPING = (ROW, ERROR)
 
 
 REGRESSION_COLUMNS = ("mean", "std", "predictive_std", "lower", "upper", "mean_lower", "mean_upper")
-"""Regression output columns, as the server names them (``mcdrop.serving.uncertainty`` says what each means)."""
+"""Regression output columns, as the server names them (``mcdrop.serving.core.uncertainty`` says what each means)."""
 
 
 @dataclasses.dataclass(frozen=True)

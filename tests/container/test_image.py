@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client
-from mcdrop.serving.process import free_port
+from mcdrop.serving.harness.process import free_port
 from tests.container.images import build
 from tests.helpers import COMMANDS, REPO, burst_then_signal
 
@@ -109,8 +109,8 @@ def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows
 def test_inside_the_container(running: Any) -> None:
     # The HEALTHCHECK reaches the container's config (podman reports it there, not on the image).
     healthcheck = running.container.attrs["Config"]["Healthcheck"]
-    assert healthcheck["Test"] == ["CMD", "python3", "-m", "mcdrop.serving.healthcheck"]
-    code, output = running.container.exec_run(["python3", "-m", "mcdrop.serving.healthcheck"])
+    assert healthcheck["Test"] == ["CMD", "python3", "-m", "mcdrop.serving.server.healthcheck"]
+    code, output = running.container.exec_run(["python3", "-m", "mcdrop.serving.server.healthcheck"])
     assert code == 0 and output.decode().strip() == "SERVING"
     code, output = running.container.exec_run(["id", "-u"])
     assert output.decode().strip() == "10001"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mcdrop.serving import manifest as manifest_io
-from mcdrop.serving.repository_layout import versions
+from mcdrop.serving.models import manifest as manifest_io
+from mcdrop.serving.models.layout import versions
 from tests.helpers import run_cli
 
 JOB = """

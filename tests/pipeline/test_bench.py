@@ -57,7 +57,7 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mcdrop.pipeline.bench import server as bench_server
-    from mcdrop.serving.process import ServerProcess
+    from mcdrop.serving.harness.process import ServerProcess
 
     started: list[tuple[str, ...]] = []
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdrop.pipeline.config import TrainConfig, load_config, parse_float_list
+from mcdrop.pipeline.training.config import TrainConfig, load_config, parse_float_list
 from mcdrop.serving.errors import InvalidArgument, NotFound
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.pipeline.data import load_dataset
+from mcdrop.pipeline.training.data import load_dataset
 from mcdrop.serving.errors import InvalidArgument, NotFound
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcdrop.pipeline.observation_noise import FLOOR, estimate_precision, noise_record
+from mcdrop.pipeline.training.observation_noise import FLOOR, estimate_precision, noise_record
 from mcdrop.serving.errors import InvalidArgument
 
 

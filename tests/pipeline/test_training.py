@@ -10,8 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mcdrop.pipeline.config import TrainConfig  # noqa: E402
-from mcdrop.pipeline.training import train  # noqa: E402
+from mcdrop.pipeline.training.config import TrainConfig  # noqa: E402
+from mcdrop.pipeline.training.loop import train  # noqa: E402
 
 
 def quick(out: Path, **overrides: object) -> TrainConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mcdrop.serving.client import Client
-from mcdrop.serving.server import Server
+from mcdrop.serving.server.server import Server
 from tests.helpers import in_process_server
 
 

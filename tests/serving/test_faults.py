@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import RpcFailed
-from mcdrop.serving.server import REPOSITORY_HEALTH
+from mcdrop.serving.server.server import REPOSITORY_HEALTH
 from tests.helpers import copy_repository, in_process_server
 
 X = np.zeros((2, 64), np.float32)

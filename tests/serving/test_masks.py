@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from mcdrop.serving.manifest import DropoutSpec
-from mcdrop.serving.masks import LEVELS, MaskStream, fresh_seed
+from mcdrop.serving.models.manifest import DropoutSpec
+from mcdrop.serving.models.masks import LEVELS, MaskStream, fresh_seed
 
 LAYERS = [
     DropoutSpec("d1", "bernoulli", 0.2, (257,), "mask_d1"),  # odd sizes: rows do not fill whole words

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.serving import invokes
+from mcdrop.serving.core import invokes
 from mcdrop.serving.errors import ResourceExhausted
-from mcdrop.serving.memory import Footprint, footprint, peak_live_bytes
-from mcdrop.serving.repository import ModelRepository
+from mcdrop.serving.models.memory import Footprint, footprint, peak_live_bytes
+from mcdrop.serving.models.repository import ModelRepository
 
 
 def test_the_footprint_predicts_live_bytes_at_sizes_it_was_not_measured_at(model_repository: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.serving import logs
 from mcdrop.serving.client import RpcFailed
+from mcdrop.serving.server import logs
 from tests.helpers import in_process_server
 
 

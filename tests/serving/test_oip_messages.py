@@ -13,7 +13,7 @@ import pytest
 from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
 from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mcdrop.serving.client import Client
-from mcdrop.serving.server import Server
+from mcdrop.serving.server.server import Server
 from tests.helpers import in_process_server
 
 

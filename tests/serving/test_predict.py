@@ -11,8 +11,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mcdrop.serving.client import Client
-from mcdrop.serving.litert import Graph
-from mcdrop.serving.server import Server
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.server.server import Server
 from tests.helpers import in_process_server
 
 

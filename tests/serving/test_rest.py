@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcdrop.serving.client import Client
-from mcdrop.serving.process import free_port
-from mcdrop.serving.server import Server
+from mcdrop.serving.harness.process import free_port
+from mcdrop.serving.server.server import Server
 from tests.helpers import in_process_server
 
 

@@ -136,7 +136,7 @@ def test_predict_cli_with_tls_and_token(model_repository: Path, pki: dict[str, A
 
 def test_tls_settings_are_checked() -> None:
     from mcdrop.serving.errors import InvalidArgument
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.server.settings import ServerSettings
 
     with pytest.raises(InvalidArgument, match="tls_cert and tls_key go together"):
         ServerSettings(tls_cert="a.pem").validate()
@@ -150,7 +150,7 @@ def test_rest_serves_the_same_tls_and_mutual_tls(model_repository: Path, pki: di
 
     import httpx
 
-    from mcdrop.serving.process import free_port
+    from mcdrop.serving.harness.process import free_port
 
     port = free_port()
     with in_process_server(model_repository, http_port=port, **tls_settings(pki, mutual=True)):

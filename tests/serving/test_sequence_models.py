@@ -12,9 +12,9 @@ import pytest
 
 from mcdrop.serving.client import Client
 from mcdrop.serving.errors import RpcFailed
-from mcdrop.serving.litert import Graph
-from mcdrop.serving.manifest import dropout_specs
-from mcdrop.serving.masks import MaskStream
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import dropout_specs
+from mcdrop.serving.models.masks import MaskStream
 from tests.helpers import in_process_server
 
 keras = pytest.importorskip("keras")

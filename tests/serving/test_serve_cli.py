@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdrop.serving.settings import ENV_PREFIX, ServerSettings
+from mcdrop.serving.server.settings import ENV_PREFIX, ServerSettings
 from tests.helpers import REPO, run_cli
 
 

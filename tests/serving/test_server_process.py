@@ -120,7 +120,7 @@ def test_sigterm_with_rest_on_finishes_the_rest_request_in_flight_and_exits_0(
 
     import httpx
 
-    from mcdrop.serving.process import free_port
+    from mcdrop.serving.harness.process import free_port
 
     port, metrics_port = free_port(), free_port()
     server = server_process(model_repository, tmp_path / "server.log", "--grace-seconds", "30",
@@ -168,8 +168,8 @@ SERVER_SCRIPT = """
 import json, sys
 import numpy as np
 from mcdrop.serving.client import Client
-from mcdrop.serving.server import Server
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.server.server import Server
+from mcdrop.serving.server.settings import ServerSettings
 
 server = Server(ServerSettings(repository=sys.argv[1], host="127.0.0.1", port=0, metrics_port=0).validate())
 port = server.start()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.serving.repository import ModelRepository
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.models.repository import ModelRepository
+from mcdrop.serving.server.settings import ServerSettings
 from tests.helpers import in_process_server, run_cli
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mcdrop.serving import uncertainty
+from mcdrop.serving.core import uncertainty
 
 
 def random_probabilities(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

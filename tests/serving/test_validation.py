@@ -10,13 +10,13 @@ import grpc
 import numpy as np
 import pytest
 
-from mcdrop.serving import codec
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
 from mcdrop.serving.client import Client, RpcFailed
-from mcdrop.serving.dataplane import PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.server import Server
+from mcdrop.serving.protocols import tensors as codec
+from mcdrop.serving.runtime.dataplane import PredictionRequest
+from mcdrop.serving.server.server import Server
 from tests.helpers import in_process_server
 
 SERVER_SETTINGS = {"max_samples": 500, "max_batch": 16, "max_sample_rows": 2000}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from mcdrop.serving.client import Client, RpcFailed
-from mcdrop.serving.measure import cpu_seconds, worker_pids
-from mcdrop.serving.process import free_port
+from mcdrop.serving.harness.measure import cpu_seconds, worker_pids
+from mcdrop.serving.harness.process import free_port
 from tests.helpers import burst_then_signal, server_process
 
 
@@ -127,7 +127,7 @@ def test_a_port_held_by_another_program_fails_in_one_line(model_repository: Path
 def test_usable_cpus_follow_the_affinity_and_the_cgroup_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int
 ) -> None:
-    from mcdrop.serving import cpus
+    from mcdrop.serving.server import cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     path = tmp_path / "cpu.max"
@@ -141,10 +141,10 @@ def test_usable_cpus_follow_the_affinity_and_the_cgroup_quota(
 def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_identically(
     model_repository: Path, digits_rows: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcdrop.serving.dataplane import LONE_REQUEST_FLOPS, DataPlane, PredictionRequest
-    from mcdrop.serving.metrics import Metrics
-    from mcdrop.serving.repository import ModelRepository
-    from mcdrop.serving.settings import ServerSettings
+    from mcdrop.serving.models.repository import ModelRepository
+    from mcdrop.serving.runtime.dataplane import LONE_REQUEST_FLOPS, DataPlane, PredictionRequest
+    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.settings import ServerSettings
 
     settings = ServerSettings(repository=str(model_repository)).validate()
     planes = {}

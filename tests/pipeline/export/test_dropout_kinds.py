@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras")
 
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
 from mcdrop.serving.errors import ExportError  # noqa: E402
-from mcdrop.serving.litert import Graph  # noqa: E402
+from mcdrop.serving.models.litert import Graph  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.pipeline.export import custom_layers, models  # noqa: E402
 

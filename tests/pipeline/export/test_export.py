@@ -13,8 +13,8 @@ keras = pytest.importorskip("keras")
 
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
 from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound  # noqa: E402
-from mcdrop.serving.litert import Graph  # noqa: E402
-from mcdrop.serving.manifest import sha256_file  # noqa: E402
+from mcdrop.serving.models.litert import Graph  # noqa: E402
+from mcdrop.serving.models.manifest import sha256_file  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mcdrop.pipeline.export import publish
-from mcdrop.serving.repository_layout import STAGING_PREFIX, versions
+from mcdrop.serving.models.layout import STAGING_PREFIX, versions
 from tests.helpers import REPO
 
 

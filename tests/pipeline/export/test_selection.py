@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("keras")
 
-from mcdrop.pipeline.batch import _mc_layers
 from mcdrop.pipeline.export import selection
+from mcdrop.pipeline.export.batch import _mc_layers
 from mcdrop.pipeline.export.stochastic import DropoutSite
 from mcdrop.serving.errors import InvalidArgument
 

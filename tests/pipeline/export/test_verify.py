@@ -13,7 +13,7 @@ tf = pytest.importorskip("tensorflow")
 
 from mcdrop.pipeline.export import convert, stochastic, verify  # noqa: E402
 from mcdrop.pipeline.export.exporter import STAT_SAMPLES  # noqa: E402
-from mcdrop.serving.litert import Graph  # noqa: E402
+from mcdrop.serving.models.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
 CHUNKS = verify.Chunks(tflite=300, keras=700)

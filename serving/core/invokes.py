@@ -5,7 +5,7 @@ T x B (an EfficientNetB0 at 224 px needs about 10 MB per sample row), so the dat
 ``samples`` samples of ``rows`` rows per invoke, as ``plan`` chooses from the graph's measured
 ``Footprint``: all rows and as many samples as fit, or, when not even one sample of every row fits,
 fewer rows. A row's masks depend only on the seed, the row and the sample index
-(``mcdrop.serving.masks``), and each sample row is computed on its own, so the answer is the same
+(``mcdrop.serving.models.masks``), and each sample row is computed on its own, so the answer is the same
 bit for bit for every budget.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from mcdrop.serving.errors import ResourceExhausted
-from mcdrop.serving.memory import Footprint
+from mcdrop.serving.models.memory import Footprint
 
 MIB = 2**20
 

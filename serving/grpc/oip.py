@@ -19,14 +19,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from mcdrop.serving import __version__, codec, uncertainty
+from mcdrop.serving import __version__
 from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
 from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from mcdrop.serving.dataplane import DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.core import uncertainty
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.grpc_errors import deadline_of, translated
-from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.repository import ModelVersion
+from mcdrop.serving.grpc.status import deadline_of, translated
+from mcdrop.serving.models.repository import ModelVersion
+from mcdrop.serving.protocols import tensors as codec
+from mcdrop.serving.runtime.dataplane import DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.runtime.metrics import Metrics
 
 API = "inference"
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -97,7 +99,7 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
 
 
 REGRESSION_OUTPUTS = ("predictive_std", "lower", "upper", "mean_lower", "mean_upper")
-"""Beside mean and std (epistemic): see ``mcdrop.serving.uncertainty`` for each one's meaning."""
+"""Beside mean and std (epistemic): see ``mcdrop.serving.core.uncertainty`` for each one's meaning."""
 
 
 def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:

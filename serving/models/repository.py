@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving import manifest as manifest_io
 from mcdrop.serving.errors import MCDropError, NotFound
-from mcdrop.serving.manifest import DropoutSpec
-from mcdrop.serving.masks import SCHEME, fingerprint_feeds
-from mcdrop.serving.memory import Feeds, Footprint, footprint, zero_feeds
-from mcdrop.serving.pool import InterpreterPool
-from mcdrop.serving.repository_layout import check_model_name
-from mcdrop.serving.repository_layout import versions as list_versions
+from mcdrop.serving.models import manifest as manifest_io
+from mcdrop.serving.models.layout import check_model_name
+from mcdrop.serving.models.layout import versions as list_versions
+from mcdrop.serving.models.manifest import DropoutSpec
+from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds
+from mcdrop.serving.models.memory import Feeds, Footprint, footprint, zero_feeds
+from mcdrop.serving.models.pool import InterpreterPool
 
 log = logging.getLogger("mcdrop.repository")
 
@@ -166,7 +166,7 @@ class ModelRepository:
         model_name: the name to serve a single-model directory under (KServe's ``/mnt/models``: one
             exported version's files directly in ``root``); default: the name in its manifest.
         lone_request_threads: threads of each pool's extra interpreter for a request alone in flight
-            (``mcdrop.serving.pool``); 1 = no such interpreter.
+            (``mcdrop.serving.models.pool``); 1 = no such interpreter.
         """
         self.root = root
         self._model_name = model_name or None

@@ -1,6 +1,6 @@
 """Container health probe: exit 0 if the local server's gRPC health service says SERVING, else 1.
 
-    python -m mcdrop.serving.healthcheck [--service NAME] [--timeout SECONDS]
+    python -m mcdrop.serving.server.healthcheck [--service NAME] [--timeout SECONDS]
 
 Reads the port from the same settings as the server (``MCDROP_PORT``).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcdrop.serving.settings import load_settings
+from mcdrop.serving.server.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

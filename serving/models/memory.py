@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from mcdrop.serving.litert import logical_name
+from mcdrop.serving.models.litert import logical_name
 
 Feeds = Callable[[int, int], Mapping[str, np.ndarray]]
 """``(rows, samples)`` → zero-valued inputs of those shapes for one graph."""

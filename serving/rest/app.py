@@ -2,7 +2,7 @@
 
 Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{v}]``,
 ``.../ready`` and ``POST .../infer``. Tensors are JSON (``data`` flat, row-major); the request
-``parameters`` and the outputs are the gRPC OIP's (``mcdrop.serving.oip``), so a seeded request gets
+``parameters`` and the outputs are the gRPC OIP's (``mcdrop.serving.grpc.oip``), so a seeded request gets
 the same numbers over either transport. Errors are ``{"error": "..."}`` with the HTTP status of the
 error's kind; an unexpected one is a 500 naming a logged incident, never a traceback.
 """
@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mcdrop.serving import __version__, oip
-from mcdrop.serving.auth import TokenStore
-from mcdrop.serving.dataplane import DataPlane, Prediction
+from mcdrop.serving import __version__
 from mcdrop.serving.errors import InvalidArgument, MCDropError, Unauthenticated
-from mcdrop.serving.grpc_errors import code_of, incident_message
-from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.grpc import oip
+from mcdrop.serving.grpc.status import code_of, incident_message
+from mcdrop.serving.runtime.dataplane import DataPlane, Prediction
+from mcdrop.serving.runtime.metrics import Metrics
+from mcdrop.serving.runtime.tokens import TokenStore
 
 API = "rest"
 HTTP_STATUS = {

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from mcdrop.serving import errors
-from mcdrop.serving.metrics import Metrics
+from mcdrop.serving.runtime.metrics import Metrics
 
 log = logging.getLogger("mcdrop.grpc")
 

@@ -20,16 +20,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcdrop.serving import cpus, grpc_api, oip
 from mcdrop.serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
-from mcdrop.serving.auth import AuthInterceptor, TokenStore
-from mcdrop.serving.dataplane import DataPlane
 from mcdrop.serving.errors import InvalidArgument, Unavailable
-from mcdrop.serving.http_server import HttpServer
-from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.repository import ModelRepository
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.grpc import mcdrop_v1 as grpc_api
+from mcdrop.serving.grpc import oip
+from mcdrop.serving.grpc.auth import AuthInterceptor
+from mcdrop.serving.models.repository import ModelRepository
+from mcdrop.serving.rest.http_server import HttpServer
+from mcdrop.serving.runtime.dataplane import DataPlane
+from mcdrop.serving.runtime.metrics import Metrics
+from mcdrop.serving.runtime.tokens import TokenStore
+from mcdrop.serving.server import cpus
+from mcdrop.serving.server.settings import ServerSettings
 
 log = logging.getLogger("mcdrop.server")
 REPOSITORY_HEALTH = "mcdrop.repository"
@@ -156,7 +159,7 @@ class Server:
         log.info("stopped")
 
     def _start_http(self) -> None:
-        from mcdrop.serving import rest
+        from mcdrop.serving.rest import app as rest
 
         settings = self.settings
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
@@ -202,7 +205,7 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 def run(settings: ServerSettings) -> int:
     """Serve in this process until SIGTERM or SIGINT; return the exit code (0 after a graceful stop).
-    (``mcdrop serve --workers N`` with N > 1 runs ``mcdrop.serving.workers.Supervisor`` instead.)"""
+    (``mcdrop serve --workers N`` with N > 1 runs ``mcdrop.serving.server.supervisor.Supervisor`` instead.)"""
     return serve_until_signalled(Server(settings))
 
 

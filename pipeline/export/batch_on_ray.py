@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mcdrop.pipeline.batch import EntryResult, Job, run_entry
+from mcdrop.pipeline.export.batch import EntryResult, Job, run_entry
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.ray_cluster import connected
+from mcdrop.serving.scoring.ray_cluster import connected
 
 RETRIES = 3
 

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from mcdrop.serving import codec, uncertainty
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from mcdrop.serving.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
-from mcdrop.serving.grpc_errors import deadline_of, translated
-from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.repository import ModelVersion
+from mcdrop.serving.core import uncertainty
+from mcdrop.serving.grpc.status import deadline_of, translated
+from mcdrop.serving.models.repository import ModelVersion
+from mcdrop.serving.protocols import tensors as codec
+from mcdrop.serving.runtime.dataplane import DETERMINISTIC, MONTE_CARLO, DataPlane, Prediction, PredictionRequest
+from mcdrop.serving.runtime.metrics import Metrics
 
 API = "mcdrop.v1"
 SERVICE_NAME = "mcdrop.v1.Inference"

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.config import TrainConfig
-from mcdrop.pipeline.data import Dataset, load_dataset
 from mcdrop.pipeline.progress import format_metrics, progress_bar
+from mcdrop.pipeline.training.config import TrainConfig
+from mcdrop.pipeline.training.data import Dataset, load_dataset
 
 TRAINING_SCHEMA = 1
 
@@ -44,7 +44,7 @@ def fit(config: TrainConfig, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
     import keras
     import tensorflow as tf
 
-    from mcdrop.pipeline.models import build_models, dropout_layers
+    from mcdrop.pipeline.training.models import build_models, dropout_layers
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -148,7 +148,7 @@ def _observation_noise(model: Any, dataset: Dataset, seed: int) -> dict[str, Any
     the distribution the exported MC graphs reproduce and the export verifies against)."""
     import keras
 
-    from mcdrop.pipeline.observation_noise import estimate_precision, noise_record
+    from mcdrop.pipeline.training.observation_noise import estimate_precision, noise_record
 
     keras.utils.set_random_seed(seed + 1)
     x = dataset.x_val

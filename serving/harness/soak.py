@@ -19,8 +19,8 @@ import numpy as np
 
 from mcdrop.serving.client import Client
 from mcdrop.serving.errors import InvalidArgument, MCDropError
-from mcdrop.serving.measure import memory_mb, percentile
-from mcdrop.serving.process import ServerProcess
+from mcdrop.serving.harness.measure import memory_mb, percentile
+from mcdrop.serving.harness.process import ServerProcess
 
 RSS_SAMPLE_SECONDS = 1.0
 

@@ -1,9 +1,10 @@
-"""Bearer-token authentication for every RPC except the health service (probes stay open).
+"""Bearer tokens: the set a server accepts, from settings and a file that is re-read when it changes.
 
 Tokens come from ``auth_tokens`` (comma-separated, e.g. ``MCDROP_AUTH_TOKENS``) and/or
 ``auth_token_file`` (one per line, ``#`` comments). The file is re-read when it changes
 (checked at most once a second), so tokens rotate without a restart. Presented tokens are
-compared with every valid one in constant time (``hmac.compare_digest``).
+compared with every valid one in constant time (``hmac.compare_digest``). Both transports
+check tokens against one store: gRPC in ``mcdrop.serving.grpc.auth``, REST in ``mcdrop.serving.rest.app``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,10 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import grpc
-
-from mcdrop.serving.metrics import Metrics
 
 log = logging.getLogger("mcdrop.auth")
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 RELOAD_SECONDS = 1.0
 
 
@@ -74,40 +68,3 @@ class TokenStore:
             self._from_file = [line.strip().encode() for line in lines if line.strip() and not line.startswith("#")]
             self._signature = signature
             log.info("tokens loaded", extra={"count": len(self._from_file), "file": str(self._file)})
-
-
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses RPCs without a valid ``authorization: Bearer <token>`` header with UNAUTHENTICATED."""
-
-    def __init__(self, store: TokenStore, metrics: Metrics) -> None:
-        self._store = store
-        self._metrics = metrics
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        if details.method.startswith(OPEN_PREFIXES):
-            return continuation(details)
-        header = dict(details.invocation_metadata or ()).get("authorization", "")
-        scheme, _, token = str(header).partition(" ")
-        if scheme.lower() == "bearer" and token and self._store.valid(token.strip()):
-            return continuation(details)
-        self._metrics.auth_failures.inc()
-        reason = "Missing bearer token" if not header else "Invalid bearer token"
-        return _refusal(continuation(details), f"{reason}. Expected metadata 'authorization: Bearer <token>'.")
-
-
-def _refusal(handler: Any, message: str) -> Any:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
-
-    def deny(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    if handler is None:
-        return None
-    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving.manifest import DropoutSpec
+from mcdrop.serving.models.manifest import DropoutSpec
 
 BITS = 16
 LEVELS = 1 << BITS

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.config import TrainConfig
-from mcdrop.pipeline.data import Dataset
+from mcdrop.pipeline.training.config import TrainConfig
+from mcdrop.pipeline.training.data import Dataset
 from mcdrop.serving.errors import InvalidArgument
 
 MIN_FOLDS = 2
@@ -36,7 +36,7 @@ def cross_validate(config: TrainConfig, dataset: Dataset, grid: dict[str, list[A
     """Score every candidate by k-fold CV on the training split; return all scores and the best candidate."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    from mcdrop.pipeline.training import fit
+    from mcdrop.pipeline.training.loop import fit
 
     if not isinstance(folds, int) or folds < MIN_FOLDS or folds > len(dataset.x_train):
         raise InvalidArgument(f"Invalid folds. Expected an integer in [2, {len(dataset.x_train)}]. Received: {folds!r}")

@@ -40,10 +40,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mcdrop.pipeline.config import FIELD_NAMES, read_toml
-from mcdrop.serving import manifest as manifest_io
+from mcdrop.pipeline.training.config import FIELD_NAMES, read_toml
 from mcdrop.serving.errors import InvalidArgument, MCDropError
-from mcdrop.serving.repository_layout import check_model_name, versions
+from mcdrop.serving.models import manifest as manifest_io
+from mcdrop.serving.models.layout import check_model_name, versions
 
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers")
 
@@ -190,10 +190,10 @@ def _imports(job: Job, entry: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _train_entry(job: Job, entry: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
-    from mcdrop.pipeline.config import load_config
-    from mcdrop.pipeline.data import load_dataset
-    from mcdrop.pipeline.selection import cross_validate
-    from mcdrop.pipeline.training import fit, save
+    from mcdrop.pipeline.training.config import load_config
+    from mcdrop.pipeline.training.data import load_dataset
+    from mcdrop.pipeline.training.loop import fit, save
+    from mcdrop.pipeline.training.selection import cross_validate
 
     settings = {k: v for k, v in entry.items() if k not in EXPORT_KEYS}
     unknown = sorted(set(settings) - set(FIELD_NAMES))

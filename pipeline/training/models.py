@@ -12,8 +12,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from mcdrop.pipeline.config import TrainConfig
-from mcdrop.pipeline.data import Dataset, standardisation
+from mcdrop.pipeline.training.config import TrainConfig
+from mcdrop.pipeline.training.data import Dataset, standardisation
 from mcdrop.serving.errors import InvalidArgument
 
 

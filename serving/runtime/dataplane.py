@@ -5,7 +5,7 @@ readiness. Transports only convert messages: they decode into a ``PredictionRequ
 (numpy input, plain Python values), call ``DataPlane``, and encode the ``Prediction``
 (or ``ModelStatus``, ``ModelVersion``) back. All validation, admission control, sampling
 and uncertainty math happen here, once. Errors are ``mcdrop.serving.errors`` types; the
-transports map them to status codes in one place (``mcdrop.serving.grpc_errors``).
+transports map them to status codes in one place (``mcdrop.serving.grpc.status``).
 
 Sampling paths:
 
@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving import invokes, uncertainty
+from mcdrop.serving.core import invokes, uncertainty
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotFound, ResourceExhausted
-from mcdrop.serving.litert import Graph
-from mcdrop.serving.manifest import request_flops
-from mcdrop.serving.masks import MaskStream, fresh_seed
-from mcdrop.serving.metrics import Metrics
-from mcdrop.serving.repository import ModelRepository, ModelVersion
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import request_flops
+from mcdrop.serving.models.masks import MaskStream, fresh_seed
+from mcdrop.serving.models.repository import ModelRepository, ModelVersion
+from mcdrop.serving.runtime.metrics import Metrics
+from mcdrop.serving.server.settings import ServerSettings
 
 DETERMINISTIC = "deterministic"
 MONTE_CARLO = "monte_carlo"
@@ -370,7 +370,7 @@ class DataPlane:
     ) -> tuple[np.ndarray, float, float]:
         """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds.
 
-        The T x B sample rows run in invokes that fit ``max_invoke_mb`` (``mcdrop.serving.invokes``), all on one
+        The T x B sample rows run in invokes that fit ``max_invoke_mb`` (``mcdrop.serving.core.invokes``), all on one
         leased interpreter; masks are drawn per chunk of samples for all rows, so the answer does not depend on
         the split.
         """

@@ -5,7 +5,7 @@ saturates one core well before LiteRT does. With N > 1 workers, ``mcdrop serve``
 a supervisor: it checks that the ports can be bound, starts N worker processes (each a
 complete server — repository, interpreter pools, data plane, gRPC, REST — bound with
 SO_REUSEPORT, so the kernel spreads incoming connections over them), and serves one
-aggregated ``/metrics`` (see ``mcdrop.serving.metrics``). A worker binds its ports only
+aggregated ``/metrics`` (see ``mcdrop.serving.runtime.metrics``). A worker binds its ports only
 after its repository has loaded, so a starting worker never receives connections.
 
 Across workers:
@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mcdrop.serving.settings import ServerSettings
+from mcdrop.serving.server.settings import ServerSettings
 
 log = logging.getLogger("mcdrop.server")
 MAX_RESTARTS = 5
@@ -64,7 +64,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; return 0 when every worker drained, else 1."""
-        from mcdrop.serving.metrics import AggregatedMetrics
+        from mcdrop.serving.runtime.metrics import AggregatedMetrics
 
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -97,7 +97,7 @@ class Supervisor:
     def _reserve_ports(self) -> list[socket.socket]:
         """Bind the shared ports here first, with SO_REUSEPORT and without listening: a port held by another
         program fails now, in one line, rather than in N workers; port 0 becomes one free port for all."""
-        from mcdrop.serving.http_server import reuse_port_socket
+        from mcdrop.serving.rest.http_server import reuse_port_socket
 
         grpc_socket = reuse_port_socket(self.settings.host, self.settings.port)
         self.settings = dataclasses.replace(self.settings, port=int(grpc_socket.getsockname()[1]))
@@ -183,8 +183,8 @@ class _WorkerField(logging.Filter):
 
 def _worker_main(settings: ServerSettings, index: int, ready: Any, load: Any) -> None:
     """One worker: a complete server on the shared ports until SIGTERM (exit code 0 after draining)."""
-    from mcdrop.serving import logs
-    from mcdrop.serving.server import Server, serve_until_signalled
+    from mcdrop.serving.server import logs
+    from mcdrop.serving.server.server import Server, serve_until_signalled
 
     logs.configure(settings.log_level, settings.log_format)
     for handler in logging.getLogger().handlers:

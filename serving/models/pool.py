@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mcdrop.serving.errors import DeadlineExceeded
-from mcdrop.serving.litert import Graph
+from mcdrop.serving.models.litert import Graph
 
 
 class InterpreterPool:

@@ -21,10 +21,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcdrop.serving import codec
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
 from mcdrop.serving.errors import InvalidArgument, RpcFailed
+from mcdrop.serving.protocols import tensors as codec
 
 __all__ = ["Client", "ModelStatus", "Prediction", "RpcFailed", "decode_prediction"]
 

@@ -107,7 +107,7 @@ class ServerSettings:
         if not 0 <= self.port <= 65535:
             raise _invalid("port", "a port in 0-65535", self.port)
         if self.model_name:
-            from mcdrop.serving.repository_layout import MODEL_NAME
+            from mcdrop.serving.models.layout import MODEL_NAME
 
             if not MODEL_NAME.match(self.model_name):
                 raise _invalid("model_name", "1-128 letters, digits, '.', '_' or '-'", self.model_name)
