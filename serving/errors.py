@@ -1,7 +1,8 @@
 """The one error tree of mcdrop.
 
 Domain code raises these; exactly one place per transport translates them
-(the CLI into exit codes, ``mcdrop.serving.grpc.status`` into gRPC status codes).
+(the CLI into exit codes, ``mcdrop.serving.grpc.status`` into gRPC status codes, ``mcdrop.serving.rest.status``
+into HTTP status codes). The export adds ``mcdrop.pipeline.export.errors.ExportError`` under ``MCDropError``.
 The client and the command line raise only these too. Nothing here imports ``grpc``.
 
     MCDropError                 base class; never raised directly
@@ -14,7 +15,6 @@ The client and the command line raise only these too. Nothing here imports ``grp
     ├── Unavailable             a component is not ready (loading, draining, port taken)
     ├── DeadlineExceeded        the caller's deadline passed before completion
     ├── Unauthenticated         no valid bearer token where the server requires one
-    ├── ExportError             an export failed verification or could not run
     └── RpcFailed               a call to a server failed (client side; carries the status code)
 """
 
@@ -59,10 +59,6 @@ class Unavailable(MCDropError):
 
 class DeadlineExceeded(MCDropError):
     """The request's deadline passed before its work finished."""
-
-
-class ExportError(MCDropError):
-    """An export could not be produced or failed its own verification."""
 
 
 class RpcFailed(MCDropError):

@@ -25,10 +25,10 @@ def inference_rows(
 ) -> list[dict[str, Any]]:
     import tensorflow as tf
 
+    from mcdrop.serving.core import PredictionRequest
     from mcdrop.serving.models.litert import Graph
     from mcdrop.serving.models.repository import ModelRepository
-    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.server import data_plane
     from mcdrop.serving.server.settings import ServerSettings
 
     model, x = reference.model, reference.inputs(batch)
@@ -72,7 +72,7 @@ def inference_rows(
     settings = ServerSettings(repository=str(repository), pool_size=1, interpreter_threads=1, max_sample_rows=10**7)
     store = ModelRepository(repository, pool_size=1, interpreter_threads=1)
     store.scan()
-    plane = DataPlane(store, settings.validate(), Metrics())
+    plane = data_plane(store, settings.validate())
     request = PredictionRequest(model=reference.name, x=x, samples=samples)
     row(
         "mcdrop",

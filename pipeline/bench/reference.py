@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.serving.models.manifest import Manifest
+
 SAMPLES = 100
 
 
@@ -17,14 +19,14 @@ class Reference:
     description: str
     model: Any
     input_shape: tuple[int, ...]
-    manifest: dict[str, Any]
+    manifest: Manifest
     all_rows: bool = True
     """Every row; else only Keras batched, mcdrop and the deterministic floor (T eager calls of a sequence
     model would take minutes and say nothing new)."""
 
     def inputs(self, batch: int) -> np.ndarray:
         rng = np.random.default_rng(batch)
-        token_range = self.manifest["input"].get("integer_range")
+        token_range = self.manifest.input.integer_range
         if token_range is not None:
             return rng.integers(token_range[0], token_range[1] + 1, size=(batch, *self.input_shape)).astype(np.float32)
         return rng.normal(size=(batch, *self.input_shape)).astype(np.float32)
@@ -114,11 +116,10 @@ def export_references(repository: Path) -> list[Reference]:
     return references
 
 
-def flops(manifest: dict[str, Any], batch: int, samples: int) -> float:
+def flops(manifest: Manifest, batch: int, samples: int) -> float:
     """FLOPs of one MC estimate with prefix caching (the manifest's count, which the server's cost limit uses)."""
-    from mcdrop.serving.models.manifest import request_flops
-
-    return request_flops(manifest["cost"], batch, samples)
+    assert manifest.cost is not None  # every export since M2 records it
+    return manifest.cost.flops(batch, samples)
 
 
 def sgemm_gflops(repeats: int = 30) -> float:

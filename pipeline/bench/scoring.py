@@ -73,23 +73,23 @@ def _digits_model(root: Path) -> Path:
 
 
 def _data_plane(repository: Path, data: np.ndarray) -> dict[str, Any]:
-    """The data plane on 1,024-row batches: the ceiling for scoring with one worker."""
+    """The prediction core (what every scoring worker runs) on 1,024-row batches: the ceiling for one worker."""
+    from mcdrop.serving.core import PredictionRequest, Sampler
     from mcdrop.serving.models.repository import ModelRepository
-    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.runtime.metrics import Metrics
-    from mcdrop.serving.server.settings import ServerSettings
 
     store = ModelRepository(repository, pool_size=1)
     store.scan()
-    settings = ServerSettings(repository=str(repository), pool_size=1, max_batch=BATCH, max_sample_rows=10**8,
-                              max_request_gflops=1e9).validate()  # fmt: skip
-    plane = DataPlane(store, settings, Metrics())
+    sampler = Sampler(store)
     x = data[np.arange(BATCH) % len(data)].astype(np.float32)
-    plane.predict(PredictionRequest(model="digits", x=x, samples=SAMPLES, seed=1))  # warm-up
+
+    def predict(first_row: int) -> None:
+        sampler.run(sampler.plan(PredictionRequest("digits", x, samples=SAMPLES, seed=1, first_row=first_row)))
+
+    predict(0)  # warm-up
     batches = SIZES[-1] // BATCH
     started = time.perf_counter()
     for index in range(batches):
-        plane.predict(PredictionRequest(model="digits", x=x, samples=SAMPLES, seed=1, first_row=index * BATCH))
+        predict(index * BATCH)
     seconds = time.perf_counter() - started
     return {"workers": 1, "seconds": round(seconds, 3), "rows_per_second": round(batches * BATCH / seconds, 1)}
 

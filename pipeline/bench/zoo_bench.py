@@ -23,6 +23,7 @@ import numpy as np
 
 from mcdrop.pipeline.bench import zoo
 from mcdrop.pipeline.bench.watchdog import run_guarded
+from mcdrop.serving.models.manifest import Manifest
 
 SAMPLES = 100
 SERVING_BATCHES = (1, 4, 8)
@@ -74,43 +75,47 @@ def _export(model_path: Path, repository: Path, name: str, mode: str) -> dict[st
     if run.returncode != 0 or run.killed:
         detail = (run.killed and f"killed by the watchdog ({run.killed})") or run.stderr.strip().splitlines()[-1:]
         return {**result, "exported": False, "error": str(detail)}
-    manifest = json.loads(run.stdout)
-    checks = manifest["verification"]["checks"]
+    record = json.loads(run.stdout)
+    manifest = Manifest.from_json(record)
+    checks = manifest.verification["checks"]
+    cost = manifest.cost
+    assert cost is not None  # every export records its cost
     return {
         **result,
         "exported": True,
-        "version": manifest["version"],
+        "version": record["version"],
         "checks_passed": all(check["passed"] for check in checks),
         "checks": len(checks),
-        "graph_mb": {
-            g: round(manifest["file_bytes"][spec["file"]] / 2**20, 1) for g, spec in manifest["graphs"].items()
-        },
-        "sampled_sites": len(manifest["dropout_layers"]),
-        "unsampled_sites": len(manifest["unsampled_dropout_layers"]),
-        "activation_mb_per_sample_row": round(manifest["activation_memory"]["mc_masked"]["per_sample_row"] / 2**20, 2),
-        "gflops_prefix": round(manifest["cost"]["prefix"] / 1e9, 3),
-        "gflops_per_sample": round(manifest["cost"]["per_sample"] / 1e9, 3),
+        "graph_mb": {g.value: round(manifest.file_bytes[spec.file] / 2**20, 1) for g, spec in manifest.graphs.items()},
+        "sampled_sites": len(manifest.dropout_layers),
+        "unsampled_sites": len(manifest.unsampled_dropout_layers),
+        "activation_mb_per_sample_row": round(
+            (manifest.activation_memory or {})["mc_masked"]["per_sample_row"] / 2**20, 2
+        ),
+        "gflops_prefix": round(cost.prefix / 1e9, 3),
+        "gflops_per_sample": round(cost.per_sample / 1e9, 3),
     }
 
 
 def _latency(repository: Path, name: str, size: int, repeats: int) -> dict[str, Any]:
     """Median ms of the data plane in process (default settings, one interpreter thread): deterministic and MC."""
+    from mcdrop.serving.core import PredictionRequest
     from mcdrop.serving.harness.measure import call_times_ms, percentile
+    from mcdrop.serving.models.manifest import GraphName
     from mcdrop.serving.models.repository import ModelRepository
-    from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest
-    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.server.server import data_plane
     from mcdrop.serving.server.settings import ServerSettings
 
     store = ModelRepository(repository, pool_size=1)
     store.scan()
-    plane = DataPlane(store, ServerSettings(repository=str(repository)).validate(), Metrics())
+    plane = data_plane(store, ServerSettings(repository=str(repository)).validate())
     x = zoo.images(1, size, 3)
     deterministic = PredictionRequest(model=name, x=x, mode="deterministic")
     monte_carlo = PredictionRequest(model=name, x=x, samples=SAMPLES, seed=1)
     det_ms = percentile(call_times_ms(lambda: plane.predict(deterministic), repeats), 50)
     mc_ms = percentile(call_times_ms(lambda: plane.predict(monte_carlo), max(3, repeats // 2)), 50)
     version = plane.model(name)
-    split = plane._split(version, "mc_masked", 1, SAMPLES)
+    split = plane.sampler.split(version, GraphName.MC_MASKED, 1, SAMPLES)
     store.stop()
     return {"deterministic_ms": round(det_ms, 2), "mc_ms": round(mc_ms, 2),
             "mc_over_deterministic": round(mc_ms / det_ms, 2), "mc_invokes": split.invokes(1, SAMPLES)}  # fmt: skip

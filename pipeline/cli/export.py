@@ -11,6 +11,7 @@ from typing import Any
 
 from mcdrop.pipeline.cli import prepare
 from mcdrop.serving.cli.arguments import names, positive_floats, positive_int, require_extra
+from mcdrop.serving.models.manifest import Manifest
 
 
 def register_export(subcommands: Any) -> None:
@@ -100,14 +101,14 @@ def run_export(args: argparse.Namespace) -> int:
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
-        json.dump({"version": version, **manifest}, sys.stdout, indent=2)
+        json.dump({"version": version, **manifest.to_json()}, sys.stdout, indent=2)
         print()
     else:
         print_export_summary(options.repository, version, manifest)
     return 0
 
 
-def export_with_status(options: Any, *, quiet: bool) -> tuple[int, dict[str, Any]]:
+def export_with_status(options: Any, *, quiet: bool) -> tuple[int, Manifest]:
     """Run one export, showing its current step on stderr unless ``quiet``."""
     from mcdrop.pipeline.export.exporter import export
     from mcdrop.serving.cli.console import stderr
@@ -172,24 +173,25 @@ def print_batch_summary(results: list[Any], repository: Path) -> None:
     console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
 
 
-def print_export_summary(repository: Path, version: int, manifest: dict[str, Any]) -> None:
+def print_export_summary(repository: Path, version: int, manifest: Manifest) -> None:
     from rich.table import Table
 
     from mcdrop.serving.cli.console import stdout_console
 
     console = stdout_console()
-    table = Table(title=f"{manifest['name']} version {version} · {manifest['task']}")
+    table = Table(title=f"{manifest.name} version {version} · {manifest.task}")
     for column in ("file", "bytes", "ops", "random ops"):
         table.add_column(column, justify="right" if column != "file" else "left")
-    graphs = [*manifest["graphs"].values()]
-    graphs += [g for variant in manifest["quantized"].values() for g in variant["graphs"].values()]
-    for file, size in manifest["file_bytes"].items():
-        graph = next((g for g in graphs if g["file"] == file), None)
-        ops = graph["ops"] if graph else []
+    ops_by_file = {spec.file: list(spec.ops) for spec in manifest.graphs.values()}
+    for variant in manifest.quantized.values():  # an informational record: {"graphs": {graph: {"file", "ops"}}}
+        ops_by_file |= {g["file"]: g["ops"] for g in variant["graphs"].values()}
+    for file, size in manifest.file_bytes.items():
+        graph = file in ops_by_file
+        ops = ops_by_file.get(file, [])
         random = sorted({op for op in ops if op.startswith("RANDOM")})
         table.add_row(file, f"{size:,}", str(len(ops)) if graph else "", ", ".join(random))
     console.print(table)
-    if not manifest["stochastic"]:
+    if not manifest.stochastic:
         console.print(
             "[yellow]The model draws no dropout mask in training mode: exported the deterministic graph only.[/]"
         )
@@ -197,37 +199,35 @@ def print_export_summary(repository: Path, version: int, manifest: dict[str, Any
         masks = Table(title="dropout masks (one per sequence for RNNs; fed to mc_masked.tflite as [T, B, *shape])")
         for column in ("site", "mask input", "layer", "kind", "rate", "shape", "sampled"):
             masks.add_column(column, justify="right" if column in ("rate", "shape") else "left")
-        unsampled = manifest.get("unsampled_dropout_layers") or []
-        for d, sampled in [*((d, True) for d in manifest["dropout_layers"]), *((d, False) for d in unsampled)]:
-            kind = d.get("mask_kind", "plain")
-            shape = "×".join(map(str, d["noise_shape"]))
-            layer = f"{d.get('layer', d['name'])} ({d['class']})"
-            mask_input = d["masked_input"] if sampled else ""
+        unsampled = manifest.unsampled_dropout_layers
+        for d, sampled in [*((d, True) for d in manifest.dropout_layers), *((d, False) for d in unsampled)]:
+            shape = "×".join(map(str, d.noise_shape))
+            layer = f"{d.layer or d.name} ({d.layer_class})"
+            mask_input = d.feed_name if sampled else ""
             shown = "[green]yes[/]" if sampled else "[dim]no (inference)[/]"
-            masks.add_row(d["name"], mask_input, layer, kind, f"{d['rate']:g}", shape, shown)
+            masks.add_row(d.name, mask_input, layer, d.mask_kind or "plain", f"{d.rate:g}", shape, shown)
         console.print(masks)
+        sampled_count = len(manifest.dropout_layers)
         console.print(
-            f"--mc-layers {manifest.get('mc_layers', 'all')}: the uncertainty comes from "
-            f"{len(manifest['dropout_layers'])} of {len(manifest['dropout_layers']) + len(unsampled)} dropout sites"
+            f"--mc-layers {manifest.mc_layers}: the uncertainty comes from "
+            f"{sampled_count} of {sampled_count + len(unsampled)} dropout sites"
         )
-    for check in manifest["verification"]["checks"]:
+    for check in manifest.verification["checks"]:
         detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_samples")}
         console.print(
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )
-    timing = ", ".join(f"{k}={v}" for k, v in manifest["timing_ms"].items())
-    noise = manifest["output"].get("observation_noise")
+    timing = ", ".join(f"{k}={v}" for k, v in manifest.timing_ms.items())
+    noise = manifest.output.observation_noise
     if noise is not None:
-        precision = noise["precision"]
+        precision = noise.precision
         shown = "none (epistemic only)" if precision is None else ", ".join(f"{p:.4g}" for p in precision)
-        console.print(f"observation noise tau: {shown} — {noise['method']}")
+        console.print(f"observation noise tau: {shown} — {noise.method}")
     console.print(f"timing (ms): {timing}")
-    memory = manifest.get("activation_memory", {})
+    memory = manifest.activation_memory or {}
     if "mc_masked" in memory:
         per_row = memory["mc_masked"]["per_sample_row"] / 2**20
         console.print(f"activation memory: {per_row:.2f} MiB per sample row (T x B rows per invoke)")
-    if "export" in manifest:
-        console.print(
-            f"export: {manifest['export']['wall_s']:.1f} s, peak RSS {manifest['export']['peak_rss_mb']:,.0f} MB"
-        )
-    console.print(f"published: {repository / manifest['name'] / str(version)}")
+    if manifest.export is not None:
+        console.print(f"export: {manifest.export['wall_s']:.1f} s, peak RSS {manifest.export['peak_rss_mb']:,.0f} MB")
+    console.print(f"published: {repository / manifest.name / str(version)}")

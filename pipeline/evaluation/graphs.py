@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcdrop.serving.models import manifest as manifest_io
 from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.masks import MaskStream
 
 ROWS_PER_INVOKE = 200_000  # samples x rows per mc_masked invoke: bounds memory at T = 10,000
@@ -17,10 +17,10 @@ class Exported:
     """One exported model version, for batch evaluation."""
 
     def __init__(self, version_dir: Path, threads: int = 2) -> None:
-        self.manifest = manifest_io.load(version_dir)
+        self.manifest = Manifest.load(version_dir)
         self.deterministic = Graph(version_dir / "deterministic.tflite", num_threads=threads)
         self.masked = Graph(version_dir / "mc_masked.tflite", num_threads=threads)
-        self.layers = manifest_io.dropout_specs(self.manifest)
+        self.layers = self.manifest.dropout_layers
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Deterministic (weight-scaling) outputs ``[N, ...]``."""

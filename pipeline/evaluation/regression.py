@@ -81,14 +81,15 @@ def _one(name: str, folder: Path, *, seed: int, samples: int, epochs: int) -> di
     )
     exported = Exported(folder / "repository" / name / str(version))
     draws = exported.sample(x_test, samples, seed=seed)  # [T, N, 1]
-    noise = manifest["output"]["observation_noise"]
-    variance = np.asarray(noise["variance"], np.float64)
+    noise = manifest.output.observation_noise
+    assert noise is not None and noise.variance is not None  # mcdrop train records tau for regression
+    variance = np.asarray(noise.variance, np.float64)
     result: dict[str, Any] = {
         "dataset": name,
         "train_rows": len(x_fit),
         "test_rows": len(x_test),
-        "tau": noise["precision"],
-        "noise_method": noise["method"],
+        "tau": None if noise.precision is None else list(noise.precision),
+        "noise_method": noise.method,
         "epochs": record["epochs_run"],
         "coverage": {},
     }

@@ -366,7 +366,9 @@ def _test(
         "coverage": {},
         "test_rows": len(y),
     }
-    served_noise = exported.manifest["output"]["observation_noise"]["variance"][0]
+    noise = exported.manifest.output.observation_noise
+    assert noise is not None and noise.variance is not None  # exported with the grid's tau
+    served_noise = noise.variance[0]
     for level in COVERAGE_LEVELS:
         summary = uncertainty.regression(draws, level, noise_variance=served_noise)
         predictive, epistemic = uncertainty.coverage(summary, y)

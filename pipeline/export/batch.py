@@ -42,8 +42,8 @@ from typing import Any
 
 from mcdrop.pipeline.training.config import FIELD_NAMES, read_toml
 from mcdrop.serving.errors import InvalidArgument, MCDropError
-from mcdrop.serving.models import manifest as manifest_io
 from mcdrop.serving.models.layout import check_model_name, versions
+from mcdrop.serving.models.manifest import Manifest, sha256_file
 
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers")
 
@@ -108,10 +108,10 @@ def exported_version(repository: Path, name: str, digest: str) -> int | None:
     """The newest version of ``name`` that this exact entry already produced, if any."""
     for version in reversed(versions(repository / name)):
         try:
-            manifest = manifest_io.load(repository / name / str(version))
+            manifest = Manifest.load(repository / name / str(version))
         except MCDropError:
             continue
-        if manifest.get("source", {}).get("job_entry") == digest:
+        if manifest.source.get("job_entry") == digest:
             return version
     return None
 
@@ -123,7 +123,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     try:
         check_model_name(name)
         model_path = job.path.parent / entry["model"] if "model" in entry else None
-        model_digest = manifest_io.sha256_file(model_path) if model_path and model_path.is_file() else None
+        model_digest = sha256_file(model_path) if model_path and model_path.is_file() else None
         digest = entry_hash(entry, model_digest)
         done = exported_version(job.repository, name, digest)
         if done is not None:

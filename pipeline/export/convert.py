@@ -33,8 +33,8 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from mcdrop.pipeline.export import keras_internals, stochastic
+from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.stochastic import DropoutSite
-from mcdrop.serving.errors import ExportError
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
 

@@ -23,11 +23,25 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.export import publish
-from mcdrop.serving.errors import ExportError, InferenceFailed, InvalidArgument, NotFound
+from mcdrop.pipeline.export.errors import ExportError
+from mcdrop.serving.errors import InferenceFailed, InvalidArgument, NotFound
 from mcdrop.serving.harness.measure import call_times_ms, percentile
 from mcdrop.serving.models.layout import check_model_name
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import MANIFEST, SCHEMA_VERSION, graph_file, sha256_file
+from mcdrop.serving.models.manifest import (
+    Cost,
+    Fingerprint,
+    GraphName,
+    GraphSpec,
+    InputSpec,
+    Manifest,
+    ObservationNoise,
+    OutputSpec,
+    Task,
+    TensorSpec,
+    graph_file,
+    sha256_file,
+)
 
 DEFAULT_SAMPLES = 100
 STAT_SAMPLES = 2000
@@ -66,7 +80,7 @@ class ExportOptions:
 Step = Callable[[str], None]
 
 
-def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, dict[str, Any]]:
+def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Manifest]:
     """Export, verify and publish; return ``(version, manifest)``.
 
     Args:
@@ -154,23 +168,25 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, di
         fingerprint = _fingerprint(graphs, sites, fingerprint_x)
         step("timing")
         timing = _timing(graphs, sites, row_shape, options.samples, _chunk_samples(footprints.get("mc_masked"), 1))
-        manifest = _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging)
-        manifest["fingerprint"] = fingerprint
-        manifest["mc_layers"] = mc_layers
-        manifest["unsampled_dropout_layers"] = [site.as_manifest() for site in inactive]
-        manifest["activation_memory"] = {
-            "unit": "bytes of live activations in one invoke of B rows and T samples: the largest over terms of "
-            "fixed + B x per_input_row + B x T x per_sample_row (per op, LiteRT op order; measured without the "
-            "delegate)",
-            **{graph: fp.as_manifest() for graph, fp in footprints.items()},
-        }
-        manifest["export"] = {
-            "wall_s": round(time.perf_counter() - started, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "verification_samples_per_invoke": chunk,
-        }
-        manifest["versions"]["tensorflow"] = tf.__version__
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        manifest = dataclasses.replace(
+            _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging),
+            fingerprint=fingerprint,
+            mc_layers=mc_layers,
+            unsampled_dropout_layers=tuple(site.to_manifest() for site in inactive),
+            activation_memory={
+                "unit": "bytes of live activations in one invoke of B rows and T samples: the largest over terms of "
+                "fixed + B x per_input_row + B x T x per_sample_row (per op, LiteRT op order; measured without the "
+                "delegate)",
+                **{graph: fp.as_manifest() for graph, fp in footprints.items()},
+            },
+            export={
+                "wall_s": round(time.perf_counter() - started, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "verification_samples_per_invoke": chunk,
+            },
+        )
+        manifest = dataclasses.replace(manifest, versions={**manifest.versions, "tensorflow": tf.__version__})
+        manifest.write(staging)
         step("publishing")
         version = publish.publish(staging)
     except InferenceFailed as exc:
@@ -323,25 +339,25 @@ def _quantized_variant(
     return record
 
 
-def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> dict[str, Any]:
+def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> Fingerprint:
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
     which catches damaged weights even where a file's digest was recomputed after the damage."""
-    from mcdrop.serving.models.manifest import dropout_specs
     from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds
 
-    record: dict[str, Any] = {
-        "seed": FINGERPRINT_SEED,
-        "masks": SCHEME,
-        "rows": len(x),
-        "samples": FINGERPRINT_SAMPLES,
-        "x": x.tolist(),
-        "deterministic": graphs["deterministic"].run({"x": x})[0].tolist(),
-    }
+    masked = None
     if sites:
-        specs = dropout_specs({"dropout_layers": [layer.as_manifest() for layer in sites]})  # as a server reads them
+        specs = [layer.to_manifest() for layer in sites]  # as a server reads them
         feeds = fingerprint_feeds(specs, FINGERPRINT_SEED, len(x), FINGERPRINT_SAMPLES)
-        record["mc_masked"] = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
-    return record
+        masked = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
+    return Fingerprint(
+        seed=FINGERPRINT_SEED,
+        masks=SCHEME,
+        rows=len(x),
+        samples=FINGERPRINT_SAMPLES,
+        x=x.tolist(),
+        deterministic=graphs["deterministic"].run({"x": x})[0].tolist(),
+        mc_masked=masked,
+    )
 
 
 def _agreement(reference: np.ndarray, other: np.ndarray, task: str) -> dict[str, float]:
@@ -390,80 +406,82 @@ def _manifest(
     quantized: dict[str, Any],
     timing: dict[str, Any],
     staging: Path,
-) -> dict[str, Any]:
+) -> Manifest:
     dataset = (training or {}).get("dataset", {})
     labels = options.labels or dataset.get("class_labels")
     output_shape = [int(d) for d in model.outputs[0].shape[1:]]
     if task == "classification" and labels is not None and len(labels) != output_shape[-1]:
         raise InvalidArgument(f"{len(labels)} class labels given. Expected {output_shape[-1]}, one per output unit.")
-    graph_specs = {}
-    for name, graph in graphs.items():
-        graph_specs[name] = {
-            "file": graph_file(name),
-            "inputs": [_tensor_spec(graph, n) for n in graph.input_names],
-            "output": {"name": "y", "shape": _output_shape(name, output_shape), "dtype": "float32"},
-            "ops": graph.ops(),
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": options.name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "task": task,
-        "class_labels": labels if task == "classification" else None,
-        "input": {
-            "name": "x",
-            "shape": [-1, *[int(d) for d in model.inputs[0].shape[1:]]],
-            "dtype": "float32",  # every graph takes float32 x and casts it to the model's own input dtype
-            "model_dtype": str(model.inputs[0].dtype),
-            "feature_names": dataset.get("feature_names"),
-            **_token_range(model),
-        },
-        "output": {
-            "name": "y",
-            "shape": [-1, *output_shape],
-            "dtype": "float32",
-            "target_names": dataset.get("target_names"),
-            "observation_noise": _observation_noise(options, training, task, output_shape),
-        },
-        "preprocessing": (training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
-        "dropout_layers": [spec.as_manifest() for spec in sites],
-        "stochastic": bool(sites),
-        "default_samples": options.samples,
-        "cost": _cost(model, sites),
-        "graphs": graph_specs,
-        "quantized": quantized,
-        "verification": {"passed": True, "checks": [_without_ops(c) for c in checks]},
-        "timing_ms": timing,
-        "files": {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()},
-        "file_bytes": {f.name: f.stat().st_size for f in sorted(staging.iterdir()) if f.is_file()},
-        "source": {"model": str(options.model_path), "sha256": sha256_file(options.model_path), **options.extra_source},
-        "versions": {
+    graph_specs = {
+        GraphName(name): GraphSpec(
+            file=graph_file(name),
+            inputs=tuple(_tensor_spec(graph, n) for n in graph.input_names),
+            output=TensorSpec("y", tuple(_output_shape(name, output_shape)), "float32"),
+            ops=tuple(graph.ops()),
+        )
+        for name, graph in graphs.items()
+    }
+    names = dataset.get("feature_names")
+    targets = dataset.get("target_names")
+    noise = _observation_noise(options, training, task, output_shape)
+    return Manifest(
+        name=options.name,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        task=Task(task),
+        class_labels=tuple(labels) if task == "classification" and labels is not None else None,
+        input=InputSpec(
+            name="x",
+            shape=(-1, *[int(d) for d in model.inputs[0].shape[1:]]),
+            dtype="float32",  # every graph takes float32 x and casts it to the model's own input dtype
+            model_dtype=str(model.inputs[0].dtype),
+            feature_names=None if names is None else tuple(names),
+            integer_range=_token_range(model),
+        ),
+        output=OutputSpec(
+            name="y",
+            shape=(-1, *output_shape),
+            dtype="float32",
+            target_names=None if targets is None else tuple(targets),
+            observation_noise=None if noise is None else ObservationNoise.from_json(noise, "output.observation_noise"),
+        ),
+        preprocessing=(training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
+        dropout_layers=tuple(site.to_manifest() for site in sites),
+        stochastic=bool(sites),
+        default_samples=options.samples,
+        cost=_cost(model, sites),
+        graphs=graph_specs,
+        quantized=quantized,
+        verification={"passed": True, "checks": [_without_ops(c) for c in checks]},
+        timing_ms=timing,
+        files={f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()},
+        file_bytes={f.name: f.stat().st_size for f in sorted(staging.iterdir()) if f.is_file()},
+        source={"model": str(options.model_path), "sha256": sha256_file(options.model_path), **options.extra_source},
+        versions={
             "mcdrop": _version("mcdrop"),
             "keras": _version("keras"),
             "ai_edge_litert": _version("ai-edge-litert"),
         },
-    }
+    )
 
 
-def _cost(model: Any, sites: list[Any]) -> dict[str, Any]:
+def _cost(model: Any, sites: list[Any]) -> Cost:
     from mcdrop.pipeline.export.cost import flops_per_row
 
-    owners = {site.owner for site in sites}
-    unit = "FLOPs per input row (prefix once, per_sample for each of T samples)"
-    return {**flops_per_row(model, owners), "unit": unit}
+    flops = flops_per_row(model, {site.owner for site in sites})
+    return Cost(prefix=flops["prefix"], per_sample=flops["per_sample"])
 
 
-def _token_range(model: Any) -> dict[str, Any]:
+def _token_range(model: Any) -> tuple[int, int] | None:
     """Token-id models (an ``Embedding`` first): the graphs take float32 ``x`` holding whole numbers in this range."""
     from mcdrop.pipeline.export.inputs import token_count
 
     tokens = token_count(model)
-    return {} if tokens is None else {"integer_range": [0, tokens - 1]}
+    return None if tokens is None else (0, tokens - 1)
 
 
-def _tensor_spec(graph: Graph, name: str) -> dict[str, Any]:
+def _tensor_spec(graph: Graph, name: str) -> TensorSpec:
     shape, dtype = graph.input_spec(name)
-    return {"name": name, "shape": list(shape), "dtype": dtype.name}
+    return TensorSpec(name, tuple(shape), dtype.name)
 
 
 def _output_shape(graph: str, output_shape: list[int]) -> list[int | str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import keras
 
-from mcdrop.serving.errors import ExportError
+from mcdrop.pipeline.export.errors import ExportError
 
 SUPPORTED_KERAS = ">=3.15.1,<3.16"
 

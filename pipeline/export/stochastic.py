@@ -49,8 +49,9 @@ import keras
 import tensorflow as tf
 
 from mcdrop.pipeline.export import keras_internals, random_calls
+from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.random_calls import RandomCall, layer_path
-from mcdrop.serving.errors import ExportError
+from mcdrop.serving.models import manifest
 
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
@@ -101,21 +102,22 @@ class DropoutSite:
         """Name of the mask tensor inside ``mc.tflite`` (read back during verification)."""
         return f"mcdrop_{'keep' if self.kind == BERNOULLI else 'noise'}_{_sanitise(self.name)}"
 
-    def as_manifest(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "layer": self.layer,
-            "class": self.class_name,
-            "kind": self.kind,
-            "mask_kind": self.mask_kind,
-            "rate": self.rate,
-            "calls": self.calls,
-            "input_shape": list(self.input_shape),
-            "noise_shape": list(self.noise_shape),
-            "masked_input": self.feed_name,
-            "masked_input_dtype": self.feed_dtype.name,
-            "masked_input_shape": ["T", "B", *self.noise_shape],
-        }
+    def to_manifest(self) -> manifest.DropoutSite:
+        """The site as the manifest records it (what a server draws masks for)."""
+        return manifest.DropoutSite(
+            name=self.name,
+            kind=manifest.NoiseKind(self.kind),
+            rate=self.rate,
+            noise_shape=tuple(self.noise_shape),
+            feed_name=self.feed_name,
+            layer=self.layer,
+            layer_class=self.class_name,
+            mask_kind=self.mask_kind,
+            calls=self.calls,
+            input_shape=tuple(self.input_shape),
+            feed_dtype=self.feed_dtype.name,
+            feed_shape=("T", "B", *self.noise_shape),
+        )
 
 
 # Policies ---------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from mcdrop.serving.errors import ExportError, InvalidArgument
+from mcdrop.pipeline.export.errors import ExportError
+from mcdrop.serving.errors import InvalidArgument
 
 IMPORT_HINT = (
     "If the model uses your own layers, pass the module or .py file that defines them (registered with "

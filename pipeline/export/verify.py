@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from mcdrop.pipeline.export import stochastic
+from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
-from mcdrop.serving.errors import ExportError
 from mcdrop.serving.models.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 PARITY_TOLERANCE = 1e-5

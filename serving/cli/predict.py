@@ -13,6 +13,7 @@ import numpy as np
 
 from mcdrop.serving.cli.arguments import positive_float, positive_int
 from mcdrop.serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.models.manifest import Manifest
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -67,7 +68,7 @@ def run_predict(args: argparse.Namespace) -> int:
             interval=args.interval,
         )
         source = (
-            uncertainty_source(client.metadata(args.model, prediction.version))
+            uncertainty_source(client.manifest(args.model, prediction.version))
             if prediction.mode != "deterministic"
             else None
         )
@@ -82,12 +83,12 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def uncertainty_source(manifest: dict[str, Any]) -> dict[str, Any]:
+def uncertainty_source(manifest: Manifest) -> dict[str, Any]:
     """Which dropout layers the Monte-Carlo uncertainty comes from (``mcdrop export --mc-layers``)."""
     return {
-        "mc_layers": manifest.get("mc_layers", "all"),
-        "sampled": [d["name"] for d in manifest.get("dropout_layers", [])],
-        "unsampled": [d["name"] for d in manifest.get("unsampled_dropout_layers") or []],
+        "mc_layers": manifest.mc_layers,
+        "sampled": [d.name for d in manifest.dropout_layers],
+        "unsampled": [d.name for d in manifest.unsampled_dropout_layers],
     }
 
 

@@ -24,9 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
 from mcdrop.serving.errors import InvalidArgument, RpcFailed
-from mcdrop.serving.protocols import tensors as codec
+from mcdrop.serving.models.manifest import Manifest
+from mcdrop.serving.protocols import tensors
+from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
 
-__all__ = ["Client", "ModelStatus", "Prediction", "RpcFailed", "decode_prediction"]
+__all__ = ["Client", "ModelStatus", "Prediction", "decode_prediction"]
 
 DEFAULT_TIMEOUT = 30.0
 _MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, None: pb.MODE_UNSPECIFIED}
@@ -200,6 +202,10 @@ class Client:
         manifest["loaded_versions"] = list(response.versions)
         return manifest
 
+    def manifest(self, model: str, version: int | None = None, timeout: float | None = None) -> Manifest:
+        """The version's manifest as the server loaded it, typed (``mcdrop.serving.models.manifest``)."""
+        return Manifest.from_json(self.metadata(model, version, timeout))
+
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """``SERVING``, ``NOT_SERVING`` or ``SERVICE_UNKNOWN`` for ``service`` ("" = the whole server)."""
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
@@ -223,7 +229,7 @@ class Client:
             raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo or None.")
         request = pb.PredictRequest(
             model=model,
-            input=codec.encode(np.asarray(x)),
+            input=tensors.encode(np.asarray(x)),
             mode=_MODES[mode],
             samples=samples,
             return_samples=return_samples,
@@ -263,35 +269,30 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
         "max_standard_error": response.max_standard_error,
         "queue_ms": response.queue_ms,
         "compute_ms": response.compute_ms,
-        "sample_outputs": codec.decode(response.sample_outputs, "samples")
+        "sample_outputs": tensors.decode(response.sample_outputs, "samples")
         if response.HasField("sample_outputs")
         else None,
     }
     if response.HasField("classification"):
         c = response.classification
+        per_row: dict[str, Any] = {name: np.asarray(getattr(c, name)) for name in PER_ROW_OUTPUTS}
+        per_row["predicted_class"] = per_row["predicted_class"].astype(np.int64)
+        per_class: dict[str, Any] = {
+            name: tensors.decode(getattr(c, name), name) for name in CLASSIFICATION_OUTPUTS if name not in per_row
+        }
         return Prediction(
-            mean=codec.decode(c.mean, "mean"),
-            std=codec.decode(c.std, "std"),
-            predicted_class=np.asarray(c.predicted_class, np.int64),
             predicted_label=list(c.predicted_label) or None,
-            predictive_entropy=np.asarray(c.predictive_entropy),
-            expected_entropy=np.asarray(c.expected_entropy),
-            mutual_information=np.asarray(c.mutual_information),
-            variation_ratio=np.asarray(c.variation_ratio),
             class_labels=list(c.class_labels) or None,
+            **per_class,
+            **per_row,
             **common,
         )
     r = response.regression
+    outputs: dict[str, Any] = {name: tensors.decode(getattr(r, name), name) for name in REGRESSION_OUTPUTS}
     return Prediction(
-        mean=codec.decode(r.mean, "mean"),
-        std=codec.decode(r.std, "std"),
-        lower=codec.decode(r.lower, "lower"),
-        upper=codec.decode(r.upper, "upper"),
         interval=r.interval,
-        predictive_std=codec.decode(r.predictive_std, "predictive_std"),
-        mean_lower=codec.decode(r.mean_lower, "mean_lower"),
-        mean_upper=codec.decode(r.mean_upper, "mean_upper"),
-        noise_variance=codec.decode(r.noise_variance, "noise_variance") if r.HasField("noise_variance") else None,
+        noise_variance=tensors.decode(r.noise_variance, "noise_variance") if r.HasField("noise_variance") else None,
+        **outputs,
         **common,
     )
 

@@ -1,4 +1,4 @@
-"""The one place where mcdrop errors become gRPC status codes, for every servicer.
+"""The one place where mcdrop errors become gRPC status codes, for every gRPC servicer (REST: ``rest.status``).
 
 Expected errors carry their message to the client. Anything else is logged
 with its traceback under an incident id, and the client gets a generic message
@@ -11,13 +11,13 @@ import functools
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from mcdrop.serving import errors
+from mcdrop.serving.runtime.incidents import incident_message
 from mcdrop.serving.runtime.metrics import Metrics
 
 log = logging.getLogger("mcdrop.grpc")
@@ -93,13 +93,6 @@ def translated(api: str, metrics: Metrics) -> Callable[[F], F]:
     return decorate
 
 
-def incident_message(exc: BaseException, method: str) -> str:
-    """Log an unexpected error under a fresh incident id; the client's message names only the id."""
-    incident = uuid.uuid4().hex[:12]
-    log.error("internal error", exc_info=exc, extra={"incident": incident, "method": method})
-    return f"Internal server error (incident {incident}); the details are in the server log."
-
-
 def _message(exc: Exception, code: grpc.StatusCode, method: str) -> str:
     """The client's message: the error's own, or for unexpected errors a generic one naming a logged incident."""
-    return str(exc) if code != grpc.StatusCode.INTERNAL else incident_message(exc, method)
+    return str(exc) if code != grpc.StatusCode.INTERNAL else incident_message(exc, method, log)

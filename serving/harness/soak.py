@@ -170,7 +170,7 @@ def _report(
 
 def _input_shape(server: str, model: str) -> list[int]:
     with Client(server, timeout=10) as client:
-        return [int(d) for d in client.metadata(model)["input"]["shape"][1:]]
+        return list(client.manifest(model).input.row_shape)
 
 
 def _warm_up(server: str, model: str, shape: list[int]) -> None:

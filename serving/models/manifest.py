@@ -1,58 +1,618 @@
-"""The model-version manifest: what an export promises and a server checks.
+"""The model-version manifest: the typed contract between the export and every reader of a model version.
 
-``REPO/NAME/VERSION/manifest.json`` is written by ``mcdrop export`` and read
-by the server. Everything a server needs to run a version without TensorFlow is
-here: task, tensor names/shapes/dtypes, dropout layers and the shapes of their
-masks, class labels, and the sha256 of every file (checked before serving).
+``REPO/NAME/VERSION/manifest.json`` is written by ``mcdrop export`` (``Manifest.to_json``) and read
+once, at load, by ``Manifest.from_json``, which checks every field a reader relies on and says which
+field was wrong, what was expected and what was received. Everything a server needs to run a version
+without TensorFlow is here: task, tensor names/shapes/dtypes, dropout sites and their mask shapes,
+class labels, cost, observation noise, the fingerprint, and the sha256 of every file (checked before
+serving). Informational records (verification checks, timings, preprocessing, source, versions) are
+kept as read (``Record``) and written back unchanged; keys this version does not know are kept too,
+so a manifest survives a round trip through an older reader.
+
+Manifests of earlier exports load: every field added since schema 1 first shipped has a default
+(``mc_layers`` "all", no ``unsampled_dropout_layers``, no ``activation_memory``, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
 
+__all__ = [
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "Cost",
+    "DropoutSite",
+    "Fingerprint",
+    "GraphName",
+    "GraphSpec",
+    "InputSpec",
+    "Manifest",
+    "NoiseKind",
+    "ObservationNoise",
+    "OutputSpec",
+    "Record",
+    "Task",
+    "TensorSpec",
+    "graph_file",
+    "read_verified",
+    "sha256_file",
+]
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPH_FILES = {"deterministic": "deterministic.tflite", "mc": "mc.tflite", "mc_masked": "mc_masked.tflite"}
+Record = Mapping[str, Any]
+"""An informational part of the manifest: kept and written back as read, never interpreted by serving."""
+T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class DropoutSpec:
-    """What a server needs to draw host-side masks for one dropout layer of a manifest."""
+class Task(enum.StrEnum):
+    """What a model's output means, and so which uncertainty summary it gets."""
 
-    name: str
-    kind: str
-    """``bernoulli`` (uint8 keep flags) or ``gaussian`` (float32 standard-normal noise)."""
-    rate: float
-    noise_shape: tuple[int, ...]
-    """One row's mask shape, without the batch dimension."""
-    feed_name: str
-    """The mask's input name in ``mc_masked.tflite``."""
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
 
 
-def dropout_specs(manifest: dict[str, Any]) -> list[DropoutSpec]:
-    """The manifest's dropout layers, in call order."""
-    return [
-        DropoutSpec(d["name"], d["kind"], float(d["rate"]), tuple(d["noise_shape"]), d["masked_input"])
-        for d in manifest["dropout_layers"]
-    ]
+class GraphName(enum.StrEnum):
+    """The graphs of a version: one pass, in-graph random masks, fed masks."""
+
+    DETERMINISTIC = "deterministic"
+    MC = "mc"
+    MC_MASKED = "mc_masked"
 
 
-def request_flops(cost: dict[str, float], batch: int, samples: int) -> float:
-    """FLOPs of one Monte-Carlo estimate from the manifest's ``cost`` (per input row): the prefix before the first
-    dropout layer runs once per row, the rest once per row and sample."""
-    return batch * cost["prefix"] + batch * samples * cost["per_sample"]
+class NoiseKind(enum.StrEnum):
+    """How a dropout site's mask is drawn: keep flags (uint8) or standard-normal noise (float32)."""
+
+    BERNOULLI = "bernoulli"
+    GAUSSIAN = "gaussian"
 
 
 def graph_file(graph: str, quantization: str | None = None) -> str:
     """File name of a graph: ``mc.tflite``, or ``mc.float16.tflite`` for a quantised variant."""
-    stem = GRAPH_FILES[graph].removesuffix(".tflite")
+    stem = GraphName(graph).value
     return f"{stem}.{quantization}.tflite" if quantization else f"{stem}.tflite"
+
+
+# Reading helpers: every failure names the field, what was expected and what was received. ---------
+
+
+class _Fields:
+    """One JSON object of the manifest, read field by field; ``where`` is its dotted path."""
+
+    def __init__(self, value: Any, where: str) -> None:
+        if not isinstance(value, Mapping):
+            raise _invalid(where, "an object", value)
+        self.data: Mapping[str, Any] = value
+        self.where = where
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def required(self, key: str, check: Callable[[Any, str], T]) -> T:
+        if key not in self.data:
+            raise InvalidArgument(f"Invalid manifest: field `{self.path(key)}` is missing.")
+        return check(self.data[key], self.path(key))
+
+    def optional(self, key: str, check: Callable[[Any, str], T], default: T) -> T:
+        value = self.data.get(key)
+        return default if value is None else check(value, self.path(key))
+
+    def record(self, key: str) -> Record:
+        return self.optional(key, _record, {})
+
+    def extra(self, known: Sequence[str]) -> Record:
+        return {k: v for k, v in self.data.items() if k not in known}
+
+
+def _invalid(where: str, expected: str, received: Any) -> InvalidArgument:
+    shown = json.dumps(received)[:80] if _jsonable(received) else type(received).__name__
+    return InvalidArgument(f"Invalid manifest field `{where or '(top level)'}`. Expected {expected}. Received: {shown}")
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(where, "a string", value)
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(where, "an integer", value)
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if _int(value, where) < 1:
+        raise _invalid(where, "an integer >= 1", value)
+    return int(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(where, "true or false", value)
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(where, "a number", value)
+    return float(value)
+
+
+def _record(value: Any, where: str) -> Record:
+    if not isinstance(value, Mapping):
+        raise _invalid(where, "an object", value)
+    return dict(value)
+
+
+def _list(item: Callable[[Any, str], T]) -> Callable[[Any, str], tuple[T, ...]]:
+    def check(value: Any, where: str) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise _invalid(where, "a list", value)
+        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def _dimension(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise _invalid(where, "a dimension (an integer >= 0, or -1 for any size)", value)
+    return value
+
+
+def _symbolic_dimension(value: Any, where: str) -> int | str:
+    """A graph's output dimension: a size, -1, or a symbol (``T`` samples, ``B`` rows)."""
+    return value if isinstance(value, str) else _dimension(value, where)
+
+
+def _enum(kind: type[enum.StrEnum]) -> Callable[[Any, str], Any]:
+    def check(value: Any, where: str) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            raise _invalid(where, "one of " + ", ".join(repr(k.value) for k in kind), value) from None
+
+    return check
+
+
+def _omit_none(record: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in keys or v is not None}
+
+
+# The contract -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: its name, shape (-1 = any size; ``T``/``B`` in sampled outputs) and dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> TensorSpec:
+        f = _Fields(value, where)
+        return TensorSpec(f.required("name", _str), f.required("shape", _list(_symbolic_dimension)),
+                          f.required("dtype", _str))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """The model input ``x`` as every graph takes it (float32, batch first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    """``[-1, ...]``: any batch size, then one row's shape."""
+    dtype: str
+    model_dtype: str | None = None
+    """The Keras model's own input dtype (the graphs cast ``x`` to it)."""
+    feature_names: tuple[str, ...] | None = None
+    """Training column names, in input order (batch scoring maps table columns by them)."""
+    integer_range: tuple[int, int] | None = None
+    """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> InputSpec:
+        f = _Fields(value, where)
+        shape = f.required("shape", _list(_dimension))
+        if not shape or any(d < 0 for d in shape[1:]):
+            raise _invalid(f.path("shape"), "[-1 or a batch size, then fixed dimensions]", list(shape))
+        bounds = f.optional("integer_range", _list(_int), None)
+        if bounds is not None and (len(bounds) != 2 or bounds[0] > bounds[1]):
+            raise _invalid(f.path("integer_range"), "[low, high] with low <= high", list(bounds))
+        return InputSpec(
+            name=f.required("name", _str),
+            shape=shape,
+            dtype=f.required("dtype", _str),
+            model_dtype=f.optional("model_dtype", _str, None),
+            feature_names=f.optional("feature_names", _list(_str), None),
+            integer_range=None if bounds is None else (bounds[0], bounds[1]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "model_dtype": self.model_dtype,
+                  "feature_names": None if self.feature_names is None else list(self.feature_names),
+                  "integer_range": None if self.integer_range is None else list(self.integer_range)}  # fmt: skip
+        return _omit_none(record, "model_dtype", "integer_range")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservationNoise:
+    """Regression: the observation-noise precision tau per output and its variance 1/tau (None: epistemic only)."""
+
+    precision: tuple[float, ...] | None
+    variance: tuple[float, ...] | None
+    method: str
+    """How tau was obtained (or why there is none), for people."""
+    details: Record = dataclasses.field(default_factory=dict)
+    """Any further keys of the record, kept as written."""
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> ObservationNoise:
+        f = _Fields(value, where)
+        variance = f.optional("variance", _list(_number), None)
+        if variance is not None and any(not v > 0 for v in variance):
+            raise _invalid(f.path("variance"), "numbers > 0", list(variance))
+        precision = f.optional("precision", _list(_number), None)
+        method = f.optional("method", _str, "")
+        return ObservationNoise(precision, variance, method, f.extra(("precision", "variance", "method")))
+
+    def to_json(self) -> dict[str, Any]:
+        listed = {k: None if v is None else list(v) for k, v in (("precision", self.precision),
+                                                                  ("variance", self.variance))}  # fmt: skip
+        return {**listed, "method": self.method, **self.details}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """The model output ``y``: shape ``[-1, ...]``, its target names and (regression) observation noise."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    target_names: tuple[str, ...] | None = None
+    observation_noise: ObservationNoise | None = None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> OutputSpec:
+        f = _Fields(value, where)
+        shape = f.required("shape", _list(_dimension))
+        if not shape or any(d < 0 for d in shape[1:]):
+            raise _invalid(f.path("shape"), "[-1, then fixed dimensions]", list(shape))
+        return OutputSpec(f.required("name", _str), shape, f.required("dtype", _str),
+                          f.optional("target_names", _list(_str), None),
+                          f.optional("observation_noise", ObservationNoise.from_json, None))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "target_names": None if self.target_names is None else list(self.target_names),
+                "observation_noise": None if self.observation_noise is None
+                else self.observation_noise.to_json()}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutSite:
+    """One dropout site: a dropout layer's call, or one mask of a layer with several (an RNN's input/recurrent)."""
+
+    name: str
+    kind: NoiseKind
+    rate: float
+    noise_shape: tuple[int, ...]
+    """One row's mask shape, without the batch dimension."""
+    feed_name: str
+    """The mask's input name in ``mc_masked.tflite`` (``masked_input``)."""
+    layer: str | None = None
+    layer_class: str | None = None
+    """The Keras class of the layer that owns the site (``class``)."""
+    mask_kind: str | None = None
+    calls: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    feed_dtype: str | None = None
+    feed_shape: tuple[int | str, ...] | None = None
+    """``["T", "B", *noise_shape]``."""
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> DropoutSite:
+        f = _Fields(value, where)
+        rate = f.required("rate", _number)
+        if not 0 <= rate < 1:
+            raise _invalid(f.path("rate"), "a rate in [0, 1)", rate)
+        return DropoutSite(
+            name=f.required("name", _str),
+            kind=f.required("kind", _enum(NoiseKind)),
+            rate=rate,
+            noise_shape=f.required("noise_shape", _list(_positive_int)),
+            feed_name=f.required("masked_input", _str),
+            layer=f.optional("layer", _str, None),
+            layer_class=f.optional("class", _str, None),
+            mask_kind=f.optional("mask_kind", _str, None),
+            calls=f.optional("calls", _positive_int, None),
+            input_shape=f.optional("input_shape", _list(_int), None),
+            feed_dtype=f.optional("masked_input_dtype", _str, None),
+            feed_shape=f.optional("masked_input_shape", _list(_symbolic_dimension), None),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "name": self.name, "layer": self.layer, "class": self.layer_class, "kind": self.kind.value,
+            "mask_kind": self.mask_kind, "rate": self.rate, "calls": self.calls,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "noise_shape": list(self.noise_shape), "masked_input": self.feed_name,
+            "masked_input_dtype": self.feed_dtype,
+            "masked_input_shape": None if self.feed_shape is None else list(self.feed_shape),
+        }  # fmt: skip
+        return {k: v for k, v in record.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """FLOPs per input row: the prefix before the first sampled site runs once, the rest once per sample."""
+
+    prefix: float
+    per_sample: float
+    unit: str = "FLOPs per input row (prefix once, per_sample for each of T samples)"
+
+    def flops(self, batch: int, samples: int) -> float:
+        """FLOPs of one Monte-Carlo estimate of ``batch`` rows and ``samples`` samples."""
+        return batch * self.prefix + batch * samples * self.per_sample
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> Cost:
+        f = _Fields(value, where)
+        return Cost(f.required("prefix", _number), f.required("per_sample", _number),
+                    f.optional("unit", _str, Cost.unit))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "per_sample": self.per_sample, "unit": self.unit}
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """One graph file: its inputs, output and op list."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    output: TensorSpec
+    ops: tuple[str, ...]
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> GraphSpec:
+        f = _Fields(value, where)
+        return GraphSpec(f.required("file", _str), f.required("inputs", _list(TensorSpec.from_json)),
+                         f.required("output", TensorSpec.from_json), f.optional("ops", _list(_str), ()))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "inputs": [t.to_json() for t in self.inputs], "output": self.output.to_json(),
+                "ops": list(self.ops)}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """Outputs of the graphs on fixed inputs (and, for ``mc_masked``, fixed masks): a loaded file must match."""
+
+    seed: int
+    rows: int
+    deterministic: list[Any]
+    """Nested lists of the deterministic graph's output, as JSON holds them."""
+    x: list[Any] | None = None
+    """The fixed inputs (recorded since token-id models need valid ids; older exports drew standard normals)."""
+    masks: str | None = None
+    """The mask scheme of ``mc_masked`` (``mcdrop.serving.models.masks.SCHEME``); other schemes are not checked."""
+    samples: int | None = None
+    mc_masked: list[Any] | None = None
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> Fingerprint:
+        f = _Fields(value, where)
+        nested = _list(lambda v, w: v)
+        return Fingerprint(
+            seed=f.required("seed", _int),
+            rows=f.required("rows", _positive_int),
+            deterministic=list(f.required("deterministic", nested)),
+            x=None if not f.has("x") else list(f.required("x", nested)),
+            masks=f.optional("masks", _str, None),
+            samples=f.optional("samples", _positive_int, None),
+            mc_masked=None if not f.has("mc_masked") else list(f.required("mc_masked", nested)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record = {"seed": self.seed, "masks": self.masks, "rows": self.rows, "samples": self.samples, "x": self.x,
+                  "deterministic": self.deterministic, "mc_masked": self.mc_masked}  # fmt: skip
+        return {k: v for k, v in record.items() if v is not None}
+
+
+_KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", "output", "preprocessing",
+          "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
+          "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
+          "unsampled_dropout_layers", "activation_memory", "export", "version")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """Everything an export promises about one model version; see the module docstring."""
+
+    name: str
+    task: Task
+    input: InputSpec
+    output: OutputSpec
+    dropout_layers: tuple[DropoutSite, ...]
+    """The sampled dropout sites, in call order (their masks are ``mc_masked``'s extra inputs)."""
+    default_samples: int
+    graphs: Mapping[GraphName, GraphSpec]
+    files: Mapping[str, str]
+    """File name → sha256 of every file of the version."""
+    schema_version: int = SCHEMA_VERSION
+    created: str = ""
+    class_labels: tuple[str, ...] | None = None
+    stochastic: bool = False
+    cost: Cost | None = None
+    fingerprint: Fingerprint | None = None
+    mc_layers: str = "all"
+    """The export's ``--mc-layers`` choice (``all`` for exports from before it existed)."""
+    unsampled_dropout_layers: tuple[DropoutSite, ...] = ()
+    """Dropout sites the export left out of sampling (they run as in inference)."""
+    version: int | None = None
+    """Only in KServe's single-model layout, where no folder name says it."""
+    file_bytes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    preprocessing: Record = dataclasses.field(default_factory=dict)
+    quantized: Record = dataclasses.field(default_factory=dict)
+    verification: Record = dataclasses.field(default_factory=dict)
+    timing_ms: Record = dataclasses.field(default_factory=dict)
+    source: Record = dataclasses.field(default_factory=dict)
+    versions: Record = dataclasses.field(default_factory=dict)
+    activation_memory: Record | None = None
+    export: Record | None = None
+    extra: Record = dataclasses.field(default_factory=dict)
+    """Keys this version of mcdrop does not know (from a newer export), kept as written."""
+
+    @property
+    def labels(self) -> list[str]:
+        """Class labels, or an empty list."""
+        return list(self.class_labels or [])
+
+    @staticmethod
+    def from_json(value: Any) -> Manifest:
+        """Parse and check a manifest; raise ``InvalidArgument`` naming the first bad field."""
+        f = _Fields(value, "")
+        schema = f.data.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise _invalid("schema_version", str(SCHEMA_VERSION), schema)
+        graphs = f.required("graphs", _record)
+        parsed_graphs = {
+            _enum(GraphName)(name, f"graphs.{name}"): GraphSpec.from_json(spec, f"graphs.{name}")
+            for name, spec in graphs.items()
+        }
+        if GraphName.DETERMINISTIC not in parsed_graphs:
+            raise InvalidArgument("Invalid manifest field `graphs`. Expected a 'deterministic' graph. Received: none")
+        stochastic = f.optional("stochastic", _bool, False)
+        missing = {GraphName.MC, GraphName.MC_MASKED} - set(parsed_graphs)
+        if stochastic and missing:
+            raise _invalid("graphs", "mc and mc_masked graphs for a model with dropout", sorted(parsed_graphs))
+        files = f.required("files", _record)
+        for name, digest in files.items():
+            _str(digest, f"files.{name}")
+        labels = f.optional("class_labels", _list(_str), None)
+        manifest = Manifest(
+            name=f.optional("name", _str, ""),
+            task=f.required("task", _enum(Task)),
+            input=f.required("input", InputSpec.from_json),
+            output=f.required("output", OutputSpec.from_json),
+            dropout_layers=f.optional("dropout_layers", _list(DropoutSite.from_json), ()),
+            default_samples=f.required("default_samples", _positive_int),
+            graphs=parsed_graphs,
+            files=dict(files),
+            created=f.optional("created", _str, ""),
+            class_labels=labels,
+            stochastic=stochastic,
+            cost=f.optional("cost", Cost.from_json, None),
+            fingerprint=f.optional("fingerprint", Fingerprint.from_json, None),
+            mc_layers=f.optional("mc_layers", _str, "all"),
+            unsampled_dropout_layers=f.optional("unsampled_dropout_layers", _list(DropoutSite.from_json), ()),
+            version=f.optional("version", _positive_int, None),
+            file_bytes={k: _int(v, f"file_bytes.{k}") for k, v in f.record("file_bytes").items()},
+            preprocessing=f.record("preprocessing"),
+            quantized=f.record("quantized"),
+            verification=f.record("verification"),
+            timing_ms=f.record("timing_ms"),
+            source=f.record("source"),
+            versions=f.record("versions"),
+            activation_memory=f.optional("activation_memory", _record, None),
+            export=f.optional("export", _record, None),
+            extra=f.extra(_KNOWN),
+        )
+        if stochastic != bool(manifest.dropout_layers):
+            raise _invalid("stochastic", f"{bool(manifest.dropout_layers)} (it has "
+                           f"{len(manifest.dropout_layers)} dropout site(s))", stochastic)  # fmt: skip
+        if manifest.task == Task.CLASSIFICATION and labels is not None and len(labels) != manifest.output.shape[-1]:
+            raise _invalid("class_labels", f"{manifest.output.shape[-1]} labels, one per output", list(labels))
+        return manifest
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as JSON data (what ``from_json`` reads back to an equal ``Manifest``)."""
+        record: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "created": self.created,
+            "task": self.task.value,
+            "class_labels": None if self.class_labels is None else list(self.class_labels),
+            "input": self.input.to_json(),
+            "output": self.output.to_json(),
+            "preprocessing": dict(self.preprocessing),
+            "dropout_layers": [d.to_json() for d in self.dropout_layers],
+            "stochastic": self.stochastic,
+            "default_samples": self.default_samples,
+            "cost": None if self.cost is None else self.cost.to_json(),
+            "graphs": {name.value: spec.to_json() for name, spec in self.graphs.items()},
+            "quantized": dict(self.quantized),
+            "verification": dict(self.verification),
+            "timing_ms": dict(self.timing_ms),
+            "files": dict(self.files),
+            "file_bytes": dict(self.file_bytes),
+            "source": dict(self.source),
+            "versions": dict(self.versions),
+            "fingerprint": None if self.fingerprint is None else self.fingerprint.to_json(),
+            "mc_layers": self.mc_layers,
+            "unsampled_dropout_layers": [d.to_json() for d in self.unsampled_dropout_layers],
+            "activation_memory": None if self.activation_memory is None else dict(self.activation_memory),
+            "export": None if self.export is None else dict(self.export),
+            "version": self.version,
+        }
+        return {**_omit_none(record, "cost", "fingerprint", "activation_memory", "export", "version"), **self.extra}
+
+    @staticmethod
+    def load(version_dir: Path) -> Manifest:
+        """Read and check ``version_dir/manifest.json``.
+
+        Raises:
+            NotFound: there is no manifest.
+            InvalidArgument: it is not valid JSON, or a field is missing or wrong (the message names it).
+        """
+        path = version_dir / MANIFEST
+        if not path.is_file():
+            raise NotFound(f"No {MANIFEST} in {version_dir}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"{path} is not valid JSON: {exc}") from None
+        try:
+            return Manifest.from_json(data)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{path}: {exc}") from None
+
+    def write(self, version_dir: Path) -> None:
+        """Write ``version_dir/manifest.json``."""
+        (version_dir / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
 def sha256_file(path: Path) -> str:
@@ -63,33 +623,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load(version_dir: Path) -> dict[str, Any]:
-    """Read and sanity-check ``version_dir/manifest.json``.
-
-    Raises:
-        NotFound: there is no manifest.
-        InvalidArgument: it is not valid JSON or not a schema this version understands.
-    """
-    path = version_dir / MANIFEST
-    if not path.is_file():
-        raise NotFound(f"No {MANIFEST} in {version_dir}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        found = manifest.get("schema_version") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InvalidArgument(f"{path} has schema_version {found!r}. Expected {SCHEMA_VERSION}.")
-    return manifest
-
-
-def read_verified(version_dir: Path, name: str, manifest: dict[str, Any]) -> bytes:
+def read_verified(version_dir: Path, name: str, manifest: Manifest) -> bytes:
     """The bytes of ``name``, checked against the manifest's sha256.
 
     Raises:
         InvalidArgument: the file is not listed, missing, or its digest differs.
     """
-    expected = manifest.get("files", {}).get(name)
+    expected = manifest.files.get(name)
     if expected is None:
         raise InvalidArgument(f"{name} is not listed in the manifest of {version_dir}.")
     path = version_dir / name

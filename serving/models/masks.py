@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving.models.manifest import DropoutSpec
+from mcdrop.serving.models.manifest import DropoutSite, NoiseKind
 
 BITS = 16
 LEVELS = 1 << BITS
@@ -41,6 +41,11 @@ _MASK_64 = (1 << 64) - 1
 _local = threading.local()
 
 
+def mask_dtype(site: DropoutSite) -> type[np.generic]:
+    """The dtype of a site's mask input: uint8 keep flags, or float32 Gaussian noise."""
+    return np.uint8 if site.kind == NoiseKind.BERNOULLI else np.float32
+
+
 def fresh_seed() -> int:
     """A seed from the OS's entropy: unseeded requests never repeat masks (and can still be replayed).
 
@@ -52,10 +57,10 @@ def fresh_seed() -> int:
 class MaskStream:
     """Draws successive chunks of masks for the rows ``first_row .. first_row + batch - 1`` of one request."""
 
-    def __init__(self, layers: Sequence[DropoutSpec], seed: int, batch: int, first_row: int = 0) -> None:
+    def __init__(self, layers: Sequence[DropoutSite], seed: int, batch: int, first_row: int = 0) -> None:
         self._batch = batch
-        self._bernoulli = [spec for spec in layers if spec.kind == "bernoulli"]
-        self._gaussian = [spec for spec in layers if spec.kind != "bernoulli"]
+        self._bernoulli = [spec for spec in layers if spec.kind == NoiseKind.BERNOULLI]
+        self._gaussian = [spec for spec in layers if spec.kind != NoiseKind.BERNOULLI]
         self._sizes = [math.prod(spec.noise_shape) for spec in self._bernoulli]
         self._words = [-(-size // _PER_WORD) for size in self._sizes]  # ceil: whole words per site
         self._row_words = sum(self._words)
@@ -128,7 +133,7 @@ def _generator() -> tuple[np.random.PCG64, np.random.Generator]:
     return cached
 
 
-def fingerprint_feeds(layers: Sequence[DropoutSpec], seed: int, rows: int, samples: int) -> dict[str, np.ndarray]:
+def fingerprint_feeds(layers: Sequence[DropoutSite], seed: int, rows: int, samples: int) -> dict[str, np.ndarray]:
     """Masks for an export fingerprint: ``samples`` from the seed, except sample 0, which keeps every unit
     (zero noise), so every weight of the graph shows in the outputs (a unit dropped in all random samples
     would hide damage to its weights)."""

@@ -1,13 +1,13 @@
 """The model repository as the server sees it: load, verify, swap, poll, unload.
 
-Layout (see ``serving.repository_layout``): ``REPO/NAME/VERSION/`` with a
+Layout (see ``mcdrop.serving.models.layout``): ``REPO/NAME/VERSION/`` with a
 ``manifest.json`` and the graphs it lists. A version is loaded only after every
 file matches its sha256 and each graph has run once; only then is it swapped in.
 A version that fails is logged, counted and remembered (it is retried when its
 manifest changes); the versions already loaded keep serving.
 
 Threading: ``scan`` runs on one thread (the poller or the caller); readers
-(``get``, ``statuses``) never block, because the loaded set is replaced, never
+(``get``, ``states``) never block, because the loaded set is replaced, never
 mutated, on each change.
 """
 
@@ -24,11 +24,18 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving.errors import MCDropError, NotFound
-from mcdrop.serving.models import manifest as manifest_io
 from mcdrop.serving.models.layout import check_model_name
 from mcdrop.serving.models.layout import versions as list_versions
-from mcdrop.serving.models.manifest import DropoutSpec
-from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds
+from mcdrop.serving.models.manifest import (
+    MANIFEST,
+    DropoutSite,
+    Fingerprint,
+    GraphName,
+    Manifest,
+    Task,
+    read_verified,
+)
+from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds, mask_dtype
 from mcdrop.serving.models.memory import Feeds, Footprint, footprint, zero_feeds
 from mcdrop.serving.models.pool import InterpreterPool
 
@@ -37,97 +44,99 @@ log = logging.getLogger("mcdrop.repository")
 
 @dataclasses.dataclass
 class ModelVersion:
-    """One loaded, verified model version with its interpreter pools. Immutable once loaded."""
+    """One loaded, verified model version with its interpreter pools. Not changed after loading (the repository
+    replaces a version, never mutates it); the footprints are measured once, at load."""
 
     name: str
     version: int
     path: Path
-    manifest: dict[str, Any]
-    pools: dict[str, InterpreterPool]
+    manifest: Manifest
+    pools: dict[GraphName, InterpreterPool]
     signature: int
-    contents: dict[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+    contents: dict[GraphName, bytes] = dataclasses.field(default_factory=dict, repr=False)
     """The verified bytes of each graph (the interpreters' model buffers: LiteRT reads weights from them)."""
 
     @property
-    def task(self) -> str:
-        return str(self.manifest["task"])
+    def task(self) -> Task:
+        return self.manifest.task
 
     @property
     def stochastic(self) -> bool:
-        return bool(self.manifest["stochastic"])
+        return self.manifest.stochastic
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.manifest["input"]["shape"])
+        return self.manifest.input.shape
 
     @property
     def input_dtype(self) -> str:
-        return str(self.manifest["input"]["dtype"])
+        return self.manifest.input.dtype
 
     @property
     def integer_range(self) -> tuple[int, int] | None:
         """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
-        bounds = self.manifest["input"].get("integer_range")
-        return None if bounds is None else (int(bounds[0]), int(bounds[1]))
+        return self.manifest.input.integer_range
 
     @functools.cached_property
     def noise_variance(self) -> np.ndarray | None:
         """Observation-noise variance 1/tau in the output's shape, or None (epistemic only); read once per version."""
-        noise = self.manifest["output"].get("observation_noise") or {}
-        variance = noise.get("variance")
-        if variance is None:
+        noise = self.manifest.output.observation_noise
+        if noise is None or noise.variance is None:
             return None
-        shaped = np.asarray(variance, np.float64).reshape([int(d) for d in self.manifest["output"]["shape"][1:]])
+        shaped = np.asarray(noise.variance, np.float64).reshape(self.manifest.output.row_shape)
         shaped.setflags(write=False)  # shared by every request of this version
         return shaped
 
     @property
     def class_labels(self) -> list[str]:
-        return list(self.manifest.get("class_labels") or [])
+        return self.manifest.labels
 
     @property
     def default_samples(self) -> int:
-        return int(self.manifest["default_samples"])
+        return self.manifest.default_samples
 
     @property
-    def dropout(self) -> list[DropoutSpec]:
-        return manifest_io.dropout_specs(self.manifest)
+    def dropout(self) -> tuple[DropoutSite, ...]:
+        """The sampled dropout sites, in call order."""
+        return self.manifest.dropout_layers
 
     @property
     def mc_layers(self) -> str:
         """The export's ``--mc-layers`` choice (``all`` for exports from before it existed)."""
-        return str(self.manifest.get("mc_layers", "all"))
+        return self.manifest.mc_layers
 
     @property
-    def unsampled_dropout(self) -> list[dict[str, Any]]:
+    def unsampled_dropout(self) -> tuple[DropoutSite, ...]:
         """Dropout sites the export left out of sampling (they run as in inference)."""
-        return list(self.manifest.get("unsampled_dropout_layers") or [])
+        return self.manifest.unsampled_dropout_layers
 
-    def uncertainty_source(self) -> dict[str, Any]:
+    def uncertainty_source(self) -> dict[str, str | int]:
         """Where the Monte-Carlo uncertainty comes from, for metadata answers (every API says the same)."""
         return {
             "mc_layers": self.mc_layers,
-            "sampled_dropout": ",".join(d["name"] for d in self.manifest["dropout_layers"]),
-            "unsampled_dropout": ",".join(d["name"] for d in self.unsampled_dropout),
-            "activation_bytes_per_sample_row": self.footprints["mc_masked"].per_sample_row if self.stochastic else 0,
+            "sampled_dropout": ",".join(d.name for d in self.dropout),
+            "unsampled_dropout": ",".join(d.name for d in self.unsampled_dropout),
+            "activation_bytes_per_sample_row": self.footprints[GraphName.MC_MASKED].per_sample_row
+            if self.stochastic
+            else 0,
             "default_samples": self.default_samples,
         }
 
     @functools.cached_property
-    def footprints(self) -> dict[str, Footprint]:
+    def footprints(self) -> dict[GraphName, Footprint]:
         """Activation bytes per row of the deterministic and the fed-mask graph, measured from the graphs."""
-        found = {"deterministic": footprint(self.contents["deterministic"], self._feeds(masks=False))}
+        found = {GraphName.DETERMINISTIC: footprint(self.contents[GraphName.DETERMINISTIC], self._feeds(masks=False))}
         if self.stochastic:
-            found["mc_masked"] = footprint(self.contents["mc_masked"], self._feeds(masks=True))
+            found[GraphName.MC_MASKED] = footprint(self.contents[GraphName.MC_MASKED], self._feeds(masks=True))
         return found
 
-    def footprint(self, graph: str) -> Footprint:
+    def footprint(self, graph: GraphName) -> Footprint:
         """``graph``'s footprint (``mc`` shares ``mc_masked``'s: the same layers, masks drawn inside)."""
-        return self.footprints["mc_masked" if graph == "mc" else graph]
+        return self.footprints[GraphName.MC_MASKED if graph == GraphName.MC else graph]
 
     def _feeds(self, *, masks: bool) -> Feeds:
-        specs = self.dropout if masks else []
-        mask_inputs = [(s.feed_name, s.noise_shape, np.uint8 if s.kind == "bernoulli" else np.float32) for s in specs]
+        specs = self.dropout if masks else ()
+        mask_inputs = [(s.feed_name, s.noise_shape, mask_dtype(s)) for s in specs]
         return zero_feeds(self.input_shape[1:], mask_inputs)
 
 
@@ -264,7 +273,7 @@ class ModelRepository:
         wanted: dict[str, dict[int, int]] = {}
         if not self.root.is_dir():
             raise OSError(f"{self.root} is not a directory")
-        if (self.root / manifest_io.MANIFEST).is_file():
+        if (self.root / MANIFEST).is_file():
             # KServe's layout: the storage initializer copies one exported version's files into the root.
             name, version = self._single_model()
             self._single = (name, version)
@@ -288,19 +297,19 @@ class ModelRepository:
 
     def _single_model(self) -> tuple[str, int]:
         try:
-            manifest = manifest_io.load(self.root)
-            name = check_model_name(self._model_name or str(manifest.get("name", "")) or "model")
-            return name, int(manifest.get("version", 1))
+            manifest = Manifest.load(self.root)
+            name = check_model_name(self._model_name or manifest.name or "model")
+            return name, manifest.version or 1
         except (MCDropError, ValueError) as exc:  # reported like an unreadable repository: nothing is unloaded
             raise OSError(f"single-model directory {self.root}: {exc}") from exc
 
     def _load(self, name: str, version: int, signature: int) -> ModelVersion:
         path = self.root if self._single == (name, version) else self.root / name / str(version)
-        manifest = manifest_io.load(path)
+        manifest = Manifest.load(path)
         pools, contents = {}, {}
-        for graph, spec in manifest["graphs"].items():
+        for graph, spec in manifest.graphs.items():
             # Hash the very bytes the interpreters get: never serve a file that failed its digest.
-            contents[graph] = manifest_io.read_verified(path, spec["file"], manifest)
+            contents[graph] = read_verified(path, spec.file, manifest)
             pools[graph] = InterpreterPool(
                 contents[graph], size=self._pool_size, threads=self._threads, lone_threads=self._lone_threads
             )
@@ -331,21 +340,24 @@ class ModelRepository:
             self._poller.join(timeout=5)
 
 
-def _check_fingerprint(version: ModelVersion, fingerprint: dict[str, Any]) -> None:
-    rows, seed = int(fingerprint["rows"]), int(fingerprint["seed"])
-    if "x" in fingerprint:  # recorded since token-id models need valid ids; older exports drew standard normals
-        x = np.asarray(fingerprint["x"], np.float32).reshape((rows, *version.input_shape[1:]))
+def _check_fingerprint(version: ModelVersion, fingerprint: Fingerprint) -> None:
+    rows, seed = fingerprint.rows, fingerprint.seed
+    row_shape = version.input_shape[1:]
+    if fingerprint.x is not None:  # recorded since token-id models need valid ids; older exports drew standard normals
+        x = np.asarray(fingerprint.x, np.float32).reshape((rows, *row_shape))
     else:
-        x = np.random.default_rng(seed).standard_normal((rows, *version.input_shape[1:])).astype(np.float32)
-    runs = {"deterministic": {"x": x}}
-    if version.stochastic and "mc_masked" in fingerprint and fingerprint.get("masks") == SCHEME:
+        x = np.random.default_rng(seed).standard_normal((rows, *row_shape)).astype(np.float32)
+    runs: dict[GraphName, tuple[dict[str, np.ndarray], list[Any]]] = {
+        GraphName.DETERMINISTIC: ({"x": x}, fingerprint.deterministic)
+    }
+    if version.stochastic and fingerprint.mc_masked is not None and fingerprint.masks == SCHEME:
         # (older exports drew their fingerprint masks with another scheme: only the deterministic graph is checked)
-        samples = int(fingerprint.get("samples", rows))
-        runs["mc_masked"] = {"x": x, **fingerprint_feeds(version.dropout, seed, rows, samples)}
-    for graph_name, feeds in runs.items():
+        feeds = {"x": x, **fingerprint_feeds(version.dropout, seed, rows, fingerprint.samples or rows)}
+        runs[GraphName.MC_MASKED] = (feeds, fingerprint.mc_masked)
+    for graph_name, (feeds, recorded) in runs.items():
         with version.pools[graph_name].lease() as graph:
             actual = graph.run(feeds)[0]
-        expected = np.asarray(fingerprint[graph_name], dtype=np.float32)
+        expected = np.asarray(recorded, dtype=np.float32)
         if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-4, atol=1e-5):
             raise MCDropError(
                 f"{graph_name}.tflite does not reproduce the export's fingerprint (outputs on fixed inputs): "
@@ -372,18 +384,16 @@ def _signature(version_dir: Path) -> int:
 def _smoke_test(version: ModelVersion) -> None:
     """Run every graph once so a broken file fails at load time, not on a request; where the manifest has
     a fingerprint (outputs on fixed inputs and masks), the outputs must match it."""
-    fingerprint = version.manifest.get("fingerprint")
-    if fingerprint:
-        _check_fingerprint(version, fingerprint)
+    if version.manifest.fingerprint is not None:
+        _check_fingerprint(version, version.manifest.fingerprint)
     x = np.zeros((1, *version.input_shape[1:]), dtype=np.float32)
-    with version.pools["deterministic"].lease() as graph:
+    with version.pools[GraphName.DETERMINISTIC].lease() as graph:
         graph.run({"x": x})
     if version.stochastic:
-        with version.pools["mc"].lease() as graph:
+        with version.pools[GraphName.MC].lease() as graph:
             graph.run({"x": x, "samples": np.array(2, np.int32)})
         feeds = {
-            d.feed_name: np.ones((2, 1, *d.noise_shape), np.uint8 if d.kind == "bernoulli" else np.float32)
-            for d in version.dropout
+            d.feed_name: np.ones((2, 1, *d.noise_shape), mask_dtype(d)) for d in version.dropout
         }  # masks of the right shapes and dtypes; values do not matter here
-        with version.pools["mc_masked"].lease() as graph:
+        with version.pools[GraphName.MC_MASKED].lease() as graph:
             graph.run({"x": x, **feeds})

@@ -16,6 +16,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.models.manifest import Manifest
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy"}
 
@@ -100,22 +101,21 @@ def units(found: list[Source], batch_size: int) -> list[Unit]:
     return [Unit(s, start, min(start + batch_size, s.rows)) for s in found for start in range(0, s.rows, batch_size)]
 
 
-def columns(found: list[Source], manifest: dict[str, Any], keep: tuple[str, ...]) -> Columns:
+def columns(found: list[Source], manifest: Manifest, keep: tuple[str, ...]) -> Columns:
     """Decide the feature columns from the model's manifest and the inputs' schemas; check every file has them.
 
     Raises:
         InvalidArgument: a missing column, or no unambiguous way to find the features.
     """
-    row_shape = tuple(int(d) for d in manifest["input"]["shape"][1:])
-    bounds = manifest["input"].get("integer_range")
-    integer_range = (int(bounds[0]), int(bounds[1])) if bounds else None
+    row_shape = manifest.input.row_shape
+    integer_range = manifest.input.integer_range
     if found[0].format == "npy":
         if keep:
             raise InvalidArgument(f"--keep {','.join(keep)}: .npy inputs have no columns. Expected no --keep.")
         return Columns(row_shape, (), None, (), integer_range)
     schemas = [(s.path, _schema(s)) for s in found]
     path, schema = schemas[0]
-    names = manifest["input"].get("feature_names")
+    names = manifest.input.feature_names
     width = math.prod(row_shape)
     if names:
         features: tuple[str, ...] = tuple(names)

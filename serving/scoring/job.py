@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from mcdrop.serving.core.requests import DEFAULT_INTERVAL, Mode
 from mcdrop.serving.errors import InvalidArgument, MCDropError, NotFound
-from mcdrop.serving.models import manifest as manifest_io
 from mcdrop.serving.models.layout import check_model_name, versions
+from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.masks import fresh_seed
-from mcdrop.serving.runtime.dataplane import DEFAULT_INTERVAL, DETERMINISTIC, MODES, MONTE_CARLO
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.scorer import BOOKKEEPING, ERROR, ROW, Scorer, ScoreSettings
 
@@ -89,15 +89,15 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
     started = time.perf_counter()
     _check(options)
     number, manifest = _manifest(options.repository, options.model, options.version)  # the workers load the graphs
-    mode = (options.mode or (MONTE_CARLO if manifest["stochastic"] else DETERMINISTIC)).lower()
-    if mode not in MODES:
+    mode = (options.mode or (Mode.MONTE_CARLO if manifest.stochastic else Mode.DETERMINISTIC)).lower()
+    if mode not in tuple(Mode):
         raise InvalidArgument(f"Invalid mode {options.mode!r}. Expected deterministic or monte_carlo.")
     found = inputs.sources(options.input)
     settings = ScoreSettings(
         repository=str(options.repository),
         model=options.model,
         version=number,
-        samples=options.samples or int(manifest["default_samples"]),
+        samples=options.samples or manifest.default_samples,
         seed=fresh_seed() if options.seed is None else options.seed,
         mode=mode,
         interval=options.interval,
@@ -125,7 +125,7 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
     )  # fmt: skip
 
 
-def _manifest(repository: Path, model: str, version: int | None) -> tuple[int, dict[str, Any]]:
+def _manifest(repository: Path, model: str, version: int | None) -> tuple[int, Manifest]:
     """The version to score (the newest by default) and its manifest, without loading any graph."""
     check_model_name(model)
     available = versions(repository / model)
@@ -134,7 +134,7 @@ def _manifest(repository: Path, model: str, version: int | None) -> tuple[int, d
     number = available[-1] if version is None else version
     if number not in available:
         raise NotFound(f"Model {model!r} has no version {number}. Available: {available}.")
-    return number, manifest_io.load(repository / model / str(number))
+    return number, Manifest.load(repository / model / str(number))
 
 
 def _check(options: ScoreOptions) -> None:

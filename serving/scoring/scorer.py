@@ -1,4 +1,4 @@
-"""Score one unit of rows through the server's data plane: the same numbers as a server request with the same model,
+"""Score one unit of rows through the prediction core: the same numbers as a server request with the same model,
 version, T and seed, because a row's masks depend only on the seed and its global position."""
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mcdrop.serving.core.uncertainty import ClassificationSummary
+from mcdrop.serving.core import Prediction, PredictionRequest, Sampler
+from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelRepository
-from mcdrop.serving.runtime.dataplane import DataPlane, Prediction, PredictionRequest
-from mcdrop.serving.runtime.metrics import Metrics
+from mcdrop.serving.protocols.outputs import PER_ROW_OUTPUTS, REGRESSION_OUTPUTS, output_arrays
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.inputs import Columns, Unit
-from mcdrop.serving.server.settings import ServerSettings
 
 ROW = "_mcdrop_row"
 """Global row position: the driver checks every row arrives exactly once, in order."""
@@ -25,8 +24,9 @@ ERROR = "_mcdrop_error"
 BOOKKEEPING = (ROW, ERROR)
 
 
-REGRESSION_COLUMNS = ("mean", "std", "predictive_std", "lower", "upper", "mean_lower", "mean_upper")
-"""Regression output columns, as the server names them (``mcdrop.serving.core.uncertainty`` says what each means)."""
+CLASS_PROBABILITIES = {"mean": "p_mean", "std": "p_std"}
+"""Classification: the per-class outputs' column names (lists of floats); every other output keeps its name
+(``mcdrop.serving.protocols.outputs``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +45,15 @@ class ScoreSettings:
 
 
 class Scorer:
-    """One model version loaded in this process, scoring units of rows. Thread-safe (the data plane is)."""
+    """One model version loaded in this process, scoring units of rows. Thread-safe (the sampler is)."""
 
     def __init__(self, settings: ScoreSettings, pool_size: int = 1) -> None:
         self.settings = settings
         store = ModelRepository(Path(settings.repository), pool_size=pool_size, interpreter_threads=settings.threads,
                                 max_versions=1_000_000)  # fmt: skip
         store.scan()
-        limits = ServerSettings(repository=settings.repository, pool_size=pool_size, max_batch=2**31 - 1,
-                                max_sample_rows=2**62, max_request_gflops=1e18, max_samples=max(1, settings.samples),
-                                interpreter_threads=settings.threads).validate()  # fmt: skip
-        self.plane = DataPlane(store, limits, Metrics())
+        # No request limits: a unit's size is bounded by the job's batch size, and T by the job's options.
+        self.sampler = Sampler(store)
         self.version = store.get(settings.model, settings.version)
         self._cache: tuple[str, Any] | None = None
 
@@ -67,18 +65,17 @@ class Scorer:
         outputs: dict[str, list[np.ndarray]] = {}
         for start, stop in _runs(found.good):  # contiguous rows keep their global positions for the masks
             rows = found.x[np.searchsorted(found.good, start) : np.searchsorted(found.good, stop - 1) + 1]
-            prediction = self.plane.predict(
-                PredictionRequest(
-                    model=self.settings.model,
-                    x=rows,
-                    version=self.settings.version,
-                    mode=self.settings.mode,
-                    samples=self.settings.samples,
-                    seed=self.settings.seed,
-                    interval=self.settings.interval,
-                    first_row=unit.first_row + start,
-                )
+            request = PredictionRequest(
+                model=self.settings.model,
+                x=rows,
+                version=self.settings.version,
+                mode=self.settings.mode,
+                samples=self.settings.samples,
+                seed=self.settings.seed,
+                interval=self.settings.interval,
+                first_row=unit.first_row + start,
             )
+            prediction = self.sampler.run(self.sampler.plan(request))
             for name, values in self._columns(prediction).items():
                 outputs.setdefault(name, []).append(values)
         table: dict[str, Any] = {}
@@ -96,41 +93,34 @@ class Scorer:
 
     def output_schema(self) -> pa.Schema:
         """The output columns and their types (fixed, so units whose rows all failed still match)."""
-        if self.version.task == "classification":
+        if self.version.task == Task.CLASSIFICATION:
             probabilities = pa.list_(pa.float32())
-            fields = [("predicted_class", pa.int64()), ("predicted_label", pa.string()), ("p_mean", probabilities),
-                      ("p_std", probabilities), ("predictive_entropy", pa.float64()),
-                      ("expected_entropy", pa.float64()), ("mutual_information", pa.float64()),
-                      ("variation_ratio", pa.float64())]  # fmt: skip
-            if not self.version.class_labels:
-                fields.pop(1)
+            fields = [("predicted_class", pa.int64())]
+            if self.version.class_labels:
+                fields.append(("predicted_label", pa.string()))
+            fields += [(column, probabilities) for column in CLASS_PROBABILITIES.values()]
+            fields += [(name, pa.float64()) for name in PER_ROW_OUTPUTS if name != "predicted_class"]
             return pa.schema(fields)
         kind = pa.float64() if self._scalar_output() else pa.list_(pa.float64())
-        return pa.schema([(name, kind) for name in REGRESSION_COLUMNS])
+        return pa.schema([(name, kind) for name in REGRESSION_OUTPUTS])
 
     def _scalar_output(self) -> bool:
-        return [int(d) for d in self.version.manifest["output"]["shape"][1:]] in ([], [1])
+        return list(self.version.manifest.output.row_shape) in ([], [1])
 
     def _columns(self, prediction: Prediction) -> dict[str, np.ndarray]:
-        summary = prediction.summary
-        if isinstance(summary, ClassificationSummary):
-            classes = summary.predicted_class.astype(np.int64)
-            columns: dict[str, np.ndarray] = {
-                "predicted_class": classes,
-                "p_mean": summary.mean.astype(np.float32),
-                "p_std": summary.std.astype(np.float32),
-                "predictive_entropy": summary.predictive_entropy.astype(np.float64),
-                "expected_entropy": summary.expected_entropy.astype(np.float64),
-                "mutual_information": summary.mutual_information.astype(np.float64),
-                "variation_ratio": summary.variation_ratio.astype(np.float64),
-            }
+        arrays = output_arrays(prediction)
+        if prediction.task == Task.CLASSIFICATION:
+            columns = {CLASS_PROBABILITIES.get(name, name): values for name, values in arrays.items()}
+            for name in CLASS_PROBABILITIES.values():
+                columns[name] = columns[name].astype(np.float32)
             if prediction.class_labels:
-                columns["predicted_label"] = np.asarray(prediction.class_labels, dtype=object)[classes]
+                labels = np.asarray(prediction.class_labels, dtype=object)
+                columns["predicted_label"] = labels[arrays["predicted_class"]]
             return columns
         scalar = self._scalar_output()
         return {
             name: (values.reshape(len(values), -1)[:, 0] if scalar else values).astype(np.float64)
-            for name, values in ((name, getattr(summary, name)) for name in REGRESSION_COLUMNS)
+            for name, values in arrays.items()
         }
 
     def _read(self, unit: Unit) -> Any:

@@ -1,4 +1,4 @@
-"""The gRPC server: repository, data plane, servicers, health, reflection, metrics, graceful shutdown.
+"""One server process: repository, data plane, the gRPC and REST transports, health, reflection, metrics.
 
 Lifecycle: ``start()`` loads the repository, binds the port, starts polling and
 marks health SERVING; ``stop()`` marks health NOT_SERVING, stops accepting new
@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from mcdrop.serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
+from mcdrop.serving.core.invokes import MIB
+from mcdrop.serving.core.requests import Limits
 from mcdrop.serving.errors import InvalidArgument, Unavailable
 from mcdrop.serving.grpc import mcdrop_v1 as grpc_api
 from mcdrop.serving.grpc import oip
@@ -63,9 +65,8 @@ class Server:
             listener=self._on_repository_event,
             model_name=settings.model_name or None,
         )
-        self.plane = DataPlane(
-            self.repository, settings, self.metrics, is_ready=self.ready, server_load=server_load, worker=worker
-        )
+        self.plane = data_plane(self.repository, settings, self.metrics, is_ready=self.ready,
+                                server_load=server_load, worker=worker)  # fmt: skip
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
@@ -189,6 +190,28 @@ class Server:
                 self.health.set(REPOSITORY_HEALTH, status)
             return
         log.info(f"model version {event}", extra={"model": model, "version": version, "detail": detail})
+
+
+def data_plane(
+    repository: ModelRepository,
+    settings: ServerSettings,
+    metrics: Metrics | None = None,
+    *,
+    is_ready: Callable[[], bool] = lambda: True,
+    server_load: MutableSequence[int] | None = None,
+    worker: int = 0,
+) -> DataPlane:
+    """The data plane a server with ``settings`` runs (also what ``mcdrop bench`` measures in process)."""
+    limits = Limits(
+        max_samples=settings.max_samples,
+        max_batch=settings.max_batch,
+        max_sample_rows=settings.max_sample_rows,
+        max_request_gflops=settings.max_request_gflops,
+    )
+    return DataPlane(repository, metrics or Metrics(), limits=limits, capacity=settings.pool_size + settings.max_queue,
+                     mask_source=settings.mask_source, max_invoke_bytes=int(settings.max_invoke_mb * MIB),
+                     default_chunk=settings.default_chunk, is_ready=is_ready, server_load=server_load,
+                     worker=worker)  # fmt: skip
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

@@ -53,7 +53,7 @@ def test_three_entries_one_broken_then_resume(tmp_path: Path) -> None:
     assert "Data file not found" in results["broken"]["detail"]
     assert str(tmp_path / "missing.csv") in results["broken"]["detail"]  # resolved next to the job file
     assert versions(tmp_path / "repo" / "digits-small") == [1]
-    cv = manifest_io.load(tmp_path / "repo" / "digits-cv" / "1")
+    cv = manifest_io.Manifest.load(tmp_path / "repo" / "digits-cv" / "1").to_json()
     selection = cv["source"]["selection"]
     assert [r["candidate"] for r in selection["results"]] == [{"dropout": [0.1]}, {"dropout": [0.5]}]
     assert all(len(r["fold_scores"]) == 2 for r in selection["results"])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mcdrop.serving.models.manifest import DropoutSpec
+from mcdrop.serving.models.manifest import DropoutSite as DropoutSpec
 from mcdrop.serving.models.masks import LEVELS, MaskStream, fresh_seed
 
 LAYERS = [

@@ -13,7 +13,7 @@ import pytest
 from mcdrop.serving.client import Client
 from mcdrop.serving.errors import RpcFailed
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import dropout_specs
+from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.masks import MaskStream
 from tests.helpers import in_process_server
 
@@ -46,7 +46,7 @@ def inputs(name: str) -> np.ndarray:
 def host_masked_mean(repo: Path, name: str, x: np.ndarray, samples: int, seed: int) -> np.ndarray:
     """What the server must answer: mc_masked.tflite fed with the masks the manifest describes, drawn from ``seed``."""
     manifest: dict[str, Any] = json.loads((repo / name / "1" / "manifest.json").read_text())
-    feeds = MaskStream(dropout_specs(manifest), seed, len(x)).next(samples)
+    feeds = MaskStream(Manifest.from_json(manifest).dropout_layers, seed, len(x)).next(samples)
     for site in manifest["dropout_layers"]:
         assert feeds[site["masked_input"]].shape == (samples, len(x), *site["noise_shape"])
     return Graph(repo / name / "1" / "mc_masked.tflite").run({"x": x, **feeds})[0].mean(axis=0)

@@ -10,8 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from mcdrop.pipeline.export.errors import ExportError  # noqa: E402
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
-from mcdrop.serving.errors import ExportError  # noqa: E402
 from mcdrop.serving.models.litert import Graph  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.pipeline.export import custom_layers, models  # noqa: E402
@@ -22,7 +22,7 @@ ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_par
 
 def exported(model: Path, repo: Path, name: str) -> dict[str, Any]:
     """Export and assert what every kind must show: MC graphs, every check run and passed, masks as described."""
-    _, manifest = export(ExportOptions(model_path=model, repository=repo, name=name))
+    manifest = export(ExportOptions(model_path=model, repository=repo, name=name))[1].to_json()
     assert manifest["stochastic"] is True and set(manifest["graphs"]) == {"deterministic", "mc", "mc_masked"}
     checks = manifest["verification"]["checks"]
     assert {c["check"] for c in checks} == ALL_CHECKS and all(c["passed"] for c in checks)
@@ -187,6 +187,6 @@ def test_an_op_without_a_builtin_kernel_is_named_with_its_layer(tmp_path: Path) 
 def test_an_lstm_without_dropout_exports_its_deterministic_graph(tmp_path: Path) -> None:
     """Keras runs RNNs in a while loop the builtin-only converter cannot lower; the export unrolls them."""
     model = models.sequence_model(tmp_path / "m.keras", keras.layers.LSTM(5))
-    _, manifest = export(ExportOptions(model_path=model, repository=tmp_path / "repo", name="plain"))
+    manifest = export(ExportOptions(model_path=model, repository=tmp_path / "repo", name="plain"))[1].to_json()
     assert manifest["stochastic"] is False and all(c["passed"] for c in manifest["verification"]["checks"])
     assert "WHILE" not in manifest["graphs"]["deterministic"]["ops"]

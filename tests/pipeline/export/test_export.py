@@ -11,15 +11,17 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from mcdrop.pipeline.export.errors import ExportError  # noqa: E402
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
-from mcdrop.serving.errors import ExportError, InvalidArgument, NotFound  # noqa: E402
+from mcdrop.serving.errors import InvalidArgument, NotFound  # noqa: E402
 from mcdrop.serving.models.litert import Graph  # noqa: E402
 from mcdrop.serving.models.manifest import sha256_file  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
 
 def run_export(model: Path, repo: Path, name: str, **options: Any) -> tuple[int, dict[str, Any]]:
-    return export(ExportOptions(model_path=model, repository=repo, name=name, **options))
+    version, manifest = export(ExportOptions(model_path=model, repository=repo, name=name, **options))
+    return version, manifest.to_json()
 
 
 def checks(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,80 @@
+"""The prediction core's contract: what a caller asks for, what it gets back, and the limits it may impose.
+
+Transports decode their messages into a ``PredictionRequest`` (numpy input, plain Python values) and
+encode a ``Prediction`` back; batch scoring builds requests from table rows. ``Limits`` are the
+caller's: a server passes its settings' limits, batch scoring passes none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import numpy as np
+
+from mcdrop.serving.core import uncertainty
+from mcdrop.serving.models.manifest import Task
+
+__all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Limits", "Mode", "Prediction", "PredictionRequest"]
+
+DEFAULT_INTERVAL = 0.95
+MAX_SEED = 2**64 - 1
+
+
+class Mode(enum.StrEnum):
+    """How a prediction is computed: one pass without dropout, or T Monte-Carlo samples."""
+
+    DETERMINISTIC = "deterministic"
+    MONTE_CARLO = "monte_carlo"
+
+
+@dataclasses.dataclass
+class PredictionRequest:
+    model: str
+    x: np.ndarray
+    version: int | None = None
+    mode: str | None = None
+    """``deterministic``, ``monte_carlo`` (any case) or None (Monte Carlo if the model has dropout)."""
+    samples: int | None = None
+    """T; None means the model's default."""
+    seed: int | None = None
+    return_samples: bool = False
+    interval: float | None = None
+    tolerance: float | None = None
+    max_samples: int = 0
+    chunk: int = 0
+    first_row: int = 0
+    """Position of ``x[0]`` in a larger input: with a seed, a row's masks depend only on the seed and its
+    position, so batch scoring over any partitioning matches one request over all rows."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    model: str
+    version: int
+    mode: Mode
+    samples: int
+    seed: int | None
+    task: Task
+    class_labels: list[str]
+    summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+    sample_outputs: np.ndarray | None
+    final: bool
+    max_standard_error: float
+    queue_ms: float
+    compute_ms: float
+    noise_variance: np.ndarray | None = None
+    """Regression: the observation-noise variance behind ``predictive_std``; None = epistemic only."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds on one request; None = unbounded. A server passes its settings', batch scoring passes ``Limits()``."""
+
+    max_samples: int | None = None
+    """Largest T (and the adaptive ``max_samples`` when a request gives none)."""
+    max_batch: int | None = None
+    max_sample_rows: int | None = None
+    """Largest T x batch."""
+    max_request_gflops: float | None = None
+    """Largest compute: rows x (prefix + T x per-sample) FLOPs, from the manifest's cost."""

@@ -1,0 +1,338 @@
+"""The sampler: plan → masks → invoke → summarise, for one request on one loaded model version.
+
+Used by the server's data plane (``mcdrop.serving.runtime.dataplane``, which adds admission, the
+server-wide load and metrics) and by batch scoring (``mcdrop.serving.scoring``) alike, so the two
+give the same numbers for the same model, version, T and seed.
+
+Sampling paths:
+
+* DETERMINISTIC: one pass of ``deterministic.tflite``.
+* MONTE_CARLO: ``mc_masked.tflite``, with masks drawn on the host by ``MaskStream`` from the
+  request's seed — or, without one, from a fresh seed out of the OS's entropy, reported in the
+  answer so that it can be replayed. The same seed gives bit-identical answers on every call and
+  after restarts. Host masks take 16 random bits per flag, about a quarter of what LiteRT's float32
+  ``RANDOM_UNIFORM`` costs inside ``mc.tflite``.
+* With ``mask_source="graph"``, unseeded requests use ``mc.tflite`` instead (masks from LiteRT's
+  OS-seeded random ops; no seed to report).
+
+The T x B sample rows run in invokes that fit ``max_invoke_bytes`` (``mcdrop.serving.core.invokes``),
+all on one leased interpreter; masks are drawn per chunk of samples for all rows, so the answer does
+not depend on the split. Thread-safe: a plan belongs to one request; interpreters are leased.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from mcdrop.serving.core import invokes, uncertainty
+from mcdrop.serving.core.inputs import checked_input
+from mcdrop.serving.core.requests import DEFAULT_INTERVAL, MAX_SEED, Limits, Mode, Prediction, PredictionRequest
+from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
+from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import GraphName, Task
+from mcdrop.serving.models.masks import MaskStream, fresh_seed
+from mcdrop.serving.models.repository import ModelRepository, ModelVersion
+
+__all__ = ["MASK_SOURCES", "Plan", "Sampler"]
+
+MASK_SOURCES = ("host", "graph")
+DEFAULT_CHUNK = 10
+NO_LIMITS = Limits()
+
+
+@dataclasses.dataclass
+class Plan:
+    """A validated request, resolved against its model version."""
+
+    version: ModelVersion
+    x: np.ndarray
+    mode: Mode
+    samples: int
+    seed: int | None
+    interval: float
+    tolerance: float | None
+    chunk: int
+    return_samples: bool
+    first_row: int = 0
+    flops: float = 0.0
+    """Compute of the whole request (0 when the manifest has no cost)."""
+
+
+WideInvoke = Callable[[float], bool]
+"""Called with an invoke's FLOPs: may it run on the pool's many-thread interpreter? (The runtime's rule.)"""
+
+
+class Sampler:
+    """Plans and runs predictions on the versions of a repository. Cheap to construct; thread-safe."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        mask_source: str = "host",
+        max_invoke_bytes: int = 64 * invokes.MIB,
+        default_chunk: int = DEFAULT_CHUNK,
+        wide_invoke: WideInvoke | None = None,
+    ) -> None:
+        """Args:
+        repository: where versions are looked up (``get(name, version)``).
+        mask_source: masks of unseeded Monte-Carlo requests: ``host`` (from a fresh, reported seed) or
+            ``graph`` (``mc.tflite``'s in-graph random ops).
+        max_invoke_bytes: activation memory of one LiteRT invoke; requests are split to fit it.
+        default_chunk: samples per chunk of a stream or adaptive request that does not say.
+        wide_invoke: whether an invoke may use the many-thread interpreter (default: never).
+        """
+        if mask_source not in MASK_SOURCES:
+            raise InvalidArgument(f"Invalid mask_source. Expected one of {MASK_SOURCES}. Received: {mask_source!r}")
+        self.repository = repository
+        self.mask_source = mask_source
+        self.max_invoke_bytes = max_invoke_bytes
+        self.default_chunk = default_chunk
+        self._wide_invoke = wide_invoke or (lambda flops: False)
+
+    # Planning -----------------------------------------------------------------------------------
+
+    def plan(self, request: PredictionRequest, limits: Limits = NO_LIMITS) -> Plan:
+        """Validate ``request`` against its version and ``limits``.
+
+        Raises:
+            NotFound: no such model or version.
+            InvalidArgument: the request cannot be served as asked (the message says what was expected).
+        """
+        version = self.repository.get(request.model, request.version)
+        x = checked_input(version, request.x, limits.max_batch)
+        mode = _mode(request.mode, version)
+        limit = limits.max_samples
+        samples = version.default_samples if request.samples is None else request.samples
+        # T <= 0 is refused in every mode; the upper limit matters only where T passes run.
+        if samples < 1 or (mode == Mode.MONTE_CARLO and limit is not None and samples > limit):
+            raise InvalidArgument(f"Invalid samples. Expected {_bounds('T', limit)}. Received: {samples}")
+        if mode == Mode.DETERMINISTIC:
+            samples = 1
+        tolerance = request.tolerance
+        if tolerance is not None:
+            if not (math.isfinite(tolerance) and tolerance > 0):
+                raise InvalidArgument(f"Invalid tolerance. Expected a positive finite number. Received: {tolerance}")
+            samples = request.max_samples or limit or 0
+            if samples < 1 or (limit is not None and samples > limit):
+                raise InvalidArgument(
+                    f"Invalid max_samples. Expected {_bounds('max_samples', limit)}. Received: {samples}"
+                )
+        rows = samples * len(x)
+        if limits.max_sample_rows is not None and rows > limits.max_sample_rows:
+            raise InvalidArgument(
+                f"Request too large: T x batch = {samples} x {len(x)} = {rows}. "
+                f"Expected at most {limits.max_sample_rows}."
+            )
+        cost = version.manifest.cost
+        flops = cost.flops(len(x), samples) if cost is not None else 0.0
+        if cost is not None and limits.max_request_gflops is not None and flops / 1e9 > limits.max_request_gflops:
+            raise InvalidArgument(
+                f"Request too costly: {flops / 1e9:.3g} GFLOP for batch {len(x)} x T={samples} on model "
+                f"{version.name!r}. Expected at most {limits.max_request_gflops:g} GFLOP."
+            )
+        if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+            raise InvalidArgument(f"Invalid seed. Expected an integer in [0, 2^64). Received: {request.seed}")
+        interval = DEFAULT_INTERVAL if request.interval is None else request.interval
+        if not (math.isfinite(interval) and 0 < interval < 1):
+            raise InvalidArgument(f"Invalid interval. Expected a level in (0, 1). Received: {interval}")
+        chunk = request.chunk or self.default_chunk
+        if chunk < 1 or (limit is not None and chunk > limit):
+            raise InvalidArgument(f"Invalid chunk. Expected {_bounds('chunk', limit)}. Received: {chunk}")
+        if request.first_row < 0:
+            raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
+        return Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
+                    request.first_row, flops)  # fmt: skip
+
+    # Running ------------------------------------------------------------------------------------
+
+    def run(self, plan: Plan, deadline: float | None = None) -> Prediction:
+        """The prediction of ``plan``: one shot, or for an adaptive plan the final estimate.
+
+        Raises:
+            DeadlineExceeded: ``deadline`` (a ``time.monotonic()`` value) passed.
+            InferenceFailed: LiteRT could not run the graph (the message names model, graph and rows).
+        """
+        if plan.mode == Mode.DETERMINISTIC or plan.tolerance is None:
+            return self._one_shot(plan, deadline)
+        return collections.deque(self.stream(plan, deadline), maxlen=1)[0]
+
+    def stream(self, plan: Plan, deadline: float | None = None) -> Iterator[Prediction]:
+        """Progressive estimates every ``plan.chunk`` samples; the last has ``final=True``."""
+        if plan.mode == Mode.DETERMINISTIC:
+            yield self._one_shot(plan, deadline)
+            return
+        masks = self._masks(plan)
+        collected: list[np.ndarray] = []
+        drawn, queue_s, compute_s = 0, 0.0, 0.0
+        while drawn < plan.samples:
+            size = min(plan.chunk, plan.samples - drawn)
+            chunk, waited, computed = self._run(plan, size, masks, deadline)
+            collected.append(chunk)
+            drawn += size
+            queue_s += waited
+            started = time.perf_counter()
+            samples = np.concatenate(collected) if len(collected) > 1 else chunk
+            collected = [samples]
+            prediction = self._summarise(plan, samples, final=False, queue_s=queue_s, compute_s=compute_s)
+            converged = plan.tolerance is not None and prediction.max_standard_error <= plan.tolerance
+            final = drawn >= plan.samples or converged
+            compute_s += computed + time.perf_counter() - started
+            prediction.final, prediction.compute_ms = final, compute_s * 1e3
+            yield prediction
+            if final:
+                return
+
+    def _masks(self, plan: Plan) -> MaskStream | None:
+        """The request's mask stream; None for one pass, or for in-graph masks."""
+        if plan.mode == Mode.DETERMINISTIC or (plan.seed is None and self.mask_source == "graph"):
+            return None
+        if plan.seed is None:
+            plan.seed = fresh_seed()
+        return MaskStream(plan.version.dropout, plan.seed, len(plan.x), plan.first_row)
+
+    def _one_shot(self, plan: Plan, deadline: float | None) -> Prediction:
+        masks = self._masks(plan)
+        samples, queue_s, compute_s = self._run(plan, plan.samples, masks, deadline)
+        started = time.perf_counter()
+        prediction = self._summarise(plan, samples, final=True, queue_s=queue_s, compute_s=compute_s)
+        prediction.compute_ms += (time.perf_counter() - started) * 1e3
+        return prediction
+
+    def _run(
+        self, plan: Plan, samples: int, masks: MaskStream | None, deadline: float | None
+    ) -> tuple[np.ndarray, float, float]:
+        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
+        version = plan.version
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("The deadline passed before sampling finished.")
+        deterministic = plan.mode == Mode.DETERMINISTIC
+        graph_name = (
+            GraphName.DETERMINISTIC if deterministic else (GraphName.MC_MASKED if masks is not None else GraphName.MC)
+        )
+        split = self.split(version, graph_name, len(plan.x), 1 if deterministic else samples)
+        waiting = time.perf_counter()
+        wide = self._wide_invoke(plan.flops * samples / plan.samples)
+        with version.pools[graph_name].lease(deadline, alone=wide) as graph:
+            started = time.perf_counter()
+            if deterministic:
+                output = np.concatenate(
+                    [_invoke(graph, version, graph_name, {"x": x}, 1) for x in _blocks(plan.x, split.rows)]
+                )[np.newaxis]
+            else:
+                output = _sample(graph, version, graph_name, plan.x, samples, masks, split, deadline)
+            finished = time.perf_counter()
+        return output, started - waiting, finished - started
+
+    def split(self, version: ModelVersion, graph_name: GraphName, batch: int, samples: int) -> invokes.InvokePlan:
+        """How ``batch`` rows x ``samples`` samples of ``graph_name`` are split into invokes within the budget."""
+        footprint = version.footprint(graph_name)
+        what = f"Model {version.name!r} version {version.version} ({graph_name}.tflite)"
+        return invokes.plan(footprint, batch, samples, self.max_invoke_bytes, what)
+
+    def _summarise(
+        self, plan: Plan, samples: np.ndarray, *, final: bool, queue_s: float, compute_s: float
+    ) -> Prediction:
+        version = plan.version
+        summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+        if version.task == Task.CLASSIFICATION:
+            summary = uncertainty.classification(samples)
+        else:
+            summary = uncertainty.regression(samples, plan.interval, version.noise_variance)
+        count = samples.shape[0]
+        error = 0.0 if plan.mode == Mode.DETERMINISTIC else uncertainty.max_standard_error_from_std(summary.std, count)
+        return Prediction(
+            model=version.name,
+            version=version.version,
+            mode=plan.mode,
+            samples=int(samples.shape[0]),
+            seed=plan.seed,
+            task=version.task,
+            class_labels=version.class_labels,
+            summary=summary,
+            sample_outputs=samples if plan.return_samples else None,
+            final=final,
+            max_standard_error=error,
+            queue_ms=queue_s * 1e3,
+            compute_ms=compute_s * 1e3,
+            noise_variance=None if version.task == Task.CLASSIFICATION else version.noise_variance,
+        )
+
+
+def _mode(requested: str | None, version: ModelVersion) -> Mode:
+    if not requested:
+        return Mode.MONTE_CARLO if version.stochastic else Mode.DETERMINISTIC
+    try:
+        mode = Mode(requested.lower())
+    except ValueError:
+        raise InvalidArgument(f"Invalid mode {requested!r}. Expected 'deterministic' or 'monte_carlo'.") from None
+    if mode == Mode.MONTE_CARLO and not version.stochastic:
+        raise InvalidArgument(
+            f"Model {version.name!r} version {version.version} has no dropout layers, so MONTE_CARLO has nothing "
+            "to sample. Expected mode DETERMINISTIC."
+        )
+    return mode
+
+
+def _bounds(name: str, limit: int | None) -> str:
+    return f"1 <= {name} <= {limit}" if limit is not None else f"{name} >= 1"
+
+
+def _sample(
+    graph: Graph,
+    version: ModelVersion,
+    graph_name: GraphName,
+    x: np.ndarray,
+    samples: int,
+    masks: MaskStream | None,
+    split: invokes.InvokePlan,
+    deadline: float | None,
+) -> np.ndarray:
+    if split.rows >= len(x) and split.samples >= samples:  # one invoke: no slicing, no copy
+        feeds = (
+            {"x": x, **masks.next(samples)} if masks is not None else {"x": x, "samples": np.array(samples, np.int32)}
+        )
+        return _invoke(graph, version, graph_name, feeds, samples)
+    output: np.ndarray | None = None
+    for first in range(0, samples, split.samples):
+        count = min(split.samples, samples - first)
+        drawn = masks.next(count) if masks is not None else None
+        for start in range(0, len(x), split.rows):
+            rows = slice(start, start + split.rows)
+            if drawn is not None:
+                feeds = {"x": x[rows], **{name: mask[:, rows] for name, mask in drawn.items()}}
+            else:
+                feeds = {"x": x[rows], "samples": np.array(count, np.int32)}
+            block = _invoke(graph, version, graph_name, feeds, count)
+            if output is None:
+                output = np.empty((samples, len(x), *block.shape[2:]), block.dtype)
+            output[first : first + count, rows] = block
+        if deadline is not None and time.monotonic() > deadline and first + count < samples:
+            raise DeadlineExceeded("The deadline passed before sampling finished.")
+    assert output is not None  # samples >= 1
+    return output
+
+
+def _invoke(
+    graph: Graph, version: ModelVersion, graph_name: str, feeds: dict[str, np.ndarray], samples: int
+) -> np.ndarray:
+    """One invoke; a LiteRT failure becomes an error that names the model, graph, rows and what to change."""
+    try:
+        return graph.run(feeds)[0]
+    except (InferenceFailed, RuntimeError) as exc:
+        rows = len(feeds["x"])
+        raise InferenceFailed(
+            f"LiteRT failed to run {graph_name}.tflite of model {version.name!r} version {version.version} on "
+            f"{rows * samples} sample rows (T={samples} x B={rows}): {str(exc).strip() or type(exc).__name__}. "
+            "Try a smaller T or batch, or a smaller --max-invoke-mb so that each invoke holds fewer rows."
+        ) from exc
+
+
+def _blocks(x: np.ndarray, rows: int) -> list[np.ndarray]:
+    return [x[start : start + rows] for start in range(0, len(x), rows)]

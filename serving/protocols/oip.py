@@ -1,0 +1,217 @@
+"""The Open Inference Protocol (KServe V2) as mcdrop speaks it, for both transports: every fact once.
+
+gRPC (``mcdrop.serving.grpc.oip``) and REST (``mcdrop.serving.rest``) only convert their messages to
+and from what is here: the server and model metadata, the one input ``x``, the outputs a model
+advertises, the request ``parameters`` mcdrop understands and the response parameters it echoes::
+
+    mc_samples (int64)  seed (int64)  mode (string)  return_samples (bool)  interval (double)
+
+A seeded request therefore gets the same numbers over either transport. No ``grpc`` import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mcdrop.serving import __version__
+from mcdrop.serving.core.requests import Prediction, PredictionRequest
+from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.models.repository import ModelVersion
+from mcdrop.serving.protocols.outputs import SAMPLES, output_names
+from mcdrop.serving.protocols.tensors import check_shape
+
+__all__ = [
+    "DATATYPES",
+    "IGNORED_PARAMETERS",
+    "INPUT",
+    "PARAMETERS",
+    "PLATFORM",
+    "Parameter",
+    "check_input",
+    "datatype_of",
+    "infer_request",
+    "model_metadata",
+    "output_tensors",
+    "parse_version",
+    "response_parameters",
+    "server_metadata",
+]
+
+PLATFORM = "litert_mcdropout"
+INPUT = "x"
+EXTENSIONS = ("mc_dropout",)
+
+# datatype → (numpy dtype, InferTensorContents field of the gRPC protocol)
+DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
+    "BOOL": (np.dtype("?"), "bool_contents"),
+    "UINT8": (np.dtype("u1"), "uint_contents"),
+    "UINT16": (np.dtype("<u2"), "uint_contents"),
+    "UINT32": (np.dtype("<u4"), "uint_contents"),
+    "UINT64": (np.dtype("<u8"), "uint64_contents"),
+    "INT8": (np.dtype("i1"), "int_contents"),
+    "INT16": (np.dtype("<i2"), "int_contents"),
+    "INT32": (np.dtype("<i4"), "int_contents"),
+    "INT64": (np.dtype("<i8"), "int64_contents"),
+    "FP16": (np.dtype("<f2"), ""),
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+    "FP64": (np.dtype("<f8"), "fp64_contents"),
+}
+_BY_NUMPY = {dtype.str.lstrip("<|"): name for name, (dtype, _) in DATATYPES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """A request parameter: its value type in the gRPC ``InferParameter`` and in JSON."""
+
+    grpc_field: str
+    """``int64_param``, ``string_param``, ``bool_param`` or ``double_param``."""
+    json_types: tuple[type, ...]
+    """JSON values accepted (a JSON true/false is never taken for a number)."""
+
+    @property
+    def kind(self) -> str:
+        return self.grpc_field.removesuffix("_param")
+
+
+PARAMETERS = {
+    "mc_samples": Parameter("int64_param", (int,)),
+    "seed": Parameter("int64_param", (int,)),
+    "mode": Parameter("string_param", (str,)),
+    "return_samples": Parameter("bool_param", (bool,)),
+    "interval": Parameter("double_param", (int, float)),
+}
+IGNORED_PARAMETERS = frozenset({"priority", "timeout"})  # standard scheduling hints; not applicable here
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "mcdrop", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
+    """``(name, datatype, shape)`` of every output the model metadata advertises, in its order."""
+    output = list(version.manifest.output.shape)
+    tensors: list[tuple[str, str, list[int]]] = []
+    for name in output_names(version.task):
+        if name in ("mean", "std") or version.task == Task.REGRESSION:
+            tensors.append((name, "FP32", output))
+        else:
+            tensors.append((name, "INT64" if name == "predicted_class" else "FP64", [-1]))
+    if version.stochastic:
+        tensors.append((SAMPLES, "FP32", [-1, *output]))
+    return tensors
+
+
+def model_metadata(version: ModelVersion, loaded: list[int]) -> dict[str, Any]:
+    """The model metadata response (both transports), with mcdrop's ``parameters`` extension."""
+    return {
+        "name": version.name,
+        "versions": [str(v) for v in loaded],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": list(version.input_shape)}],
+        "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in output_tensors(version)],
+        "parameters": version.uncertainty_source(),
+    }
+
+
+def check_input(version: ModelVersion, name: Any, datatype: Any, shape: Any) -> list[int]:
+    """The one input's name, datatype and shape against the metadata (-1 = any batch size); returns the shape."""
+    if name != INPUT:
+        raise InvalidArgument(f"Unknown input {name!r}. Expected inputs: {INPUT!r}.")
+    if datatype not in DATATYPES:
+        raise InvalidArgument(f"Invalid datatype {datatype!r} for input 'x'. Expected one of {', '.join(DATATYPES)}.")
+    if datatype != "FP32":
+        raise InvalidArgument(f"Invalid datatype for input 'x'. Expected FP32. Received: {datatype}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidArgument(f"Invalid shape for input 'x'. Expected a list of integers. Received: {shape!r}")
+    check_shape(shape, "input 'x'")
+    expected = list(version.input_shape)
+    if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
+        raise InvalidArgument(
+            f"Invalid shape for input 'x'. Expected {expected} (-1 = any batch size). Received: {shape}"
+        )
+    return shape
+
+
+def check_parameter(name: str, value: Any, received: str | None = None) -> Any | None:
+    """A request parameter's value, checked against ``PARAMETERS``; None for an ignored one.
+
+    ``received``: for gRPC, which ``InferParameter`` field was set (``value`` is its value); None for JSON.
+    """
+    if name in IGNORED_PARAMETERS:
+        return None
+    if name not in PARAMETERS:
+        raise InvalidArgument(f"Unknown parameter {name!r}. Expected any of: {', '.join(PARAMETERS)}")
+    parameter = PARAMETERS[name]
+    if received is not None:
+        if received != parameter.grpc_field:
+            raise InvalidArgument(
+                f"Invalid type for parameter {name!r}. Expected {parameter.kind} ({parameter.grpc_field}). "
+                f"Received: {received}"
+            )
+        return value
+    kinds = parameter.json_types
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise InvalidArgument(f"Invalid type for parameter {name!r}. Expected {expected}. Received: {value!r:.40}")
+    number: Any = value
+    if parameter.grpc_field == "int64_param" and not -(2**63) <= number < 2**63:
+        raise InvalidArgument(f"Invalid parameter {name!r}. Expected an int64. Received: {value}")
+    return float(number) if parameter.grpc_field == "double_param" else value
+
+
+def infer_request(
+    version: ModelVersion, x: np.ndarray, params: Mapping[str, Any], wanted: list[str]
+) -> tuple[PredictionRequest, list[str]]:
+    """The data-plane request of an inference call, and the names of the outputs to return.
+
+    ``params`` are already checked (``check_parameter``); ``wanted`` are the output names asked for. Every
+    output the model metadata advertises can be asked for by name (``samples`` too, which also turns
+    ``return_samples`` on); without named outputs, all but ``samples`` come back (``samples`` too with
+    ``return_samples``).
+    """
+    advertised = [name for name, _, _ in output_tensors(version)]
+    unknown = [name for name in wanted if name not in advertised]
+    if unknown:
+        raise InvalidArgument(f"Unknown output(s) {unknown}. Expected any of: {', '.join(advertised)}")
+    return_samples = bool(params.get("return_samples")) or SAMPLES in wanted
+    decoded = PredictionRequest(
+        model=version.name,
+        version=version.version,
+        x=x,
+        mode=params.get("mode"),
+        samples=params.get("mc_samples"),
+        seed=params.get("seed"),
+        return_samples=return_samples,
+        interval=params.get("interval"),
+    )
+    return decoded, wanted or [name for name in advertised if name != SAMPLES or return_samples]
+
+
+def response_parameters(prediction: Prediction) -> dict[str, int | str | bool]:
+    """What an inference response echoes: the samples drawn, mode, version, seed, and for regression whether
+    the intervals are epistemic only (no observation noise)."""
+    parameters: dict[str, int | str | bool] = {"mc_samples": prediction.samples, "mode": prediction.mode.value,
+                                               "model_version": str(prediction.version)}  # fmt: skip
+    if prediction.seed is not None:
+        parameters["seed"] = prediction.seed
+    if prediction.task == Task.REGRESSION:
+        parameters["epistemic_only"] = prediction.noise_variance is None
+    return parameters
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype name of a numpy array (FP32, FP64, INT64, …)."""
+    return _BY_NUMPY[array.dtype.str.lstrip("<|")]
+
+
+def parse_version(text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidArgument(f"Invalid model version {text!r}. Expected a positive integer or empty (latest).")
+    return int(text)
