@@ -197,10 +197,8 @@ class Client:
         if version is not None:
             request.version = version
         response = self._call(self._stub.GetModelMetadata, request, timeout)
-        manifest: dict[str, Any] = json.loads(response.manifest_json)
-        manifest["version"] = response.version
-        manifest["loaded_versions"] = list(response.versions)
-        return manifest
+        record: dict[str, Any] = json.loads(response.manifest_json)
+        return {**record, "version": response.version, "loaded_versions": list(response.versions)}
 
     def manifest(self, model: str, version: int | None = None, timeout: float | None = None) -> Manifest:
         """The version's manifest as the server loaded it, typed (``mcdrop.serving.models.manifest``)."""
