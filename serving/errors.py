@@ -20,6 +20,8 @@ The client and the command line raise only these too. Nothing here imports ``grp
 
 from __future__ import annotations
 
+__all__ = ["DeadlineExceeded", "InferenceFailed", "InvalidArgument", "MCDropError", "MissingExtra", "NotFound", "ResourceExhausted", "RpcFailed", "Unauthenticated", "Unavailable", "UserInputError"]
+
 
 class MCDropError(Exception):
     """Base class of every error mcdrop raises on purpose."""

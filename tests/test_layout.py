@@ -103,7 +103,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
                 declared = public[node.module]
                 for alias in node.names:
                     submodule = f"{node.module}.{alias.name}" in public
-                    private = alias.name.startswith("_") or (declared is not None and alias.name not in declared)
+                    dunder = alias.name.startswith("__") and alias.name.endswith("__")
+                    hidden = alias.name.startswith("_") and not dunder
+                    private = hidden or (declared is not None and alias.name not in declared)
                     if private and not submodule:
                         offenders.append(f"{path.relative_to(REPO)}: {node.module}.{alias.name}")
     assert offenders == []

@@ -24,6 +24,8 @@ from typing import NoReturn
 from mcdrop.serving import __version__
 from mcdrop.serving.errors import MCDropError, RpcFailed, UserInputError
 
+__all__ = ["main", "run"]
+
 Handler = Callable[[argparse.Namespace], int]
 
 ENTRY_POINT_GROUP = "mcdrop.commands"

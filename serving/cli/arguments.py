@@ -7,6 +7,8 @@ import importlib.util
 
 from mcdrop.serving.errors import MissingExtra
 
+__all__ = ["names", "positive_float", "positive_floats", "positive_int", "require_extra"]
+
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""

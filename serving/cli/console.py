@@ -13,6 +13,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+__all__ = ["progress_bar", "stderr", "stdout_console"]
+
 stderr = Console(stderr=True)
 
 

@@ -15,6 +15,8 @@ from mcdrop.serving.cli.arguments import positive_float, positive_int
 from mcdrop.serving.errors import InvalidArgument, NotFound
 from mcdrop.serving.models.manifest import Manifest
 
+__all__ = ["print_prediction", "register"]
+
 NPY_MAGIC = b"\x93NUMPY"
 
 

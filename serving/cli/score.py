@@ -11,6 +11,8 @@ from typing import Any
 
 from mcdrop.serving.cli.arguments import names, positive_float, positive_int, require_extra
 
+__all__ = ["register"]
+
 
 def register(subcommands: Any) -> None:
     score = subcommands.add_parser(

@@ -10,6 +10,8 @@ from typing import Any
 from mcdrop.serving.errors import NotFound
 from mcdrop.serving.server.settings import ServerSettings, add_arguments, load_settings
 
+__all__ = ["register"]
+
 
 def register(subcommands: Any) -> None:
     serve = subcommands.add_parser(

@@ -9,6 +9,8 @@ from typing import Any
 
 from mcdrop.serving.cli.arguments import positive_float, positive_int
 
+__all__ = ["register"]
+
 
 def register(subcommands: Any) -> None:
     soak = subcommands.add_parser(

@@ -16,6 +16,8 @@ import dataclasses
 from mcdrop.serving.errors import ResourceExhausted
 from mcdrop.serving.models.memory import Footprint
 
+__all__ = ["InvokePlan", "MIB", "plan"]
+
 MIB = 2**20
 
 

@@ -13,6 +13,8 @@ import grpc
 from mcdrop.serving.runtime.metrics import Metrics
 from mcdrop.serving.runtime.tokens import TokenStore
 
+__all__ = ["AuthInterceptor"]
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 

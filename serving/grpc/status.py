@@ -20,6 +20,8 @@ from mcdrop.serving import errors
 from mcdrop.serving.runtime.incidents import incident_message
 from mcdrop.serving.runtime.metrics import Metrics
 
+__all__ = ["deadline_of", "translated"]
+
 log = logging.getLogger("mcdrop.grpc")
 
 STATUS: list[tuple[type[errors.MCDropError], grpc.StatusCode]] = [

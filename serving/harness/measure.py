@@ -13,6 +13,8 @@ import numpy as np
 
 from mcdrop.serving.errors import MCDropError
 
+__all__ = ["call_times_ms", "cpu_seconds", "memory_mb", "percentile", "worker_pids"]
+
 
 def percentile(values: Iterable[float], q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation between order statistics; NaN if empty."""

@@ -22,6 +22,8 @@ from pathlib import Path
 from mcdrop.serving.client import Client
 from mcdrop.serving.errors import MCDropError
 
+__all__ = ["ServerProcess", "free_port"]
+
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 

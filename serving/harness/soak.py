@@ -22,6 +22,8 @@ from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.harness.measure import memory_mb, percentile
 from mcdrop.serving.harness.process import ServerProcess
 
+__all__ = ["soak"]
+
 RSS_SAMPLE_SECONDS = 1.0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from mcdrop.serving.errors import InvalidArgument
 
+__all__ = ["MODEL_NAME", "STAGING_PREFIX", "check_model_name", "versions"]
+
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING_PREFIX = ".staging-"
 

@@ -179,6 +179,14 @@ def _dimension(value: Any, where: str) -> int:
     return value
 
 
+def _batch_shape(value: Any, where: str) -> tuple[int, ...]:
+    """``[-1 (any batch size), then one row's fixed dimensions]``."""
+    shape = _list(_dimension)(value, where)
+    if not shape or any(d < 0 for d in shape[1:]):
+        raise _invalid(where, "[-1 or a batch size, then fixed dimensions]", list(shape))
+    return shape
+
+
 def _symbolic_dimension(value: Any, where: str) -> int | str:
     """A graph's output dimension: a size, -1, or a symbol (``T`` samples, ``B`` rows)."""
     return value if isinstance(value, str) else _dimension(value, where)
@@ -241,9 +249,7 @@ class InputSpec:
     @staticmethod
     def from_json(value: Any, where: str) -> InputSpec:
         f = _Fields(value, where)
-        shape = f.required("shape", _list(_dimension))
-        if not shape or any(d < 0 for d in shape[1:]):
-            raise _invalid(f.path("shape"), "[-1 or a batch size, then fixed dimensions]", list(shape))
+        shape = f.required("shape", _batch_shape)
         bounds = f.optional("integer_range", _list(_int), None)
         if bounds is not None and (len(bounds) != 2 or bounds[0] > bounds[1]):
             raise _invalid(f.path("integer_range"), "[low, high] with low <= high", list(bounds))
@@ -307,9 +313,7 @@ class OutputSpec:
     @staticmethod
     def from_json(value: Any, where: str) -> OutputSpec:
         f = _Fields(value, where)
-        shape = f.required("shape", _list(_dimension))
-        if not shape or any(d < 0 for d in shape[1:]):
-            raise _invalid(f.path("shape"), "[-1, then fixed dimensions]", list(shape))
+        shape = f.required("shape", _batch_shape)
         return OutputSpec(f.required("name", _str), shape, f.required("dtype", _str),
                           f.optional("target_names", _list(_str), None),
                           f.optional("observation_noise", ObservationNoise.from_json, None))  # fmt: skip

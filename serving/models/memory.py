@@ -25,6 +25,8 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mcdrop.serving.models.litert import logical_name
 
+__all__ = ["Feeds", "Footprint", "footprint", "peak_live_bytes", "zero_feeds"]
+
 Feeds = Callable[[int, int], Mapping[str, np.ndarray]]
 """``(rows, samples)`` → zero-valued inputs of those shapes for one graph."""
 

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from mcdrop.serving.errors import DeadlineExceeded
 from mcdrop.serving.models.litert import Graph
 
+__all__ = ["InterpreterPool"]
+
 
 class InterpreterPool:
     """Up to ``size`` interpreters over the same model bytes, created as concurrency needs them.

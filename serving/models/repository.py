@@ -39,6 +39,8 @@ from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds, mask_dtype
 from mcdrop.serving.models.memory import Feeds, Footprint, footprint, zero_feeds
 from mcdrop.serving.models.pool import InterpreterPool
 
+__all__ = ["ModelRepository", "ModelVersion"]
+
 log = logging.getLogger("mcdrop.repository")
 
 

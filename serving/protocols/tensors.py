@@ -9,6 +9,8 @@ import numpy as np
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving.errors import InvalidArgument
 
+__all__ = ["check_shape", "decode", "encode"]
+
 DTYPES: dict[int, np.dtype[np.generic]] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT64: np.dtype("<f8"),

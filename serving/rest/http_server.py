@@ -12,6 +12,8 @@ import uvicorn
 
 from mcdrop.serving.errors import Unavailable
 
+__all__ = ["HttpServer", "reuse_port_socket"]
+
 
 class HttpServer:
     """uvicorn in a background thread; ``stop`` lets in-flight requests finish within the grace period."""

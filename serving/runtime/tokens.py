@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+__all__ = ["TokenStore"]
+
 log = logging.getLogger("mcdrop.auth")
 
 RELOAD_SECONDS = 1.0

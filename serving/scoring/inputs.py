@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.manifest import Manifest
 
+__all__ = ["Columns", "Unit", "columns", "features", "read", "sources", "units"]
+
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy"}
 
 

@@ -27,6 +27,8 @@ from mcdrop.serving.models.masks import fresh_seed
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.scorer import BOOKKEEPING, ERROR, ROW, Scorer, ScoreSettings
 
+__all__ = ["ScoreOptions", "run_score"]
+
 NODE = "_mcdrop_node"
 """Which Ray node scored a unit (dropped before writing; counted in the summary)."""
 ON_ERROR = ("fail", "skip")

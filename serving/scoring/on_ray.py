@@ -19,6 +19,8 @@ from mcdrop.serving.scoring.inputs import Unit
 from mcdrop.serving.scoring.ray_cluster import connected
 from mcdrop.serving.scoring.scorer import Scorer, ScoreSettings
 
+__all__ = ["score_on_ray"]
+
 
 class RayScorer:
     """A Ray Data actor: loads the model in ``__init__`` (interpreters cannot be pickled), scores unit items."""

@@ -8,6 +8,8 @@ from types import ModuleType
 
 from mcdrop.serving.errors import MissingExtra
 
+__all__ = ["connected"]
+
 
 @contextlib.contextmanager
 def connected(address: str) -> Iterator[ModuleType]:

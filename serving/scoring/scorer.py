@@ -17,6 +17,8 @@ from mcdrop.serving.protocols.outputs import PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.inputs import Columns, Unit
 
+__all__ = ["BOOKKEEPING", "ERROR", "ROW", "ScoreSettings", "Scorer"]
+
 ROW = "_mcdrop_row"
 """Global row position: the driver checks every row arrives exactly once, in order."""
 ERROR = "_mcdrop_error"

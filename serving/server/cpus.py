@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+__all__ = ["resolve", "usable_cpus"]
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 

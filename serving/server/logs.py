@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+__all__ = ["configure"]
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

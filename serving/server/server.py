@@ -36,6 +36,8 @@ from mcdrop.serving.runtime.tokens import TokenStore
 from mcdrop.serving.server import cpus
 from mcdrop.serving.server.settings import ServerSettings
 
+__all__ = ["REPOSITORY_HEALTH", "Server", "data_plane", "run", "serve_until_signalled"]
+
 log = logging.getLogger("mcdrop.server")
 REPOSITORY_HEALTH = "mcdrop.repository"
 

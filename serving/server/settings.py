@@ -17,6 +17,8 @@ from typing import Any, get_type_hints
 
 from mcdrop.serving.errors import InvalidArgument
 
+__all__ = ["ENV_PREFIX", "ServerSettings", "add_arguments", "load_settings"]
+
 ENV_PREFIX = "MCDROP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

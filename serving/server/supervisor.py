@@ -42,6 +42,8 @@ from typing import Any
 
 from mcdrop.serving.server.settings import ServerSettings
 
+__all__ = ["Supervisor"]
+
 log = logging.getLogger("mcdrop.server")
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
