@@ -20,7 +20,19 @@ The client and the command line raise only these too. Nothing here imports ``grp
 
 from __future__ import annotations
 
-__all__ = ["DeadlineExceeded", "InferenceFailed", "InvalidArgument", "MCDropError", "MissingExtra", "NotFound", "ResourceExhausted", "RpcFailed", "Unauthenticated", "Unavailable", "UserInputError"]
+__all__ = [
+    "DeadlineExceeded",
+    "InferenceFailed",
+    "InvalidArgument",
+    "MCDropError",
+    "MissingExtra",
+    "NotFound",
+    "ResourceExhausted",
+    "RpcFailed",
+    "Unauthenticated",
+    "Unavailable",
+    "UserInputError",
+]
 
 
 class MCDropError(Exception):

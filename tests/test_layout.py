@@ -91,7 +91,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
             module = "mcdrop." + ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
             names = None
             for node in ast.parse(path.read_text(encoding="utf-8")).body:
-                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+                ):
                     names = set(ast.literal_eval(node.value))
             public[module] = names
     offenders = []

@@ -16,7 +16,7 @@ import dataclasses
 from mcdrop.serving.errors import ResourceExhausted
 from mcdrop.serving.models.memory import Footprint
 
-__all__ = ["InvokePlan", "MIB", "plan"]
+__all__ = ["MIB", "InvokePlan", "plan"]
 
 MIB = 2**20
 

@@ -27,7 +27,21 @@ import statistics
 
 import numpy as np
 
-__all__ = ["ClassificationSummary", "RegressionSummary", "Reliability", "auroc", "brier", "classification", "coverage", "gaussian_mixture_log_likelihood", "max_standard_error", "max_standard_error_from_std", "nll", "regression", "reliability"]
+__all__ = [
+    "ClassificationSummary",
+    "RegressionSummary",
+    "Reliability",
+    "auroc",
+    "brier",
+    "classification",
+    "coverage",
+    "gaussian_mixture_log_likelihood",
+    "max_standard_error",
+    "max_standard_error_from_std",
+    "nll",
+    "regression",
+    "reliability",
+]
 
 
 @dataclasses.dataclass(frozen=True)

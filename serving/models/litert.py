@@ -21,7 +21,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument
 
-__all__ = ["Graph", "RANDOM_OPS", "VARIABLE_OPS", "logical_name"]
+__all__ = ["RANDOM_OPS", "VARIABLE_OPS", "Graph", "logical_name"]
 
 RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 VARIABLE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})

@@ -28,7 +28,7 @@ import numpy as np
 
 from mcdrop.serving.models.manifest import DropoutSite, NoiseKind
 
-__all__ = ["LEVELS", "MaskStream", "SCHEME", "fingerprint_feeds", "fresh_seed", "mask_dtype"]
+__all__ = ["LEVELS", "SCHEME", "MaskStream", "fingerprint_feeds", "fresh_seed", "mask_dtype"]
 
 BITS = 16
 LEVELS = 1 << BITS

@@ -33,7 +33,9 @@ def test_an_m2_manifest_loads_with_the_defaults_of_later_fields() -> None:
     manifest = Manifest.load(M2_REPOSITORY / "digits-m2" / "1")
     assert manifest.task is Task.CLASSIFICATION and manifest.stochastic
     assert manifest.input.shape == (-1, 64) and manifest.output.shape == (-1, 10)
-    assert [(d.name, d.kind, d.noise_shape) for d in manifest.dropout_layers] == [("dropout_1", NoiseKind.BERNOULLI, (32,))]
+    assert [(d.name, d.kind, d.noise_shape) for d in manifest.dropout_layers] == [
+        ("dropout_1", NoiseKind.BERNOULLI, (32,))
+    ]
     assert set(manifest.graphs) == {GraphName.DETERMINISTIC, GraphName.MC, GraphName.MC_MASKED}
     assert manifest.mc_layers == "all" and manifest.unsampled_dropout_layers == ()
     assert manifest.activation_memory is None and manifest.export is None
@@ -73,8 +75,10 @@ def test_unknown_keys_are_kept_for_a_round_trip() -> None:
     ("change", "message"),
     [
         (lambda m: m.pop("task"), "field `task` is missing"),
-        (lambda m: m.update(task="ranking"), "Invalid manifest field `task`. Expected one of 'classification', "
-                                             "'regression'. Received: \"ranking\""),
+        (
+            lambda m: m.update(task="ranking"),
+            "Invalid manifest field `task`. Expected one of 'classification', 'regression'. Received: \"ranking\"",
+        ),
         (lambda m: m["input"].update(shape=[-1, "64"]), "`input.shape[1]`. Expected a dimension"),
         (lambda m: m["dropout_layers"][0].update(rate=1.5), "`dropout_layers[0].rate`. Expected a rate in [0, 1)"),
         (lambda m: m["dropout_layers"][0].update(kind="uniform"), "`dropout_layers[0].kind`. Expected one of"),
