@@ -101,7 +101,7 @@ def test_a_bad_field_is_named_with_expected_and_received(change: Any, message: s
 
 
 def test_load_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="No manifest.json"):
+    with pytest.raises(NotFound, match=r"No manifest\.json"):
         Manifest.load(tmp_path)
     record = _m2_record()
     del record["input"]["dtype"]
