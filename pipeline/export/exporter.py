@@ -203,7 +203,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
 
 
 def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Activation bytes per row of the deterministic and the fed-mask graph (``serving.memory``)."""
+    """Activation bytes per row of the deterministic and the fed-mask graph (``mcdrop.serving.models.memory``)."""
     from mcdrop.serving.models.memory import footprint, zero_feeds
 
     found = {"deterministic": footprint(blobs["deterministic"], zero_feeds(row_shape))}

@@ -1,7 +1,7 @@
 """A thin, typed wrapper over one LiteRT interpreter.
 
 Threading: a ``Graph`` wraps one ``ai_edge_litert`` interpreter and is **not
-thread-safe**; use one per thread (``serving.pool`` keeps a pool of them).
+thread-safe**; use one per thread (``mcdrop.serving.models.pool`` keeps a pool of them).
 
 Inputs and outputs are addressed by *logical* names: the converter names a
 tensor ``serving_default_x:0`` and we call it ``x``. Tensors are resized and
