@@ -22,10 +22,11 @@ keras = pytest.importorskip("keras")
 from mcdrop.pipeline.bench import zoo  # noqa: E402
 from mcdrop.pipeline.export import selection, stochastic  # noqa: E402
 from mcdrop.serving.core import invokes  # noqa: E402
+from mcdrop.serving.core.requests import PredictionRequest  # noqa: E402
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument, ResourceExhausted  # noqa: E402
 from mcdrop.serving.models.repository import ModelRepository  # noqa: E402
-from mcdrop.serving.runtime.dataplane import DataPlane, PredictionRequest  # noqa: E402
-from mcdrop.serving.runtime.metrics import Metrics  # noqa: E402
+from mcdrop.serving.runtime.dataplane import DataPlane  # noqa: E402
+from mcdrop.serving.server.server import data_plane  # noqa: E402
 from mcdrop.serving.server.settings import ServerSettings  # noqa: E402
 from tests.helpers import in_process_server, run_cli  # noqa: E402
 
@@ -66,7 +67,7 @@ def _manifest(repository: Path, name: str) -> dict[str, Any]:
 def _plane(repository: Path, **settings: Any) -> DataPlane:
     store = ModelRepository(repository, pool_size=1)
     store.scan()
-    return DataPlane(store, ServerSettings(repository=str(repository), **settings).validate(), Metrics())
+    return data_plane(store, ServerSettings(repository=str(repository), **settings).validate())
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
@@ -77,6 +78,8 @@ def test_every_family_exports_with_every_check_passing(
     checks = {check["check"]: check for check in manifest["verification"]["checks"]}
     assert set(checks) == ALL_CHECKS and all(check["passed"] for check in checks.values())
     assert checks["mc_mean"]["samples"] == 2000
+    # mcdrop export verified against strict float32 TensorFlow (oneDNN off: the command sets it, not the tests)
+    assert checks["deterministic_parity"]["reference_onednn"] is False
     assert manifest["mc_layers"] == "all" and manifest["unsampled_dropout_layers"] == []
     assert manifest["export"]["wall_s"] > 0 and manifest["export"]["peak_rss_mb"] > 0
     per_sample_row = manifest["activation_memory"]["mc_masked"]["per_sample_row"]

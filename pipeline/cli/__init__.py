@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 
 from mcdrop.pipeline.quiet import quiet_tensorflow
+from mcdrop.pipeline.strict_float32 import use_strict_float32
 from mcdrop.serving.cli.arguments import require_extra
 
 TRAIN_EXTRA = ("tensorflow", "keras", "sklearn")
 
 
-def prepare(args: argparse.Namespace, *modules: str) -> None:
-    """Before a pipeline command runs: the extra it needs is installed, TensorFlow's logs are off (unless --debug)."""
+def prepare(args: argparse.Namespace, *modules: str, strict_float32: bool = True) -> None:
+    """Before a pipeline command runs: the extra it needs is installed, TensorFlow's logs are off (unless --debug),
+    and (``strict_float32``) TensorFlow, the export's reference, computes in strict float32."""
     require_extra("train", *(modules or TRAIN_EXTRA))
+    if strict_float32:
+        use_strict_float32()
     quiet_tensorflow(debug=getattr(args, "debug", False))

@@ -51,7 +51,9 @@ def _run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     import ray
 
     from mcdrop.pipeline.quiet import quiet_tensorflow
+    from mcdrop.pipeline.strict_float32 import use_strict_float32
 
+    use_strict_float32()
     quiet_tensorflow()
     result = run_entry(job, entry)
     result.node = ray.get_runtime_context().get_node_id()

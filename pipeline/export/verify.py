@@ -33,6 +33,7 @@ import tensorflow as tf
 from mcdrop.pipeline.export import stochastic
 from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
+from mcdrop.pipeline.strict_float32 import ONEDNN_VARIABLE, onednn_enabled
 from mcdrop.serving.models.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 PARITY_TOLERANCE = 1e-5
@@ -457,6 +458,10 @@ def rounding_sensitivity(reference: Callable[[np.ndarray], np.ndarray], x: np.nd
     return float(np.max(np.abs(np.asarray(reference(moved), np.float64) - np.asarray(reference(x), np.float64))))
 
 
+ONEDNN_HINT = (
+    "; the TensorFlow reference ran with oneDNN kernels, which on some CPUs compute float32 with less precision:"
+    f" set {ONEDNN_VARIABLE}=0 before TensorFlow is imported (the mcdrop commands do) and export again"
+)
 SENSITIVITY_FACTOR = 50.0
 """Parity tolerance in units of the measured rounding sensitivity (when that exceeds the 1e-5 base)."""
 
@@ -470,9 +475,10 @@ def _parity(name: str, actual: np.ndarray, reference: np.ndarray, sensitivity: f
         diff = float(np.max(np.abs(actual.astype(np.float64) - reference))) if actual.size else 0.0
     tolerance = max(parity_tolerance(reference), SENSITIVITY_FACTOR * sensitivity)
     if not diff <= tolerance:
-        problems.append(f"max abs diff {diff:.3g} > tolerance {tolerance:.3g}")
+        problems.append(f"max abs diff {diff:.3g} > tolerance {tolerance:.3g} (rounding sensitivity {sensitivity:.3g})"
+                        + (ONEDNN_HINT if onednn_enabled() and math.isfinite(diff) else ""))  # fmt: skip
     return {"check": name, "passed": not problems, "problems": problems, "max_abs_diff": diff, "tolerance": tolerance,
-            "rounding_sensitivity": sensitivity}  # fmt: skip
+            "rounding_sensitivity": sensitivity, "reference_onednn": onednn_enabled()}  # fmt: skip
 
 
 def failures(checks: list[dict[str, Any]]) -> list[str]:

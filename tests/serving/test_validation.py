@@ -166,7 +166,7 @@ def test_internal_errors_return_a_generic_message(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail: /etc/passwd")
 
-    monkeypatch.setattr(server.plane, "_one_shot", broken)
+    monkeypatch.setattr(server.plane.sampler, "_one_shot", broken)
     with pytest.raises(RpcFailed) as info:
         client.predict("digits", GOOD, samples=10)
     assert info.value.code == "INTERNAL"

@@ -141,9 +141,10 @@ def test_usable_cpus_follow_the_affinity_and_the_cgroup_quota(
 def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_identically(
     model_repository: Path, digits_rows: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mcdrop.serving.core.requests import PredictionRequest
     from mcdrop.serving.models.repository import ModelRepository
-    from mcdrop.serving.runtime.dataplane import LONE_REQUEST_FLOPS, DataPlane, PredictionRequest
-    from mcdrop.serving.runtime.metrics import Metrics
+    from mcdrop.serving.runtime.dataplane import LONE_REQUEST_FLOPS
+    from mcdrop.serving.server.server import data_plane
     from mcdrop.serving.server.settings import ServerSettings
 
     settings = ServerSettings(repository=str(model_repository)).validate()
@@ -151,7 +152,7 @@ def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_i
     for threads in (1, 2):
         store = ModelRepository(model_repository, pool_size=1, lone_request_threads=threads)
         store.scan()
-        planes[threads] = DataPlane(store, settings, Metrics())
+        planes[threads] = data_plane(store, settings)
     pool = planes[2].model("digits").pools["mc_masked"]
     with pool.lease(alone=True) as lone:  # created on first use
         assert lone is pool._lone and lone is not None
@@ -163,7 +164,8 @@ def test_a_lone_large_request_uses_the_many_thread_interpreter_and_answers_bit_i
 
     large = PredictionRequest(model="digits", x=digits_rows, samples=2000, seed=3)
     small = PredictionRequest(model="digits", x=digits_rows[:1], samples=10, seed=3)
-    assert planes[2]._plan(large).flops >= LONE_REQUEST_FLOPS > planes[2]._plan(small).flops
+    plan = planes[2].sampler.plan
+    assert plan(large, planes[2].limits).flops >= LONE_REQUEST_FLOPS > plan(small, planes[2].limits).flops
     for request in (large, small):
         one, many = planes[1].predict(request), planes[2].predict(request)
         assert one.summary.mean.tobytes() == many.summary.mean.tobytes()

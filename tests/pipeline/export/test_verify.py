@@ -130,3 +130,18 @@ def test_with_outputs_hands_back_the_mask_tensors_of_the_shipped_ops() -> None:
     assert all(set(np.unique(o)) <= {0.0, 1.0} for o in outputs[1:])
     with pytest.raises(verify.ExportError, match="not found"):
         verify.with_outputs(blob, ["mcdrop_keep_nothing"])
+
+
+def test_a_parity_failure_names_the_sensitivity_and_points_at_onednn_only_when_it_was_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reference = np.zeros((2, 3))
+    off_by = np.full((2, 3), 1e-3, np.float32)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    on = verify._parity("deterministic_parity", off_by, reference, 1e-7)
+    assert not on["passed"] and on["reference_onednn"] is True
+    assert "rounding sensitivity 1e-07" in on["problems"][0] and "TF_ENABLE_ONEDNN_OPTS=0" in on["problems"][0]
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    off = verify._parity("deterministic_parity", off_by, reference, 1e-7)
+    assert not off["passed"] and off["reference_onednn"] is False and "ONEDNN" not in off["problems"][0]
+    assert verify._parity("deterministic_parity", off_by * 1e-3, reference, 1e-7)["passed"]
