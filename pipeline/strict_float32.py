@@ -26,5 +26,6 @@ def use_strict_float32() -> None:
 
 
 def onednn_enabled() -> bool:
-    """Whether TensorFlow (as configured by the environment) uses its oneDNN kernels: on unless set to 0."""
-    return os.environ.get(ONEDNN_VARIABLE, "1").strip().lower() not in ("0", "false", "off")
+    """Whether TensorFlow (as configured by the environment) uses its oneDNN kernels: on unless set to 0 or false,
+    the values TensorFlow reads as off."""
+    return os.environ.get(ONEDNN_VARIABLE, "1").strip().lower() not in ("0", "false")

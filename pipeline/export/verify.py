@@ -474,11 +474,12 @@ def _parity(name: str, actual: np.ndarray, reference: np.ndarray, sensitivity: f
     else:
         diff = float(np.max(np.abs(actual.astype(np.float64) - reference))) if actual.size else 0.0
     tolerance = max(parity_tolerance(reference), SENSITIVITY_FACTOR * sensitivity)
+    onednn = onednn_enabled()
     if not diff <= tolerance:
         problems.append(f"max abs diff {diff:.3g} > tolerance {tolerance:.3g} (rounding sensitivity {sensitivity:.3g})"
-                        + (ONEDNN_HINT if onednn_enabled() and math.isfinite(diff) else ""))  # fmt: skip
+                        + (ONEDNN_HINT if onednn and math.isfinite(diff) else ""))  # fmt: skip
     return {"check": name, "passed": not problems, "problems": problems, "max_abs_diff": diff, "tolerance": tolerance,
-            "rounding_sensitivity": sensitivity, "reference_onednn": onednn_enabled()}  # fmt: skip
+            "rounding_sensitivity": sensitivity, "reference_onednn": onednn}  # fmt: skip
 
 
 def failures(checks: list[dict[str, Any]]) -> list[str]:
