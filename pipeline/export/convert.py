@@ -14,6 +14,11 @@ mc_masked          ``x [B, ...]``, one ``mask_*``/``noise_*`` per dropout   ``y 
 ``x`` is float32 in every graph; a model whose input is integer (token ids for an
 ``Embedding``) casts it inside the graph, so every transport sends the same FP32 tensor.
 
+A model with several inputs takes one float32 input per model input instead of ``x``, named
+after the Keras inputs (``stochastic.model_inputs``), in ``model.inputs`` order; a model with
+several outputs returns one output per model output, in ``model.outputs`` order, and its
+output tensors carry the model's output names (``stochastic.output_names``).
+
 Conversion freezes the weights into constants first (converting a function
 that reads variables leaves ``VAR_HANDLE`` ops and NaN outputs) and allows
 builtin ops only, so a graph that would need Flex fails here, loudly.
@@ -47,32 +52,52 @@ def graph_functions(
     ``sites`` are the sampled dropout sites; ``inactive`` ones (``--mc-layers``) run as in inference in every graph.
     """
     inactive = inactive or []
-    row_shape, dtype = stochastic.input_signature(model)
-    x_spec = tf.TensorSpec([None, *row_shape], tf.float32, name="x")
+    inputs = stochastic.model_inputs(model)
+    count = len(inputs)
+    x_specs = [tf.TensorSpec([None, *i.row_shape], tf.float32, name=i.name) for i in inputs]
 
-    def model_input(x: tf.Tensor) -> tf.Tensor:
-        return x if dtype == tf.float32 else tf.cast(x, dtype)
+    def model_input(xs: tuple[tf.Tensor, ...]) -> Any:
+        cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
+        return cast[0] if count == 1 else cast
 
-    def deterministic(x: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, sites, model_input(x), stochastic.Deterministic(), inactive=inactive)
+    def deterministic(*xs: tf.Tensor) -> Any:
+        return stochastic.forward(model, sites, model_input(xs), stochastic.Deterministic(), inactive=inactive)
 
-    functions = {"deterministic": _concrete(deterministic, [x_spec], "deterministic")}
+    functions = {"deterministic": _concrete(deterministic, x_specs, "deterministic")}
     if not sites:
         return functions
 
-    def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, sites, model_input(x), stochastic.InGraphRandom(), samples, inactive)
+    def mc(*args: tf.Tensor) -> Any:
+        xs, samples = args[:count], args[count]
+        return stochastic.forward(model, sites, model_input(xs), stochastic.InGraphRandom(), samples, inactive)
 
-    def mc_masked(x: tf.Tensor, *feeds: tf.Tensor) -> tf.Tensor:
+    def mc_masked(*args: tf.Tensor) -> Any:
+        xs, feeds = args[:count], args[count:]
         named = {site.feed_name: feed for site, feed in zip(sites, feeds, strict=True)}
         samples = tf.shape(feeds[0])[0]
-        return stochastic.forward(model, sites, model_input(x), stochastic.FedMasks(named), samples, inactive)
+        return stochastic.forward(model, sites, model_input(xs), stochastic.FedMasks(named), samples, inactive)
 
     samples_spec = tf.TensorSpec([], tf.int32, name="samples")
     feed_specs = [tf.TensorSpec([None, None, *s.noise_shape], s.feed_dtype, name=s.feed_name) for s in sites]
-    functions["mc"] = _concrete(mc, [x_spec, samples_spec], "mc")
-    functions["mc_masked"] = _concrete(mc_masked, [x_spec, *feed_specs], "mc_masked")
+    functions["mc"] = _concrete(mc, [*x_specs, samples_spec], "mc")
+    functions["mc_masked"] = _concrete(mc_masked, [*x_specs, *feed_specs], "mc_masked")
     return functions
+
+
+def name_outputs(content: bytes, names: list[str]) -> bytes:
+    """A converted graph with its output tensors named ``names`` (in output order), for models with several
+    outputs: the converter calls them ``Identity``, ``Identity_1``, … A single output keeps the converter's name."""
+    if len(names) < 2:
+        return content
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    converted = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    subgraph = converted.subgraphs[0]
+    if len(subgraph.outputs) != len(names):
+        raise ExportError(f"The converted graph has {len(subgraph.outputs)} outputs. Expected {len(names)}: {names}")
+    for index, name in zip(subgraph.outputs, names, strict=True):
+        subgraph.tensors[int(index)].name = name.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(converted))
 
 
 def _concrete(function: Any, signature: list[tf.TensorSpec], graph: str) -> Any:
@@ -85,7 +110,9 @@ def _concrete(function: Any, signature: list[tf.TensorSpec], graph: str) -> Any:
         raise ExportError(f"Building the {graph} graph failed: {stochastic.first_line(exc)}") from exc
 
 
-def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None) -> bytes:
+def to_tflite(
+    function: Any, trackable_obj: Any, quantization: str | None = None, output_names: list[str] | None = None
+) -> bytes:
     """Freeze ``function``'s variables and convert it with builtin ops only.
 
     Args:
@@ -93,6 +120,7 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
         trackable_obj: the model the function belongs to (names its layers in error messages).
         quantization: None (float32), ``float16`` (weights stored as float16) or
             ``dynamic-int8`` (int8 weights, activations quantised on the fly).
+        output_names: the model's output names (``name_outputs``); None leaves the converter's.
 
     Raises:
         ExportError: the converter failed (e.g. an op with no builtin kernel).
@@ -123,7 +151,9 @@ def to_tflite(function: Any, trackable_obj: Any, quantization: str | None = None
     elif quantization is not None:
         raise ExportError(f"Unknown quantization {quantization!r}. Expected one of {', '.join(QUANTIZATIONS)}.")
     try:
-        return bytes(converter.convert())
+        return name_outputs(bytes(converter.convert()), output_names or [])
+    except ExportError:
+        raise
     except Exception as exc:
         raise ExportError(conversion_failure(str(exc), function.graph, trackable_obj)) from exc
     finally:

@@ -65,7 +65,9 @@ class ExportOptions:
     samples: int = DEFAULT_SAMPLES
     quantize: tuple[str, ...] = ()
     task: str | None = None
+    """``classification`` or ``regression``; for a model with several outputs ``NAME=KIND[,NAME=KIND…]``."""
     labels: list[str] | None = None
+    """Class labels (of the model's only classification output)."""
     seed: int = 0
     imports: tuple[str, ...] = ()
     """Modules or .py files to import before loading (the user's registered custom layers)."""
@@ -124,9 +126,11 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
     upstream = stochastic.upstream_owners(model, all_sites) if mc_layers == site_selection.LAST and all_sites else {}
     chosen = site_selection.select(mc_layers, all_sites, upstream)
     sites, inactive = chosen.sampled, chosen.unsampled
-    row_shape, _ = stochastic.input_signature(model)
-    task = _task(options, model, training)
-    x = inputs.check_inputs(model, row_shape, training, VERIFY_ROWS, options.seed)
+    model_inputs = stochastic.model_inputs(model)
+    output_names = stochastic.output_names(model)
+    tasks = _tasks(options, model, training, output_names)
+    x = inputs.check_inputs(model, model_inputs, training, VERIFY_ROWS, options.seed)
+    row_shapes = {spec.name: spec.row_shape for spec in model_inputs}
 
     staging = publish.create_staging(options.repository, options.name)
     try:
@@ -134,12 +138,12 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         blobs: dict[str, bytes] = {}
         for graph, function in functions.items():
             step(f"converting {graph}")
-            blobs[graph] = convert.to_tflite(function, model)
+            blobs[graph] = convert.to_tflite(function, model, output_names=output_names)
             (staging / graph_file(graph)).write_bytes(blobs[graph])
 
         step("measuring activation memory")
-        footprints = _footprints(blobs, sites, row_shape)
-        chunk = _chunk_samples(footprints.get("mc_masked"), len(x))
+        footprints = _footprints(blobs, sites, row_shapes)
+        chunk = _chunk_samples(footprints.get("mc_masked"), VERIFY_ROWS)
         step("verifying graphs")
         graphs = {name: Graph(blob) for name, blob in blobs.items()}
         checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
@@ -160,16 +164,16 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         for quantization in options.quantize:
             step(f"quantising ({quantization})")
             quantized[quantization] = _quantized_variant(
-                model, functions, quantization, graphs, sites, x, task, staging, options.seed, chunk
+                model, functions, quantization, graphs, sites, x, tasks, staging, options.seed, chunk
             )
 
         step("fingerprint")
-        fingerprint_x = inputs.check_inputs(model, row_shape, None, FINGERPRINT_ROWS, FINGERPRINT_SEED)
-        fingerprint = _fingerprint(graphs, sites, fingerprint_x)
+        fingerprint_x = inputs.check_inputs(model, model_inputs, None, FINGERPRINT_ROWS, FINGERPRINT_SEED)
+        fingerprint = _fingerprint(graphs, sites, fingerprint_x, output_names)
         step("timing")
-        timing = _timing(graphs, sites, row_shape, options.samples, _chunk_samples(footprints.get("mc_masked"), 1))
+        timing = _timing(graphs, sites, row_shapes, options.samples, _chunk_samples(footprints.get("mc_masked"), 1))
         manifest = dataclasses.replace(
-            _manifest(options, model, training, task, sites, graphs, checks, quantized, timing, staging),
+            _manifest(options, model, training, tasks, sites, graphs, checks, quantized, timing, staging),
             fingerprint=fingerprint,
             mc_layers=mc_layers,
             unsampled_dropout_layers=tuple(site.to_manifest() for site in inactive),
@@ -202,14 +206,14 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
     return version, manifest
 
 
-def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shape: tuple[int, ...]) -> dict[str, Any]:
+def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """Activation bytes per row of the deterministic and the fed-mask graph (``mcdrop.serving.models.memory``)."""
     from mcdrop.serving.models.memory import footprint, zero_feeds
 
-    found = {"deterministic": footprint(blobs["deterministic"], zero_feeds(row_shape))}
+    found = {"deterministic": footprint(blobs["deterministic"], zero_feeds(row_shapes))}
     if sites:
         masks = [(site.feed_name, site.noise_shape, site.feed_dtype.as_numpy_dtype) for site in sites]
-        found["mc_masked"] = footprint(blobs["mc_masked"], zero_feeds(row_shape, masks))
+        found["mc_masked"] = footprint(blobs["mc_masked"], zero_feeds(row_shapes, masks))
     return found
 
 
@@ -252,17 +256,14 @@ EPISTEMIC_ONLY = {
 
 
 def _observation_noise(
-    options: ExportOptions, training: dict[str, Any] | None, task: str, output_shape: list[int]
-) -> dict[str, Any] | None:
-    """tau per output for regression: ``--noise-precision``, else the training record's, else none."""
+    options: ExportOptions, training: dict[str, Any] | None, output_shape: tuple[int, ...], recorded: Any, given: bool
+) -> dict[str, Any]:
+    """tau per output unit of one regression output: ``--noise-precision`` (``given``), else the training
+    record's (``recorded``), else none."""
     from mcdrop.pipeline.training.observation_noise import noise_record
 
     outputs = math.prod(output_shape)
-    if task != "regression":
-        if options.noise_precision:
-            raise InvalidArgument("--noise-precision applies to regression models. This model is a classifier.")
-        return None
-    if options.noise_precision:
+    if given:
         if len(options.noise_precision) not in (1, outputs):
             raise InvalidArgument(
                 f"--noise-precision takes one value or one per output ({outputs}). "
@@ -270,7 +271,6 @@ def _observation_noise(
             )
         values = list(options.noise_precision) * (outputs if len(options.noise_precision) == 1 else 1)
         return noise_record(values, method="given at export (--noise-precision)")
-    recorded = (training or {}).get("observation_noise")
     if isinstance(recorded, dict) and len(recorded.get("precision") or []) == outputs:
         return noise_record(recorded["precision"], method=str(recorded.get("method", "training record")))
     return EPISTEMIC_ONLY
@@ -288,15 +288,57 @@ def _training_record(model_path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _task(options: ExportOptions, model: Any, training: dict[str, Any] | None) -> str:
+TASKS = ("classification", "regression")
+
+
+def _tasks(options: ExportOptions, model: Any, training: dict[str, Any] | None, names: list[str]) -> list[str]:
+    """The task of each output: ``--task`` (``KIND``, or ``NAME=KIND`` per output), else the training record's,
+    else the output layer's activation (softmax: classification)."""
+    given: dict[str, str] = {}
     if options.task:
-        if options.task not in ("classification", "regression"):
-            raise InvalidArgument(f"Invalid task {options.task!r}. Expected classification or regression.")
-        return options.task
-    if training and training.get("task") in ("classification", "regression"):
-        return str(training["task"])
-    activation = getattr(model.layers[-1], "activation", None)
-    return "classification" if getattr(activation, "__name__", "") == "softmax" else "regression"
+        parts = [part.strip() for part in options.task.split(",") if part.strip()]
+        if len(parts) == 1 and "=" not in parts[0]:
+            given = dict.fromkeys(names, parts[0])
+        else:
+            for part in parts:
+                name, _, kind = part.partition("=")
+                if not kind or name not in names:
+                    raise InvalidArgument(
+                        f"Invalid --task {part!r}. Expected KIND, or NAME=KIND with NAME one of the model's outputs "
+                        f"{names}."
+                    )
+                given[name] = kind
+        for kind in given.values():
+            if kind not in TASKS:
+                raise InvalidArgument(f"Invalid task {kind!r}. Expected classification or regression.")
+    recorded = _recorded_outputs(training, names)
+    tasks = []
+    for index, name in enumerate(names):
+        if name in given:
+            tasks.append(given[name])
+        elif recorded.get(name, {}).get("task") in TASKS:
+            tasks.append(str(recorded[name]["task"]))
+        else:
+            layer = getattr(model.outputs[index], "_keras_history", None)
+            activation = getattr(getattr(layer, "operation", None), "activation", None)
+            if len(names) == 1:
+                activation = getattr(model.layers[-1], "activation", None)
+            tasks.append("classification" if getattr(activation, "__name__", "") == "softmax" else "regression")
+    return tasks
+
+
+def _recorded_outputs(training: dict[str, Any] | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What the training record says of each output: ``outputs`` (several heads), or the single output's
+    ``task``, class labels, target names and observation noise."""
+    record = training or {}
+    if isinstance(record.get("outputs"), list):
+        return {str(o.get("name")): o for o in record["outputs"] if isinstance(o, dict)}
+    if len(names) != 1:
+        return {}
+    dataset = record.get("dataset", {}) or {}
+    return {names[0]: {"task": record.get("task"), "class_labels": dataset.get("class_labels"),
+                       "target_names": dataset.get("target_names"),
+                       "observation_noise": record.get("observation_noise")}}  # fmt: skip
 
 
 def _quantized_variant(
@@ -305,57 +347,87 @@ def _quantized_variant(
     quantization: str,
     float_graphs: dict[str, Graph],
     sites: list[Any],
-    x: np.ndarray,
-    task: str,
+    x: dict[str, np.ndarray],
+    tasks: list[str],
     staging: Path,
     seed: int,
     chunk: int,
 ) -> dict[str, Any]:
     """Convert the graphs with ``quantization`` and record how far they move from float32."""
-    from mcdrop.pipeline.export import convert, verify
+    from mcdrop.pipeline.export import convert, stochastic, verify
 
+    names = stochastic.output_names(model)
     record: dict[str, Any] = {"graphs": {}}
     graphs = {}
     blobs = {}
     for graph, function in functions.items():
-        blob = blobs[graph] = convert.to_tflite(function, model, quantization)
+        blob = blobs[graph] = convert.to_tflite(function, model, quantization, output_names=names)
         name = graph_file(graph, quantization)
         (staging / name).write_bytes(blob)
         graphs[graph] = Graph(blob)
         record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
     checks = [verify.op_check(name, g.ops(), sites) for name, g in graphs.items()]
     if sites:
-        checks.append(verify.fresh_randomness(verify.mask_probe(blobs["mc"], sites)[0], x[:2]))
+        checks.append(verify.fresh_randomness(verify.mask_probe(blobs["mc"], sites)[0], verify.rows_of(x, slice(0, 2))))
     if problems := verify.failures(checks):
         raise ExportError(f"{quantization} variant failed verification:\n  " + "\n  ".join(problems))
-    reference = float_graphs["deterministic"].run({"x": x})[0]
-    quantised = graphs["deterministic"].run({"x": x})[0]
-    record["deterministic"] = _agreement(reference, quantised, task)
+    reference = verify.run_graph(float_graphs["deterministic"], x, names)
+    quantised = verify.run_graph(graphs["deterministic"], x, names)
+    record["deterministic"] = _agreements(reference, quantised, tasks, names, lead=1)
     if sites:
-        feeds = verify.draw_feeds(sites, 16, len(x), np.random.default_rng(seed))
-        reference = verify.run_masked(float_graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
-        quantised = verify.run_masked(graphs["mc_masked"], x, feeds, chunk).mean(axis=0)
-        record["mc_masked_same_masks"] = _agreement(reference, quantised, task)
+        feeds = verify.draw_feeds(sites, 16, verify.batch_of(x), np.random.default_rng(seed))
+        reference = [_run_masked_output(float_graphs["mc_masked"], x, feeds, chunk, names, i) for i in range(len(names))]
+        quantised = [_run_masked_output(graphs["mc_masked"], x, feeds, chunk, names, i) for i in range(len(names))]
+        record["mc_masked_same_masks"] = _agreements(reference, quantised, tasks, names, lead=1)
     return record
 
 
-def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: np.ndarray) -> Fingerprint:
+def _run_masked_output(
+    graph: Graph, x: dict[str, np.ndarray], feeds: dict[str, np.ndarray], chunk: int, names: list[str], index: int
+) -> np.ndarray:
+    """The MC mean of output ``index`` of mc_masked.tflite over ``feeds``."""
+    from mcdrop.pipeline.export import verify
+
+    samples = next(iter(feeds.values())).shape[0]
+    parts = [
+        verify.run_graph(graph, {**x, **{n: f[start : start + chunk] for n, f in feeds.items()}}, names)[index]
+        for start in range(0, samples, chunk)
+    ]
+    return np.concatenate(parts).mean(axis=0)
+
+
+def _agreements(
+    reference: list[np.ndarray], other: list[np.ndarray], tasks: list[str], names: list[str], lead: int
+) -> dict[str, Any]:
+    """How far ``other`` is from ``reference``: one record for a single output, else one per output name."""
+    records = {name: _agreement(a, b, task) for name, a, b, task in zip(names, reference, other, tasks, strict=True)}
+    return next(iter(records.values())) if len(names) == 1 else records
+
+
+def _fingerprint(graphs: dict[str, Graph], sites: list[Any], x: dict[str, np.ndarray], names: list[str]) -> Fingerprint:
     """Outputs on fixed inputs (and fixed host masks): a server recomputes them before serving a version,
-    which catches damaged weights even where a file's digest was recomputed after the damage."""
+    which catches damaged weights even where a file's digest was recomputed after the damage. A model with
+    several inputs or outputs records each by name."""
+    from mcdrop.pipeline.export import verify
     from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds
+
+    def recorded(outputs: list[np.ndarray]) -> Any:
+        if len(names) == 1:
+            return outputs[0].tolist()
+        return {name: output.tolist() for name, output in zip(names, outputs, strict=True)}
 
     masked = None
     if sites:
         specs = [layer.to_manifest() for layer in sites]  # as a server reads them
-        feeds = fingerprint_feeds(specs, FINGERPRINT_SEED, len(x), FINGERPRINT_SAMPLES)
-        masked = graphs["mc_masked"].run({"x": x, **feeds})[0].tolist()
+        feeds = fingerprint_feeds(specs, FINGERPRINT_SEED, verify.batch_of(x), FINGERPRINT_SAMPLES)
+        masked = recorded(verify.run_graph(graphs["mc_masked"], {**x, **feeds}, names))
     return Fingerprint(
         seed=FINGERPRINT_SEED,
         masks=SCHEME,
-        rows=len(x),
+        rows=verify.batch_of(x),
         samples=FINGERPRINT_SAMPLES,
-        x=x.tolist(),
-        deterministic=graphs["deterministic"].run({"x": x})[0].tolist(),
+        x=x["x"].tolist() if list(x) == ["x"] else {name: value.tolist() for name, value in x.items()},
+        deterministic=recorded(verify.run_graph(graphs["deterministic"], x, names)),
         mc_masked=masked,
     )
 
@@ -369,10 +441,10 @@ def _agreement(reference: np.ndarray, other: np.ndarray, task: str) -> dict[str,
 
 
 def _timing(
-    graphs: dict[str, Graph], sites: list[Any], row_shape: tuple[int, ...], samples: int, chunk: int
+    graphs: dict[str, Graph], sites: list[Any], row_shapes: dict[str, tuple[int, ...]], samples: int, chunk: int
 ) -> dict[str, Any]:
     """Median ms of one MC estimate (T samples, batch 1; invokes of ``chunk`` samples) vs T deterministic invokes."""
-    x = np.zeros((1, *row_shape), np.float32)
+    x = {name: np.zeros((1, *row_shape), np.float32) for name, row_shape in row_shapes.items()}
 
     def median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
         return round(percentile(call_times_ms(fn, repeats), 50), 4)
@@ -383,14 +455,14 @@ def _timing(
 
     deterministic = graphs["deterministic"]
     result: dict[str, Any] = {"samples": samples, "batch": 1, "threads": 1}
-    one = result["deterministic_x1_ms"] = median_ms(lambda: deterministic.run({"x": x}))
+    one = result["deterministic_x1_ms"] = median_ms(lambda: deterministic.run(x))
     result[f"deterministic_x{samples}_separate_ms"] = median_ms(
-        lambda: [deterministic.run({"x": x}) for _ in range(samples)], repeats=repeats_within(one * samples, 5)
+        lambda: [deterministic.run(x) for _ in range(samples)], repeats=repeats_within(one * samples, 5)
     )
     if sites:
         sizes = [np.array(min(chunk, samples - start), np.int32) for start in range(0, samples, chunk)]
         result[f"mc_one_invoke_T{samples}_ms" if len(sizes) == 1 else f"mc_T{samples}_in_{len(sizes)}_invokes_ms"] = (
-            median_ms(lambda: [graphs["mc"].run({"x": x, "samples": t}) for t in sizes], repeats_within(one * 20, 15))
+            median_ms(lambda: [graphs["mc"].run({**x, "samples": t}) for t in sizes], repeats_within(one * 20, 15))
         )
     return result
 
@@ -399,7 +471,7 @@ def _manifest(
     options: ExportOptions,
     model: Any,
     training: dict[str, Any] | None,
-    task: str,
+    tasks: list[str],
     sites: list[Any],
     graphs: dict[str, Graph],
     checks: list[dict[str, Any]],
@@ -407,43 +479,24 @@ def _manifest(
     timing: dict[str, Any],
     staging: Path,
 ) -> Manifest:
-    dataset = (training or {}).get("dataset", {})
-    labels = options.labels or dataset.get("class_labels")
-    output_shape = [int(d) for d in model.outputs[0].shape[1:]]
-    if task == "classification" and labels is not None and len(labels) != output_shape[-1]:
-        raise InvalidArgument(f"{len(labels)} class labels given. Expected {output_shape[-1]}, one per output unit.")
+    from mcdrop.pipeline.export import stochastic
+
+    names = stochastic.output_names(model)
     graph_specs = {
         GraphName(name): GraphSpec(
             file=graph_file(name),
             inputs=tuple(_tensor_spec(graph, n) for n in graph.input_names),
-            output=TensorSpec("y", tuple(_output_shape(name, output_shape)), "float32"),
+            outputs=tuple(TensorSpec(output, tuple(_output_shape(name, [int(d) for d in tensor.shape[1:]])), "float32")
+                          for output, tensor in zip(names, model.outputs, strict=True)),  # fmt: skip
             ops=tuple(graph.ops()),
         )
         for name, graph in graphs.items()
     }
-    names = dataset.get("feature_names")
-    targets = dataset.get("target_names")
-    noise = _observation_noise(options, training, task, output_shape)
     return Manifest(
         name=options.name,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        task=Task(task),
-        class_labels=tuple(labels) if task == "classification" and labels is not None else None,
-        input=InputSpec(
-            name="x",
-            shape=(-1, *[int(d) for d in model.inputs[0].shape[1:]]),
-            dtype="float32",  # every graph takes float32 x and casts it to the model's own input dtype
-            model_dtype=str(model.inputs[0].dtype),
-            feature_names=None if names is None else tuple(names),
-            integer_range=_token_range(model),
-        ),
-        output=OutputSpec(
-            name="y",
-            shape=(-1, *output_shape),
-            dtype="float32",
-            target_names=None if targets is None else tuple(targets),
-            observation_noise=None if noise is None else ObservationNoise.from_json(noise, "output.observation_noise"),
-        ),
+        inputs=_input_specs(model, training),
+        outputs=_output_specs(options, model, training, tasks, names),
         preprocessing=(training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
         dropout_layers=tuple(site.to_manifest() for site in sites),
         stochastic=bool(sites),
@@ -464,19 +517,75 @@ def _manifest(
     )
 
 
+def _input_specs(model: Any, training: dict[str, Any] | None) -> tuple[InputSpec, ...]:
+    """Every input as the graphs take it (float32, cast inside to the model's dtype), with its training columns."""
+    from mcdrop.pipeline.export import stochastic
+    from mcdrop.pipeline.export.inputs import token_count
+
+    specs = stochastic.model_inputs(model)
+    record = training or {}
+    recorded = {str(i.get("name")): i for i in record.get("inputs", []) if isinstance(i, dict)}
+    found = []
+    for index, spec in enumerate(specs):
+        if len(specs) == 1:
+            columns, tokens = (record.get("dataset", {}) or {}).get("feature_names"), token_count(model)
+        else:
+            columns, tokens = recorded.get(spec.name, {}).get("feature_names"), token_count(model, index)
+        found.append(InputSpec(
+            name=spec.name,
+            shape=(-1, *spec.row_shape),
+            dtype="float32",  # every graph takes float32 inputs and casts them to the model's own input dtype
+            model_dtype=spec.dtype.name,
+            feature_names=None if columns is None else tuple(columns),
+            integer_range=None if tokens is None else (0, tokens - 1),
+        ))  # fmt: skip
+    return tuple(found)
+
+
+def _output_specs(
+    options: ExportOptions, model: Any, training: dict[str, Any] | None, tasks: list[str], names: list[str]
+) -> tuple[OutputSpec, ...]:
+    recorded = _recorded_outputs(training, names)
+    classifiers = [name for name, task in zip(names, tasks, strict=True) if task == "classification"]
+    regressors = [name for name, task in zip(names, tasks, strict=True) if task == "regression"]
+    if options.noise_precision and len(regressors) != 1:
+        raise InvalidArgument(
+            "--noise-precision applies to regression models. This model is a classifier." if not regressors else
+            f"--noise-precision applies to a model's one regression output. This model has several: {regressors}."
+        )  # fmt: skip
+    if options.labels is not None and len(classifiers) != 1:
+        raise InvalidArgument(f"--labels applies to a model's one classification output. This model has "
+                              f"{len(classifiers)}: {classifiers}.")  # fmt: skip
+    found = []
+    for name, task, tensor in zip(names, tasks, model.outputs, strict=True):
+        shape = tuple(int(d) for d in tensor.shape[1:])
+        record = recorded.get(name, {})
+        labels = options.labels if options.labels is not None and task == "classification" else record.get("class_labels")
+        if task == "classification" and labels is not None and len(labels) != shape[-1]:
+            where = "" if len(names) == 1 else f" for output {name!r}"
+            raise InvalidArgument(f"{len(labels)} class labels given{where}. Expected {shape[-1]}, one per output unit.")
+        noise = None
+        if task == "regression":
+            noise = _observation_noise(options, training, shape, record.get("observation_noise"),
+                                       given=bool(options.noise_precision))  # fmt: skip
+        targets = record.get("target_names")
+        found.append(OutputSpec(
+            name=name,
+            shape=(-1, *shape),
+            dtype="float32",
+            target_names=None if targets is None else tuple(targets),
+            observation_noise=None if noise is None else ObservationNoise.from_json(noise, f"{name}.observation_noise"),
+            task=Task(task),
+            class_labels=tuple(labels) if task == "classification" and labels is not None else None,
+        ))  # fmt: skip
+    return tuple(found)
+
+
 def _cost(model: Any, sites: list[Any]) -> Cost:
     from mcdrop.pipeline.export.cost import flops_per_row
 
     flops = flops_per_row(model, {site.owner for site in sites})
     return Cost(prefix=flops["prefix"], per_sample=flops["per_sample"])
-
-
-def _token_range(model: Any) -> tuple[int, int] | None:
-    """Token-id models (an ``Embedding`` first): the graphs take float32 ``x`` holding whole numbers in this range."""
-    from mcdrop.pipeline.export.inputs import token_count
-
-    tokens = token_count(model)
-    return None if tokens is None else (0, tokens - 1)
 
 
 def _tensor_spec(graph: Graph, name: str) -> TensorSpec:

@@ -227,7 +227,7 @@ def describe(model: keras.Model) -> list[DropoutSite]:
             per row, or a model that cannot be traced.
     """
     keras_internals.check_supported()
-    spec = _input_spec(model)
+    specs = _input_specs(model)
     calls: list[RandomCall] = []
 
     def record(call: RandomCall) -> Any:
@@ -235,7 +235,8 @@ def describe(model: keras.Model) -> list[DropoutSite]:
         return call.neutral()
 
     with keras_internals.unrolled_rnns(model), random_calls.intercepted(record, root=model):
-        concrete = _trace(lambda x: model(x, training=True), spec, f"Tracing model {model.name!r} in training mode")
+        concrete = _trace(lambda *x: model(_packed(model, x), training=True), specs,
+                          f"Tracing model {model.name!r} in training mode")  # fmt: skip
     if foreign := random_calls.foreign_random_ops(concrete.graph):
         op, scope = foreign[0]
         raise ExportError(
@@ -390,20 +391,23 @@ def _owner(model: keras.Model, layers: list[keras.layers.Layer]) -> str:
 def forward(
     model: keras.Model,
     sites: list[DropoutSite],
-    x: tf.Tensor,
+    x: Any,
     policy: Policy,
     samples: tf.Tensor | None = None,
     inactive: Sequence[DropoutSite] = (),
-) -> tf.Tensor:
+) -> Any:
     """Run ``model`` on ``x``, letting ``policy`` answer every dropout draw of ``sites``.
 
     Args:
+        x: the input tensor, or for a model with several inputs a list of them in ``model.inputs`` order.
         sites: the sampled dropout sites; their owners run in training mode.
         inactive: dropout sites left out of sampling (``--mc-layers``): their owners run in inference mode, as
             every other layer, and any draw they still make is answered by the identity.
 
     Returns:
-        ``[B, ...]`` without ``samples``; ``[T, B, ...]`` with ``samples = T``.
+        ``[B, ...]`` without ``samples``; ``[T, B, ...]`` with ``samples = T``. A model with several outputs gives
+        a list of them in ``model.outputs`` order. Each input branch is tiled only where it first meets a sampled
+        site (or a tiled tensor), so every branch's prefix runs once per input row.
     """
     keras_internals.check_supported()
     walk = _Walk(sites, policy, samples, inactive)
@@ -413,28 +417,92 @@ def forward(
             stack.enter_context(random_calls.intercepted(walk.on_random, root=model))
         y = walk.run_model(model, x, enclosing=())
     walk.check_counts()
-    if samples is None:
-        return y
-    if not walk.is_expanded(y):
-        y = _tile(y, samples)
-    batch = tf.shape(x)[0]
+    outputs = _flat_outputs(model, y)
+    if samples is not None:
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        outputs = [_samples_first(out if walk.is_expanded(out) else _tile(out, samples), samples, batch)
+                   for out in outputs]  # fmt: skip
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _samples_first(y: tf.Tensor, samples: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, tf.concat([tf.stack([samples, batch]), tf.shape(y)[1:]], axis=0))
+
+
+def _flat_outputs(model: keras.Model, y: Any) -> list[Any]:
+    """A model's outputs as a list in ``model.outputs`` order (dict outputs come back keyed)."""
+    from keras import tree
+
+    flat = tree.flatten(y)
+    if len(flat) != len(model.outputs):
+        raise ExportError(f"Model {model.name!r} returned {len(flat)} tensors. Expected {len(model.outputs)}.")
+    return list(flat)
+
+
+def _packed(model: keras.Model, x: Sequence[Any]) -> Any:
+    """Input tensors in ``model.inputs`` order, in the structure the model is called with (a tensor, list, dict)."""
+    if len(x) == 1:
+        return x[0]
+    from keras import tree
+
+    return tree.pack_sequence_as(getattr(model, "_inputs_struct", list(x)), list(x))
 
 
 def keras_inference(model: keras.Model, x: Any) -> Any:
     """Keras's own inference pass, with draws made outside training mode answered by the identity.
 
     The deterministic reference: a layer that keeps dropout on at inference (a custom always-on
-    dropout) gets the standard inference rule, every other layer runs as Keras runs it.
+    dropout) gets the standard inference rule, every other layer runs as Keras runs it. ``x`` and the result are
+    as for ``forward``.
     """
     with keras_internals.unrolled_rnns(model), random_calls.intercepted(RandomCall.neutral, root=model):
-        return model(x, training=False)
+        y = model(_packed(model, x if isinstance(x, list) else [x]), training=False)
+    outputs = _flat_outputs(model, y)
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
-def input_signature(model: keras.Model) -> tuple[tuple[int, ...], tf.DType]:
-    """Per-row input shape (without batch) and dtype of a single-input model."""
-    spec = _input_spec(model)
-    return tuple(int(d) for d in spec.shape[1:]), spec.dtype
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One input of the model as the graphs take it."""
+
+    name: str
+    """The graphs' input name: ``x`` for a single-input model, else the Keras input's name (made an identifier)."""
+    keras_name: str
+    row_shape: tuple[int, ...]
+    dtype: tf.DType
+    """The model's own dtype (the graphs take float32 and cast to it)."""
+
+
+def model_inputs(model: keras.Model) -> list[ModelInput]:
+    """Every input of ``model`` in ``model.inputs`` order (the order ``forward`` takes them in)."""
+    specs = _input_specs(model)
+    names = ["x"] if len(specs) == 1 else [_identifier(tensor.name) for tensor in model.inputs]
+    _check_unique(model, "input", names)
+    return [ModelInput(name, str(tensor.name), tuple(int(d) for d in spec.shape[1:]), spec.dtype)
+            for name, tensor, spec in zip(names, model.inputs, specs, strict=True)]  # fmt: skip
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """The graphs' output names in ``model.outputs`` order: ``y`` for one output, else the model's output names."""
+    if len(model.outputs) == 1:
+        return ["y"]
+    names = [_identifier(name) for name in getattr(model, "output_names", None) or
+             [f"output_{i}" for i in range(len(model.outputs))]]  # fmt: skip
+    _check_unique(model, "output", names)
+    return names
+
+
+def _identifier(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name.split(":")[0])
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"t_{cleaned}"
+
+
+def _check_unique(model: keras.Model, what: str, names: list[str]) -> None:
+    if len(set(names)) != len(names) or {"samples"} & set(names):
+        raise ExportError(
+            f"Model {model.name!r} has {what} names {names}. Expected unique names other than 'samples' (name the "
+            f"Keras {what}s, e.g. keras.Input(..., name=...) or the output layers' name=)."
+        )
 
 
 BROADCASTING_OWNERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
@@ -445,13 +513,13 @@ BROADCASTING_OWNERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, kera
 def upstream_owners(model: keras.Model, sites: list[DropoutSite]) -> dict[str, set[str]]:
     """For each owner of ``sites``, the other owners whose output reaches its input (traced data flow)."""
     walk = _Walk(sites, Deterministic(), None, track_flow=True)
-    spec = _input_spec(model)
+    specs = _input_specs(model)
 
-    def run(x: tf.Tensor) -> Any:
+    def run(*x: tf.Tensor) -> Any:
         with keras_internals.unrolled_rnns(model), random_calls.intercepted(walk.on_random, root=model):
-            return walk.run_model(model, x, enclosing=())
+            return walk.run_model(model, x[0] if len(x) == 1 else list(x), enclosing=())
 
-    _trace(run, spec, f"Tracing the data flow of model {model.name!r}")
+    _trace(run, specs, f"Tracing the data flow of model {model.name!r}")
     return {owner: walk.upstream.get(owner, set()) - {owner} for owner in {s.owner for s in sites}}
 
 
@@ -641,10 +709,10 @@ def _walkable(layer: Any) -> bool:
     )
 
 
-def _trace(function: Callable[[tf.Tensor], Any], spec: tf.TensorSpec, what: str) -> Any:
+def _trace(function: Callable[..., Any], specs: list[tf.TensorSpec], what: str) -> Any:
     """A concrete function, with any failure as one ``ExportError`` line (autograph off: no 'in user code' dumps)."""
     try:
-        return tf.function(function, autograph=False).get_concrete_function(spec)
+        return tf.function(function, autograph=False).get_concrete_function(*specs)
     except ExportError:
         raise
     except Exception as exc:
@@ -656,22 +724,25 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _input_spec(model: keras.Model) -> tf.TensorSpec:
+def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
     inputs = getattr(model, "inputs", None)
     if not inputs:
         raise ExportError(
             f"Model {model.name!r} has no known inputs. Expected a built Sequential or functional model "
             "(give Sequential models an Input layer or build them first)."
         )
-    if len(inputs) != 1 or len(model.outputs) != 1:
-        raise ExportError(
-            f"Model {model.name!r} has {len(inputs)} input(s) and {len(model.outputs)} output(s). "
-            "Expected exactly one of each."
-        )
-    shape = tuple(inputs[0].shape)
-    if any(d is None for d in shape[1:]):
-        raise ExportError(f"Model input shape {shape} has unknown dimensions. Expected only the batch to be unknown.")
-    return tf.TensorSpec([None, *shape[1:]], tf.as_dtype(inputs[0].dtype), name="x")
+    if not getattr(model, "outputs", None):
+        raise ExportError(f"Model {model.name!r} has no known outputs. Expected a built model.")
+    specs = []
+    for tensor in inputs:
+        shape = tuple(tensor.shape)
+        if any(d is None for d in shape[1:]):
+            where = "" if len(inputs) == 1 else f" {tensor.name!r}"
+            raise ExportError(
+                f"Model input{where} shape {shape} has unknown dimensions. Expected only the batch to be unknown."
+            )
+        specs.append(tf.TensorSpec([None, *shape[1:]], tf.as_dtype(tensor.dtype)))
+    return specs
 
 
 def _tile(h: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:

@@ -36,6 +36,9 @@ from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
 from mcdrop.pipeline.strict_float32 import ONEDNN_VARIABLE, onednn_enabled
 from mcdrop.serving.models.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
+Feeds = dict[str, np.ndarray]
+"""The model's inputs by graph input name (``x`` for a single-input model), in ``model.inputs`` order."""
+
 PARITY_TOLERANCE = 1e-5
 # False alarms: a correct graph must pass. The mask checks use distribution-free (Hoeffding) or exact
 # bounds at 1e-9 per layer; the mean check (a normal approximation) runs at 1e-7 per attempt, over all
@@ -71,13 +74,48 @@ def op_check(graph: str, ops: list[str], sites: list[DropoutSite]) -> dict[str, 
     return {"check": "ops", "graph": graph, "passed": not problems, "problems": problems, "ops": ops}
 
 
-def deterministic_parity(model: keras.Model, graph: Graph, x: np.ndarray) -> dict[str, Any]:
-    def keras(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(stochastic.keras_inference(model, rows))
+def deterministic_parity(model: keras.Model, graph: Graph, x: Feeds) -> dict[str, Any]:
+    def keras(rows: Feeds) -> np.ndarray:
+        return joined(stochastic.keras_inference(model, keras_x(rows)), lead=1)
 
     reference = keras(x)
-    actual = graph.run({"x": x})[0]
+    actual = joined(run_graph(graph, x, stochastic.output_names(model)), lead=1)
     return _parity("deterministic_parity", actual, reference, rounding_sensitivity(keras, x))
+
+
+def keras_x(x: Feeds) -> Any:
+    """``x`` as ``stochastic.forward`` and ``keras_inference`` take it: one array, or a list in input order."""
+    values = list(x.values())
+    return values[0] if len(values) == 1 else values
+
+
+def rows_of(x: Feeds, rows: slice) -> Feeds:
+    return {name: value[rows] for name, value in x.items()}
+
+
+def batch_of(x: Feeds) -> int:
+    return len(next(iter(x.values())))
+
+
+def joined(outputs: Any, lead: int) -> np.ndarray:
+    """A model's outputs as one array: the only output as it is; several flattened past their ``lead`` axes
+    ([B] or [T, B]) and concatenated, so every check covers every output at once."""
+    arrays = [np.asarray(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate([a.reshape(*a.shape[:lead], -1) for a in arrays], axis=-1)
+
+
+def run_graph(graph: Graph, feeds: Feeds, names: list[str]) -> list[np.ndarray]:
+    """One invoke; the outputs in the model's order (``names``), then any extra outputs (a ``mask_probe``'s)."""
+    outputs = graph.run(feeds)
+    if len(names) == 1:
+        return outputs
+    found = graph.output_names
+    if sorted(found[: len(names)]) != sorted(names):
+        raise ExportError(f"The graph's outputs are {found[: len(names)]}. Expected {names}.")
+    order = [found.index(name) for name in names]
+    return [outputs[i] for i in order] + outputs[len(names) :]
 
 
 def training_mode_parity(
@@ -88,9 +126,9 @@ def training_mode_parity(
     MC samples must differ from the deterministic pass only by dropout: a layer that changes anything
     else in training mode (a custom training branch, statistics of the batch) fails here.
     """
-    reference = np.asarray(stochastic.keras_inference(model, x))
+    reference = joined(stochastic.keras_inference(model, keras_x(x)), lead=1)
     policy = stochastic.TrainingModeIdentity()
-    actual = np.asarray(stochastic.forward(model, sites, tf.constant(x), policy, inactive=inactive or []))
+    actual = joined(stochastic.forward(model, sites, _constant(x), policy, inactive=inactive or []), lead=1)
     record = _parity("training_mode_parity", actual, reference)
     if not record["passed"]:
         owners = sorted({s.owner for s in sites if s.class_name != "AlphaDropout"})
@@ -105,7 +143,7 @@ def masked_parity(
     model: keras.Model,
     graph: Graph,
     sites: list[DropoutSite],
-    x: np.ndarray,
+    x: Feeds,
     samples: int,
     seed: int,
     chunk: int,
@@ -113,21 +151,23 @@ def masked_parity(
 ) -> dict[str, Any]:
     """mc_masked.tflite against the model run once per sample, untiled, with the same masks (``chunk`` samples
     per invoke)."""
-    feeds = draw_feeds(sites, samples, len(x), np.random.default_rng(seed))
-    actual = run_masked(graph, x, feeds, chunk)
+    feeds = draw_feeds(sites, samples, batch_of(x), np.random.default_rng(seed))
+    actual = run_masked(graph, x, feeds, chunk, stochastic.output_names(model))
 
-    def keras(rows: np.ndarray) -> np.ndarray:
+    def keras(rows: Feeds) -> np.ndarray:
         return np.stack([_reference_sample(model, rows, sites, feeds, t, inactive or []) for t in range(samples)])
 
     return _parity("masked_parity", actual, keras(x), rounding_sensitivity(keras, x))
 
 
-def run_masked(graph: Graph, x: np.ndarray, feeds: dict[str, np.ndarray], chunk: int) -> np.ndarray:
-    """mc_masked.tflite over every sample of ``feeds`` (``[T, B, ...]`` masks), ``chunk`` samples per invoke."""
+def run_masked(graph: Graph, x: Feeds, feeds: dict[str, np.ndarray], chunk: int, names: list[str]) -> np.ndarray:
+    """mc_masked.tflite over every sample of ``feeds`` (``[T, B, ...]`` masks), ``chunk`` samples per invoke; the
+    outputs ``joined``."""
     samples = next(iter(feeds.values())).shape[0]
     return np.concatenate(
         [
-            graph.run({"x": x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}})[0]
+            joined(run_graph(graph, {**x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}},
+                             names), lead=2)  # fmt: skip
             for start in range(0, samples, chunk)
         ]
     )
@@ -147,7 +187,7 @@ def draw_feeds(sites: list[DropoutSite], samples: int, batch: int, rng: np.rando
 
 def _reference_sample(
     model: keras.Model,
-    x: np.ndarray,
+    x: Feeds,
     sites: list[DropoutSite],
     feeds: dict[str, np.ndarray],
     t: int,
@@ -155,7 +195,12 @@ def _reference_sample(
 ) -> np.ndarray:
     one_sample = {name: feed[t : t + 1] for name, feed in feeds.items()}
     policy = stochastic.FedMasks(one_sample)
-    return np.asarray(stochastic.forward(model, sites, tf.constant(x), policy, inactive=inactive))
+    return joined(stochastic.forward(model, sites, _constant(x), policy, inactive=inactive), lead=1)
+
+
+def _constant(x: Feeds) -> Any:
+    values = [tf.constant(v) for v in x.values()]
+    return values[0] if len(values) == 1 else values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +215,7 @@ def mc_statistics(
     model: keras.Model,
     mc_bytes: bytes,
     sites: list[DropoutSite],
-    x: np.ndarray,
+    x: Feeds,
     samples: int,
     chunks: Chunks,
     inactive: list[DropoutSite] | None = None,
@@ -188,10 +233,11 @@ def mc_statistics(
     inactive = inactive or []
     probe, found = mask_probe(mc_bytes, sites)
     reference = _keras_reference(model, sites, x, inactive)
+    names = stochastic.output_names(model)
     attempts = 0
     while True:
         attempts += 1
-        tflite_moments, drop = _run_mc(probe, found, x, samples, chunks.tflite)
+        tflite_moments, drop = _run_mc(probe, found, x, samples, chunks.tflite, names)
         for site in sites:
             if site not in found:
                 drop["passed"] = False
@@ -204,7 +250,8 @@ def mc_statistics(
             break
     drop["attempts"] = mean["attempts"] = attempts
     mean["chunks"] = {"tflite": chunks.tflite, "keras": chunks.keras}
-    return [drop, prefix_cached(mc_bytes, x), mean, fresh_randomness(mask_probe(mc_bytes, sites)[0], x[:2])]
+    return [drop, prefix_cached(mc_bytes, x), mean,
+            fresh_randomness(mask_probe(mc_bytes, sites)[0], rows_of(x, slice(0, 2)))]  # fmt: skip
 
 
 def mask_probe(mc_bytes: bytes, sites: list[DropoutSite]) -> tuple[Graph, list[DropoutSite]]:
@@ -273,7 +320,7 @@ def with_outputs(content: bytes, tensor_names: list[str]) -> bytes:
 
 
 def _run_mc(
-    probe: Graph, sites: list[DropoutSite], x: np.ndarray, samples: int, chunk: int
+    probe: Graph, sites: list[DropoutSite], x: Feeds, samples: int, chunk: int, names: list[str]
 ) -> tuple[Moments, dict[str, Any]]:
     """``samples`` samples of mc.tflite in chunks: output moments, and per-site mask statistics."""
     moments = Moments()
@@ -282,16 +329,16 @@ def _run_mc(
     squares = [0.0] * len(sites)
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
-        outputs = probe.run({"x": x, "samples": np.array(size, np.int32)})
-        moments.add(outputs[0])
-        for i, values in enumerate(outputs[1:]):
+        outputs = run_graph(probe, {**x, "samples": np.array(size, np.int32)}, names)
+        moments.add(joined(outputs[: len(names)], lead=2))
+        for i, values in enumerate(outputs[len(names) :]):
             counts[i] += int(values.size)
             sums[i] += float(values.sum(dtype=np.float64))
             squares[i] += float(np.square(values, dtype=np.float64).sum()) if sites[i].kind != BERNOULLI else 0.0
     return moments, _drop_fraction(sites, counts, sums, squares)
 
 
-def fresh_randomness(graph: Graph, x: np.ndarray, samples: int = 4) -> dict[str, Any]:
+def fresh_randomness(graph: Graph, x: Feeds, samples: int = 4) -> dict[str, Any]:
     """Consecutive invokes differ, also across a resize to another batch size and back.
 
     Compares every output of ``graph``: with a ``mask_probe`` the masks too, so a model whose outputs are
@@ -300,10 +347,10 @@ def fresh_randomness(graph: Graph, x: np.ndarray, samples: int = 4) -> dict[str,
     t = np.array(samples, np.int32)
 
     def run() -> list[np.ndarray]:
-        return [output.copy() for output in graph.run({"x": x, "samples": t})]
+        return [output.copy() for output in graph.run({**x, "samples": t})]
 
     first, second = run(), run()
-    graph.run({"x": np.concatenate([x, x[:1]]), "samples": t})
+    graph.run({**{name: np.concatenate([v, v[:1]]) for name, v in x.items()}, "samples": t})
     after_resize = run()
 
     def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -353,16 +400,16 @@ def _drop_fraction(
 PREFIX_CHECK_SAMPLES = 3
 
 
-def prefix_cached(mc_bytes: bytes, x: np.ndarray, samples: int = PREFIX_CHECK_SAMPLES) -> dict[str, Any]:
-    """Follow the data flow from ``x`` to the first op whose output has T x B sample rows; its input from ``x``
-    must have ``B`` rows (``[B, ...]``, or ``[1, B, ...]`` when it broadcasts against ``[T, B, ...]`` masks).
+def prefix_cached(mc_bytes: bytes, x: Feeds, samples: int = PREFIX_CHECK_SAMPLES) -> dict[str, Any]:
+    """Follow the data flow from the inputs to the first op whose output has T x B sample rows; its input from
+    them must have ``B`` rows (``[B, ...]``, or ``[1, B, ...]`` when it broadcasts against ``[T, B, ...]`` masks).
 
     Runs one small invoke without the XNNPACK delegate (whose partitions do not report their inner shapes) and
     reads only tensor shapes."""
     graph = Graph(mc_bytes, delegate=False)
-    batch = len(x)
-    graph.run({"x": x, "samples": np.array(samples, np.int32)})
-    derived = {graph.input_index("x")}
+    batch = batch_of(x)
+    graph.run({**x, "samples": np.array(samples, np.int32)})
+    derived = {graph.input_index(name) for name in x}
     prefix_ops: list[str] = []
     for op in graph.op_details():
         from_x = [int(i) for i in op["inputs"] if int(i) in derived]
@@ -391,18 +438,19 @@ def _input_rows(shape: tuple[int, ...]) -> int:
 
 
 def _keras_reference(
-    model: keras.Model, sites: list[DropoutSite], x: np.ndarray, inactive: list[DropoutSite]
+    model: keras.Model, sites: list[DropoutSite], x: Feeds, inactive: list[DropoutSite]
 ) -> Callable[[int], np.ndarray]:
     """``samples -> [T, B, ...]`` samples from Keras's own dropout (training=True on the layers that own the sampled
     dropout only), as one traced function: the prefix before the first sampled site runs once per call, and the
     graph executor frees every intermediate as soon as it is used (eager Keras would hold them)."""
-    x_tensor = tf.constant(x)
+    x_tensor = _constant(x)
 
-    def run(samples: tf.Tensor) -> tf.Tensor:
+    def run(samples: tf.Tensor) -> Any:
         return stochastic.forward(model, sites, x_tensor, stochastic.KerasTrainingMode(), samples, inactive)
 
     traced = tf.function(run, input_signature=[tf.TensorSpec([], tf.int32)], autograph=False)
-    return lambda samples: np.asarray(traced(tf.constant(samples, tf.int32)))
+    return lambda samples: joined([np.asarray(y) for y in tf.nest.flatten(traced(tf.constant(samples, tf.int32)))],
+                                  lead=2)  # fmt: skip
 
 
 def _mean_agreement(a: Moments, b: Moments, allowance: float = 0.0) -> dict[str, Any]:
@@ -444,17 +492,23 @@ def chi_square_mean_bounds(n: int, false_alarm: float) -> tuple[float, float]:
     return 1.0 - 2.0 * math.sqrt(x / n), 1.0 + 2.0 * math.sqrt(x / n) + 2.0 * x / n
 
 
-def rounding_sensitivity(reference: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
+def rounding_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds) -> float:
     """How far the model's outputs move when its input moves by float32 rounding (each value times 1 ± 2^-23).
 
     Another float32 implementation of the same layers (LiteRT's kernels against TensorFlow's) sums in another
     order, which acts like rounding noise injected at every layer; a deep network amplifies it (a 150-layer
     backbone into a confident softmax: ~1e-4). The parity tolerance grows with this measured amplification.
     """
-    if x.dtype.kind != "f":
+    rng = np.random.default_rng(0)
+    moved = {}
+    for name, value in x.items():
+        if value.dtype.kind != "f" or (len(x) > 1 and np.array_equal(value, np.round(value))):
+            moved[name] = value  # several inputs: token ids (whole numbers) stay ids
+            continue
+        nudge = rng.choice(np.array([-1.0, 1.0], np.float32), value.shape) * np.float32(2.0**-23)
+        moved[name] = (value * (1 + nudge)).astype(value.dtype)
+    if all(moved[name] is value for name, value in x.items()):
         return 0.0
-    nudge = np.random.default_rng(0).choice(np.array([-1.0, 1.0], np.float32), x.shape) * np.float32(2.0**-23)
-    moved = (x * (1 + nudge)).astype(x.dtype)
     return float(np.max(np.abs(np.asarray(reference(moved), np.float64) - np.asarray(reference(x), np.float64))))
 
 

@@ -6,6 +6,10 @@
         p = client.predict("digits", x, samples=100, seed=7)
         p.mean, p.mutual_information, p.predicted_label
 
+        # a model with several inputs and outputs: arrays by input name, one estimate per output
+        p = client.predict("wide_deep", {"numeric": numeric, "city": city_ids}, seed=7)
+        p.outputs["churn"].mutual_information, p.outputs["spend"].lower
+
 Failed calls raise ``RpcFailed`` carrying the gRPC status code name and the server's message.
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,9 @@ class Prediction:
     mean_upper: np.ndarray | None = None
     noise_variance: np.ndarray | None = None
     """Observation-noise variance per output; None when the model is epistemic only."""
+    outputs: dict[str, Prediction] = dataclasses.field(default_factory=dict)
+    """A model with several outputs: the estimate of each, by output name (the fields above are then the first
+    output's). Empty for a single-output model."""
 
     @property
     def task(self) -> str:
@@ -140,7 +147,7 @@ class Client:
     def predict(
         self,
         model: str,
-        x: np.ndarray,
+        x: np.ndarray | Mapping[str, Any],
         *,
         version: int | None = None,
         mode: str | None = None,
@@ -153,7 +160,8 @@ class Client:
         chunk: int = 0,
         timeout: float | None = None,
     ) -> Prediction:
-        """Predict ``x`` ([B, ...] float32); ``mode`` is ``deterministic``, ``monte_carlo`` or None (model default).
+        """Predict ``x`` ([B, ...] float32), or for a model with several inputs a mapping of input name → [B, ...]
+        array; ``mode`` is ``deterministic``, ``monte_carlo`` or None (model default).
 
         With ``tolerance``, sampling is adaptive: the server stops once the largest standard
         error of the mean is at most ``tolerance`` (or at ``max_samples``).
@@ -165,7 +173,7 @@ class Client:
     def predict_stream(
         self,
         model: str,
-        x: np.ndarray,
+        x: np.ndarray | Mapping[str, Any],
         *,
         samples: int = 0,
         chunk: int = 0,
@@ -212,7 +220,7 @@ class Client:
     def _request(
         self,
         model: str,
-        x: np.ndarray,
+        x: np.ndarray | Mapping[str, Any],
         version: int | None,
         mode: str | None,
         samples: int,
@@ -225,9 +233,11 @@ class Client:
     ) -> pb.PredictRequest:
         if mode not in _MODES:
             raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo or None.")
+        named = isinstance(x, Mapping)
         request = pb.PredictRequest(
             model=model,
-            input=tensors.encode(np.asarray(x)),
+            input=None if named else tensors.encode(np.asarray(x)),
+            inputs={str(k): tensors.encode(np.asarray(v)) for k, v in x.items()} if named else None,
             mode=_MODES[mode],
             samples=samples,
             return_samples=return_samples,
@@ -267,12 +277,20 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
         "max_standard_error": response.max_standard_error,
         "queue_ms": response.queue_ms,
         "compute_ms": response.compute_ms,
-        "sample_outputs": tensors.decode(response.sample_outputs, "samples")
-        if response.HasField("sample_outputs")
-        else None,
     }
-    if response.HasField("classification"):
-        c = response.classification
+    if response.outputs:
+        outputs = {o.name: _decode_result(o, common) for o in response.outputs}
+        first = next(iter(outputs.values()))
+        return dataclasses.replace(first, outputs=outputs)
+    return _decode_result(response, common)
+
+
+def _decode_result(message: pb.PredictResponse | pb.OutputResult, common: dict[str, Any]) -> Prediction:
+    """One output's estimate (a response's ``result``, or one of its ``outputs``)."""
+    common = {**common, "sample_outputs": tensors.decode(message.sample_outputs, "samples")
+              if message.HasField("sample_outputs") else None}  # fmt: skip
+    if message.HasField("classification"):
+        c = message.classification
         per_row: dict[str, Any] = {name: np.asarray(getattr(c, name)) for name in PER_ROW_OUTPUTS}
         per_row["predicted_class"] = per_row["predicted_class"].astype(np.int64)
         per_class: dict[str, Any] = {
@@ -285,7 +303,7 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
             **per_row,
             **common,
         )
-    r = response.regression
+    r = message.regression
     outputs: dict[str, Any] = {name: tensors.decode(getattr(r, name), name) for name in REGRESSION_OUTPUTS}
     return Prediction(
         interval=r.interval,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 
 import numpy as np
 
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.manifest import Task
 
-__all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Limits", "Mode", "Prediction", "PredictionRequest"]
+__all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Limits", "Mode", "OutputPrediction", "Prediction", "PredictionRequest"]
 
 DEFAULT_INTERVAL = 0.95
 MAX_SEED = 2**64 - 1
@@ -31,7 +32,8 @@ class Mode(enum.StrEnum):
 @dataclasses.dataclass
 class PredictionRequest:
     model: str
-    x: np.ndarray
+    x: np.ndarray | None = None
+    """The rows of a single-input model (its input ``x``); ``inputs`` instead for a model with several."""
     version: int | None = None
     mode: str | None = None
     """``deterministic``, ``monte_carlo`` (any case) or None (Monte Carlo if the model has dropout)."""
@@ -46,25 +48,68 @@ class PredictionRequest:
     first_row: int = 0
     """Position of ``x[0]`` in a larger input: with a seed, a row's masks depend only on the seed and its
     position, so batch scoring over any partitioning matches one request over all rows."""
+    inputs: Mapping[str, np.ndarray] | None = None
+    """Rows by input name (the manifest's ``inputs``), every input with the same batch B; instead of ``x``."""
+
+
+@dataclasses.dataclass
+class OutputPrediction:
+    """The estimate for one model output."""
+
+    name: str
+    """``y`` for a single-output model, else the model's output name."""
+    task: Task
+    class_labels: list[str]
+    summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+    sample_outputs: np.ndarray | None
+    """``[T, B, ...]`` samples, when they were asked for."""
+    noise_variance: np.ndarray | None = None
+    """Regression: the observation-noise variance behind ``predictive_std``; None = epistemic only."""
 
 
 @dataclasses.dataclass
 class Prediction:
+    """The estimate for every output of the model; the ``task`` … ``noise_variance`` properties are the first
+    (for most models the only) output's."""
+
     model: str
     version: int
     mode: Mode
     samples: int
     seed: int | None
-    task: Task
-    class_labels: list[str]
-    summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
-    sample_outputs: np.ndarray | None
+    outputs: tuple[OutputPrediction, ...]
     final: bool
     max_standard_error: float
+    """Largest standard error of the MC mean over every output."""
     queue_ms: float
     compute_ms: float
-    noise_variance: np.ndarray | None = None
-    """Regression: the observation-noise variance behind ``predictive_std``; None = epistemic only."""
+
+    @property
+    def task(self) -> Task:
+        return self.outputs[0].task
+
+    @property
+    def class_labels(self) -> list[str]:
+        return self.outputs[0].class_labels
+
+    @property
+    def summary(self) -> uncertainty.ClassificationSummary | uncertainty.RegressionSummary:
+        return self.outputs[0].summary
+
+    @property
+    def sample_outputs(self) -> np.ndarray | None:
+        return self.outputs[0].sample_outputs
+
+    @property
+    def noise_variance(self) -> np.ndarray | None:
+        return self.outputs[0].noise_variance
+
+    def output(self, name: str) -> OutputPrediction:
+        """The estimate of output ``name``."""
+        for output in self.outputs:
+            if output.name == name:
+                return output
+        raise KeyError(f"No output {name!r}. Outputs: {[o.name for o in self.outputs]}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from mcdrop.serving.core import invokes, uncertainty
-from mcdrop.serving.core.inputs import checked_input
-from mcdrop.serving.core.requests import DEFAULT_INTERVAL, MAX_SEED, Limits, Mode, Prediction, PredictionRequest
+from mcdrop.serving.core.inputs import checked_inputs
+from mcdrop.serving.core.requests import (
+    DEFAULT_INTERVAL,
+    MAX_SEED,
+    Limits,
+    Mode,
+    OutputPrediction,
+    Prediction,
+    PredictionRequest,
+)
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import GraphName, Task
@@ -51,7 +59,8 @@ class Plan:
     """A validated request, resolved against its model version."""
 
     version: ModelVersion
-    x: np.ndarray
+    inputs: dict[str, np.ndarray]
+    """Every model input by graph input name (``x`` for a single-input model), checked, one batch size."""
     mode: Mode
     samples: int
     seed: int | None
@@ -62,6 +71,10 @@ class Plan:
     first_row: int = 0
     flops: float = 0.0
     """Compute of the whole request (0 when the manifest has no cost)."""
+
+    @property
+    def batch(self) -> int:
+        return len(next(iter(self.inputs.values())))
 
 
 WideInvoke = Callable[[float], bool]
@@ -106,7 +119,8 @@ class Sampler:
             InvalidArgument: the request cannot be served as asked (the message says what was expected).
         """
         version = self.repository.get(request.model, request.version)
-        x = checked_input(version, request.x, limits.max_batch)
+        inputs = checked_inputs(version, request.x, request.inputs, limits.max_batch)
+        batch = len(next(iter(inputs.values())))
         mode = _mode(request.mode, version)
         limit = limits.max_samples
         samples = version.default_samples if request.samples is None else request.samples
@@ -124,17 +138,17 @@ class Sampler:
                 raise InvalidArgument(
                     f"Invalid max_samples. Expected {_bounds('max_samples', limit)}. Received: {samples}"
                 )
-        rows = samples * len(x)
+        rows = samples * batch
         if limits.max_sample_rows is not None and rows > limits.max_sample_rows:
             raise InvalidArgument(
-                f"Request too large: T x batch = {samples} x {len(x)} = {rows}. "
+                f"Request too large: T x batch = {samples} x {batch} = {rows}. "
                 f"Expected at most {limits.max_sample_rows}."
             )
         cost = version.manifest.cost
-        flops = cost.flops(len(x), samples) if cost is not None else 0.0
+        flops = cost.flops(batch, samples) if cost is not None else 0.0
         if cost is not None and limits.max_request_gflops is not None and flops / 1e9 > limits.max_request_gflops:
             raise InvalidArgument(
-                f"Request too costly: {flops / 1e9:.3g} GFLOP for batch {len(x)} x T={samples} on model "
+                f"Request too costly: {flops / 1e9:.3g} GFLOP for batch {batch} x T={samples} on model "
                 f"{version.name!r}. Expected at most {limits.max_request_gflops:g} GFLOP."
             )
         if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
@@ -147,7 +161,7 @@ class Sampler:
             raise InvalidArgument(f"Invalid chunk. Expected {_bounds('chunk', limit)}. Received: {chunk}")
         if request.first_row < 0:
             raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
-        return Plan(version, x, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
+        return Plan(version, inputs, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
                     request.first_row, flops)  # fmt: skip
 
     # Running ------------------------------------------------------------------------------------
@@ -169,7 +183,7 @@ class Sampler:
             yield self._one_shot(plan, deadline)
             return
         masks = self._masks(plan)
-        collected: list[np.ndarray] = []
+        collected: list[list[np.ndarray]] = []
         drawn, queue_s, compute_s = 0, 0.0, 0.0
         while drawn < plan.samples:
             size = min(plan.chunk, plan.samples - drawn)
@@ -178,7 +192,7 @@ class Sampler:
             drawn += size
             queue_s += waited
             started = time.perf_counter()
-            samples = np.concatenate(collected) if len(collected) > 1 else chunk
+            samples = [np.concatenate(parts) for parts in zip(*collected, strict=True)] if len(collected) > 1 else chunk
             collected = [samples]
             prediction = self._summarise(plan, samples, final=False, queue_s=queue_s, compute_s=compute_s)
             converged = plan.tolerance is not None and prediction.max_standard_error <= plan.tolerance
@@ -195,7 +209,7 @@ class Sampler:
             return None
         if plan.seed is None:
             plan.seed = fresh_seed()
-        return MaskStream(plan.version.dropout, plan.seed, len(plan.x), plan.first_row)
+        return MaskStream(plan.version.dropout, plan.seed, plan.batch, plan.first_row)
 
     def _one_shot(self, plan: Plan, deadline: float | None) -> Prediction:
         masks = self._masks(plan)
@@ -207,8 +221,8 @@ class Sampler:
 
     def _run(
         self, plan: Plan, samples: int, masks: MaskStream | None, deadline: float | None
-    ) -> tuple[np.ndarray, float, float]:
-        """Invoke the right graph; return ``[T, B, ...]`` outputs, queue seconds and compute seconds."""
+    ) -> tuple[list[np.ndarray], float, float]:
+        """Invoke the right graph; return ``[T, B, ...]`` per model output, queue seconds and compute seconds."""
         version = plan.version
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("The deadline passed before sampling finished.")
@@ -216,17 +230,19 @@ class Sampler:
         graph_name = (
             GraphName.DETERMINISTIC if deterministic else (GraphName.MC_MASKED if masks is not None else GraphName.MC)
         )
-        split = self.split(version, graph_name, len(plan.x), 1 if deterministic else samples)
+        split = self.split(version, graph_name, plan.batch, 1 if deterministic else samples)
         waiting = time.perf_counter()
         wide = self._wide_invoke(plan.flops * samples / plan.samples)
         with version.pools[graph_name].lease(deadline, alone=wide) as graph:
             started = time.perf_counter()
             if deterministic:
-                output = np.concatenate(
-                    [_invoke(graph, version, graph_name, {"x": x}, 1) for x in _blocks(plan.x, split.rows)]
-                )[np.newaxis]
+                blocks = [_invoke(graph, version, graph_name, x, 1) for x in _blocks(plan.inputs, plan.batch, split.rows)]
+                output = [
+                    (np.concatenate(parts) if len(parts) > 1 else parts[0])[np.newaxis]
+                    for parts in zip(*blocks, strict=True)
+                ]
             else:
-                output = _sample(graph, version, graph_name, plan.x, samples, masks, split, deadline)
+                output = _sample(graph, version, graph_name, plan.inputs, samples, masks, split, deadline)
             finished = time.perf_counter()
         return output, started - waiting, finished - started
 
@@ -237,31 +253,39 @@ class Sampler:
         return invokes.plan(footprint, batch, samples, self.max_invoke_bytes, what)
 
     def _summarise(
-        self, plan: Plan, samples: np.ndarray, *, final: bool, queue_s: float, compute_s: float
+        self, plan: Plan, samples: list[np.ndarray], *, final: bool, queue_s: float, compute_s: float
     ) -> Prediction:
         version = plan.version
-        summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
-        if version.task == Task.CLASSIFICATION:
-            summary = uncertainty.classification(samples)
-        else:
-            summary = uncertainty.regression(samples, plan.interval, version.noise_variance)
-        count = samples.shape[0]
-        error = 0.0 if plan.mode == Mode.DETERMINISTIC else uncertainty.max_standard_error_from_std(summary.std, count)
+        count = samples[0].shape[0]
+        outputs = []
+        error = 0.0
+        for spec, noise, drawn in zip(version.outputs, version.noise_variances, samples, strict=True):
+            summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+            if spec.task == Task.CLASSIFICATION:
+                summary = uncertainty.classification(drawn)
+            else:
+                summary = uncertainty.regression(drawn, plan.interval, noise)
+            if plan.mode != Mode.DETERMINISTIC:
+                error = max(error, uncertainty.max_standard_error_from_std(summary.std, count))
+            outputs.append(OutputPrediction(
+                name=spec.name,
+                task=spec.task,
+                class_labels=spec.labels,
+                summary=summary,
+                sample_outputs=drawn if plan.return_samples else None,
+                noise_variance=None if spec.task == Task.CLASSIFICATION else noise,
+            ))  # fmt: skip
         return Prediction(
             model=version.name,
             version=version.version,
             mode=plan.mode,
-            samples=int(samples.shape[0]),
+            samples=int(count),
             seed=plan.seed,
-            task=version.task,
-            class_labels=version.class_labels,
-            summary=summary,
-            sample_outputs=samples if plan.return_samples else None,
+            outputs=tuple(outputs),
             final=final,
             max_standard_error=error,
             queue_ms=queue_s * 1e3,
             compute_ms=compute_s * 1e3,
-            noise_variance=None if version.task == Task.CLASSIFICATION else version.noise_variance,
         )
 
 
@@ -288,31 +312,32 @@ def _sample(
     graph: Graph,
     version: ModelVersion,
     graph_name: GraphName,
-    x: np.ndarray,
+    x: dict[str, np.ndarray],
     samples: int,
     masks: MaskStream | None,
     split: invokes.InvokePlan,
     deadline: float | None,
-) -> np.ndarray:
-    if split.rows >= len(x) and split.samples >= samples:  # one invoke: no slicing, no copy
-        feeds = (
-            {"x": x, **masks.next(samples)} if masks is not None else {"x": x, "samples": np.array(samples, np.int32)}
-        )
+) -> list[np.ndarray]:
+    batch = len(next(iter(x.values())))
+    if split.rows >= batch and split.samples >= samples:  # one invoke: no slicing, no copy
+        feeds = {**x, **masks.next(samples)} if masks is not None else {**x, "samples": np.array(samples, np.int32)}
         return _invoke(graph, version, graph_name, feeds, samples)
-    output: np.ndarray | None = None
+    output: list[np.ndarray] | None = None
     for first in range(0, samples, split.samples):
         count = min(split.samples, samples - first)
         drawn = masks.next(count) if masks is not None else None
-        for start in range(0, len(x), split.rows):
+        for start in range(0, batch, split.rows):
             rows = slice(start, start + split.rows)
+            inputs = {name: value[rows] for name, value in x.items()}
             if drawn is not None:
-                feeds = {"x": x[rows], **{name: mask[:, rows] for name, mask in drawn.items()}}
+                feeds = {**inputs, **{name: mask[:, rows] for name, mask in drawn.items()}}
             else:
-                feeds = {"x": x[rows], "samples": np.array(count, np.int32)}
-            block = _invoke(graph, version, graph_name, feeds, count)
+                feeds = {**inputs, "samples": np.array(count, np.int32)}
+            blocks = _invoke(graph, version, graph_name, feeds, count)
             if output is None:
-                output = np.empty((samples, len(x), *block.shape[2:]), block.dtype)
-            output[first : first + count, rows] = block
+                output = [np.empty((samples, batch, *block.shape[2:]), block.dtype) for block in blocks]
+            for whole, block in zip(output, blocks, strict=True):
+                whole[first : first + count, rows] = block
         if deadline is not None and time.monotonic() > deadline and first + count < samples:
             raise DeadlineExceeded("The deadline passed before sampling finished.")
     assert output is not None  # samples >= 1
@@ -321,18 +346,25 @@ def _sample(
 
 def _invoke(
     graph: Graph, version: ModelVersion, graph_name: str, feeds: dict[str, np.ndarray], samples: int
-) -> np.ndarray:
-    """One invoke; a LiteRT failure becomes an error that names the model, graph, rows and what to change."""
+) -> list[np.ndarray]:
+    """One invoke, every model output in the manifest's order; a LiteRT failure becomes an error that names the
+    model, graph, rows and what to change."""
     try:
-        return graph.run(feeds)[0]
+        outputs = graph.run(feeds)
     except (InferenceFailed, RuntimeError) as exc:
-        rows = len(feeds["x"])
+        rows = len(feeds[version.inputs[0].name])
         raise InferenceFailed(
             f"LiteRT failed to run {graph_name}.tflite of model {version.name!r} version {version.version} on "
             f"{rows * samples} sample rows (T={samples} x B={rows}): {str(exc).strip() or type(exc).__name__}. "
             "Try a smaller T or batch, or a smaller --max-invoke-mb so that each invoke holds fewer rows."
         ) from exc
+    if len(version.outputs) == 1:
+        return outputs[:1]
+    names = graph.output_names  # the export names a multi-output graph's output tensors after the model's outputs
+    return [outputs[names.index(spec.name)] for spec in version.outputs]
 
 
-def _blocks(x: np.ndarray, rows: int) -> list[np.ndarray]:
-    return [x[start : start + rows] for start in range(0, len(x), rows)]
+def _blocks(x: dict[str, np.ndarray], batch: int, rows: int) -> list[dict[str, np.ndarray]]:
+    if rows >= batch:
+        return [x]
+    return [{name: value[start : start + rows] for name, value in x.items()} for start in range(0, batch, rows)]

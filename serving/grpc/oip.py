@@ -91,13 +91,17 @@ def _parameter(value: str | int | bool) -> Any:
 
 def decode_infer_request(request: Any, version: ModelVersion) -> tuple[PredictionRequest, list[str]]:
     """The data-plane request and the names of the outputs to return (see ``protocols.oip.infer_request``)."""
-    if len(request.inputs) != 1:
-        names = [i.name for i in request.inputs]
-        raise InvalidArgument(f"Model {version.name!r} takes 1 input named 'x'. Received {len(names)}: {names}")
-    tensor = request.inputs[0]
-    shape = [int(d) for d in tensor.shape]
-    protocol.check_input(version, tensor.name, tensor.datatype, shape)
-    x = _tensor_data(request, tensor, shape)
+    protocol.check_inputs(version, [i.name for i in request.inputs])
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents holds {len(request.raw_input_contents)} buffers. "
+            f"Expected {len(request.inputs)}, one per input."
+        )
+    x: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        shape = [int(d) for d in tensor.shape]
+        protocol.check_input(version, tensor.name, tensor.datatype, shape)
+        x[tensor.name] = _tensor_data(request, index, tensor, shape)
     params: dict[str, Any] = {}
     for name, parameter in request.parameters.items():
         field = parameter.WhichOneof("parameter_choice")
@@ -119,30 +123,27 @@ def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str
     return response
 
 
-def _tensor_data(request: Any, tensor: Any, shape: list[int]) -> np.ndarray:
+def _tensor_data(request: Any, index: int, tensor: Any, shape: list[int]) -> np.ndarray:
     dtype, field = protocol.DATATYPES[tensor.datatype]
     count = math.prod(shape)
     typed = getattr(tensor.contents, field) if field else []
+    which = f"input {tensor.name!r}"
     if request.raw_input_contents:
-        if len(request.raw_input_contents) != len(request.inputs):
-            raise InvalidArgument(
-                f"raw_input_contents holds {len(request.raw_input_contents)} buffers. "
-                f"Expected {len(request.inputs)}, one per input."
-            )
         if len(typed):
-            raise InvalidArgument("Input 'x' has both raw_input_contents and typed contents. Expected only one.")
-        raw = request.raw_input_contents[0]
+            raise InvalidArgument(f"Input {tensor.name!r} has both raw_input_contents and typed contents. "
+                                  "Expected only one.")  # fmt: skip
+        raw = request.raw_input_contents[index]
         expected = count * dtype.itemsize
         if len(raw) != expected:
             raise InvalidArgument(
-                f"Invalid raw_input_contents length for input 'x'. Expected {expected} bytes "
+                f"Invalid raw_input_contents length for {which}. Expected {expected} bytes "
                 f"({' x '.join(map(str, shape))} x {dtype.itemsize} bytes of {tensor.datatype}). "
                 f"Received: {len(raw)} bytes"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     if len(typed) != count:
         raise InvalidArgument(
-            f"Invalid contents for input 'x'. Expected {count} values in contents.{field} for shape {shape}. "
+            f"Invalid contents for {which}. Expected {count} values in contents.{field} for shape {shape}. "
             f"Received: {len(typed)}"
         )
     return np.asarray(typed, dtype=dtype).reshape(shape)

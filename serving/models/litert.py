@@ -56,7 +56,9 @@ class Graph:
         )
         self._interpreter.allocate_tensors()
         self._inputs = {logical_name(d["name"]): d for d in self._interpreter.get_input_details()}
-        self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
+        outputs = self._interpreter.get_output_details()
+        self._outputs = [d["index"] for d in outputs]
+        self._output_names = [logical_name(d["name"]) for d in outputs]
         self._shapes: dict[str, tuple[int, ...]] = {
             name: tuple(int(s) for s in d["shape"]) for name, d in self._inputs.items()
         }
@@ -64,6 +66,12 @@ class Graph:
     @property
     def input_names(self) -> list[str]:
         return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the output tensors, in the order ``run`` returns them (the export names a multi-output
+        model's outputs after the model's; a single output keeps the converter's name)."""
+        return list(self._output_names)
 
     def input_index(self, name: str) -> int:
         """Tensor index of input ``name``."""

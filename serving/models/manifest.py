@@ -202,6 +202,20 @@ def _enum(kind: type[enum.StrEnum]) -> Callable[[Any, str], Any]:
     return check
 
 
+def _arrays(value: Any, where: str) -> Any:
+    """Nested lists (one array), or an object of them by tensor name (several)."""
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, Mapping) and value and all(isinstance(v, list) for v in value.values()):
+        return {str(k): list(v) for k, v in value.items()}
+    raise _invalid(where, "nested lists, or an object of them by tensor name", value)
+
+
+def _unique(names: Sequence[str], where: str) -> None:
+    if len(set(names)) != len(names):
+        raise _invalid(where, "unique names", list(names))
+
+
 def _omit_none(record: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in keys or v is not None}
 
@@ -298,31 +312,53 @@ class ObservationNoise:
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
-    """The model output ``y``: shape ``[-1, ...]``, its target names and (regression) observation noise."""
+    """One model output: shape ``[-1, ...]``, its task and class labels, target names and (regression) observation
+    noise. A single-output model's output is ``y``, with task and labels at the manifest's top level (as every
+    manifest before several outputs existed); a model with several lists each under ``outputs`` with its own."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     target_names: tuple[str, ...] | None = None
     observation_noise: ObservationNoise | None = None
+    task: Task = Task.REGRESSION
+    class_labels: tuple[str, ...] | None = None
 
     @property
     def row_shape(self) -> tuple[int, ...]:
         return self.shape[1:]
 
+    @property
+    def labels(self) -> list[str]:
+        """Class labels, or an empty list."""
+        return list(self.class_labels or [])
+
     @staticmethod
-    def from_json(value: Any, where: str) -> OutputSpec:
+    def from_json(value: Any, where: str, task: Task | None = None, labels: tuple[str, ...] | None = None) -> OutputSpec:
+        """Read one output; ``task`` and ``labels`` are the top-level ones of a single-output manifest (else the
+        output's own fields)."""
         f = _Fields(value, where)
         shape = f.required("shape", _batch_shape)
+        if task is None:
+            task = f.required("task", _enum(Task))
+            labels = f.optional("class_labels", _list(_str), None)
+        if task == Task.CLASSIFICATION and labels is not None and len(labels) != shape[-1]:
+            field = f.path("class_labels") if "class_labels" in f.data else "class_labels"
+            raise _invalid(field, f"{shape[-1]} labels, one per output", list(labels))
         return OutputSpec(f.required("name", _str), shape, f.required("dtype", _str),
                           f.optional("target_names", _list(_str), None),
-                          f.optional("observation_noise", ObservationNoise.from_json, None))  # fmt: skip
+                          f.optional("observation_noise", ObservationNoise.from_json, None), task,
+                          labels if task == Task.CLASSIFICATION else None)  # fmt: skip
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "target_names": None if self.target_names is None else list(self.target_names),
-                "observation_noise": None if self.observation_noise is None
-                else self.observation_noise.to_json()}  # fmt: skip
+    def to_json(self, *, with_task: bool = False) -> dict[str, Any]:
+        """The output's record; ``with_task`` adds its task and labels (the ``outputs`` list form)."""
+        record = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if with_task:
+            record |= {"task": self.task.value,
+                       "class_labels": None if self.class_labels is None else list(self.class_labels)}  # fmt: skip
+        return record | {"target_names": None if self.target_names is None else list(self.target_names),
+                         "observation_noise": None if self.observation_noise is None
+                         else self.observation_noise.to_json()}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,22 +439,34 @@ class Cost:
 
 @dataclasses.dataclass(frozen=True)
 class GraphSpec:
-    """One graph file: its inputs, output and op list."""
+    """One graph file: its inputs, outputs (in the order the graph returns them) and op list."""
 
     file: str
     inputs: tuple[TensorSpec, ...]
-    output: TensorSpec
+    outputs: tuple[TensorSpec, ...]
     ops: tuple[str, ...]
+
+    @property
+    def output(self) -> TensorSpec:
+        """The first (for most models the only) output."""
+        return self.outputs[0]
 
     @staticmethod
     def from_json(value: Any, where: str) -> GraphSpec:
         f = _Fields(value, where)
-        return GraphSpec(f.required("file", _str), f.required("inputs", _list(TensorSpec.from_json)),
-                         f.required("output", TensorSpec.from_json), f.optional("ops", _list(_str), ()))  # fmt: skip
+        if "outputs" in f.data:
+            outputs = f.required("outputs", _list(TensorSpec.from_json))
+            if not outputs:
+                raise _invalid(f.path("outputs"), "at least one output", [])
+        else:
+            outputs = (f.required("output", TensorSpec.from_json),)
+        return GraphSpec(f.required("file", _str), f.required("inputs", _list(TensorSpec.from_json)), outputs,
+                         f.optional("ops", _list(_str), ()))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "inputs": [t.to_json() for t in self.inputs], "output": self.output.to_json(),
-                "ops": list(self.ops)}  # fmt: skip
+        shown = ({"output": self.outputs[0].to_json()} if len(self.outputs) == 1
+                 else {"outputs": [t.to_json() for t in self.outputs]})  # fmt: skip
+        return {"file": self.file, "inputs": [t.to_json() for t in self.inputs], **shown, "ops": list(self.ops)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,27 +475,28 @@ class Fingerprint:
 
     seed: int
     rows: int
-    deterministic: list[Any]
-    """Nested lists of the deterministic graph's output, as JSON holds them."""
-    x: list[Any] | None = None
-    """The fixed inputs (recorded since token-id models need valid ids; older exports drew standard normals)."""
+    deterministic: Any
+    """Nested lists of the deterministic graph's output, as JSON holds them; with several outputs, an object of
+    them by output name."""
+    x: Any = None
+    """The fixed inputs (recorded since token-id models need valid ids; older exports drew standard normals);
+    with several inputs, an object of them by input name."""
     masks: str | None = None
     """The mask scheme of ``mc_masked`` (``mcdrop.serving.models.masks.SCHEME``); other schemes are not checked."""
     samples: int | None = None
-    mc_masked: list[Any] | None = None
+    mc_masked: Any = None
 
     @staticmethod
     def from_json(value: Any, where: str) -> Fingerprint:
         f = _Fields(value, where)
-        nested = _list(lambda v, w: v)
         return Fingerprint(
             seed=f.required("seed", _int),
             rows=f.required("rows", _positive_int),
-            deterministic=list(f.required("deterministic", nested)),
-            x=None if not f.has("x") else list(f.required("x", nested)),
+            deterministic=f.required("deterministic", _arrays),
+            x=None if not f.has("x") else f.required("x", _arrays),
             masks=f.optional("masks", _str, None),
             samples=f.optional("samples", _positive_int, None),
-            mc_masked=None if not f.has("mc_masked") else list(f.required("mc_masked", nested)),
+            mc_masked=None if not f.has("mc_masked") else f.required("mc_masked", _arrays),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -456,7 +505,8 @@ class Fingerprint:
         return {k: v for k, v in record.items() if v is not None}
 
 
-_KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", "output", "preprocessing",
+_KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", "output", "inputs", "outputs",
+          "preprocessing",
           "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
           "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
           "unsampled_dropout_layers", "activation_memory", "export", "version")  # fmt: skip
@@ -467,9 +517,10 @@ class Manifest:
     """Everything an export promises about one model version; see the module docstring."""
 
     name: str
-    task: Task
-    input: InputSpec
-    output: OutputSpec
+    inputs: tuple[InputSpec, ...]
+    """The model inputs, in the graphs' order: one ``x`` for a single-input model, else the model's input names."""
+    outputs: tuple[OutputSpec, ...]
+    """The model outputs, in the graphs' order: one ``y`` for a single-output model, else the model's output names."""
     dropout_layers: tuple[DropoutSite, ...]
     """The sampled dropout sites, in call order (their masks are ``mc_masked``'s extra inputs)."""
     default_samples: int
@@ -478,7 +529,6 @@ class Manifest:
     """File name → sha256 of every file of the version."""
     schema_version: int = SCHEMA_VERSION
     created: str = ""
-    class_labels: tuple[str, ...] | None = None
     stochastic: bool = False
     cost: Cost | None = None
     fingerprint: Fingerprint | None = None
@@ -501,9 +551,34 @@ class Manifest:
     """Keys this version of mcdrop does not know (from a newer export), kept as written."""
 
     @property
+    def input(self) -> InputSpec:
+        """The first (for most models the only) input."""
+        return self.inputs[0]
+
+    @property
+    def output(self) -> OutputSpec:
+        """The first (for most models the only) output."""
+        return self.outputs[0]
+
+    @property
+    def task(self) -> Task:
+        """The first output's task (a model with several outputs has one per output)."""
+        return self.outputs[0].task
+
+    @property
+    def class_labels(self) -> tuple[str, ...] | None:
+        """The first output's class labels."""
+        return self.outputs[0].class_labels
+
+    @property
     def labels(self) -> list[str]:
-        """Class labels, or an empty list."""
-        return list(self.class_labels or [])
+        """The first output's class labels, or an empty list."""
+        return self.outputs[0].labels
+
+    @property
+    def single(self) -> bool:
+        """One input ``x`` and one output ``y``: the manifest form (and protocol form) of every earlier export."""
+        return len(self.inputs) == 1 and len(self.outputs) == 1
 
     @staticmethod
     def from_json(value: Any) -> Manifest:
@@ -526,18 +601,27 @@ class Manifest:
         files = f.required("files", _record)
         for name, digest in files.items():
             _str(digest, f"files.{name}")
-        labels = f.optional("class_labels", _list(_str), None)
+        if "inputs" in f.data or "outputs" in f.data:  # several inputs or outputs: each output has its own task
+            inputs = f.required("inputs", _list(InputSpec.from_json))
+            outputs = f.required("outputs", _list(lambda v, w: OutputSpec.from_json(v, w)))
+            for key, specs in (("inputs", inputs), ("outputs", outputs)):
+                if not specs:
+                    raise _invalid(key, "at least one", [])
+                _unique([spec.name for spec in specs], key)
+        else:
+            task = f.required("task", _enum(Task))
+            labels = f.optional("class_labels", _list(_str), None)
+            inputs = (f.required("input", InputSpec.from_json),)
+            outputs = (f.required("output", lambda v, w: OutputSpec.from_json(v, w, task, labels)),)
         manifest = Manifest(
             name=f.optional("name", _str, ""),
-            task=f.required("task", _enum(Task)),
-            input=f.required("input", InputSpec.from_json),
-            output=f.required("output", OutputSpec.from_json),
+            inputs=inputs,
+            outputs=outputs,
             dropout_layers=f.optional("dropout_layers", _list(DropoutSite.from_json), ()),
             default_samples=f.required("default_samples", _positive_int),
             graphs=parsed_graphs,
             files=dict(files),
             created=f.optional("created", _str, ""),
-            class_labels=labels,
             stochastic=stochastic,
             cost=f.optional("cost", Cost.from_json, None),
             fingerprint=f.optional("fingerprint", Fingerprint.from_json, None),
@@ -558,8 +642,6 @@ class Manifest:
         if stochastic != bool(manifest.dropout_layers):
             raise _invalid("stochastic", f"{bool(manifest.dropout_layers)} (it has "
                            f"{len(manifest.dropout_layers)} dropout site(s))", stochastic)  # fmt: skip
-        if manifest.task == Task.CLASSIFICATION and labels is not None and len(labels) != manifest.output.shape[-1]:
-            raise _invalid("class_labels", f"{manifest.output.shape[-1]} labels, one per output", list(labels))
         return manifest
 
     def to_json(self) -> dict[str, Any]:
@@ -568,10 +650,7 @@ class Manifest:
             "schema_version": self.schema_version,
             "name": self.name,
             "created": self.created,
-            "task": self.task.value,
-            "class_labels": None if self.class_labels is None else list(self.class_labels),
-            "input": self.input.to_json(),
-            "output": self.output.to_json(),
+            **self._tensors_json(),
             "preprocessing": dict(self.preprocessing),
             "dropout_layers": [d.to_json() for d in self.dropout_layers],
             "stochastic": self.stochastic,
@@ -593,6 +672,14 @@ class Manifest:
             "version": self.version,
         }
         return {**_omit_none(record, "cost", "fingerprint", "activation_memory", "export", "version"), **self.extra}
+
+    def _tensors_json(self) -> dict[str, Any]:
+        if self.single:
+            return {"task": self.task.value,
+                    "class_labels": None if self.class_labels is None else list(self.class_labels),
+                    "input": self.input.to_json(), "output": self.output.to_json()}  # fmt: skip
+        return {"inputs": [spec.to_json() for spec in self.inputs],
+                "outputs": [spec.to_json(with_task=True) for spec in self.outputs]}  # fmt: skip
 
     @staticmethod
     def load(version_dir: Path) -> Manifest:

@@ -60,12 +60,14 @@ class Footprint:
         return Footprint(tuple((int(a), int(b), int(c)) for a, b, c in record["terms"]))
 
 
-def zero_feeds(row_shape: Sequence[int], masks: Sequence[tuple[str, Sequence[int], Any]] = ()) -> Feeds:
-    """Feeds for ``footprint``: ``x`` of ``row_shape`` rows, and each ``(name, noise_shape, dtype)`` mask input
-    shaped ``[samples, rows, *noise_shape]`` (``mc_masked.tflite``'s inputs)."""
+def zero_feeds(
+    inputs: Mapping[str, Sequence[int]], masks: Sequence[tuple[str, Sequence[int], Any]] = ()
+) -> Feeds:
+    """Feeds for ``footprint``: each model input (name → one row's shape) of ``rows`` rows, and each
+    ``(name, noise_shape, dtype)`` mask input shaped ``[samples, rows, *noise_shape]`` (``mc_masked.tflite``'s)."""
 
     def feeds(rows: int, samples: int) -> dict[str, np.ndarray]:
-        found = {"x": np.zeros((rows, *row_shape), np.float32)}
+        found = {name: np.zeros((rows, *row_shape), np.float32) for name, row_shape in inputs.items()}
         for name, noise_shape, dtype in masks:
             found[name] = np.zeros((samples, rows, *noise_shape), dtype)
         return found

@@ -31,7 +31,9 @@ from mcdrop.serving.models.manifest import (
     DropoutSite,
     Fingerprint,
     GraphName,
+    InputSpec,
     Manifest,
+    OutputSpec,
     Task,
     read_verified,
 )
@@ -79,15 +81,35 @@ class ModelVersion:
         """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
         return self.manifest.input.integer_range
 
-    @functools.cached_property
+    @property
+    def inputs(self) -> tuple[InputSpec, ...]:
+        """Every model input, in the graphs' order (one ``x`` for a single-input model)."""
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        """Every model output, in the graphs' order (one ``y`` for a single-output model)."""
+        return self.manifest.outputs
+
+    @property
     def noise_variance(self) -> np.ndarray | None:
-        """Observation-noise variance 1/tau in the output's shape, or None (epistemic only); read once per version."""
-        noise = self.manifest.output.observation_noise
-        if noise is None or noise.variance is None:
-            return None
-        shaped = np.asarray(noise.variance, np.float64).reshape(self.manifest.output.row_shape)
-        shaped.setflags(write=False)  # shared by every request of this version
-        return shaped
+        """The first output's observation-noise variance (see ``noise_variances``)."""
+        return self.noise_variances[0]
+
+    @functools.cached_property
+    def noise_variances(self) -> tuple[np.ndarray | None, ...]:
+        """Per output: observation-noise variance 1/tau in the output's shape, or None (classification, or
+        epistemic only); read once per version."""
+        found: list[np.ndarray | None] = []
+        for output in self.outputs:
+            noise = output.observation_noise
+            if output.task != Task.REGRESSION or noise is None or noise.variance is None:
+                found.append(None)
+                continue
+            shaped = np.asarray(noise.variance, np.float64).reshape(output.row_shape)
+            shaped.setflags(write=False)  # shared by every request of this version
+            found.append(shaped)
+        return tuple(found)
 
     @property
     def class_labels(self) -> list[str]:
@@ -139,7 +161,7 @@ class ModelVersion:
     def _feeds(self, *, masks: bool) -> Feeds:
         specs = self.dropout if masks else ()
         mask_inputs = [(s.feed_name, s.noise_shape, mask_dtype(s)) for s in specs]
-        return zero_feeds(self.input_shape[1:], mask_inputs)
+        return zero_feeds({spec.name: spec.row_shape for spec in self.inputs}, mask_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,27 +366,37 @@ class ModelRepository:
 
 def _check_fingerprint(version: ModelVersion, fingerprint: Fingerprint) -> None:
     rows, seed = fingerprint.rows, fingerprint.seed
-    row_shape = version.input_shape[1:]
-    if fingerprint.x is not None:  # recorded since token-id models need valid ids; older exports drew standard normals
-        x = np.asarray(fingerprint.x, np.float32).reshape((rows, *row_shape))
-    else:
-        x = np.random.default_rng(seed).standard_normal((rows, *row_shape)).astype(np.float32)
-    runs: dict[GraphName, tuple[dict[str, np.ndarray], list[Any]]] = {
-        GraphName.DETERMINISTIC: ({"x": x}, fingerprint.deterministic)
+    x = _fingerprint_inputs(version, fingerprint)
+    runs: dict[GraphName, tuple[dict[str, np.ndarray], Any]] = {
+        GraphName.DETERMINISTIC: (x, fingerprint.deterministic)
     }
     if version.stochastic and fingerprint.mc_masked is not None and fingerprint.masks == SCHEME:
         # (older exports drew their fingerprint masks with another scheme: only the deterministic graph is checked)
-        feeds = {"x": x, **fingerprint_feeds(version.dropout, seed, rows, fingerprint.samples or rows)}
+        feeds = {**x, **fingerprint_feeds(version.dropout, seed, rows, fingerprint.samples or rows)}
         runs[GraphName.MC_MASKED] = (feeds, fingerprint.mc_masked)
     for graph_name, (feeds, recorded) in runs.items():
         with version.pools[graph_name].lease() as graph:
-            actual = graph.run(feeds)[0]
-        expected = np.asarray(recorded, dtype=np.float32)
-        if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-4, atol=1e-5):
-            raise MCDropError(
-                f"{graph_name}.tflite does not reproduce the export's fingerprint (outputs on fixed inputs): "
-                "the file is damaged or not the one that was exported."
-            )
+            actual = graph.run(feeds)
+        expected = [recorded] if len(version.outputs) == 1 else [recorded.get(o.name) for o in version.outputs]
+        for got, wanted in zip(actual, expected, strict=True):
+            wanted_array = np.asarray(wanted if wanted is not None else [], dtype=np.float32)
+            if got.shape != wanted_array.shape or not np.allclose(got, wanted_array, rtol=1e-4, atol=1e-5):
+                raise MCDropError(
+                    f"{graph_name}.tflite does not reproduce the export's fingerprint (outputs on fixed inputs): "
+                    "the file is damaged or not the one that was exported."
+                )
+
+
+def _fingerprint_inputs(version: ModelVersion, fingerprint: Fingerprint) -> dict[str, np.ndarray]:
+    rows = fingerprint.rows
+    if fingerprint.x is None:  # older exports drew standard normals (token-id models now record valid ids)
+        row_shape = version.input_shape[1:]
+        return {"x": np.random.default_rng(fingerprint.seed).standard_normal((rows, *row_shape)).astype(np.float32)}
+    recorded = {"x": fingerprint.x} if isinstance(fingerprint.x, list) else fingerprint.x
+    if set(recorded) != {spec.name for spec in version.inputs}:
+        raise MCDropError(f"The fingerprint's inputs {sorted(recorded)} are not the model's inputs.")
+    return {spec.name: np.asarray(recorded[spec.name], np.float32).reshape((rows, *spec.row_shape))
+            for spec in version.inputs}  # fmt: skip
 
 
 def _signature(version_dir: Path) -> int:
@@ -388,14 +420,14 @@ def _smoke_test(version: ModelVersion) -> None:
     a fingerprint (outputs on fixed inputs and masks), the outputs must match it."""
     if version.manifest.fingerprint is not None:
         _check_fingerprint(version, version.manifest.fingerprint)
-    x = np.zeros((1, *version.input_shape[1:]), dtype=np.float32)
+    x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}
     with version.pools[GraphName.DETERMINISTIC].lease() as graph:
-        graph.run({"x": x})
+        graph.run(x)
     if version.stochastic:
         with version.pools[GraphName.MC].lease() as graph:
-            graph.run({"x": x, "samples": np.array(2, np.int32)})
+            graph.run({**x, "samples": np.array(2, np.int32)})
         feeds = {
             d.feed_name: np.ones((2, 1, *d.noise_shape), mask_dtype(d)) for d in version.dropout
         }  # masks of the right shapes and dtypes; values do not matter here
         with version.pools[GraphName.MC_MASKED].lease() as graph:
-            graph.run({"x": x, **feeds})
+            graph.run({**x, **feeds})

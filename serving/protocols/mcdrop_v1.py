@@ -12,9 +12,10 @@ import json
 import numpy as np
 
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from mcdrop.serving.core.requests import Mode, Prediction, PredictionRequest
+from mcdrop.serving.core.requests import Mode, OutputPrediction, Prediction, PredictionRequest
+from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.core.uncertainty import ClassificationSummary
-from mcdrop.serving.models.manifest import DropoutSite
+from mcdrop.serving.models.manifest import DropoutSite, InputSpec, Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import tensors
 from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
@@ -27,9 +28,13 @@ _DTYPE_ENUMS = {"float32": pb.FLOAT32, "float64": pb.FLOAT64, "int32": pb.INT32,
 
 
 def decode_request(request: pb.PredictRequest) -> PredictionRequest:
+    if request.HasField("input") and request.inputs:
+        raise InvalidArgument("Received both `input` and named `inputs`. Expected one of them.")
+    named = {name: tensors.decode(tensor, f"inputs[{name!r}]") for name, tensor in request.inputs.items()}
     return PredictionRequest(
         model=request.model,
-        x=tensors.decode(request.input),
+        x=None if named else tensors.decode(request.input),
+        inputs=named or None,
         version=request.version if request.HasField("version") else None,
         mode=_MODES.get(request.mode, str(request.mode)),
         samples=request.samples or None,  # 0 = the model's default
@@ -55,15 +60,25 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
     )
     if prediction.seed is not None:
         response.seed = prediction.seed
-    summary = prediction.summary
+    if len(prediction.outputs) == 1:  # the answer every single-output model has always given
+        _encode_output(prediction.outputs[0], response)
+        return response
+    for output in prediction.outputs:
+        _encode_output(output, response.outputs.add(name=output.name, task=output.task.value))
+    return response
+
+
+def _encode_output(output: OutputPrediction, message: pb.PredictResponse | pb.OutputResult) -> None:
+    """One output's estimate into ``message`` (a response, or one of its ``outputs``)."""
+    summary = output.summary
     if isinstance(summary, ClassificationSummary):
-        labels = prediction.class_labels
+        labels = output.class_labels
         # mean and std are tensors ([B, classes]); the per-row outputs are repeated fields
         fields = {name: getattr(summary, name).tolist() for name in PER_ROW_OUTPUTS}
         fields |= {
             name: tensors.encode(getattr(summary, name)) for name in CLASSIFICATION_OUTPUTS if name not in fields
         }
-        response.classification.CopyFrom(
+        message.classification.CopyFrom(
             pb.Classification(
                 predicted_label=[labels[i] for i in summary.predicted_class] if labels else [],
                 class_labels=labels,
@@ -71,13 +86,12 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
             )
         )
     else:
-        variance = prediction.noise_variance
+        variance = output.noise_variance
         noise = {} if variance is None else {"noise_variance": tensors.encode(variance.astype(np.float32))}
-        outputs = {name: tensors.encode(getattr(summary, name)) for name in REGRESSION_OUTPUTS}
-        response.regression.CopyFrom(pb.Regression(interval=summary.level, **outputs, **noise))
-    if prediction.sample_outputs is not None:
-        response.sample_outputs.CopyFrom(tensors.encode(prediction.sample_outputs))
-    return response
+        arrays = {name: tensors.encode(getattr(summary, name)) for name in REGRESSION_OUTPUTS}
+        message.regression.CopyFrom(pb.Regression(interval=summary.level, **arrays, **noise))
+    if output.sample_outputs is not None:
+        message.sample_outputs.CopyFrom(tensors.encode(output.sample_outputs))
 
 
 def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetadata:
@@ -88,10 +102,8 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
         version=version.version,
         versions=versions,
         task=version.task.value,
-        input=pb.TensorSpec(
-            name="x", shape=list(version.input_shape), dtype=_DTYPE_ENUMS.get(version.input_dtype, pb.FLOAT32)
-        ),
-        output=pb.TensorSpec(name="y", shape=list(manifest.output.shape), dtype=pb.FLOAT32),
+        input=_input_tensor(version.inputs[0]),
+        output=pb.TensorSpec(name=manifest.output.name, shape=list(manifest.output.shape), dtype=pb.FLOAT32),
         class_labels=version.class_labels,
         dropout_layers=[_dropout_layer(d) for d in version.dropout],
         default_samples=version.default_samples,
@@ -99,7 +111,31 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
         unsampled_dropout_layers=[_dropout_layer(d) for d in version.unsampled_dropout],
         mc_layers=version.mc_layers,
         activation_bytes_per_sample_row=int(source["activation_bytes_per_sample_row"]),
+        inputs=[
+            pb.InputMetadata(
+                tensor=_input_tensor(spec),
+                feature_names=list(spec.feature_names or []),
+                integer_low=spec.integer_range[0] if spec.integer_range else 0,
+                integer_high=spec.integer_range[1] if spec.integer_range else 0,
+                has_integer_range=spec.integer_range is not None,
+            )
+            for spec in version.inputs
+        ],
+        outputs=[
+            pb.OutputMetadata(
+                tensor=pb.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=pb.FLOAT32),
+                task=spec.task.value,
+                class_labels=spec.labels,
+                target_names=list(spec.target_names or []),
+                epistemic_only=spec.task == Task.REGRESSION and noise is None,
+            )
+            for spec, noise in zip(version.outputs, version.noise_variances, strict=True)
+        ],
     )
+
+
+def _input_tensor(spec: InputSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=_DTYPE_ENUMS.get(spec.dtype, pb.FLOAT32))
 
 
 def _dropout_layer(site: DropoutSite) -> pb.DropoutLayer:

@@ -1,8 +1,11 @@
 """The Open Inference Protocol (KServe V2) as mcdrop speaks it, for both transports: every fact once.
 
 gRPC (``mcdrop.serving.grpc.oip``) and REST (``mcdrop.serving.rest``) only convert their messages to
-and from what is here: the server and model metadata, the one input ``x``, the outputs a model
-advertises, the request ``parameters`` mcdrop understands and the response parameters it echoes::
+and from what is here: the server and model metadata, the inputs (``x`` for a single-input model, else
+one FP32 tensor per model input, by the manifest's names), the outputs a model advertises (``mean``,
+``mutual_information``, …; ``OUTPUT/FIELD`` such as ``cls/mean`` for a model with several outputs, see
+``mcdrop.serving.protocols.outputs``), the request ``parameters`` mcdrop understands and the response
+parameters it echoes::
 
     mc_samples (int64)  seed (int64)  mode (string)  return_samples (bool)  interval (double)
 
@@ -22,17 +25,17 @@ from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelVersion
-from mcdrop.serving.protocols.outputs import SAMPLES, output_names
+from mcdrop.serving.protocols.outputs import SAMPLES, output_names, prefix
 from mcdrop.serving.protocols.tensors import check_shape
 
 __all__ = [
     "DATATYPES",
     "IGNORED_PARAMETERS",
-    "INPUT",
     "PARAMETERS",
     "PLATFORM",
     "Parameter",
     "check_input",
+    "check_inputs",
     "datatype_of",
     "infer_request",
     "model_metadata",
@@ -43,7 +46,6 @@ __all__ = [
 ]
 
 PLATFORM = "litert_mcdropout"
-INPUT = "x"
 EXTENSIONS = ("mc_dropout",)
 
 # datatype → (numpy dtype, InferTensorContents field of the gRPC protocol)
@@ -94,15 +96,17 @@ def server_metadata() -> dict[str, Any]:
 
 def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
     """``(name, datatype, shape)`` of every output the model metadata advertises, in its order."""
-    output = list(version.manifest.output.shape)
     tensors: list[tuple[str, str, list[int]]] = []
-    for name in output_names(version.task):
-        if name in ("mean", "std") or version.task == Task.REGRESSION:
-            tensors.append((name, "FP32", output))
-        else:
-            tensors.append((name, "INT64" if name == "predicted_class" else "FP64", [-1]))
-    if version.stochastic:
-        tensors.append((SAMPLES, "FP32", [-1, *output]))
+    for spec in version.outputs:
+        start = prefix(spec.name, len(version.outputs))
+        output = list(spec.shape)
+        for name in output_names(spec.task):
+            if name in ("mean", "std") or spec.task == Task.REGRESSION:
+                tensors.append((start + name, "FP32", output))
+            else:
+                tensors.append((start + name, "INT64" if name == "predicted_class" else "FP64", [-1]))
+        if version.stochastic:
+            tensors.append((start + SAMPLES, "FP32", [-1, *output]))
     return tensors
 
 
@@ -112,28 +116,51 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> dict[str, Any]:
         "name": version.name,
         "versions": [str(v) for v in loaded],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": list(version.input_shape)}],
+        "inputs": [{"name": spec.name, "datatype": "FP32", "shape": list(spec.shape)} for spec in version.inputs],
         "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in output_tensors(version)],
         "parameters": version.uncertainty_source(),
     }
 
 
+def input_names(version: ModelVersion) -> list[str]:
+    return [spec.name for spec in version.inputs]
+
+
+def check_inputs(version: ModelVersion, names: list[Any]) -> None:
+    """One tensor per model input, each named once (the order does not matter)."""
+    expected = input_names(version)
+    if len(expected) == 1:  # a wrongly named one gets check_input's message
+        if len(names) != 1:
+            raise InvalidArgument(f"Model {version.name!r} takes 1 input named {expected[0]!r}. "
+                                  f"Received {len(names)}: {names}")  # fmt: skip
+        return
+    if len(names) == len(expected) and sorted(map(str, names)) == sorted(expected):
+        return
+    missing = [n for n in expected if n not in names]
+    unknown = [n for n in names if n not in expected]
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    detail = "; ".join(part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown
+                       else "", f"repeated {repeated}" if repeated else "") if part)  # fmt: skip
+    raise InvalidArgument(f"Model {version.name!r} takes inputs {expected}. Received: {names} ({detail})")
+
+
 def check_input(version: ModelVersion, name: Any, datatype: Any, shape: Any) -> list[int]:
-    """The one input's name, datatype and shape against the metadata (-1 = any batch size); returns the shape."""
-    if name != INPUT:
-        raise InvalidArgument(f"Unknown input {name!r}. Expected inputs: {INPUT!r}.")
+    """One input's name, datatype and shape against the metadata (-1 = any batch size); returns the shape."""
+    specs = {spec.name: spec for spec in version.inputs}
+    if name not in specs:
+        expected = ", ".join(repr(n) for n in specs)
+        raise InvalidArgument(f"Unknown input {name!r}. Expected inputs: {expected}.")
+    which = f"input {name!r}"
     if datatype not in DATATYPES:
-        raise InvalidArgument(f"Invalid datatype {datatype!r} for input 'x'. Expected one of {', '.join(DATATYPES)}.")
+        raise InvalidArgument(f"Invalid datatype {datatype!r} for {which}. Expected one of {', '.join(DATATYPES)}.")
     if datatype != "FP32":
-        raise InvalidArgument(f"Invalid datatype for input 'x'. Expected FP32. Received: {datatype}")
+        raise InvalidArgument(f"Invalid datatype for {which}. Expected FP32. Received: {datatype}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"Invalid shape for input 'x'. Expected a list of integers. Received: {shape!r}")
-    check_shape(shape, "input 'x'")
-    expected = list(version.input_shape)
+        raise InvalidArgument(f"Invalid shape for {which}. Expected a list of integers. Received: {shape!r}")
+    check_shape(shape, which)
+    expected = list(specs[name].shape)
     if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
-        raise InvalidArgument(
-            f"Invalid shape for input 'x'. Expected {expected} (-1 = any batch size). Received: {shape}"
-        )
+        raise InvalidArgument(f"Invalid shape for {which}. Expected {expected} (-1 = any batch size). Received: {shape}")
     return shape
 
 
@@ -165,31 +192,37 @@ def check_parameter(name: str, value: Any, received: str | None = None) -> Any |
 
 
 def infer_request(
-    version: ModelVersion, x: np.ndarray, params: Mapping[str, Any], wanted: list[str]
+    version: ModelVersion, x: Mapping[str, np.ndarray], params: Mapping[str, Any], wanted: list[str]
 ) -> tuple[PredictionRequest, list[str]]:
     """The data-plane request of an inference call, and the names of the outputs to return.
 
     ``params`` are already checked (``check_parameter``); ``wanted`` are the output names asked for. Every
     output the model metadata advertises can be asked for by name (``samples`` too, which also turns
     ``return_samples`` on); without named outputs, all but ``samples`` come back (``samples`` too with
-    ``return_samples``).
+    ``return_samples``). ``x``: every input by name.
     """
     advertised = [name for name, _, _ in output_tensors(version)]
     unknown = [name for name in wanted if name not in advertised]
     if unknown:
         raise InvalidArgument(f"Unknown output(s) {unknown}. Expected any of: {', '.join(advertised)}")
-    return_samples = bool(params.get("return_samples")) or SAMPLES in wanted
+    return_samples = bool(params.get("return_samples")) or any(_is_samples(name) for name in wanted)
+    single = len(version.inputs) == 1
     decoded = PredictionRequest(
         model=version.name,
         version=version.version,
-        x=x,
+        x=next(iter(x.values())) if single else None,
+        inputs=None if single else dict(x),
         mode=params.get("mode"),
         samples=params.get("mc_samples"),
         seed=params.get("seed"),
         return_samples=return_samples,
         interval=params.get("interval"),
     )
-    return decoded, wanted or [name for name in advertised if name != SAMPLES or return_samples]
+    return decoded, wanted or [name for name in advertised if not _is_samples(name) or return_samples]
+
+
+def _is_samples(name: str) -> bool:
+    return name == SAMPLES or name.endswith("/" + SAMPLES)
 
 
 def response_parameters(prediction: Prediction) -> dict[str, int | str | bool]:
@@ -199,8 +232,10 @@ def response_parameters(prediction: Prediction) -> dict[str, int | str | bool]:
                                                "model_version": str(prediction.version)}  # fmt: skip
     if prediction.seed is not None:
         parameters["seed"] = prediction.seed
-    if prediction.task == Task.REGRESSION:
-        parameters["epistemic_only"] = prediction.noise_variance is None
+    for output in prediction.outputs:
+        if output.task == Task.REGRESSION:
+            name = prefix(output.name, len(prediction.outputs)) + "epistemic_only"
+            parameters[name] = output.noise_variance is None
     return parameters
 
 

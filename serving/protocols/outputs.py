@@ -2,6 +2,10 @@
 
 Each name is a field of the task's uncertainty summary (``mcdrop.serving.core.uncertainty``, which
 says what each one means); ``samples`` is the raw ``[T, B, ...]`` sample outputs, returned on request.
+
+A model with several outputs names each array ``OUTPUT/FIELD`` (``cls/mean``, ``score/lower``,
+``cls/samples``): the model's output name, a slash, the field; a single-output model keeps the bare
+field names (``mean``, ``lower``, ``samples``) it always had.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ __all__ = [
     "SAMPLES",
     "output_arrays",
     "output_names",
+    "prefix",
 ]
 
 CLASSIFICATION_OUTPUTS = ("mean", "std", "predicted_class", "predictive_entropy", "expected_entropy",
@@ -35,14 +40,25 @@ def output_names(task: Task) -> tuple[str, ...]:
     return CLASSIFICATION_OUTPUTS if task == Task.CLASSIFICATION else REGRESSION_OUTPUTS
 
 
+def prefix(output: str, outputs: int) -> str:
+    """What a model output's array names start with: ``""`` for a model's only output, else ``"NAME/"``."""
+    return f"{output}/" if outputs > 1 else ""
+
+
 def output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
     """Every output of ``prediction`` by name (``samples`` only when it was asked for), with the wire dtypes:
-    class indices int64, per-row classification values float64."""
-    summary = prediction.summary
-    arrays = {name: np.asarray(getattr(summary, name)) for name in output_names(prediction.task)}
-    if isinstance(summary, ClassificationSummary):
-        arrays["predicted_class"] = arrays["predicted_class"].astype(np.int64)
-        arrays["variation_ratio"] = arrays["variation_ratio"].astype(np.float64)
-    if prediction.sample_outputs is not None:
-        arrays[SAMPLES] = prediction.sample_outputs
+    class indices int64, per-row classification values float64. Several model outputs: ``OUTPUT/FIELD`` names."""
+    arrays: dict[str, np.ndarray] = {}
+    for output in prediction.outputs:
+        start = prefix(output.name, len(prediction.outputs))
+        summary = output.summary
+        for name in output_names(output.task):
+            value = np.asarray(getattr(summary, name))
+            if isinstance(summary, ClassificationSummary) and name == "predicted_class":
+                value = value.astype(np.int64)
+            elif isinstance(summary, ClassificationSummary) and name == "variation_ratio":
+                value = value.astype(np.float64)
+            arrays[start + name] = value
+        if output.sample_outputs is not None:
+            arrays[start + SAMPLES] = output.sample_outputs
     return arrays

@@ -31,12 +31,18 @@ def decode_infer(body: Any, version: ModelVersion) -> tuple[PredictionRequest, l
     if not isinstance(body, dict):
         raise InvalidArgument(f"Invalid request body. Expected a JSON object. Received: {type(body).__name__}")
     inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    expected = protocol.input_names(version)
+    if not isinstance(inputs, list) or len(inputs) != len(expected) or not all(isinstance(i, dict) for i in inputs):
         count = len(inputs) if isinstance(inputs, list) else "no list"
-        raise InvalidArgument(f"Model {version.name!r} takes 1 input named 'x'. Received: {count}")
-    tensor = inputs[0]
-    shape = protocol.check_input(version, tensor.get("name"), tensor.get("datatype"), tensor.get("shape"))
-    x = _tensor_data(tensor.get("data"), shape)
+        if len(expected) == 1:
+            raise InvalidArgument(f"Model {version.name!r} takes 1 input named {expected[0]!r}. Received: {count}")
+        raise InvalidArgument(f"Model {version.name!r} takes {len(expected)} inputs {expected}, each a JSON object. "
+                              f"Received: {count}")  # fmt: skip
+    protocol.check_inputs(version, [tensor.get("name") for tensor in inputs])
+    x: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        shape = protocol.check_input(version, tensor.get("name"), tensor.get("datatype"), tensor.get("shape"))
+        x[tensor["name"]] = _tensor_data(tensor.get("data"), shape, tensor["name"])
     wanted = _wanted(body.get("outputs"))
     return protocol.infer_request(version, x, _parameters(body.get("parameters")), wanted)
 
@@ -55,7 +61,7 @@ def encode_infer(body: dict[str, Any], prediction: Prediction, wanted: list[str]
     return response
 
 
-def _tensor_data(data: Any, shape: list[int]) -> np.ndarray:
+def _tensor_data(data: Any, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
     if isinstance(data, list) and len(data) == count and not any(v is True or v is False for v in data):
         try:  # the common case, a flat list of numbers: one C-level conversion
@@ -64,25 +70,25 @@ def _tensor_data(data: Any, shape: list[int]) -> np.ndarray:
         except (TypeError, ValueError, OverflowError):
             pass  # strings, nulls, nested lists or huge integers: the checks below name the problem
     if not isinstance(data, list):
-        raise InvalidArgument(f"Invalid data for input 'x'. Expected a list of {count} numbers. Received: {data!r:.80}")
+        raise InvalidArgument(f"Invalid data for input {name!r}. Expected a list of {count} numbers. Received: {data!r:.80}")
     try:
         values = np.asarray(data, dtype=object).reshape(-1)
     except ValueError:
         raise InvalidArgument(
-            "Invalid data for input 'x'. Expected a flat (or evenly nested) list of numbers."
+            f"Invalid data for input {name!r}. Expected a flat (or evenly nested) list of numbers."
         ) from None
     if values.size != count:
         raise InvalidArgument(
-            f"Invalid data for input 'x'. Expected {count} values for shape {shape}. Received: {values.size}"
+            f"Invalid data for input {name!r}. Expected {count} values for shape {shape}. Received: {values.size}"
         )
     bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | float)), None)
     if bad is not None or (values.size and any(isinstance(v, list) for v in values)):
-        raise InvalidArgument(f"Invalid value {bad!r} in input 'x'. Expected numbers (FP32).")
+        raise InvalidArgument(f"Invalid value {bad!r} in input {name!r}. Expected numbers (FP32).")
     try:
         with np.errstate(over="ignore"):
             array = values.astype(np.float64).astype(np.float32)
     except OverflowError:
-        raise InvalidArgument("Invalid value in input 'x': an integer beyond the float range. Expected FP32.") from None
+        raise InvalidArgument(f"Invalid value in input {name!r}: an integer beyond the float range. Expected FP32.") from None
     return array.reshape(shape)
 
 

@@ -24,45 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mcdrop/v1/mcdrop.proto\x12\tmcdrop.v1\"I\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.mcdrop.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb5\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1d\n\x04mode\x18\x04 \x01(\x0e\x32\x0f.mcdrop.v1.Mode\x12\x0f\n\x07samples\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0ereturn_samples\x18\x07 \x01(\x08\x12\x15\n\x08interval\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\ttolerance\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\n \x01(\r\x12\r\n\x05\x63hunk\x18\x0b \x01(\rB\n\n\x08_versionB\x07\n\x05_seedB\x0b\n\t_intervalB\x0c\n\n_tolerance\"\x84\x02\n\x0e\x43lassification\x12\x1f\n\x04mean\x18\x01 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1e\n\x03std\x18\x02 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x17\n\x0fpredicted_class\x18\x03 \x03(\x03\x12\x17\n\x0fpredicted_label\x18\x04 \x03(\t\x12\x1a\n\x12predictive_entropy\x18\x05 \x03(\x01\x12\x18\n\x10\x65xpected_entropy\x18\x06 \x03(\x01\x12\x1a\n\x12mutual_information\x18\x07 \x03(\x01\x12\x17\n\x0fvariation_ratio\x18\x08 \x03(\x01\x12\x14\n\x0c\x63lass_labels\x18\t \x03(\t\"\xc7\x02\n\nRegression\x12\x1f\n\x04mean\x18\x01 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1e\n\x03std\x18\x02 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12 \n\x05lower\x18\x03 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12 \n\x05upper\x18\x04 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x10\n\x08interval\x18\x05 \x01(\x01\x12)\n\x0epredictive_std\x18\x06 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12%\n\nmean_lower\x18\x07 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12%\n\nmean_upper\x18\x08 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12)\n\x0enoise_variance\x18\t \x01(\x0b\x32\x11.mcdrop.v1.Tensor\"\xe5\x02\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1d\n\x04mode\x18\x03 \x01(\x0e\x32\x0f.mcdrop.v1.Mode\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x33\n\x0e\x63lassification\x18\x06 \x01(\x0b\x32\x19.mcdrop.v1.ClassificationH\x00\x12+\n\nregression\x18\x07 \x01(\x0b\x32\x15.mcdrop.v1.RegressionH\x00\x12)\n\x0esample_outputs\x18\x08 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\r\n\x05\x66inal\x18\t \x01(\x08\x12\x1a\n\x12max_standard_error\x18\n \x01(\x01\x12\x10\n\x08queue_ms\x18\x0b \x01(\x01\x12\x12\n\ncompute_ms\x18\x0c \x01(\x01\x42\x08\n\x06resultB\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.mcdrop.v1.ModelStatus\"\xc7\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x0e\n\x06latest\x18\x03 \x01(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x43\n\x0f\x66\x61iled_versions\x18\x05 \x03(\x0b\x32*.mcdrop.v1.ModelStatus.FailedVersionsEntry\x1a\x35\n\x13\x46\x61iledVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"M\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.mcdrop.v1.DataType\"T\n\x0c\x44ropoutLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blayer_class\x18\x02 \x01(\t\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x13\n\x0bnoise_shape\x18\x04 \x03(\x03\"\x89\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12%\n\x06output\x18\x06 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12\x14\n\x0c\x63lass_labels\x18\x07 \x03(\t\x12/\n\x0e\x64ropout_layers\x18\x08 \x03(\x0b\x32\x17.mcdrop.v1.DropoutLayer\x12\x17\n\x0f\x64\x65\x66\x61ult_samples\x18\t \x01(\r\x12\x15\n\rmanifest_json\x18\n \x01(\t\x12\x39\n\x18unsampled_dropout_layers\x18\x0b \x03(\x0b\x32\x17.mcdrop.v1.DropoutLayer\x12\x11\n\tmc_layers\x18\x0c \x01(\t\x12\'\n\x1f\x61\x63tivation_bytes_per_sample_row\x18\r \x01(\x03*`\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05INT32\x10\x03\x12\t\n\x05INT64\x10\x04\x12\t\n\x05UINT8\x10\x05*@\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rDETERMINISTIC\x10\x01\x12\x0f\n\x0bMONTE_CARLO\x10\x02\x32\xb4\x02\n\tInference\x12@\n\x07Predict\x12\x19.mcdrop.v1.PredictRequest\x1a\x1a.mcdrop.v1.PredictResponse\x12H\n\rPredictStream\x12\x19.mcdrop.v1.PredictRequest\x1a\x1a.mcdrop.v1.PredictResponse0\x01\x12I\n\nListModels\x12\x1c.mcdrop.v1.ListModelsRequest\x1a\x1d.mcdrop.v1.ListModelsResponse\x12P\n\x10GetModelMetadata\x12\".mcdrop.v1.GetModelMetadataRequest\x1a\x18.mcdrop.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mcdrop/v1/mcdrop.proto\x12\tmcdrop.v1\"I\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.mcdrop.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xae\x03\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1d\n\x04mode\x18\x04 \x01(\x0e\x32\x0f.mcdrop.v1.Mode\x12\x0f\n\x07samples\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\x0ereturn_samples\x18\x07 \x01(\x08\x12\x15\n\x08interval\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\ttolerance\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x13\n\x0bmax_samples\x18\n \x01(\r\x12\r\n\x05\x63hunk\x18\x0b \x01(\r\x12\x35\n\x06inputs\x18\x0c \x03(\x0b\x32%.mcdrop.v1.PredictRequest.InputsEntry\x1a@\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.mcdrop.v1.Tensor:\x02\x38\x01\x42\n\n\x08_versionB\x07\n\x05_seedB\x0b\n\t_intervalB\x0c\n\n_tolerance\"\xc1\x01\n\x0cOutputResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x03 \x01(\x0b\x32\x19.mcdrop.v1.ClassificationH\x00\x12+\n\nregression\x18\x04 \x01(\x0b\x32\x15.mcdrop.v1.RegressionH\x00\x12)\n\x0esample_outputs\x18\x05 \x01(\x0b\x32\x11.mcdrop.v1.TensorB\x08\n\x06result\"\x84\x02\n\x0e\x43lassification\x12\x1f\n\x04mean\x18\x01 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1e\n\x03std\x18\x02 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x17\n\x0fpredicted_class\x18\x03 \x03(\x03\x12\x17\n\x0fpredicted_label\x18\x04 \x03(\t\x12\x1a\n\x12predictive_entropy\x18\x05 \x03(\x01\x12\x18\n\x10\x65xpected_entropy\x18\x06 \x03(\x01\x12\x1a\n\x12mutual_information\x18\x07 \x03(\x01\x12\x17\n\x0fvariation_ratio\x18\x08 \x03(\x01\x12\x14\n\x0c\x63lass_labels\x18\t \x03(\t\"\xc7\x02\n\nRegression\x12\x1f\n\x04mean\x18\x01 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x1e\n\x03std\x18\x02 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12 \n\x05lower\x18\x03 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12 \n\x05upper\x18\x04 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\x10\n\x08interval\x18\x05 \x01(\x01\x12)\n\x0epredictive_std\x18\x06 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12%\n\nmean_lower\x18\x07 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12%\n\nmean_upper\x18\x08 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12)\n\x0enoise_variance\x18\t \x01(\x0b\x32\x11.mcdrop.v1.Tensor\"\x8f\x03\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1d\n\x04mode\x18\x03 \x01(\x0e\x32\x0f.mcdrop.v1.Mode\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x33\n\x0e\x63lassification\x18\x06 \x01(\x0b\x32\x19.mcdrop.v1.ClassificationH\x00\x12+\n\nregression\x18\x07 \x01(\x0b\x32\x15.mcdrop.v1.RegressionH\x00\x12)\n\x0esample_outputs\x18\x08 \x01(\x0b\x32\x11.mcdrop.v1.Tensor\x12\r\n\x05\x66inal\x18\t \x01(\x08\x12\x1a\n\x12max_standard_error\x18\n \x01(\x01\x12\x10\n\x08queue_ms\x18\x0b \x01(\x01\x12\x12\n\ncompute_ms\x18\x0c \x01(\x01\x12(\n\x07outputs\x18\r \x03(\x0b\x32\x17.mcdrop.v1.OutputResultB\x08\n\x06resultB\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.mcdrop.v1.ModelStatus\"\xc7\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x0e\n\x06latest\x18\x03 \x01(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x43\n\x0f\x66\x61iled_versions\x18\x05 \x03(\x0b\x32*.mcdrop.v1.ModelStatus.FailedVersionsEntry\x1a\x35\n\x13\x46\x61iledVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"M\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.mcdrop.v1.DataType\"T\n\x0c\x44ropoutLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blayer_class\x18\x02 \x01(\t\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x13\n\x0bnoise_shape\x18\x04 \x03(\x03\"\xdf\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12%\n\x06output\x18\x06 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12\x14\n\x0c\x63lass_labels\x18\x07 \x03(\t\x12/\n\x0e\x64ropout_layers\x18\x08 \x03(\x0b\x32\x17.mcdrop.v1.DropoutLayer\x12\x17\n\x0f\x64\x65\x66\x61ult_samples\x18\t \x01(\r\x12\x15\n\rmanifest_json\x18\n \x01(\t\x12\x39\n\x18unsampled_dropout_layers\x18\x0b \x03(\x0b\x32\x17.mcdrop.v1.DropoutLayer\x12\x11\n\tmc_layers\x18\x0c \x01(\t\x12\'\n\x1f\x61\x63tivation_bytes_per_sample_row\x18\r \x01(\x03\x12(\n\x06inputs\x18\x0e \x03(\x0b\x32\x18.mcdrop.v1.InputMetadata\x12*\n\x07outputs\x18\x0f \x03(\x0b\x32\x19.mcdrop.v1.OutputMetadata\"\x93\x01\n\rInputMetadata\x12%\n\x06tensor\x18\x01 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x13\n\x0binteger_low\x18\x03 \x01(\x03\x12\x14\n\x0cinteger_high\x18\x04 \x01(\x03\x12\x19\n\x11has_integer_range\x18\x05 \x01(\x08\"\x89\x01\n\x0eOutputMetadata\x12%\n\x06tensor\x18\x01 \x01(\x0b\x32\x15.mcdrop.v1.TensorSpec\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x63lass_labels\x18\x03 \x03(\t\x12\x14\n\x0ctarget_names\x18\x04 \x03(\t\x12\x16\n\x0e\x65pistemic_only\x18\x05 \x01(\x08*`\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\t\n\x05INT32\x10\x03\x12\t\n\x05INT64\x10\x04\x12\t\n\x05UINT8\x10\x05*@\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rDETERMINISTIC\x10\x01\x12\x0f\n\x0bMONTE_CARLO\x10\x02\x32\xb4\x02\n\tInference\x12@\n\x07Predict\x12\x19.mcdrop.v1.PredictRequest\x1a\x1a.mcdrop.v1.PredictResponse\x12H\n\rPredictStream\x12\x19.mcdrop.v1.PredictRequest\x1a\x1a.mcdrop.v1.PredictResponse0\x01\x12I\n\nListModels\x12\x1c.mcdrop.v1.ListModelsRequest\x1a\x1d.mcdrop.v1.ListModelsResponse\x12P\n\x10GetModelMetadata\x12\".mcdrop.v1.GetModelMetadataRequest\x1a\x18.mcdrop.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mcdrop.v1.mcdrop_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._loaded_options = None
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._loaded_options = None
   _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=2299
-  _globals['_DATATYPE']._serialized_end=2395
-  _globals['_MODE']._serialized_start=2397
-  _globals['_MODE']._serialized_end=2461
+  _globals['_DATATYPE']._serialized_start=3034
+  _globals['_DATATYPE']._serialized_end=3130
+  _globals['_MODE']._serialized_start=3132
+  _globals['_MODE']._serialized_end=3196
   _globals['_TENSOR']._serialized_start=37
   _globals['_TENSOR']._serialized_end=110
   _globals['_PREDICTREQUEST']._serialized_start=113
-  _globals['_PREDICTREQUEST']._serialized_end=422
-  _globals['_CLASSIFICATION']._serialized_start=425
-  _globals['_CLASSIFICATION']._serialized_end=685
-  _globals['_REGRESSION']._serialized_start=688
-  _globals['_REGRESSION']._serialized_end=1015
-  _globals['_PREDICTRESPONSE']._serialized_start=1018
-  _globals['_PREDICTRESPONSE']._serialized_end=1375
-  _globals['_LISTMODELSREQUEST']._serialized_start=1377
-  _globals['_LISTMODELSREQUEST']._serialized_end=1396
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1398
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1458
-  _globals['_MODELSTATUS']._serialized_start=1461
-  _globals['_MODELSTATUS']._serialized_end=1660
-  _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._serialized_start=1607
-  _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._serialized_end=1660
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1662
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1736
-  _globals['_TENSORSPEC']._serialized_start=1738
-  _globals['_TENSORSPEC']._serialized_end=1815
-  _globals['_DROPOUTLAYER']._serialized_start=1817
-  _globals['_DROPOUTLAYER']._serialized_end=1901
-  _globals['_MODELMETADATA']._serialized_start=1904
-  _globals['_MODELMETADATA']._serialized_end=2297
-  _globals['_INFERENCE']._serialized_start=2464
-  _globals['_INFERENCE']._serialized_end=2772
+  _globals['_PREDICTREQUEST']._serialized_end=543
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=431
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=495
+  _globals['_OUTPUTRESULT']._serialized_start=546
+  _globals['_OUTPUTRESULT']._serialized_end=739
+  _globals['_CLASSIFICATION']._serialized_start=742
+  _globals['_CLASSIFICATION']._serialized_end=1002
+  _globals['_REGRESSION']._serialized_start=1005
+  _globals['_REGRESSION']._serialized_end=1332
+  _globals['_PREDICTRESPONSE']._serialized_start=1335
+  _globals['_PREDICTRESPONSE']._serialized_end=1734
+  _globals['_LISTMODELSREQUEST']._serialized_start=1736
+  _globals['_LISTMODELSREQUEST']._serialized_end=1755
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1757
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1817
+  _globals['_MODELSTATUS']._serialized_start=1820
+  _globals['_MODELSTATUS']._serialized_end=2019
+  _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._serialized_start=1966
+  _globals['_MODELSTATUS_FAILEDVERSIONSENTRY']._serialized_end=2019
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2021
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2095
+  _globals['_TENSORSPEC']._serialized_start=2097
+  _globals['_TENSORSPEC']._serialized_end=2174
+  _globals['_DROPOUTLAYER']._serialized_start=2176
+  _globals['_DROPOUTLAYER']._serialized_end=2260
+  _globals['_MODELMETADATA']._serialized_start=2263
+  _globals['_MODELMETADATA']._serialized_end=2742
+  _globals['_INPUTMETADATA']._serialized_start=2745
+  _globals['_INPUTMETADATA']._serialized_end=2892
+  _globals['_OUTPUTMETADATA']._serialized_start=2895
+  _globals['_OUTPUTMETADATA']._serialized_end=3032
+  _globals['_INFERENCE']._serialized_start=3199
+  _globals['_INFERENCE']._serialized_end=3507
 # @@protoc_insertion_point(module_scope)

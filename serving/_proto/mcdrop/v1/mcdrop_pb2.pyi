@@ -42,7 +42,14 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk")
+    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk", "inputs")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +61,7 @@ class PredictRequest(_message.Message):
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     input: Tensor
@@ -65,7 +73,22 @@ class PredictRequest(_message.Message):
     tolerance: float
     max_samples: int
     chunk: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
+    inputs: _containers.MessageMap[str, Tensor]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+
+class OutputResult(_message.Message):
+    __slots__ = ("name", "task", "classification", "regression", "sample_outputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task: str
+    classification: Classification
+    regression: Regression
+    sample_outputs: Tensor
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Classification(_message.Message):
     __slots__ = ("mean", "std", "predicted_class", "predicted_label", "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio", "class_labels")
@@ -112,7 +135,7 @@ class Regression(_message.Message):
     def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ..., predictive_std: _Optional[_Union[Tensor, _Mapping]] = ..., mean_lower: _Optional[_Union[Tensor, _Mapping]] = ..., mean_upper: _Optional[_Union[Tensor, _Mapping]] = ..., noise_variance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms")
+    __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms", "outputs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +148,7 @@ class PredictResponse(_message.Message):
     MAX_STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     mode: Mode
@@ -137,7 +161,8 @@ class PredictResponse(_message.Message):
     max_standard_error: float
     queue_ms: float
     compute_ms: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ..., final: _Optional[bool] = ..., max_standard_error: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputResult]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ..., final: _Optional[bool] = ..., max_standard_error: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[OutputResult, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -201,7 +226,7 @@ class DropoutLayer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layer_class: _Optional[str] = ..., rate: _Optional[float] = ..., noise_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row")
+    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +240,8 @@ class ModelMetadata(_message.Message):
     UNSAMPLED_DROPOUT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MC_LAYERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_BYTES_PER_SAMPLE_ROW_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -228,4 +255,34 @@ class ModelMetadata(_message.Message):
     unsampled_dropout_layers: _containers.RepeatedCompositeFieldContainer[DropoutLayer]
     mc_layers: str
     activation_bytes_per_sample_row: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[InputMetadata]
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputMetadata]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ...) -> None: ...
+
+class InputMetadata(_message.Message):
+    __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_LOW_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_HIGH_FIELD_NUMBER: _ClassVar[int]
+    HAS_INTEGER_RANGE_FIELD_NUMBER: _ClassVar[int]
+    tensor: TensorSpec
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    integer_low: int
+    integer_high: int
+    has_integer_range: bool
+    def __init__(self, tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., integer_low: _Optional[int] = ..., integer_high: _Optional[int] = ..., has_integer_range: _Optional[bool] = ...) -> None: ...
+
+class OutputMetadata(_message.Message):
+    __slots__ = ("tensor", "task", "class_labels", "target_names", "epistemic_only")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NAMES_FIELD_NUMBER: _ClassVar[int]
+    EPISTEMIC_ONLY_FIELD_NUMBER: _ClassVar[int]
+    tensor: TensorSpec
+    task: str
+    class_labels: _containers.RepeatedScalarFieldContainer[str]
+    target_names: _containers.RepeatedScalarFieldContainer[str]
+    epistemic_only: bool
+    def __init__(self, tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., task: _Optional[str] = ..., class_labels: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., epistemic_only: _Optional[bool] = ...) -> None: ...
