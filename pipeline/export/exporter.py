@@ -376,7 +376,9 @@ def _quantized_variant(
     record["deterministic"] = _agreements(reference, quantised, tasks, names, lead=1)
     if sites:
         feeds = verify.draw_feeds(sites, 16, verify.batch_of(x), np.random.default_rng(seed))
-        reference = [_run_masked_output(float_graphs["mc_masked"], x, feeds, chunk, names, i) for i in range(len(names))]
+        reference = [
+            _run_masked_output(float_graphs["mc_masked"], x, feeds, chunk, names, i) for i in range(len(names))
+        ]
         quantised = [_run_masked_output(graphs["mc_masked"], x, feeds, chunk, names, i) for i in range(len(names))]
         record["mc_masked_same_masks"] = _agreements(reference, quantised, tasks, names, lead=1)
     return record
@@ -393,7 +395,7 @@ def _run_masked_output(
         verify.run_graph(graph, {**x, **{n: f[start : start + chunk] for n, f in feeds.items()}}, names)[index]
         for start in range(0, samples, chunk)
     ]
-    return np.concatenate(parts).mean(axis=0)
+    return np.asarray(np.concatenate(parts).mean(axis=0))
 
 
 def _agreements(
@@ -486,8 +488,10 @@ def _manifest(
         GraphName(name): GraphSpec(
             file=graph_file(name),
             inputs=tuple(_tensor_spec(graph, n) for n in graph.input_names),
-            outputs=tuple(TensorSpec(output, tuple(_output_shape(name, [int(d) for d in tensor.shape[1:]])), "float32")
-                          for output, tensor in zip(names, model.outputs, strict=True)),  # fmt: skip
+            outputs=tuple(
+                TensorSpec(output, tuple(_output_shape(name, [int(d) for d in tensor.shape[1:]])), "float32")
+                for output, tensor in zip(names, model.outputs, strict=True)
+            ),
             ops=tuple(graph.ops()),
         )
         for name, graph in graphs.items()
@@ -560,10 +564,14 @@ def _output_specs(
     for name, task, tensor in zip(names, tasks, model.outputs, strict=True):
         shape = tuple(int(d) for d in tensor.shape[1:])
         record = recorded.get(name, {})
-        labels = options.labels if options.labels is not None and task == "classification" else record.get("class_labels")
+        labels = (
+            options.labels if options.labels is not None and task == "classification" else record.get("class_labels")
+        )
         if task == "classification" and labels is not None and len(labels) != shape[-1]:
             where = "" if len(names) == 1 else f" for output {name!r}"
-            raise InvalidArgument(f"{len(labels)} class labels given{where}. Expected {shape[-1]}, one per output unit.")
+            raise InvalidArgument(
+                f"{len(labels)} class labels given{where}. Expected {shape[-1]}, one per output unit."
+            )
         noise = None
         if task == "regression":
             noise = _observation_noise(options, training, shape, record.get("observation_noise"),

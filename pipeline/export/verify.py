@@ -119,7 +119,7 @@ def run_graph(graph: Graph, feeds: Feeds, names: list[str]) -> list[np.ndarray]:
 
 
 def training_mode_parity(
-    model: keras.Model, sites: list[DropoutSite], x: np.ndarray, inactive: list[DropoutSite] | None = None
+    model: keras.Model, sites: list[DropoutSite], x: Feeds, inactive: list[DropoutSite] | None = None
 ) -> dict[str, Any]:
     """The layers that own dropout, run in training mode with every mask kept unscaled, against Keras inference.
 
@@ -166,8 +166,10 @@ def run_masked(graph: Graph, x: Feeds, feeds: dict[str, np.ndarray], chunk: int,
     samples = next(iter(feeds.values())).shape[0]
     return np.concatenate(
         [
-            joined(run_graph(graph, {**x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}},
-                             names), lead=2)  # fmt: skip
+            joined(
+                run_graph(graph, {**x, **{name: feed[start : start + chunk] for name, feed in feeds.items()}}, names),
+                lead=2,
+            )
             for start in range(0, samples, chunk)
         ]
     )

@@ -233,11 +233,10 @@ class Client:
     ) -> pb.PredictRequest:
         if mode not in _MODES:
             raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo or None.")
-        named = isinstance(x, Mapping)
         request = pb.PredictRequest(
             model=model,
-            input=None if named else tensors.encode(np.asarray(x)),
-            inputs={str(k): tensors.encode(np.asarray(v)) for k, v in x.items()} if named else None,
+            input=None if isinstance(x, Mapping) else tensors.encode(np.asarray(x)),
+            inputs={str(k): tensors.encode(np.asarray(v)) for k, v in x.items()} if isinstance(x, Mapping) else None,
             mode=_MODES[mode],
             samples=samples,
             return_samples=return_samples,

@@ -9,12 +9,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mcdrop.serving.core.requests import DEFAULT_INTERVAL, Limits, Mode, Prediction, PredictionRequest
+from mcdrop.serving.core.requests import (
+    DEFAULT_INTERVAL,
+    Limits,
+    Mode,
+    OutputPrediction,
+    Prediction,
+    PredictionRequest,
+)
 
 if TYPE_CHECKING:
     from mcdrop.serving.core.sampler import Plan, Sampler
 
-__all__ = ["DEFAULT_INTERVAL", "Limits", "Mode", "Plan", "Prediction", "PredictionRequest", "Sampler"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "Limits",
+    "Mode",
+    "OutputPrediction",
+    "Plan",
+    "Prediction",
+    "PredictionRequest",
+    "Sampler",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,8 @@ def checked_inputs(
         unknown = [n for n in received if n not in expected]
         raise InvalidArgument(
             f"Model {version.name!r} takes inputs {expected}. Received: {received}"
-            + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else "")
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {unknown})" if unknown else "")
         )
     several = len(specs) > 1
     checked = {spec.name: checked_input(version, spec, inputs[spec.name], max_batch, named=several) for spec in specs}
@@ -51,7 +52,8 @@ def checked_inputs(
     if len(set(batches.values())) > 1:
         shown = ", ".join(f"{name} {rows}" for name, rows in batches.items())
         raise InvalidArgument(
-            f"Inputs of model {version.name!r} have different batch sizes ({shown}). Expected the same B for every input."
+            f"Inputs of model {version.name!r} have different batch sizes ({shown}). "
+            "Expected the same B for every input."
         )
     return checked
 
@@ -71,7 +73,9 @@ def checked_input(
     shown = "[B, " + ", ".join(str(d) for d in expected[1:]) + "]"
     if x.ndim != len(expected) or tuple(x.shape[1:]) != expected[1:]:
         label = f"for input{which} of model" if named else "for model"
-        raise InvalidArgument(f"Invalid input shape {label} {version.name!r}. Expected {shown}. Received: {list(x.shape)}")
+        raise InvalidArgument(
+            f"Invalid input shape {label} {version.name!r}. Expected {shown}. Received: {list(x.shape)}"
+        )
     if len(x) < 1 or (max_batch is not None and len(x) > max_batch):
         bound = f"1 <= B <= {max_batch}" if max_batch is not None else "B >= 1"
         raise InvalidArgument(f"Invalid batch size{' of input' + which if named else ''}. Expected {bound}. "

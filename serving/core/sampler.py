@@ -236,7 +236,9 @@ class Sampler:
         with version.pools[graph_name].lease(deadline, alone=wide) as graph:
             started = time.perf_counter()
             if deterministic:
-                blocks = [_invoke(graph, version, graph_name, x, 1) for x in _blocks(plan.inputs, plan.batch, split.rows)]
+                blocks = [
+                    _invoke(graph, version, graph_name, x, 1) for x in _blocks(plan.inputs, plan.batch, split.rows)
+                ]
                 output = [
                     (np.concatenate(parts) if len(parts) > 1 else parts[0])[np.newaxis]
                     for parts in zip(*blocks, strict=True)

@@ -43,7 +43,9 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> pb_grpc.InferenceServic
                         name=status.name,
                         versions=status.versions,
                         latest=status.latest.version if status.latest else 0,
-                        task=",".join(dict.fromkeys(o.task.value for o in status.latest.outputs)) if status.latest else "",
+                        task=",".join(dict.fromkeys(o.task.value for o in status.latest.outputs))
+                        if status.latest
+                        else "",
                         failed_versions=status.failed,
                     )
                     for status in plane.list_models()

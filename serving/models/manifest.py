@@ -334,7 +334,9 @@ class OutputSpec:
         return list(self.class_labels or [])
 
     @staticmethod
-    def from_json(value: Any, where: str, task: Task | None = None, labels: tuple[str, ...] | None = None) -> OutputSpec:
+    def from_json(
+        value: Any, where: str, task: Task | None = None, labels: tuple[str, ...] | None = None
+    ) -> OutputSpec:
         """Read one output; ``task`` and ``labels`` are the top-level ones of a single-output manifest (else the
         output's own fields)."""
         f = _Fields(value, where)
@@ -352,7 +354,7 @@ class OutputSpec:
 
     def to_json(self, *, with_task: bool = False) -> dict[str, Any]:
         """The output's record; ``with_task`` adds its task and labels (the ``outputs`` list form)."""
-        record = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        record: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
         if with_task:
             record |= {"task": self.task.value,
                        "class_labels": None if self.class_labels is None else list(self.class_labels)}  # fmt: skip

@@ -60,9 +60,7 @@ class Footprint:
         return Footprint(tuple((int(a), int(b), int(c)) for a, b, c in record["terms"]))
 
 
-def zero_feeds(
-    inputs: Mapping[str, Sequence[int]], masks: Sequence[tuple[str, Sequence[int], Any]] = ()
-) -> Feeds:
+def zero_feeds(inputs: Mapping[str, Sequence[int]], masks: Sequence[tuple[str, Sequence[int], Any]] = ()) -> Feeds:
     """Feeds for ``footprint``: each model input (name → one row's shape) of ``rows`` rows, and each
     ``(name, noise_shape, dtype)`` mask input shaped ``[samples, rows, *noise_shape]`` (``mc_masked.tflite``'s)."""
 

@@ -367,9 +367,7 @@ class ModelRepository:
 def _check_fingerprint(version: ModelVersion, fingerprint: Fingerprint) -> None:
     rows, seed = fingerprint.rows, fingerprint.seed
     x = _fingerprint_inputs(version, fingerprint)
-    runs: dict[GraphName, tuple[dict[str, np.ndarray], Any]] = {
-        GraphName.DETERMINISTIC: (x, fingerprint.deterministic)
-    }
+    runs: dict[GraphName, tuple[dict[str, np.ndarray], Any]] = {GraphName.DETERMINISTIC: (x, fingerprint.deterministic)}
     if version.stochastic and fingerprint.mc_masked is not None and fingerprint.masks == SCHEME:
         # (older exports drew their fingerprint masks with another scheme: only the deterministic graph is checked)
         feeds = {**x, **fingerprint_feeds(version.dropout, seed, rows, fingerprint.samples or rows)}

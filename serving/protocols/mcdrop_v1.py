@@ -13,8 +13,8 @@ import numpy as np
 
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving.core.requests import Mode, OutputPrediction, Prediction, PredictionRequest
-from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.core.uncertainty import ClassificationSummary
+from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.manifest import DropoutSite, InputSpec, Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import tensors

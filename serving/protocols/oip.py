@@ -148,8 +148,8 @@ def check_input(version: ModelVersion, name: Any, datatype: Any, shape: Any) -> 
     """One input's name, datatype and shape against the metadata (-1 = any batch size); returns the shape."""
     specs = {spec.name: spec for spec in version.inputs}
     if name not in specs:
-        expected = ", ".join(repr(n) for n in specs)
-        raise InvalidArgument(f"Unknown input {name!r}. Expected inputs: {expected}.")
+        known = ", ".join(repr(n) for n in specs)
+        raise InvalidArgument(f"Unknown input {name!r}. Expected inputs: {known}.")
     which = f"input {name!r}"
     if datatype not in DATATYPES:
         raise InvalidArgument(f"Invalid datatype {datatype!r} for {which}. Expected one of {', '.join(DATATYPES)}.")
@@ -160,7 +160,9 @@ def check_input(version: ModelVersion, name: Any, datatype: Any, shape: Any) -> 
     check_shape(shape, which)
     expected = list(specs[name].shape)
     if len(shape) != len(expected) or shape[1:] != expected[1:] or any(d < 0 for d in shape):
-        raise InvalidArgument(f"Invalid shape for {which}. Expected {expected} (-1 = any batch size). Received: {shape}")
+        raise InvalidArgument(
+            f"Invalid shape for {which}. Expected {expected} (-1 = any batch size). Received: {shape}"
+        )
     return shape
 
 

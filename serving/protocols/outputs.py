@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcdrop.serving.core.requests import Prediction
+from mcdrop.serving.core.requests import OutputPrediction, Prediction
 from mcdrop.serving.core.uncertainty import ClassificationSummary
 from mcdrop.serving.models.manifest import Task
 
@@ -21,6 +21,7 @@ __all__ = [
     "PER_ROW_OUTPUTS",
     "REGRESSION_OUTPUTS",
     "SAMPLES",
+    "field_arrays",
     "output_arrays",
     "output_names",
     "prefix",
@@ -51,14 +52,17 @@ def output_arrays(prediction: Prediction) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for output in prediction.outputs:
         start = prefix(output.name, len(prediction.outputs))
-        summary = output.summary
-        for name in output_names(output.task):
-            value = np.asarray(getattr(summary, name))
-            if isinstance(summary, ClassificationSummary) and name == "predicted_class":
-                value = value.astype(np.int64)
-            elif isinstance(summary, ClassificationSummary) and name == "variation_ratio":
-                value = value.astype(np.float64)
-            arrays[start + name] = value
-        if output.sample_outputs is not None:
-            arrays[start + SAMPLES] = output.sample_outputs
+        arrays.update({start + name: value for name, value in field_arrays(output).items()})
+    return arrays
+
+
+def field_arrays(output: OutputPrediction) -> dict[str, np.ndarray]:
+    """One model output's arrays by field name (unprefixed), with the wire dtypes."""
+    summary = output.summary
+    arrays = {name: np.asarray(getattr(summary, name)) for name in output_names(output.task)}
+    if isinstance(summary, ClassificationSummary):
+        arrays["predicted_class"] = arrays["predicted_class"].astype(np.int64)
+        arrays["variation_ratio"] = arrays["variation_ratio"].astype(np.float64)
+    if output.sample_outputs is not None:
+        arrays[SAMPLES] = output.sample_outputs
     return arrays

@@ -70,7 +70,9 @@ def _tensor_data(data: Any, shape: list[int], name: str) -> np.ndarray:
         except (TypeError, ValueError, OverflowError):
             pass  # strings, nulls, nested lists or huge integers: the checks below name the problem
     if not isinstance(data, list):
-        raise InvalidArgument(f"Invalid data for input {name!r}. Expected a list of {count} numbers. Received: {data!r:.80}")
+        raise InvalidArgument(
+            f"Invalid data for input {name!r}. Expected a list of {count} numbers. Received: {data!r:.80}"
+        )
     try:
         values = np.asarray(data, dtype=object).reshape(-1)
     except ValueError:
@@ -88,7 +90,9 @@ def _tensor_data(data: Any, shape: list[int], name: str) -> np.ndarray:
         with np.errstate(over="ignore"):
             array = values.astype(np.float64).astype(np.float32)
     except OverflowError:
-        raise InvalidArgument(f"Invalid value in input {name!r}: an integer beyond the float range. Expected FP32.") from None
+        raise InvalidArgument(
+            f"Invalid value in input {name!r}: an integer beyond the float range. Expected FP32."
+        ) from None
     return array.reshape(shape)
 
 

@@ -16,9 +16,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.models.manifest import Manifest
+from mcdrop.serving.models.manifest import InputSpec, Manifest
 
-__all__ = ["Columns", "Unit", "columns", "features", "read", "sources", "units"]
+__all__ = ["Columns", "InputColumns", "Unit", "columns", "features", "read", "sources", "units"]
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy"}
 
@@ -56,16 +56,25 @@ class Unit:
 
 
 @dataclasses.dataclass(frozen=True)
-class Columns:
-    """Where a model's features come from in a table, and which columns pass through."""
+class InputColumns:
+    """Where one model input's values come from in a table."""
 
+    name: str
+    """The model input (``x`` for a single-input model)."""
     row_shape: tuple[int, ...]
     features: tuple[str, ...]
-    """Numeric columns in the model's feature order; empty when ``tensor`` holds the features."""
+    """Numeric columns in the input's feature order; empty when ``tensor`` holds the values."""
     tensor: str | None
-    """A list column holding each row's features (image or sequence models)."""
-    keep: tuple[str, ...]
+    """A list column holding each row's values (image or sequence inputs, or an input without named columns)."""
     integer_range: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """Where each of a model's inputs comes from in a table, and which columns pass through."""
+
+    inputs: tuple[InputColumns, ...]
+    keep: tuple[str, ...]
 
 
 def sources(pattern: str) -> list[Source]:
@@ -104,47 +113,73 @@ def units(found: list[Source], batch_size: int) -> list[Unit]:
 
 
 def columns(found: list[Source], manifest: Manifest, keep: tuple[str, ...]) -> Columns:
-    """Decide the feature columns from the model's manifest and the inputs' schemas; check every file has them.
+    """Decide each input's columns from the model's manifest and the inputs' schemas; check every file has them.
+
+    A single-input model reads its training columns, else one list column, else every numeric column outside
+    ``--keep``. A model with several inputs reads each input's training columns, else a column named after the
+    input (a list column, or a number for a one-value input).
 
     Raises:
-        InvalidArgument: a missing column, or no unambiguous way to find the features.
+        InvalidArgument: a missing column, or no unambiguous way to find an input's values.
     """
-    row_shape = manifest.input.row_shape
-    integer_range = manifest.input.integer_range
+    specs = manifest.inputs
     if found[0].format == "npy":
+        if len(specs) > 1:
+            raise InvalidArgument(
+                f"{found[0].path}: a .npy file holds one array. Expected Parquet or CSV with columns for each of the "
+                f"model's inputs {[spec.name for spec in specs]}."
+            )
         if keep:
             raise InvalidArgument(f"--keep {','.join(keep)}: .npy inputs have no columns. Expected no --keep.")
-        return Columns(row_shape, (), None, (), integer_range)
+        spec = specs[0]
+        return Columns((InputColumns(spec.name, spec.row_shape, (), None, spec.integer_range),), ())
     schemas = [(s.path, _schema(s)) for s in found]
     path, schema = schemas[0]
-    names = manifest.input.feature_names
-    width = math.prod(row_shape)
-    if names:
-        features: tuple[str, ...] = tuple(names)
-        tensor = None
-    else:
-        lists = [f.name for f in schema if _is_list(f.type) and f.name not in keep]
-        numeric = [f.name for f in schema if _is_number(f.type) and f.name not in keep]
-        if len(row_shape) > 1 or (lists and not numeric):
-            if len(lists) != 1:
-                raise InvalidArgument(
-                    f"{path}: found list columns {lists}. Expected exactly one list column holding each row's "
-                    f"{width} values for input shape {list(row_shape)}."
-                )
-            features, tensor = (), lists[0]
-        else:
-            if len(numeric) != width:
-                raise InvalidArgument(
-                    f"{path}: found {len(numeric)} numeric columns {numeric[:8]}{' …' if len(numeric) > 8 else ''} "
-                    f"outside --keep. Expected {width}, one per feature (or name them in the model's training data)."
-                )
-            features, tensor = tuple(numeric), None
-    wanted = (*features, *([tensor] if tensor else []), *keep)
+    chosen = tuple(_single_input(spec, path, schema, keep) if len(specs) == 1 else _named_input(spec, path, schema)
+                   for spec in specs)  # fmt: skip
+    wanted = [c for cols in chosen for c in (*cols.features, *([cols.tensor] if cols.tensor else []))] + list(keep)
     for file, file_schema in schemas:
         missing = [c for c in wanted if c not in file_schema.names]
         if missing:
             raise InvalidArgument(f"{file}: missing column(s) {_few(missing)}. Expected columns {_few(list(wanted))}.")
-    return Columns(row_shape, features, tensor, keep, integer_range)
+    return Columns(chosen, keep)
+
+
+def _single_input(spec: InputSpec, path: str, schema: pa.Schema, keep: tuple[str, ...]) -> InputColumns:
+    row_shape = spec.row_shape
+    width = math.prod(row_shape)
+    if spec.feature_names:
+        return InputColumns(spec.name, row_shape, tuple(spec.feature_names), None, spec.integer_range)
+    lists = [f.name for f in schema if _is_list(f.type) and f.name not in keep]
+    numeric = [f.name for f in schema if _is_number(f.type) and f.name not in keep]
+    if len(row_shape) > 1 or (lists and not numeric):
+        if len(lists) != 1:
+            raise InvalidArgument(
+                f"{path}: found list columns {lists}. Expected exactly one list column holding each row's "
+                f"{width} values for input shape {list(row_shape)}."
+            )
+        return InputColumns(spec.name, row_shape, (), lists[0], spec.integer_range)
+    if len(numeric) != width:
+        raise InvalidArgument(
+            f"{path}: found {len(numeric)} numeric columns {numeric[:8]}{' …' if len(numeric) > 8 else ''} "
+            f"outside --keep. Expected {width}, one per feature (or name them in the model's training data)."
+        )
+    return InputColumns(spec.name, row_shape, tuple(numeric), None, spec.integer_range)
+
+
+def _named_input(spec: InputSpec, path: str, schema: pa.Schema) -> InputColumns:
+    """One of several inputs: its training columns, or a column named after it."""
+    if spec.feature_names:
+        return InputColumns(spec.name, spec.row_shape, tuple(spec.feature_names), None, spec.integer_range)
+    if spec.name not in schema.names:
+        raise InvalidArgument(
+            f"{path}: no column {spec.name!r} for model input {spec.name!r} (shape {list(spec.row_shape)}), and the "
+            "model records no training columns for it. Expected a list column named after the input."
+        )
+    kind = schema.field(spec.name).type
+    if _is_number(kind) and math.prod(spec.row_shape) == 1:
+        return InputColumns(spec.name, spec.row_shape, (spec.name,), None, spec.integer_range)
+    return InputColumns(spec.name, spec.row_shape, (), spec.name, spec.integer_range)
 
 
 def read(source: Source) -> pa.Table | np.ndarray:
@@ -157,17 +192,18 @@ def read(source: Source) -> pa.Table | np.ndarray:
 
 @dataclasses.dataclass
 class Features:
-    x: np.ndarray
-    """``[good rows, *row_shape]`` float32."""
+    inputs: dict[str, np.ndarray]
+    """Each model input's ``[good rows, *row_shape]`` float32 values, by input name."""
     good: np.ndarray
-    """Positions (within the unit) of the rows in ``x``."""
+    """Positions (within the unit) of the rows in ``inputs``."""
     errors: dict[int, str]
     """Position within the unit → what is wrong with that row (file, row, column, reason)."""
     keep: pa.Table | None
 
 
 def features(data: pa.Table | np.ndarray, unit: Unit, cols: Columns) -> Features:
-    """The unit's rows as model inputs; rows that cannot be scored are named in ``errors``, not dropped."""
+    """The unit's rows as model inputs; rows that cannot be scored (in any input) are named in ``errors``, not
+    dropped."""
     n = unit.stop - unit.start
     errors: dict[int, str] = {}
     where = unit.source.path
@@ -175,35 +211,45 @@ def features(data: pa.Table | np.ndarray, unit: Unit, cols: Columns) -> Features
     def bad(row: int, column: str, reason: str) -> None:
         errors.setdefault(row, f"{where} row {unit.start + row} column {column}: {reason}")
 
+    keep = None
+    values: dict[str, np.ndarray] = {}
     if isinstance(data, np.ndarray):
-        values = np.asarray(data[unit.start : unit.stop], dtype=np.float64)
-        if values.shape[1:] != cols.row_shape and values.reshape(n, -1).shape[1] != math.prod(cols.row_shape):
+        only = cols.inputs[0]
+        array = np.asarray(data[unit.start : unit.stop], dtype=np.float64)
+        if array.shape[1:] != only.row_shape and array.reshape(n, -1).shape[1] != math.prod(only.row_shape):
             raise InvalidArgument(
-                f"{where}: rows of shape {list(values.shape[1:])}. Expected {list(cols.row_shape)} for this model."
+                f"{where}: rows of shape {list(array.shape[1:])}. Expected {list(only.row_shape)} for this model."
             )
-        x = values.reshape(n, -1)
-        names = ["x"] * x.shape[1]
-        keep = None
+        values[only.name] = _checked(array.reshape(n, -1), ["x"] * math.prod(only.row_shape), only, bad)
     else:
         table = data.slice(unit.start, n)
         keep = table.select(list(cols.keep)) if cols.keep else None
-        if cols.tensor is not None:
-            x, names = _tensor_column(table.column(cols.tensor), cols, bad), [cols.tensor] * math.prod(cols.row_shape)
-        else:
-            x = np.column_stack([_number_column(table.column(c), c, bad) for c in cols.features])
-            names = list(cols.features)
+        for spec in cols.inputs:
+            if spec.tensor is not None:
+                x = _tensor_column(table.column(spec.tensor), spec, bad)
+                names = [spec.tensor] * math.prod(spec.row_shape)
+            else:
+                x = np.column_stack([_number_column(table.column(c), c, bad) for c in spec.features])
+                names = list(spec.features)
+            values[spec.name] = _checked(x, names, spec, bad)
+    good = np.array(sorted(set(range(n)) - set(errors)), dtype=np.int64)
+    inputs = {spec.name: values[spec.name][good].astype(np.float32).reshape(len(good), *spec.row_shape)
+              for spec in cols.inputs}  # fmt: skip
+    return Features(inputs, good, errors, keep)
+
+
+def _checked(x: np.ndarray, names: list[str], spec: InputColumns, bad: Any) -> np.ndarray:
+    """``x`` (``[rows, width]``) with every non-finite value and (token inputs) every non-id reported."""
     finite = np.isfinite(x)
     for row, column in zip(*np.nonzero(~finite), strict=True):
         bad(int(row), names[int(column)], "missing, NaN or infinite value")
-    if cols.integer_range is not None:
-        low, high = cols.integer_range
+    if spec.integer_range is not None:
+        low, high = spec.integer_range
         with np.errstate(invalid="ignore"):
             wrong = finite & ((x != np.round(x)) | (x < low) | (x > high))
         for row, column in zip(*np.nonzero(wrong), strict=True):
             bad(int(row), names[int(column)], f"{x[row, column]!r} is not a token id in [{low}, {high}]")
-    good = np.array(sorted(set(range(n)) - set(errors)), dtype=np.int64)
-    rows = x[good].astype(np.float32).reshape(len(good), *cols.row_shape)
-    return Features(rows, good, errors, keep)
+    return x
 
 
 def _number_column(column: pa.ChunkedArray, name: str, bad: Any) -> np.ndarray:
@@ -219,7 +265,7 @@ def _number_column(column: pa.ChunkedArray, name: str, bad: Any) -> np.ndarray:
     return values
 
 
-def _tensor_column(column: pa.ChunkedArray, cols: Columns, bad: Any) -> np.ndarray:
+def _tensor_column(column: pa.ChunkedArray, cols: InputColumns, bad: Any) -> np.ndarray:
     width = math.prod(cols.row_shape)
     x = np.zeros((len(column), width))
     for row, cell in enumerate(column.to_pylist()):

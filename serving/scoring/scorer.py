@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mcdrop.serving.core import Prediction, PredictionRequest, Sampler
-from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.core import OutputPrediction, Prediction, PredictionRequest, Sampler
+from mcdrop.serving.models.manifest import OutputSpec, Task
 from mcdrop.serving.models.repository import ModelRepository
-from mcdrop.serving.protocols.outputs import PER_ROW_OUTPUTS, REGRESSION_OUTPUTS, output_arrays
+from mcdrop.serving.protocols.outputs import PER_ROW_OUTPUTS, REGRESSION_OUTPUTS, field_arrays, prefix
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.inputs import Columns, Unit
 
@@ -66,10 +66,11 @@ class Scorer:
         n = unit.stop - unit.start
         outputs: dict[str, list[np.ndarray]] = {}
         for start, stop in _runs(found.good):  # contiguous rows keep their global positions for the masks
-            rows = found.x[np.searchsorted(found.good, start) : np.searchsorted(found.good, stop - 1) + 1]
+            positions = slice(np.searchsorted(found.good, start), np.searchsorted(found.good, stop - 1) + 1)
+            rows = {name: values[positions] for name, values in found.inputs.items()}
             request = PredictionRequest(
                 model=self.settings.model,
-                x=rows,
+                inputs=rows,
                 version=self.settings.version,
                 mode=self.settings.mode,
                 samples=self.settings.samples,
@@ -94,42 +95,59 @@ class Scorer:
         return pa.table(table)
 
     def output_schema(self) -> pa.Schema:
-        """The output columns and their types (fixed, so units whose rows all failed still match)."""
-        if self.version.task == Task.CLASSIFICATION:
-            probabilities = pa.list_(pa.float32())
-            fields = [("predicted_class", pa.int64())]
-            if self.version.class_labels:
-                fields.append(("predicted_label", pa.string()))
-            fields += [(column, probabilities) for column in CLASS_PROBABILITIES.values()]
-            fields += [(name, pa.float64()) for name in PER_ROW_OUTPUTS if name != "predicted_class"]
-            return pa.schema(fields)
-        kind = pa.float64() if self._scalar_output() else pa.list_(pa.float64())
-        return pa.schema([(name, kind) for name in REGRESSION_OUTPUTS])
-
-    def _scalar_output(self) -> bool:
-        return list(self.version.manifest.output.row_shape) in ([], [1])
+        """The output columns and their types (fixed, so units whose rows all failed still match). A model with
+        several outputs has one group of columns per output, each named ``OUTPUT/COLUMN`` (``cls/p_mean``)."""
+        fields: list[tuple[str, pa.DataType]] = []
+        for spec in self.version.outputs:
+            start = prefix(spec.name, len(self.version.outputs))
+            fields += [(start + name, kind) for name, kind in _output_fields(spec)]
+        return pa.schema(fields)
 
     def _columns(self, prediction: Prediction) -> dict[str, np.ndarray]:
-        arrays = output_arrays(prediction)
-        if prediction.task == Task.CLASSIFICATION:
-            columns = {CLASS_PROBABILITIES.get(name, name): values for name, values in arrays.items()}
-            for name in CLASS_PROBABILITIES.values():
-                columns[name] = columns[name].astype(np.float32)
-            if prediction.class_labels:
-                labels = np.asarray(prediction.class_labels, dtype=object)
-                columns["predicted_label"] = labels[arrays["predicted_class"]]
-            return columns
-        scalar = self._scalar_output()
-        return {
-            name: (values.reshape(len(values), -1)[:, 0] if scalar else values).astype(np.float64)
-            for name, values in arrays.items()
-        }
+        columns: dict[str, np.ndarray] = {}
+        for spec, output in zip(self.version.outputs, prediction.outputs, strict=True):
+            start = prefix(spec.name, len(prediction.outputs))
+            columns.update({start + name: values for name, values in _output_columns(spec, output).items()})
+        return columns
 
     def _read(self, unit: Unit) -> Any:
         """The unit's file, read once per worker while its units keep coming."""
         if self._cache is None or self._cache[0] != unit.source.path:
             self._cache = (unit.source.path, inputs.read(unit.source))
         return self._cache[1]
+
+
+def _output_fields(spec: OutputSpec) -> list[tuple[str, pa.DataType]]:
+    if spec.task == Task.CLASSIFICATION:
+        probabilities = pa.list_(pa.float32())
+        fields = [("predicted_class", pa.int64())]
+        if spec.class_labels:
+            fields.append(("predicted_label", pa.string()))
+        fields += [(column, probabilities) for column in CLASS_PROBABILITIES.values()]
+        return fields + [(name, pa.float64()) for name in PER_ROW_OUTPUTS if name != "predicted_class"]
+    kind = pa.float64() if _scalar(spec) else pa.list_(pa.float64())
+    return [(name, kind) for name in REGRESSION_OUTPUTS]
+
+
+def _scalar(spec: OutputSpec) -> bool:
+    return list(spec.row_shape) in ([], [1])
+
+
+def _output_columns(spec: OutputSpec, output: OutputPrediction) -> dict[str, np.ndarray]:
+    arrays = field_arrays(output)
+    if output.task == Task.CLASSIFICATION:
+        columns = {CLASS_PROBABILITIES.get(name, name): values for name, values in arrays.items()}
+        for name in CLASS_PROBABILITIES.values():
+            columns[name] = columns[name].astype(np.float32)
+        if output.class_labels:
+            labels = np.asarray(output.class_labels, dtype=object)
+            columns["predicted_label"] = labels[arrays["predicted_class"]]
+        return columns
+    scalar = _scalar(spec)
+    return {
+        name: (values.reshape(len(values), -1)[:, 0] if scalar else values).astype(np.float64)
+        for name, values in arrays.items()
+    }
 
 
 def _column(values: np.ndarray | None, good: np.ndarray, failed: np.ndarray, kind: pa.DataType) -> pa.Array:

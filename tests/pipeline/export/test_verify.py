@@ -38,7 +38,7 @@ def test_fixed_seed_random_op_is_caught_by_fresh_randomness() -> None:
     specs = [tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
     function = tf.function(fixed_seed, input_signature=specs).get_concrete_function()
     graph = Graph(convert.to_tflite(function, tf.Module()))
-    result = verify.fresh_randomness(graph, np.ones((2, 3), np.float32))
+    result = verify.fresh_randomness(graph, {"x": np.ones((2, 3), np.float32)})
     assert not result["passed"]
     assert "identical samples after re-allocation" in result["problems"]
 
@@ -55,7 +55,7 @@ def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
     sites = stochastic.describe(model)
     blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
     claimed = [dataclasses.replace(sites[0], rate=0.25), sites[1]]  # the graph drops 0.2, the manifest says 0.25
-    x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
+    x = {"x": np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)}
     drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES, CHUNKS)[0]
     assert not drop["passed"] and drop["attempts"] == verify.STATISTICAL_ATTEMPTS
     wrong, right = drop["sites"]
@@ -79,7 +79,7 @@ def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
     specs = [tf.TensorSpec([None, 20], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
     blob = convert.to_tflite(tf.function(mc, input_signature=specs, autograph=False).get_concrete_function(), model)
     assert verify.op_check("mc", Graph(blob).ops(), sites)["passed"]  # random ops remain: the op check is fooled
-    x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
+    x = {"x": np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)}
     drop = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)[0]
     assert not drop["passed"]
     assert any(sites[0].tensor_name in problem and "not found" in problem for problem in drop["problems"])
@@ -90,7 +90,7 @@ def test_correct_graph_passes_with_bounded_false_alarms() -> None:
     model = _mlp_with_dropout(0.2)
     sites = stochastic.describe(model)
     blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
-    x = np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)
+    x = {"x": np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)}
     drop, _, mean, _ = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)
     assert drop["passed"] and mean["passed"] and drop["attempts"] == 1
     for layer in drop["sites"]:
@@ -104,7 +104,7 @@ def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
     sites = stochastic.describe(model)
     graph = Graph(convert.to_tflite(convert.graph_functions(model, sites)["mc_masked"], model))
     other = keras.models.clone_model(model)  # same architecture, fresh weights
-    x = np.ones((2, 20), np.float32)
+    x = {"x": np.ones((2, 20), np.float32)}
     assert verify.masked_parity(model, graph, sites, x, samples=3, seed=0, chunk=2)["passed"]
     assert not verify.masked_parity(other, graph, sites, x, samples=3, seed=0, chunk=2)["passed"]
 
