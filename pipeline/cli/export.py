@@ -173,6 +173,27 @@ def print_batch_summary(results: list[Any], repository: Path) -> None:
     console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
 
 
+def print_inputs_and_outputs(manifest: Manifest) -> None:
+    """The graphs' named inputs and outputs (a model with several of either)."""
+    from rich.table import Table
+
+    from mcdrop.serving.cli.console import stdout_console
+
+    table = Table(title="inputs and outputs (graph tensor names)")
+    for column in ("", "name", "shape", "dtype / task", "detail"):
+        table.add_column(column)
+    for spec in manifest.inputs:
+        detail = f"token ids {spec.integer_range[0]}..{spec.integer_range[1]}" if spec.integer_range else ""
+        if spec.feature_names:
+            detail = (detail + " · " if detail else "") + f"{len(spec.feature_names)} training columns"
+        table.add_row("input", spec.name, "×".join(map(str, spec.shape)), spec.dtype, detail)
+    for output in manifest.outputs:
+        labels = output.labels or list(output.target_names or [])
+        table.add_row("output", output.name, "×".join(map(str, output.shape)), str(output.task),
+                      ", ".join(map(str, labels[:6])) + (" …" if len(labels) > 6 else ""))  # fmt: skip
+    stdout_console().print(table)
+
+
 def print_export_summary(repository: Path, version: int, manifest: Manifest) -> None:
     from rich.table import Table
 
@@ -218,11 +239,15 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )
     timing = ", ".join(f"{k}={v}" for k, v in manifest.timing_ms.items())
-    noise = manifest.output.observation_noise
-    if noise is not None:
-        precision = noise.precision
-        shown = "none (epistemic only)" if precision is None else ", ".join(f"{p:.4g}" for p in precision)
-        console.print(f"observation noise tau: {shown} — {noise.method}")
+    if not manifest.single:
+        print_inputs_and_outputs(manifest)
+    for output in manifest.outputs:
+        noise = output.observation_noise
+        if noise is not None:
+            precision = noise.precision
+            shown = "none (epistemic only)" if precision is None else ", ".join(f"{p:.4g}" for p in precision)
+            named = "" if manifest.single else f" ({output.name})"
+            console.print(f"observation noise tau{named}: {shown} — {noise.method}")
     console.print(f"timing (ms): {timing}")
     memory = manifest.activation_memory or {}
     if "mc_masked" in memory:

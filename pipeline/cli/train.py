@@ -31,7 +31,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config", default=None, metavar="FILE", help="TOML file with training settings ([train] table or top level)")
     add("--out", default=s, metavar="DIR", help="output directory for model.keras and training.json")
     add("--dataset", default=s, help="digits (default), diabetes, csv:PATH or npz:PATH")
-    add("--target", default=s, type=names, metavar="COL[,COL]", help="target column(s) of a CSV file")
+    add(
+        "--target",
+        default=s,
+        type=names,
+        metavar="COL[,COL]",
+        help="target column(s) of a CSV file; several regression targets are one vector output, several whose "
+        "tasks differ (or several class targets) one head each",
+    )
+    add(
+        "--categorical",
+        default=s,
+        type=names,
+        metavar="COL[,COL]",
+        help="categorical CSV columns: one embedding input each, beside a numeric input (Wide & Deep)",
+    )
     add("--task", default=s, help="classification, regression or auto (default)")
     add("--architecture", "--arch", dest="architecture", default=s, help="mlp (default) or cnn")
     add("--hidden", default=s, type=_ints, metavar="N,N", help="hidden dense units (default 256,256)")

@@ -148,7 +148,8 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
         metric = ""
         if record is not None:
             val = record["final_metrics"]["val"]
-            metric = f"acc={val['accuracy']:.4f}" if "accuracy" in val else f"rmse={val['rmse']:.4g}"
+            metric = ", ".join(f"{key.replace('accuracy', 'acc')}={value:.4g}" for key, value in val.items()
+                               if key.endswith(("accuracy", "rmse")))  # fmt: skip
         best = selection["best"] if selection else None
         return EntryResult(name, "exported", version, best, metric, time.perf_counter() - started)
     except MCDropError as exc:
@@ -205,8 +206,9 @@ def _train_entry(job: Job, entry: dict[str, Any]) -> tuple[Path, dict[str, Any],
         settings["dataset"] = f"{kind}:{job.path.parent / location}"  # relative to the job file
     config = load_config(None, {**settings, "out": str(out), "quiet": True})
     dataset = load_dataset(
-        config.dataset, task=config.task, target=config.target, val_fraction=config.val_fraction, seed=config.seed
-    )
+        config.dataset, task=config.task, target=config.target, val_fraction=config.val_fraction, seed=config.seed,
+        categorical=config.categorical,
+    )  # fmt: skip
     selection = None
     if "select" in entry:
         grid = dict(entry["select"])

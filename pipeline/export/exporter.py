@@ -533,8 +533,13 @@ def _input_specs(model: Any, training: dict[str, Any] | None) -> tuple[InputSpec
     for index, spec in enumerate(specs):
         if len(specs) == 1:
             columns, tokens = (record.get("dataset", {}) or {}).get("feature_names"), token_count(model)
+            # (a model whose only input is one categorical column records it under ``inputs``)
+            own = next(iter(recorded.values())) if len(recorded) == 1 else {}
+            columns = columns or own.get("feature_names")
         else:
-            columns, tokens = recorded.get(spec.name, {}).get("feature_names"), token_count(model, index)
+            own = recorded.get(spec.name, {})
+            columns, tokens = own.get("feature_names"), token_count(model, index)
+        categories = own.get("vocabulary") if own.get("categorical") else None
         found.append(InputSpec(
             name=spec.name,
             shape=(-1, *spec.row_shape),
@@ -542,6 +547,7 @@ def _input_specs(model: Any, training: dict[str, Any] | None) -> tuple[InputSpec
             model_dtype=spec.dtype.name,
             feature_names=None if columns is None else tuple(columns),
             integer_range=None if tokens is None else (0, tokens - 1),
+            categories=None if categories is None else tuple(str(c) for c in categories),
         ))  # fmt: skip
     return tuple(found)
 

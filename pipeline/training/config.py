@@ -29,6 +29,8 @@ class TrainConfig:
     """``digits``, ``diabetes``, ``csv:PATH`` or ``npz:PATH`` (arrays ``x`` and ``y``)."""
     target: list[str] = dataclasses.field(default_factory=list)
     """CSV target column(s); several columns make a vector regression."""
+    categorical: list[str] = dataclasses.field(default_factory=list)
+    """CSV columns holding categories: one embedding input each (a Wide & Deep model with a numeric input)."""
     task: Task = "auto"
     """``classification``, ``regression``, or ``auto`` (decided from the target)."""
     architecture: Architecture = "mlp"

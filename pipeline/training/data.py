@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.pipeline.training.tabular import NUMERIC_INPUT, Categorical, Head, encode, unique_names
 from mcdrop.serving.errors import InvalidArgument, NotFound
 
 BUNDLED = ("digits", "diabetes")
@@ -38,6 +39,28 @@ class Dataset:
     class_labels: list[str] | None
     image_shape: list[int] | None
     """Natural image shape of flat rows (digits: 8x8x1), if known."""
+    categorical: list[Categorical] = dataclasses.field(default_factory=list)
+    """Categorical columns, one model input each (``x_*`` then hold the numeric columns only, maybe none)."""
+    heads: list[Head] = dataclasses.field(default_factory=list)
+    """Several targets with their own tasks, one model output each (``task`` is then ``multi-task`` and ``y_*``
+    the first head's)."""
+
+    @property
+    def several_inputs_or_outputs(self) -> bool:
+        return bool(self.categorical or self.heads)
+
+    @property
+    def has_numeric(self) -> bool:
+        return self.x_train.ndim > 1 and int(np.prod(self.x_train.shape[1:])) > 0
+
+    def inputs(self, split: str) -> dict[str, np.ndarray]:
+        """The model's inputs by name for ``split`` (``train`` or ``val``): the numeric features, then one array of
+        codes per categorical column."""
+        x = self.x_train if split == "train" else self.x_val
+        found = {NUMERIC_INPUT: x} if self.has_numeric else {}
+        for c in self.categorical:
+            found[c.name] = c.codes_train if split == "train" else c.codes_val
+        return found
 
     @property
     def num_outputs(self) -> int:
@@ -70,14 +93,25 @@ def standardisation(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def load_dataset(spec: str, *, task: str, target: list[str], val_fraction: float, seed: int) -> Dataset:
+def load_dataset(
+    spec: str, *, task: str, target: list[str], val_fraction: float, seed: int, categorical: list[str] | None = None
+) -> Dataset:
     """Load ``spec`` (``digits``, ``diabetes``, ``csv:PATH``, ``npz:PATH``) and split it.
+
+    ``categorical`` columns of a CSV become one integer-coded input each (``tabular``); several targets whose tasks
+    differ (or several class targets) become several heads. Every other dataset is one input and one output.
 
     Raises:
         NotFound: the file or a named column is missing.
         InvalidArgument: the data is malformed (non-numeric, NaN/Inf, wrong shape, too small).
     """
     kind, _, location = spec.partition(":")
+    if categorical and kind != "csv":
+        raise InvalidArgument(
+            f"--categorical applies to CSV files (csv:PATH). Received dataset={spec!r}, categorical={categorical}."
+        )
+    if kind == "csv" and location and (categorical or _several_heads(Path(location), target, task, categorical)):
+        return _load_tabular(spec, Path(location), task, target, list(categorical or []), val_fraction, seed)
     labels: list[str] | None
     image: list[int] | None
     if kind == "digits" and not location:
@@ -106,6 +140,14 @@ def load_dataset(spec: str, *, task: str, target: list[str], val_fraction: float
 
 def read_csv(path: Path, target: list[str]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Read a headed CSV; return features (float32), raw target column(s) as strings, and names."""
+    x, y, features, targets, _ = read_table(path, target, [])
+    return x, y, features, targets
+
+
+def read_table(
+    path: Path, target: list[str], categorical: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict[str, np.ndarray]]:
+    """``read_csv`` with ``categorical`` columns kept apart as strings (by column name, in the given order)."""
     if not path.is_file():
         raise NotFound(f"Data file not found: {path}")
     if not target:
@@ -126,12 +168,23 @@ def read_csv(path: Path, target: list[str]) -> tuple[np.ndarray, np.ndarray, lis
             f"Target column {', '.join(repr(m) for m in missing)} not found in {path}. "
             f"Available columns: {', '.join(header)}"
         )
+    unknown = [name for name in categorical if name not in header]
+    if unknown:
+        raise NotFound(
+            f"Categorical column {', '.join(repr(m) for m in unknown)} not found in {path}. "
+            f"Available columns: {', '.join(header)}"
+        )
+    both = [name for name in categorical if name in target]
+    if both:
+        raise InvalidArgument(f"Column(s) {both} of {path} given as both --target and --categorical. Expected one.")
     target_idx = [header.index(name) for name in target]
-    feature_idx = [i for i in range(len(header)) if i not in target_idx]
-    if not feature_idx:
+    category_idx = [header.index(name) for name in categorical]
+    feature_idx = [i for i in range(len(header)) if i not in target_idx and i not in category_idx]
+    if not feature_idx and not category_idx:
         raise InvalidArgument(f"{path} has no feature columns besides the target {target}.")
     x = np.empty((len(rows) - 1, len(feature_idx)), dtype=np.float32)
     y = np.empty((len(rows) - 1, len(target_idx)), dtype=object)
+    categories = {header[i]: np.empty(len(rows) - 1, dtype=object) for i in category_idx}
     for r, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise InvalidArgument(
@@ -144,7 +197,10 @@ def read_csv(path: Path, target: list[str]) -> tuple[np.ndarray, np.ndarray, lis
             if value == "" or value.lower() in ("nan", "na", "null"):
                 raise InvalidArgument(f"Missing value (NaN) in column {header[i]!r}, row {r} of {path}.")
             y[r - 2, j] = value
-    return x, (y[:, 0] if len(target_idx) == 1 else y), [header[i] for i in feature_idx], list(target)
+        for i in category_idx:
+            categories[header[i]][r - 2] = row[i].strip()
+    features = [header[i] for i in feature_idx]
+    return x, (y[:, 0] if len(target_idx) == 1 else y), features, list(target), categories
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -305,3 +361,50 @@ def _split(
             stratify = y
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=n_val, random_state=seed, stratify=stratify)
     return Dataset(spec, task, x_train, y_train, x_val, y_val, features, targets, labels, image)
+
+
+def _several_heads(path: Path, target: list[str], task: str, categorical: list[str] | None) -> bool:
+    """Several targets become several heads unless every one is a regression target (then one vector output,
+    as before heads existed). Reads the target columns only when there are several."""
+    if len(target) < 2 or task == "regression":
+        return False
+    if task == "classification":
+        return True
+    _, y_raw, _, _, _ = read_table(path, target, list(categorical or []))
+    return any(_encode_target(y_raw[:, j], "auto", str(path))[0] == "classification" for j in range(len(target)))
+
+
+def _load_tabular(
+    spec: str, path: Path, task: str, target: list[str], categorical: list[str], val_fraction: float, seed: int
+) -> Dataset:
+    """A CSV as a model with a numeric input and one coded input per categorical column, and one head per target
+    when several targets become several heads."""
+    from sklearn.model_selection import train_test_split
+
+    x, y_raw, features, targets, raw = read_table(path, target, categorical)
+    several = len(target) > 1 and _several_heads(path, target, task, categorical)
+    columns = [y_raw[:, j] for j in range(len(target))] if several else [y_raw]
+    encoded = [_encode_target(column, task, spec) for column in columns]
+    n_val = round(len(x) * val_fraction)
+    if n_val < 1 or len(x) - n_val < 2:
+        raise InvalidArgument(
+            f"{spec} has {len(x)} rows: too few to split with val_fraction={val_fraction}. "
+            "Expected at least one validation row and two training rows."
+        )
+    stratify = None
+    if not several and encoded[0][0] == "classification":
+        counts = np.bincount(encoded[0][1])
+        stratify = encoded[0][1] if counts.min() >= 2 and n_val >= len(counts) else None
+    train, val = train_test_split(np.arange(len(x)), test_size=n_val, random_state=seed, stratify=stratify)
+    input_names = unique_names(categorical, {NUMERIC_INPUT} if features else set(), "Categorical")
+    coded = [encode(column, name, raw[column][train], raw[column][val])
+             for column, name in zip(categorical, input_names, strict=True)]  # fmt: skip
+    heads = []
+    if several:
+        for name, column, (kind, y, labels) in zip(unique_names(target, set(), "Target"), target, encoded,
+                                                   strict=True):  # fmt: skip
+            heads.append(Head(name, kind, y[train], y[val], [column], labels))
+    first_task, y, labels = encoded[0]
+    dataset_task = "multi-task" if several else first_task
+    return Dataset(spec, dataset_task, x[train], y[train], x[val], y[val], features, targets, labels, None,
+                   categorical=coded, heads=heads)  # fmt: skip

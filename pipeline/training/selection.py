@@ -38,6 +38,12 @@ def cross_validate(config: TrainConfig, dataset: Dataset, grid: dict[str, list[A
 
     from mcdrop.pipeline.training.loop import fit
 
+    if dataset.several_inputs_or_outputs:
+        raise InvalidArgument(
+            "Cross-validated selection takes a dataset with one input and one output. Received categorical columns "
+            f"{[c.column for c in dataset.categorical]} and heads {[h.name for h in dataset.heads]}: drop `select`, "
+            "or train each candidate with mcdrop train."
+        )
     if not isinstance(folds, int) or folds < MIN_FOLDS or folds > len(dataset.x_train):
         raise InvalidArgument(f"Invalid folds. Expected an integer in [2, {len(dataset.x_train)}]. Received: {folds!r}")
     classification = dataset.task == "classification"

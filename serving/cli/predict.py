@@ -15,7 +15,7 @@ from mcdrop.serving.cli.arguments import positive_float, positive_int
 from mcdrop.serving.errors import InvalidArgument, NotFound
 from mcdrop.serving.models.manifest import Manifest
 
-__all__ = ["print_prediction", "register"]
+__all__ = ["print_prediction", "read_input", "read_inputs", "read_npz", "register"]
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -24,14 +24,18 @@ def register(subcommands: Any) -> None:
     predict = subcommands.add_parser(
         "predict",
         help="ask a running server for a prediction with uncertainty",
-        description="Send the rows of FILE to a server. FILE is .npy or JSON (a list of rows, or one row); "
-        "a pipe such as <(...) or '-' for standard input works too (the format is recognised from the content).",
+        description="Send the rows of FILE to a server. FILE is .npy, JSON (a list of rows, or one row) or CSV "
+        "(rows of numbers, an optional header line); a pipe such as <(...) or '-' for standard input works too (the "
+        "format is recognised from the content). A model with several inputs takes one --input NAME=FILE per input, "
+        "or one .npz file whose array names are the input names.",
     )
     add = predict.add_argument
     add("--server", default="localhost:8500", metavar="HOST:PORT", help="server address (default %(default)s)")
     add("--model", required=True, help="model name")
     add("--version", type=positive_int, default=None, help="model version (default: latest)")
-    add("--input", required=True, metavar="FILE", help="input rows: .npy or .json file, a pipe, or - for stdin")
+    add("--input", required=True, action="append", metavar="[NAME=]FILE",
+        help="input rows: a .npy, .json or .csv file, a pipe, or - for stdin; NAME=FILE (repeated) for a model with "
+        "several inputs, or one .npz file of named arrays")  # fmt: skip
     add("--mode", choices=["deterministic", "monte_carlo"], default=None, help="default: monte_carlo if possible")
     add("--samples", type=positive_int, default=None, metavar="T", help="Monte-Carlo samples (default: the model's)")
     add("--seed", type=int, default=None, help="seed: identical answers on every call")
@@ -50,7 +54,7 @@ def register(subcommands: Any) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from mcdrop.serving.client import Client
 
-    x = read_input(args.input)
+    x = read_inputs(args.input)
     token = None
     if args.token_file:
         try:
@@ -105,10 +109,58 @@ def print_source(source: dict[str, Any]) -> None:
     stdout_console().print(line)
 
 
-def read_input(source: str) -> np.ndarray:
-    """Rows from a ``.npy`` or JSON file, a pipe, or ``-`` (stdin), as float32 ``[B, ...]``.
+def read_inputs(values: list[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """The ``--input`` values: one FILE (an array, or an ``.npz`` of named arrays), or ``NAME=FILE`` per input.
 
-    The format comes from the content (the ``.npy`` magic bytes, else JSON), so pipes and
+    Raises:
+        InvalidArgument: a mix of the forms, a name given twice, or an unreadable file.
+    """
+    named = [value for value in values if _named(value)]
+    if not named:
+        if len(values) != 1:
+            raise InvalidArgument(
+                f"--input given {len(values)} times without names. Expected one FILE, or NAME=FILE for each input "
+                "of a model with several inputs."
+            )
+        if values[0].endswith(".npz"):
+            return read_npz(values[0])
+        return read_input(values[0])
+    if len(named) != len(values):
+        plain = [value for value in values if value not in named]
+        raise InvalidArgument(f"--input mixes NAME=FILE with plain files {plain}. Expected NAME=FILE for every input.")
+    arrays: dict[str, np.ndarray] = {}
+    for value in named:
+        name, _, path = value.partition("=")
+        if name in arrays:
+            raise InvalidArgument(f"--input names {name!r} twice. Expected each input once.")
+        arrays[name] = read_input(path)
+    return arrays
+
+
+def _named(value: str) -> bool:
+    """``NAME=FILE`` (and not a file whose own name holds ``=``)."""
+    name, sign, _ = value.partition("=")
+    return bool(sign) and name.isidentifier() and not Path(value).exists()
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file by its name, as float32 rows."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise NotFound(f"Input file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"Cannot read {path} as .npz: {exc}") from None
+    if not arrays:
+        raise InvalidArgument(f"{path} holds no arrays. Expected one array per model input, named after it.")
+    return {name: _rows(array, f"{path}[{name}]") for name, array in arrays.items()}
+
+
+def read_input(source: str) -> np.ndarray:
+    """Rows from a ``.npy``, JSON or CSV file, a pipe, or ``-`` (stdin), as float32 ``[B, ...]``.
+
+    The format comes from the content (the ``.npy`` magic bytes, else JSON, else CSV), so pipes and
     stdin, which have no suffix, work. A single row becomes a batch of one.
 
     Raises:
@@ -126,11 +178,31 @@ def read_input(source: str) -> np.ndarray:
         if content.startswith(NPY_MAGIC):
             array = np.load(io.BytesIO(content), allow_pickle=False)
         else:
-            array = np.asarray(json.loads(content.decode("utf-8")))
+            array = _json_or_csv(content.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(
-            f"Cannot read {name}: expected a .npy array or JSON rows of numbers. ({type(exc).__name__}: {exc})"
+            f"Cannot read {name}: expected a .npy array, JSON rows or CSV rows of numbers. "
+            f"({type(exc).__name__}: {exc})"
         ) from None
+    return _rows(array, name)
+
+
+def _json_or_csv(text: str) -> np.ndarray:
+    try:
+        return np.asarray(json.loads(text))
+    except json.JSONDecodeError:
+        pass
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:  # a header line of column names is skipped
+        float(lines[0].split(",")[0]) if lines else None
+    except ValueError:
+        lines = lines[1:]
+    if not lines:
+        raise ValueError("neither JSON nor a CSV row of numbers")
+    return np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+
+
+def _rows(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype.kind not in "biuf" or array.size == 0:
         raise InvalidArgument(f"{name} must hold rows of numbers. Received dtype {array.dtype}, shape {array.shape}.")
     if array.ndim == 1:
@@ -139,17 +211,35 @@ def read_input(source: str) -> np.ndarray:
 
 
 def prediction_as_json(p: Any) -> dict[str, Any]:
-    fields = {k: v for k, v in vars(p).items() if v is not None}
+    """The client's prediction as JSON; a model with several outputs has them under ``outputs`` (by name) only."""
+    if p.outputs:
+        common = ("model", "version", "mode", "samples", "seed", "final", "max_standard_error", "queue_ms",
+                  "compute_ms")  # fmt: skip
+        shared = {k: getattr(p, k) for k in common if getattr(p, k) is not None}
+        per_output = {name: _output_json(output, common) for name, output in p.outputs.items()}
+        return {**shared, "outputs": per_output}
+    return _output_json(p, ())
+
+
+def _output_json(p: Any, leave_out: tuple[str, ...]) -> dict[str, Any]:
+    fields = {k: v for k, v in vars(p).items() if v is not None and k not in leave_out and k != "outputs"}
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
 
 
 def print_prediction(p: Any) -> None:
-    """One table row per input row: the prediction and its uncertainty."""
+    """One table row per input row: the prediction and its uncertainty; one table per output of a model with
+    several outputs."""
+    for name, output in p.outputs.items() or [(None, p)]:
+        _print_output(output, name)
+
+
+def _print_output(p: Any, output: str | None) -> None:
     from rich.table import Table
 
     from mcdrop.serving.cli.console import stdout_console
 
-    title = f"{p.model} v{p.version} · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
+    title = f"{p.model} v{p.version}" + (f" · output {output}" if output else "")
+    title += f" · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
     table = Table(title=title)
     if p.task == "classification":
         for column in ("row", "predicted", "p(predicted)", "± std", "entropy (nats)", "mutual info", "var. ratio"):

@@ -255,6 +255,9 @@ class InputSpec:
     """Training column names, in input order (batch scoring maps table columns by them)."""
     integer_range: tuple[int, int] | None = None
     """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
+    categories: tuple[str, ...] | None = None
+    """A categorical column (``mcdrop train --categorical``): code ``i + 1`` is ``categories[i]``, code 0 any
+    category the training data did not hold. Requests send codes; batch scoring maps the column's values."""
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -274,13 +277,15 @@ class InputSpec:
             model_dtype=f.optional("model_dtype", _str, None),
             feature_names=f.optional("feature_names", _list(_str), None),
             integer_range=None if bounds is None else (bounds[0], bounds[1]),
+            categories=f.optional("categories", _list(_str), None),
         )
 
     def to_json(self) -> dict[str, Any]:
         record = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "model_dtype": self.model_dtype,
                   "feature_names": None if self.feature_names is None else list(self.feature_names),
-                  "integer_range": None if self.integer_range is None else list(self.integer_range)}  # fmt: skip
-        return _omit_none(record, "model_dtype", "integer_range")
+                  "integer_range": None if self.integer_range is None else list(self.integer_range),
+                  "categories": None if self.categories is None else list(self.categories)}  # fmt: skip
+        return _omit_none(record, "model_dtype", "integer_range", "categories")
 
 
 @dataclasses.dataclass(frozen=True)

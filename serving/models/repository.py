@@ -374,8 +374,12 @@ def _check_fingerprint(version: ModelVersion, fingerprint: Fingerprint) -> None:
         runs[GraphName.MC_MASKED] = (feeds, fingerprint.mc_masked)
     for graph_name, (feeds, recorded) in runs.items():
         with version.pools[graph_name].lease() as graph:
-            actual = graph.run(feeds)
-        expected = [recorded] if len(version.outputs) == 1 else [recorded.get(o.name) for o in version.outputs]
+            outputs, names = graph.run(feeds), graph.output_names
+        if len(version.outputs) == 1:
+            actual, expected = outputs[:1], [recorded]
+        else:  # by name: the converter's output order is its own
+            actual = [outputs[names.index(o.name)] for o in version.outputs]
+            expected = [recorded.get(o.name) for o in version.outputs]
         for got, wanted in zip(actual, expected, strict=True):
             wanted_array = np.asarray(wanted if wanted is not None else [], dtype=np.float32)
             if got.shape != wanted_array.shape or not np.allclose(got, wanted_array, rtol=1e-4, atol=1e-5):
@@ -413,9 +417,26 @@ def _signature(version_dir: Path) -> int:
     return hash(tuple(entries))
 
 
+def _check_output_names(version: ModelVersion) -> None:
+    """A model with several outputs: every graph must return each output the manifest lists, by name."""
+    if len(version.outputs) == 1:
+        return
+    wanted = [o.name for o in version.outputs]
+    for graph_name, pool in version.pools.items():
+        with pool.lease() as graph:
+            found = graph.output_names
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise MCDropError(
+                f"{graph_name}.tflite has no output tensor named {missing} (its outputs are {found}); the manifest "
+                f"lists the outputs {wanted}. Re-export the model: the graph and the manifest do not belong together."
+            )
+
+
 def _smoke_test(version: ModelVersion) -> None:
     """Run every graph once so a broken file fails at load time, not on a request; where the manifest has
     a fingerprint (outputs on fixed inputs and masks), the outputs must match it."""
+    _check_output_names(version)
     if version.manifest.fingerprint is not None:
         _check_fingerprint(version, version.manifest.fingerprint)
     x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}

@@ -67,6 +67,8 @@ class InputColumns:
     tensor: str | None
     """A list column holding each row's values (image or sequence inputs, or an input without named columns)."""
     integer_range: tuple[int, int] | None = None
+    categories: tuple[str, ...] | None = None
+    """A categorical input: the column holds categories (any type), scored as their codes (``InputSpec``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +151,8 @@ def _single_input(spec: InputSpec, path: str, schema: pa.Schema, keep: tuple[str
     row_shape = spec.row_shape
     width = math.prod(row_shape)
     if spec.feature_names:
-        return InputColumns(spec.name, row_shape, tuple(spec.feature_names), None, spec.integer_range)
+        return InputColumns(spec.name, row_shape, tuple(spec.feature_names), None, spec.integer_range,
+                            spec.categories)  # fmt: skip
     lists = [f.name for f in schema if _is_list(f.type) and f.name not in keep]
     numeric = [f.name for f in schema if _is_number(f.type) and f.name not in keep]
     if len(row_shape) > 1 or (lists and not numeric):
@@ -170,7 +173,8 @@ def _single_input(spec: InputSpec, path: str, schema: pa.Schema, keep: tuple[str
 def _named_input(spec: InputSpec, path: str, schema: pa.Schema) -> InputColumns:
     """One of several inputs: its training columns, or a column named after it."""
     if spec.feature_names:
-        return InputColumns(spec.name, spec.row_shape, tuple(spec.feature_names), None, spec.integer_range)
+        return InputColumns(spec.name, spec.row_shape, tuple(spec.feature_names), None, spec.integer_range,
+                            spec.categories)  # fmt: skip
     if spec.name not in schema.names:
         raise InvalidArgument(
             f"{path}: no column {spec.name!r} for model input {spec.name!r} (shape {list(spec.row_shape)}), and the "
@@ -228,6 +232,9 @@ def features(data: pa.Table | np.ndarray, unit: Unit, cols: Columns) -> Features
             if spec.tensor is not None:
                 x = _tensor_column(table.column(spec.tensor), spec, bad)
                 names = [spec.tensor] * math.prod(spec.row_shape)
+            elif spec.categories is not None:
+                x = np.column_stack([_category_codes(table.column(c), spec.categories) for c in spec.features])
+                names = list(spec.features)
             else:
                 x = np.column_stack([_number_column(table.column(c), c, bad) for c in spec.features])
                 names = list(spec.features)
@@ -263,6 +270,21 @@ def _number_column(column: pa.ChunkedArray, name: str, bad: Any) -> np.ndarray:
             bad(row, name, f"{cell!r} is not a number")
             values[row] = 0.0  # reported above; keeps the finiteness check from reporting it twice
     return values
+
+
+def _category_codes(column: pa.ChunkedArray, categories: tuple[str, ...]) -> np.ndarray:
+    """A categorical column's codes as training made them: ``categories[i]`` is ``i + 1``; an empty or missing cell
+    is the category ``""``; anything training did not see is 0."""
+    codes = {category: code for code, category in enumerate(categories, start=1)}
+    return np.array([codes.get(_category(cell), 0) for cell in column.to_pylist()], np.float64)
+
+
+def _category(cell: Any) -> str:
+    if cell is None:
+        return ""
+    if isinstance(cell, float) and cell.is_integer():  # a CSV reader's 3.0 for the training file's "3"
+        return str(int(cell))
+    return str(cell).strip()
 
 
 def _tensor_column(column: pa.ChunkedArray, cols: InputColumns, bad: Any) -> np.ndarray:

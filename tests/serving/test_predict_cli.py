@@ -104,7 +104,8 @@ def test_unreadable_input_says_what_was_expected(address: str, tmp_path: Path) -
     (tmp_path / "rows.txt").write_text("not json")
     result = run_cli("predict", "--server", address, "--model", "digits", "--input", str(tmp_path / "rows.txt"))
     assert result.returncode == 2
-    assert "expected a .npy array or JSON rows of numbers" in result.stderr and "Traceback" not in result.stderr
+    assert "expected a .npy array, JSON rows or CSV rows of numbers" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
