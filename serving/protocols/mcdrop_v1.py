@@ -118,6 +118,7 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
                 integer_low=spec.integer_range[0] if spec.integer_range else 0,
                 integer_high=spec.integer_range[1] if spec.integer_range else 0,
                 has_integer_range=spec.integer_range is not None,
+                categories=list(spec.categories or []),
             )
             for spec in version.inputs
         ],

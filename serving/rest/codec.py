@@ -32,12 +32,13 @@ def decode_infer(body: Any, version: ModelVersion) -> tuple[PredictionRequest, l
         raise InvalidArgument(f"Invalid request body. Expected a JSON object. Received: {type(body).__name__}")
     inputs = body.get("inputs")
     expected = protocol.input_names(version)
-    if not isinstance(inputs, list) or len(inputs) != len(expected) or not all(isinstance(i, dict) for i in inputs):
-        count = len(inputs) if isinstance(inputs, list) else "no list"
-        if len(expected) == 1:
-            raise InvalidArgument(f"Model {version.name!r} takes 1 input named {expected[0]!r}. Received: {count}")
-        raise InvalidArgument(f"Model {version.name!r} takes {len(expected)} inputs {expected}, each a JSON object. "
-                              f"Received: {count}")  # fmt: skip
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        received = "no list" if not isinstance(inputs, list) else "a list with items that are not JSON objects"
+        wanted = f"1 input named {expected[0]!r}" if len(expected) == 1 else f"{len(expected)} inputs {expected}"
+        raise InvalidArgument(
+            f"Model {version.name!r} takes {wanted}: a list of JSON objects under 'inputs'. Received: {received}"
+        )
+    # Counts and names are checked as over gRPC, so a missing, extra or repeated input is named.
     protocol.check_inputs(version, [tensor.get("name") for tensor in inputs])
     x: dict[str, np.ndarray] = {}
     for tensor in inputs:

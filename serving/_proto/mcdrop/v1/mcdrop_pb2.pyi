@@ -260,18 +260,20 @@ class ModelMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ...) -> None: ...
 
 class InputMetadata(_message.Message):
-    __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range")
+    __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range", "categories")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     INTEGER_LOW_FIELD_NUMBER: _ClassVar[int]
     INTEGER_HIGH_FIELD_NUMBER: _ClassVar[int]
     HAS_INTEGER_RANGE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     tensor: TensorSpec
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     integer_low: int
     integer_high: int
     has_integer_range: bool
-    def __init__(self, tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., integer_low: _Optional[int] = ..., integer_high: _Optional[int] = ..., has_integer_range: _Optional[bool] = ...) -> None: ...
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tensor: _Optional[_Union[TensorSpec, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., integer_low: _Optional[int] = ..., integer_high: _Optional[int] = ..., has_integer_range: _Optional[bool] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutputMetadata(_message.Message):
     __slots__ = ("tensor", "task", "class_labels", "target_names", "epistemic_only")
