@@ -34,9 +34,9 @@ def decode_infer(body: Any, version: ModelVersion) -> tuple[PredictionRequest, l
     expected = protocol.input_names(version)
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         received = "no list" if not isinstance(inputs, list) else "a list with items that are not JSON objects"
-        wanted = f"1 input named {expected[0]!r}" if len(expected) == 1 else f"{len(expected)} inputs {expected}"
+        takes = f"1 input named {expected[0]!r}" if len(expected) == 1 else f"{len(expected)} inputs {expected}"
         raise InvalidArgument(
-            f"Model {version.name!r} takes {wanted}: a list of JSON objects under 'inputs'. Received: {received}"
+            f"Model {version.name!r} takes {takes}: a list of JSON objects under 'inputs'. Received: {received}"
         )
     # Counts and names are checked as over gRPC, so a missing, extra or repeated input is named.
     protocol.check_inputs(version, [tensor.get("name") for tensor in inputs])
