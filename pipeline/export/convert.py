@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -40,21 +42,43 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from mcdrop.pipeline.export import keras_internals, stochastic
 from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.stochastic import DropoutSite
+from mcdrop.pipeline.export.summary import OutputSummary, summarise
+from mcdrop.pipeline.export.summary import output_names as summary_output_names
+from mcdrop.serving.models.litert import logical_name
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
 
 
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The fixed batch (B) and sample count (T) of a static-shape graph for devices; ``None``: dynamic."""
+
+    batch: int | None = None
+    samples: int | None = None
+
+
+DYNAMIC = Shape()
+SIGNATURE_KEY = "serving_default"
+
+
 def graph_functions(
-    model: keras.Model, sites: list[DropoutSite], inactive: list[DropoutSite] | None = None
+    model: keras.Model,
+    sites: list[DropoutSite],
+    inactive: list[DropoutSite] | None = None,
+    summary: Sequence[OutputSummary] = (),
+    shape: Shape = DYNAMIC,
 ) -> dict[str, Any]:
     """Concrete TF functions for each graph; only ``deterministic`` if there is no dropout.
 
     ``sites`` are the sampled dropout sites; ``inactive`` ones (``--mc-layers``) run as in inference in every graph.
+    ``summary`` (one entry per model output) adds ``mc_summary``: in-graph masks, the uncertainty summary out.
+    A static ``shape`` fixes the batch of every input and the sample count: ``mc`` and ``mc_summary`` then have
+    no ``samples`` input (T is part of the graph) and ``mc_masked``'s masks are ``[T, B, *noise_shape]``.
     """
     inactive = inactive or []
     inputs = stochastic.model_inputs(model)
     count = len(inputs)
-    x_specs = [tf.TensorSpec([None, *i.row_shape], tf.float32, name=i.name) for i in inputs]
+    x_specs = [tf.TensorSpec([shape.batch, *i.row_shape], tf.float32, name=i.name) for i in inputs]
 
     def model_input(xs: tuple[tf.Tensor, ...]) -> Any:
         cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
@@ -67,36 +91,76 @@ def graph_functions(
     if not sites:
         return functions
 
+    def split(args: tuple[tf.Tensor, ...]) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
+        """The inputs and T: the ``samples`` argument, or the static shape's constant."""
+        if shape.samples is not None:
+            return args, tf.constant(shape.samples, tf.int32)
+        return args[:count], args[count]
+
     def mc(*args: tf.Tensor) -> Any:
-        xs, samples = args[:count], args[count]
+        xs, samples = split(args)
         return stochastic.forward(model, sites, model_input(xs), stochastic.InGraphRandom(), samples, inactive)
 
     def mc_masked(*args: tf.Tensor) -> Any:
         xs, feeds = args[:count], args[count:]
         named = {site.feed_name: feed for site, feed in zip(sites, feeds, strict=True)}
-        samples = tf.shape(feeds[0])[0]
+        samples = tf.shape(feeds[0])[0] if shape.samples is None else tf.constant(shape.samples, tf.int32)
         return stochastic.forward(model, sites, model_input(xs), stochastic.FedMasks(named), samples, inactive)
 
-    samples_spec = tf.TensorSpec([], tf.int32, name="samples")
-    feed_specs = [tf.TensorSpec([None, None, *s.noise_shape], s.feed_dtype, name=s.feed_name) for s in sites]
-    functions["mc"] = _concrete(mc, [*x_specs, samples_spec], "mc")
+    def mc_summary(*args: tf.Tensor) -> Any:
+        outputs = mc(*args)
+        return summarise(outputs if isinstance(outputs, list) else [outputs], summary)
+
+    samples_specs = [] if shape.samples is not None else [tf.TensorSpec([], tf.int32, name="samples")]
+    feed_specs = [tf.TensorSpec([shape.samples, shape.batch, *s.noise_shape], s.feed_dtype, name=s.feed_name)
+                  for s in sites]  # fmt: skip
+    functions["mc"] = _concrete(mc, [*x_specs, *samples_specs], "mc")
     functions["mc_masked"] = _concrete(mc_masked, [*x_specs, *feed_specs], "mc_masked")
+    if summary:
+        functions["mc_summary"] = _concrete(mc_summary, [*x_specs, *samples_specs], "mc_summary")
     return functions
 
 
-def name_outputs(content: bytes, names: list[str]) -> bytes:
-    """A converted graph with its output tensors named ``names`` (in output order), for models with several
-    outputs: the converter calls them ``Identity``, ``Identity_1``, … A single output keeps the converter's name."""
-    if len(names) < 2:
-        return content
+def graph_output_names(graph: str, model_outputs: list[str], summary: Sequence[OutputSummary]) -> list[str]:
+    """The output names of ``graph``: the model's outputs (``y`` for one), or the summary's fields."""
+    return summary_output_names(summary) if graph == "mc_summary" else list(model_outputs)
+
+
+def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes:
+    """A converted graph with stable names: input tensors named as the function's arguments (``x``, ``samples``,
+    ``mask_…``; the converter may call them ``serving_default_x:0``), output tensors ``output_names`` (in output
+    order; the converter calls them ``Identity``, ``Identity_1``, …), and one signature, ``serving_default``, with
+    the same names — what ``get_signature_runner``, LiteRT.js and mobile wrappers show."""
+    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     converted = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     subgraph = converted.subgraphs[0]
-    if len(subgraph.outputs) != len(names):
-        raise ExportError(f"The converted graph has {len(subgraph.outputs)} outputs. Expected {len(names)}: {names}")
-    for index, name in zip(subgraph.outputs, names, strict=True):
+    if output_names is None:
+        count = len(subgraph.outputs)
+        output_names = ["y"] if count == 1 else [f"output_{i}" for i in range(count)]
+    if len(subgraph.outputs) != len(output_names):
+        raise ExportError(
+            f"The converted graph has {len(subgraph.outputs)} outputs. Expected {len(output_names)}: {output_names}"
+        )
+    input_names = [logical_name(subgraph.tensors[int(i)].name.decode()) for i in subgraph.inputs]
+    for index, name in [
+        *zip(subgraph.inputs, input_names, strict=True),
+        *zip(subgraph.outputs, output_names, strict=True),
+    ]:
         subgraph.tensors[int(index)].name = name.encode()
+
+    def tensor_map(name: str, index: int) -> Any:
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name.encode(), int(index)
+        return entry
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey = SIGNATURE_KEY.encode()
+    signature.subgraphIndex = 0
+    signature.inputs = [tensor_map(n, i) for n, i in zip(input_names, subgraph.inputs, strict=True)]
+    signature.outputs = [tensor_map(n, i) for n, i in zip(output_names, subgraph.outputs, strict=True)]
+    converted.signatureDefs = [signature]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(converted))
 
 
@@ -120,7 +184,8 @@ def to_tflite(
         trackable_obj: the model the function belongs to (names its layers in error messages).
         quantization: None (float32), ``float16`` (weights stored as float16) or
             ``dynamic-int8`` (int8 weights, activations quantised on the fly).
-        output_names: the model's output names (``name_outputs``); None leaves the converter's.
+        output_names: the graph's output names, in output order (``name_tensors``); None: ``y`` for one output,
+            else ``output_0``, ``output_1``, ….
 
     Raises:
         ExportError: the converter failed (e.g. an op with no builtin kernel).
@@ -151,7 +216,7 @@ def to_tflite(
     elif quantization is not None:
         raise ExportError(f"Unknown quantization {quantization!r}. Expected one of {', '.join(QUANTIZATIONS)}.")
     try:
-        return name_outputs(bytes(converter.convert()), output_names or [])
+        return name_tensors(bytes(converter.convert()), output_names)
     except ExportError:
         raise
     except Exception as exc:

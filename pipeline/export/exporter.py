@@ -30,6 +30,7 @@ from mcdrop.serving.models.layout import check_model_name
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import (
     Cost,
+    DeviceGraph,
     Fingerprint,
     GraphName,
     GraphSpec,
@@ -54,6 +55,8 @@ VERIFY_ROWS = 4
 FINGERPRINT_SEED = 12345
 FINGERPRINT_ROWS = 4
 FINGERPRINT_SAMPLES = 4
+SERVER_GRAPHS = ("deterministic", "mc", "mc_masked")
+"""The graphs a server loads; ``mc_summary`` and static-shape graphs are for devices (``device_graphs``)."""
 UNKNOWN_PREPROCESSING = {"applied_in_model": None, "note": "unknown: the model was not trained by mcdrop"}
 
 
@@ -75,6 +78,8 @@ class ExportOptions:
     """Observation-noise precision tau per output (regression); overrides the training record's."""
     mc_layers: str = "all"
     """Which dropout sites stay stochastic: ``all``, ``last`` or names (``mcdrop.pipeline.export.selection``)."""
+    device_shapes: tuple[Any, ...] = ()
+    """Static shapes (``convert.Shape``, from ``--device-shape B=1,T=32``) of extra graphs for devices."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
@@ -132,14 +137,18 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
     x = inputs.check_inputs(model, model_inputs, training, VERIFY_ROWS, options.seed)
     row_shapes = {spec.name: spec.row_shape for spec in model_inputs}
 
+    outputs = _output_specs(options, model, training, tasks, output_names)
+    summary = [_summary_spec(spec) for spec in outputs] if sites else []
+
     staging = publish.create_staging(options.repository, options.name)
     try:
-        functions = convert.graph_functions(model, sites, inactive)
+        functions = convert.graph_functions(model, sites, inactive, summary)
         blobs: dict[str, bytes] = {}
         for graph, function in functions.items():
             step(f"converting {graph}")
-            blobs[graph] = convert.to_tflite(function, model, output_names=output_names)
-            (staging / graph_file(graph)).write_bytes(blobs[graph])
+            names = convert.graph_output_names(graph, output_names, summary)
+            blobs[graph] = convert.to_tflite(function, model, output_names=names)
+            (staging / _file(graph, convert.DYNAMIC)).write_bytes(blobs[graph])
 
         step("measuring activation memory")
         footprints = _footprints(blobs, sites, row_shapes)
@@ -159,6 +168,8 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
                                                allowance=masked["tolerance"]))  # fmt: skip
         if problems := verify.failures(checks):
             raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
+        device_graphs = _device_graphs(options, model, sites, inactive, summary, output_names, graphs, checks, x,
+                                       footprints, staging, step)  # fmt: skip
 
         quantized = {}
         for quantization in options.quantize:
@@ -173,8 +184,9 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         step("timing")
         timing = _timing(graphs, sites, row_shapes, options.samples, _chunk_samples(footprints.get("mc_masked"), 1))
         manifest = dataclasses.replace(
-            _manifest(options, model, training, tasks, sites, graphs, checks, quantized, timing, staging),
+            _manifest(options, model, training, outputs, sites, graphs, checks, quantized, timing, staging),
             fingerprint=fingerprint,
+            device_graphs=device_graphs,
             mc_layers=mc_layers,
             unsampled_dropout_layers=tuple(site.to_manifest() for site in inactive),
             activation_memory={
@@ -204,6 +216,85 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         publish.discard(staging)
         raise
     return version, manifest
+
+
+def _file(graph: str, shape: Any) -> str:
+    from mcdrop.pipeline.export.device import device_file
+
+    return graph_file(graph) if graph in SERVER_GRAPHS and shape.batch is None else device_file(graph, shape)
+
+
+def _summary_spec(output: OutputSpec) -> Any:
+    """What ``mc_summary`` needs of an output: its name, task and observation-noise variance."""
+    from mcdrop.pipeline.export.summary import OutputSummary
+
+    noise = output.observation_noise
+    variance = None if noise is None or noise.variance is None else tuple(float(v) for v in noise.variance)
+    return OutputSummary(output.name, output.task.value, variance)
+
+
+def _device_graphs(
+    options: ExportOptions,
+    model: Any,
+    sites: list[Any],
+    inactive: list[Any],
+    summary: list[Any],
+    output_names: list[str],
+    graphs: dict[str, Graph],
+    checks: list[dict[str, Any]],
+    x: dict[str, np.ndarray],
+    footprints: dict[str, Any],
+    staging: Path,
+    step: Step,
+) -> tuple[DeviceGraph, ...]:
+    """Verify ``mc_summary`` and convert and verify the static-shape graphs of ``options.device_shapes``; append
+    their checks to ``checks`` and return their manifest entries. Raises ``ExportError`` if a check fails."""
+    from mcdrop.pipeline.export import convert, device, verify
+
+    masked = footprints.get("mc_masked")
+    tolerances = {c["check"].removesuffix("_parity"): float(c["tolerance"]) for c in checks
+                  if c["check"] in ("deterministic_parity", "masked_parity")}  # fmt: skip
+    tolerances["mc_masked"] = tolerances.pop("masked", 0.0)
+    verifier = device.Verifier(graphs, sites, summary, x, options.seed,
+                               masked.bytes_for if masked else (lambda rows, samples: 0),
+                               VERIFY_BUDGET_BYTES, tolerances)  # fmt: skip
+    found = []
+    if sites:
+        step("verifying mc_summary")
+        checks.extend(verifier.summary())
+        found.append(_device_graph("mc_summary", convert.DYNAMIC, graphs["mc_summary"]))
+    for shape in options.device_shapes:
+        label = f"B={shape.batch},T={shape.samples}"
+        step(f"converting the static graphs ({label})")
+        functions = convert.graph_functions(model, sites, inactive, summary, shape)
+        static = {}
+        for graph, function in functions.items():
+            blob = convert.to_tflite(function, model, output_names=convert.graph_output_names(graph, output_names,
+                                                                                              summary))  # fmt: skip
+            (staging / device.device_file(graph, shape)).write_bytes(blob)
+            static[graph] = Graph(blob)
+        step(f"verifying the static graphs ({label})")
+        checks.extend(verify.op_check(device.device_file(g, shape).removesuffix(".tflite"), s.ops(), sites)
+                      for g, s in static.items())  # fmt: skip
+        checks.extend(verifier.static(shape, static))
+        found.extend(_device_graph(graph, shape, g) for graph, g in static.items())
+    if problems := verify.failures(checks):
+        raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
+    return tuple(found)
+
+
+def _device_graph(graph: str, shape: Any, loaded: Graph) -> DeviceGraph:
+    from mcdrop.pipeline.export.device import device_file
+
+    return DeviceGraph(
+        graph=graph,
+        file=device_file(graph, shape),
+        batch=shape.batch,
+        samples=None if graph == "deterministic" else shape.samples,
+        inputs=tuple(_tensor_spec(loaded, n) for n in loaded.input_names),
+        outputs=tuple(TensorSpec(name, shape_, dtype.name) for name, shape_, dtype in loaded.output_specs()),
+        ops=tuple(loaded.ops()),
+    )
 
 
 def _footprints(blobs: dict[str, bytes], sites: list[Any], row_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -361,6 +452,8 @@ def _quantized_variant(
     graphs = {}
     blobs = {}
     for graph, function in functions.items():
+        if graph not in SERVER_GRAPHS:  # quantised variants are for the server; devices get float32 graphs
+            continue
         blob = blobs[graph] = convert.to_tflite(function, model, quantization, output_names=names)
         name = graph_file(graph, quantization)
         (staging / name).write_bytes(blob)
@@ -473,7 +566,7 @@ def _manifest(
     options: ExportOptions,
     model: Any,
     training: dict[str, Any] | None,
-    tasks: list[str],
+    outputs: tuple[OutputSpec, ...],
     sites: list[Any],
     graphs: dict[str, Graph],
     checks: list[dict[str, Any]],
@@ -495,12 +588,13 @@ def _manifest(
             ops=tuple(graph.ops()),
         )
         for name, graph in graphs.items()
+        if name in SERVER_GRAPHS
     }
     return Manifest(
         name=options.name,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         inputs=_input_specs(model, training),
-        outputs=_output_specs(options, model, training, tasks, names),
+        outputs=outputs,
         preprocessing=(training or {}).get("preprocessing", UNKNOWN_PREPROCESSING),
         dropout_layers=tuple(site.to_manifest() for site in sites),
         stochastic=bool(sites),

@@ -65,7 +65,7 @@ def op_check(graph: str, ops: list[str], sites: list[DropoutSite]) -> dict[str, 
     if variables:
         problems.append(f"resource-variable ops {variables} (weights not frozen)")
     random = sorted(set(ops) & RANDOM_OPS)
-    if graph == "mc":
+    if graph.split(".")[0] in ("mc", "mc_summary"):  # also the static ``mc.b1_t32``
         needed = {"RANDOM_UNIFORM" if s.kind == BERNOULLI else "RANDOM_STANDARD_NORMAL" for s in sites}
         if missing := sorted(needed - set(ops)):
             problems.append(f"no {missing} op: dropout was removed from the stochastic graph")

@@ -69,8 +69,8 @@ class Graph:
 
     @property
     def output_names(self) -> list[str]:
-        """Names of the output tensors, in the order ``run`` returns them (the export names a multi-output
-        model's outputs after the model's; a single output keeps the converter's name)."""
+        """Names of the output tensors, in the order ``run`` returns them (the export names them after the model's
+        outputs, ``y`` for a single one; earlier exports kept the converter's name for a single output)."""
         return list(self._output_names)
 
     def input_index(self, name: str) -> int:
@@ -81,6 +81,11 @@ class Graph:
         """Shape signature (-1 for dynamic) and dtype of input ``name``."""
         detail = self._inputs[name]
         return tuple(int(s) for s in detail["shape_signature"]), np.dtype(detail["dtype"])
+
+    def output_specs(self) -> list[tuple[str, tuple[int, ...], np.dtype[Any]]]:
+        """Name, shape signature (-1 for dynamic) and dtype of every output, in ``run``'s order."""
+        return [(logical_name(d["name"]), tuple(int(s) for s in d["shape_signature"]), np.dtype(d["dtype"]))
+                for d in self._interpreter.get_output_details()]  # fmt: skip
 
     def ops(self) -> list[str]:
         """Builtin op names in execution order (custom and Flex ops keep their custom name)."""

@@ -29,6 +29,7 @@ __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
     "Cost",
+    "DeviceGraph",
     "DropoutSite",
     "Fingerprint",
     "GraphName",
@@ -477,6 +478,41 @@ class GraphSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceGraph:
+    """A graph for devices, served by apps rather than by ``mcdrop serve``: ``mc_summary`` (the uncertainty summary
+    in one invoke) or a static-shape copy of a graph (``--device-shape B=…,T=…``)."""
+
+    graph: str
+    """``deterministic``, ``mc``, ``mc_masked`` or ``mc_summary``."""
+    file: str
+    batch: int | None
+    """The fixed number of rows, or None (dynamic)."""
+    samples: int | None
+    """The fixed T (no ``samples`` input), or None (dynamic; ``deterministic`` has none)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    ops: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> DeviceGraph:
+        f = _Fields(value, where)
+        return DeviceGraph(
+            graph=f.required("graph", _str),
+            file=f.required("file", _str),
+            batch=f.optional("batch", _positive_int, None),
+            samples=f.optional("samples", _positive_int, None),
+            inputs=f.required("inputs", _list(TensorSpec.from_json)),
+            outputs=f.required("outputs", _list(TensorSpec.from_json)),
+            ops=f.optional("ops", _list(_str), ()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"graph": self.graph, "file": self.file, "batch": self.batch, "samples": self.samples,
+                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
+                "ops": list(self.ops)}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class Fingerprint:
     """Outputs of the graphs on fixed inputs (and, for ``mc_masked``, fixed masks): a loaded file must match."""
 
@@ -516,7 +552,7 @@ _KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", 
           "preprocessing",
           "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
           "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
-          "unsampled_dropout_layers", "activation_memory", "export", "version")  # fmt: skip
+          "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,6 +590,8 @@ class Manifest:
     versions: Record = dataclasses.field(default_factory=dict)
     activation_memory: Record | None = None
     export: Record | None = None
+    device_graphs: tuple[DeviceGraph, ...] = ()
+    """``mc_summary`` and static-shape graphs for devices (``mcdrop export --device-shape``); not loaded by servers."""
     extra: Record = dataclasses.field(default_factory=dict)
     """Keys this version of mcdrop does not know (from a newer export), kept as written."""
 
@@ -644,6 +682,7 @@ class Manifest:
             versions=f.record("versions"),
             activation_memory=f.optional("activation_memory", _record, None),
             export=f.optional("export", _record, None),
+            device_graphs=f.optional("device_graphs", _list(DeviceGraph.from_json), ()),
             extra=f.extra(_KNOWN),
         )
         if stochastic != bool(manifest.dropout_layers):
@@ -677,8 +716,10 @@ class Manifest:
             "activation_memory": None if self.activation_memory is None else dict(self.activation_memory),
             "export": None if self.export is None else dict(self.export),
             "version": self.version,
+            "device_graphs": [g.to_json() for g in self.device_graphs] or None,
         }
-        return {**_omit_none(record, "cost", "fingerprint", "activation_memory", "export", "version"), **self.extra}
+        omitted = ("cost", "fingerprint", "activation_memory", "export", "version", "device_graphs")
+        return {**_omit_none(record, *omitted), **self.extra}
 
     def _tensors_json(self) -> dict[str, Any]:
         if self.single:
