@@ -55,9 +55,30 @@ def register_export(subcommands: Any) -> None:
         "output, which feed no other dropout: the rest of the model runs once per input) or layer/mask names as in "
         "the export's mask table; the others run as in inference",
     )
+    add(
+        "--device-shape",
+        dest="device_shapes",
+        action="append",
+        type=device_shape,
+        default=[],
+        metavar="B=ROWS,T=SAMPLES",
+        help="also export static-shape graphs for devices (LiteRT.js, phone GPU/NPU delegates): deterministic, mc, "
+        "mc_masked and mc_summary with B rows and T samples fixed, verified like the others (repeatable)",
+    )
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
+
+
+def device_shape(text: str) -> Any:
+    """``B=1,T=32`` for argparse: a bad value is a usage error (exit 2) that says what was expected."""
+    from mcdrop.pipeline.export.device import parse_shape
+    from mcdrop.serving.errors import InvalidArgument
+
+    try:
+        return parse_shape(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register_export_batch(subcommands: Any) -> None:
@@ -98,6 +119,7 @@ def run_export(args: argparse.Namespace) -> int:
         imports=tuple(args.imports),
         noise_precision=tuple(args.noise_precision),
         mc_layers=args.mc_layers,
+        device_shapes=tuple(args.device_shapes),
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -204,6 +226,7 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
     for column in ("file", "bytes", "ops", "random ops"):
         table.add_column(column, justify="right" if column != "file" else "left")
     ops_by_file = {spec.file: list(spec.ops) for spec in manifest.graphs.values()}
+    ops_by_file |= {graph.file: list(graph.ops) for graph in manifest.device_graphs}
     for variant in manifest.quantized.values():  # an informational record: {"graphs": {graph: {"file", "ops"}}}
         ops_by_file |= {g["file"]: g["ops"] for g in variant["graphs"].values()}
     for file, size in manifest.file_bytes.items():

@@ -45,7 +45,8 @@ from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.models.layout import check_model_name, versions
 from mcdrop.serving.models.manifest import Manifest, sha256_file
 
-EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers")
+EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers",
+               "device_shapes")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -142,6 +143,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             imports=_imports(job, entry),
             noise_precision=_noise_precision(entry),
             mc_layers=_mc_layers(entry),
+            device_shapes=_device_shapes(entry),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -167,6 +169,16 @@ def _mc_layers(entry: dict[str, Any]) -> str:
     if isinstance(value, str):
         return value
     raise InvalidArgument(f"mc_layers must be all, last or a list of layer names. Received: {value!r}")
+
+
+def _device_shapes(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """The entry's ``device_shapes``: a list of ``"B=1,T=32"`` strings (``mcdrop export --device-shape``)."""
+    from mcdrop.pipeline.export.device import parse_shape
+
+    value = entry.get("device_shapes", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f'device_shapes must be a list of "B=ROWS,T=SAMPLES" strings. Received: {value!r}')
+    return tuple(parse_shape(v) for v in value)
 
 
 def _noise_precision(entry: dict[str, Any]) -> tuple[float, ...]:

@@ -1,7 +1,8 @@
 """Host-side dropout masks for ``mc_masked.tflite``: a row's masks depend only on the seed and the row's
 position.
 
-Each row has its own PCG64 stream, started from a state derived from ``(seed, row)`` (SplitMix64's
+The scheme is specified for other languages in ``docs/mask-scheme.md`` (with test vectors and a JavaScript
+reference). Each row has its own PCG64 stream, started from a state derived from ``(seed, row)`` (SplitMix64's
 output function over both, so neighbouring rows and seeds get unrelated streams), and each request
 continues the streams from where the previous chunk stopped. Keep flags use 16 random bits each —
 four per 64-bit word, compared with ``round(rate * 2**16)`` (the applied rate differs from the
@@ -28,7 +29,7 @@ import numpy as np
 
 from mcdrop.serving.models.manifest import DropoutSite, NoiseKind
 
-__all__ = ["LEVELS", "SCHEME", "MaskStream", "fingerprint_feeds", "fresh_seed", "mask_dtype"]
+__all__ = ["LEVELS", "SCHEME", "MaskStream", "fingerprint_feeds", "fresh_seed", "mask_dtype", "row_states"]
 
 BITS = 16
 LEVELS = 1 << BITS
@@ -69,8 +70,8 @@ class MaskStream:
         self._thresholds = [np.uint16(min(round(spec.rate * LEVELS), LEVELS - 1)) for spec in self._bernoulli]
         self._noise_sizes = [math.prod(spec.noise_shape) for spec in self._gaussian]
         self._noise_count = sum(self._noise_sizes)
-        self._flag_states: list[Any] = _row_states(seed, first_row, batch, stream=0)
-        self._noise_states: list[Any] = _row_states(seed, first_row, batch, stream=1) if self._gaussian else []
+        self._flag_states: list[Any] = row_states(seed, first_row, batch, stream=0)
+        self._noise_states: list[Any] = row_states(seed, first_row, batch, stream=1) if self._gaussian else []
 
     def next(self, samples: int) -> dict[str, np.ndarray]:
         """Masks (uint8 keep flags) and noise (float32) for the next ``samples`` samples, ``[T, B, ...]``."""
@@ -106,7 +107,7 @@ class MaskStream:
         return feeds
 
 
-def _row_states(seed: int, first_row: int, batch: int, stream: int) -> list[dict[str, Any]]:
+def row_states(seed: int, first_row: int, batch: int, stream: int) -> list[dict[str, Any]]:
     """PCG64 states of rows ``first_row ..``: 128-bit state and odd increment from ``(seed, row, stream)``."""
     seed_key, stream_key = _mix(seed & _MASK_64), _mix(stream)
     states = []
