@@ -1,0 +1,43 @@
+"""Models exported with graphs for devices: the digits classifier (the browser's model), an LSTM, a CNN with
+BatchNorm and spatial dropout, and a vector regression with Gaussian dropout and observation noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DIGITS_SHAPE = "B=1,T=100"
+"""The browser's graphs: one digit, T = 100 samples per invoke."""
+SMALL_SHAPE = "B=2,T=8"
+
+
+@pytest.fixture(scope="session")
+def device_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("keras")
+    import keras
+
+    from mcdrop.pipeline.export.device import parse_shape
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
+    from mcdrop.pipeline.training.config import TrainConfig
+    from mcdrop.pipeline.training.loop import train
+    from tests.pipeline.export import models
+
+    root = tmp_path_factory.mktemp("device")
+    repo = root / "repo"
+    digits = root / "digits"
+    train(TrainConfig(out=str(digits), dataset="digits", hidden=[64, 64], dropout=[0.2, 0.5], epochs=15, seed=1,
+                      quiet=True).validate())  # fmt: skip
+    exports = {
+        "digits": (digits / "model.keras", DIGITS_SHAPE, {}),
+        "lstm": (models.sequence_model(root / "lstm.keras", keras.layers.LSTM(8, dropout=0.2,
+                                                                               recurrent_dropout=0.3)),
+                 SMALL_SHAPE, {}),
+        "cnn": (models.functional_cnn(root / "cnn.keras"), SMALL_SHAPE, {}),
+        "regression": (models.regression_with_skip(root / "regression.keras"), SMALL_SHAPE,
+                       {"noise_precision": (4.0, 0.5)}),
+    }  # fmt: skip
+    for name, (path, shape, extra) in exports.items():
+        export(ExportOptions(model_path=path, repository=repo, name=name, device_shapes=(parse_shape(shape),),
+                             **extra))  # type: ignore[arg-type]  # fmt: skip
+    return repo
