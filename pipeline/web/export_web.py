@@ -1,0 +1,161 @@
+"""Write a static page that classifies (or regresses) an input in the browser, with its uncertainty computed on
+the device: the model's static-shape ``mc_summary`` and ``mc_masked`` graphs (``mcdrop export --device-shape
+B=1,T=…``), LiteRT.js (npm ``@litertjs/core``, WebAssembly) and the JavaScript mask reference.
+
+Layout of OUT_DIR (serve it over HTTP: browsers do not fetch WebAssembly from ``file://``)::
+
+    index.html  app.js  masks.js
+    model/model.json                 what the page needs: input, output, dropout sites, graph files, T
+    model/manifest.json              the version's manifest, as exported
+    model/mc_summary.b1_t100.tflite  model/mc_masked.b1_t100.tflite
+    vendor/@litertjs/core/{dist,wasm}/  vendor/@litertjs/wasm-utils/dist/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mcdrop.serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.models.manifest import Manifest, Task
+
+__all__ = ["LITERTJS", "WebExport", "export_web", "litertjs_modules"]
+
+LITERTJS = "@litertjs/core@2.5.3"
+"""The LiteRT.js release the page is tested with (tests/device/test_browser.py)."""
+STATIC = Path(__file__).with_name("static")
+DIGITS_RANGE = (0.0, 16.0)
+"""scikit-learn's digits: 8x8 pixels in 0..16."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WebExport:
+    out: Path
+    samples: int
+    graphs: dict[str, str]
+    bytes: int
+
+
+def export_web(
+    version_dir: Path,
+    out: Path,
+    *,
+    modules: Path,
+    input_range: tuple[float, float] | None = None,
+    mi_threshold: float = 0.25,
+) -> WebExport:
+    """Write the page for the model version in ``version_dir`` into ``out`` (created; must be empty or absent).
+
+    Args:
+        modules: a ``node_modules`` folder holding ``@litertjs/core`` and ``@litertjs/wasm-utils``
+            (``litertjs_modules``).
+        input_range: the drawing pad's value range (default: 0..16 for the bundled digits, else 0..1).
+        mi_threshold: mutual information (nats) above which the page says the model does not know.
+
+    Raises:
+        NotFound: no manifest, or LiteRT.js missing from ``modules``.
+        InvalidArgument: the model has no static graphs with B=1, or several inputs or outputs, or ``out`` is
+            not empty.
+    """
+    manifest = Manifest.load(version_dir)
+    if not manifest.single:
+        raise InvalidArgument(
+            f"export-web shows one input and one output. Model {manifest.name!r} has inputs "
+            f"{[i.name for i in manifest.inputs]} and outputs {[o.name for o in manifest.outputs]}."
+        )
+    chosen = _static_graphs(manifest, version_dir)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidArgument(f"{out} is not empty. Expected a new or empty folder for the page.")
+    for package in ("core", "wasm-utils"):
+        if not (modules / "@litertjs" / package / "dist" / "index.js").is_file():
+            raise NotFound(f"LiteRT.js not found: {modules}/@litertjs/{package}/dist/index.js is missing.")
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    for name in ("index.html", "app.js", "masks.js"):
+        shutil.copyfile(STATIC / name, out / name)
+    for file in chosen.values():
+        shutil.copyfile(version_dir / file, out / "model" / file)
+    shutil.copyfile(version_dir / "manifest.json", out / "model" / "manifest.json")
+    samples = next(g.samples for g in manifest.device_graphs if g.file == chosen["mc_summary"])
+    config = _page_config(manifest, version_dir, chosen, samples or 0, input_range, mi_threshold)
+    (out / "model" / "model.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    vendor = out / "vendor" / "@litertjs"
+    shutil.copytree(modules / "@litertjs" / "core" / "dist", vendor / "core" / "dist")
+    shutil.copytree(modules / "@litertjs" / "core" / "wasm", vendor / "core" / "wasm")
+    shutil.copytree(modules / "@litertjs" / "wasm-utils" / "dist", vendor / "wasm-utils" / "dist")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return WebExport(out, samples or 0, chosen, size)
+
+
+def _static_graphs(manifest: Manifest, version_dir: Path) -> dict[str, str]:
+    """The B=1 ``mc_summary`` and ``mc_masked`` graphs of one T (the largest exported)."""
+    by_samples: dict[int, dict[str, str]] = {}
+    for graph in manifest.device_graphs:
+        if graph.batch == 1 and graph.samples and graph.graph in ("mc_summary", "mc_masked"):
+            by_samples.setdefault(graph.samples, {})[graph.graph] = graph.file
+    complete = {t: files for t, files in by_samples.items() if len(files) == 2}
+    if not complete:
+        raise InvalidArgument(
+            f"Model {manifest.name!r} in {version_dir} has no static-shape graphs with B=1 (LiteRT.js cannot run "
+            "dynamic shapes). Expected a version exported with --device-shape B=1,T=<samples>, e.g. "
+            "mcdrop export MODEL.keras --repository REPO --name NAME --device-shape B=1,T=100."
+        )
+    return complete[max(complete)]
+
+
+def _page_config(
+    manifest: Manifest,
+    version_dir: Path,
+    graphs: dict[str, str],
+    samples: int,
+    input_range: tuple[float, float] | None,
+    mi_threshold: float,
+) -> dict[str, Any]:
+    spec, output = manifest.input, manifest.output
+    features = math.prod(spec.row_shape)
+    side = math.isqrt(features)
+    image = [side, side] if side * side == features and features >= 16 else None
+    names = spec.feature_names or ()
+    digits = features == 64 and len(names) == 64 and all(n.startswith("pixel_") for n in names)
+    low, high = input_range or (DIGITS_RANGE if digits else (0.0, 1.0))
+    classes = output.row_shape[-1] if output.row_shape else 1
+    labels = list(output.class_labels or [str(i) for i in range(classes)])
+    return {
+        "name": manifest.name,
+        "version": manifest.version or (int(version_dir.name) if version_dir.name.isdigit() else 1),
+        "samples": samples,
+        "graphs": graphs,
+        "input": {"name": spec.name, "row_shape": list(spec.row_shape), "range": [low, high], "image": image},
+        "output": {"name": output.name, "task": output.task.value,
+                   "labels": labels if output.task == Task.CLASSIFICATION else None},
+        "sites": [{"feed_name": d.feed_name, "kind": d.kind.value, "rate": d.rate, "noise_shape": list(d.noise_shape)}
+                  for d in manifest.dropout_layers],
+        "mi_threshold": mi_threshold,
+    }  # fmt: skip
+
+
+def litertjs_modules(cache: Path) -> Path:
+    """A ``node_modules`` folder with ``LITERTJS``: installed once into ``cache`` with npm (from the npm registry).
+
+    Raises:
+        NotFound: npm is not installed.
+        InvalidArgument: npm failed (its last line is in the message).
+    """
+    modules = cache / f"litertjs-{LITERTJS.rsplit('@', 1)[1]}" / "node_modules"
+    if (modules / "@litertjs" / "core" / "dist" / "index.js").is_file():
+        return modules
+    npm = shutil.which("npm")
+    if npm is None:
+        raise NotFound("export-web needs LiteRT.js: install npm (Node.js), or pass --litertjs NODE_MODULES.")
+    prefix = modules.parent
+    prefix.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
+                           LITERTJS], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InvalidArgument(f"npm install {LITERTJS} failed: {last}")
+    return modules
