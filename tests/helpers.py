@@ -19,7 +19,19 @@ from mcdrop.serving.harness.process import ServerProcess
 from mcdrop.serving.server.server import Server
 from mcdrop.serving.server.settings import ServerSettings
 
-COMMANDS = ("train", "export", "export-batch", "export-web", "serve", "predict", "score", "evaluate", "bench", "soak", "demo")
+COMMANDS = (
+    "train",
+    "export",
+    "export-batch",
+    "export-web",
+    "serve",
+    "predict",
+    "score",
+    "evaluate",
+    "bench",
+    "soak",
+    "demo",
+)
 """Every ``mcdrop`` subcommand, as the entry points in pyproject.toml declare them."""
 REPO = Path(__file__).resolve().parents[1]
 

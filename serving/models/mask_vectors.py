@@ -48,7 +48,7 @@ def vectors() -> dict[str, Any]:
         first_words = []
         for state in states:
             generator = np.random.PCG64()
-            generator.state = state
+            generator.state = state  # type: ignore[assignment]  # numpy's stub types the state dict narrowly
             first_words.append([f"{int(w):016x}" for w in generator.random_raw(4)])
         cases.append({
             "seed": str(case["seed"]),

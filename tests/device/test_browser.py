@@ -35,7 +35,7 @@ CACHE = REPO / ".web-cache"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -121,10 +121,9 @@ def test_seeded_mean_in_the_browser_is_the_servers(page: Any, device_repository:
     for ours, theirs in zip(browser, server, strict=True):
         mean = np.asarray(ours["mean"], np.float32)
         np.testing.assert_allclose(mean, theirs, rtol=0, atol=2e-6)
-    differences = [float(np.max(np.abs(np.asarray(b["mean"], np.float32) - s))) for b, s in zip(browser, server,
-                                                                                                 strict=True)]  # fmt: skip
-    identical = all(np.asarray(b["mean"], np.float32).tobytes() == s.tobytes() for b, s in zip(browser, server,
-                                                                                              strict=True))  # fmt: skip
+    means = [(np.asarray(b["mean"], np.float32), s) for b, s in zip(browser, server, strict=True)]
+    differences = [float(np.max(np.abs(ours - theirs))) for ours, theirs in means]
+    identical = all(ours.tobytes() == theirs.tobytes() for ours, theirs in means)
     print(f"browser vs server seeded mean (T={SAMPLES}): max abs diff {max(differences):.3g}, bit for bit: {identical}")
 
 

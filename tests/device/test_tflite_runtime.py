@@ -56,7 +56,9 @@ def test_every_graph_kind_runs_on_tflite_runtime_2_14(device_repository: Path, o
     for model in ("digits", "lstm", "cnn", "regression"):
         folder = device_repository / model / "1"
         manifest = Manifest.load(folder)
-        graphs = [(g.value, spec.file, [t.name for t in spec.inputs], None, None) for g, spec in manifest.graphs.items()]
+        graphs = [
+            (g.value, spec.file, [t.name for t in spec.inputs], None, None) for g, spec in manifest.graphs.items()
+        ]
         graphs += [(d.graph, d.file, [t.name for t in d.inputs], d.batch, d.samples) for d in manifest.device_graphs]
         assert {g[0] for g in graphs} == {"deterministic", "mc", "mc_masked", "mc_summary"}, model
         for graph, file, inputs, batch, samples in graphs:
@@ -85,5 +87,7 @@ def test_every_graph_kind_runs_on_tflite_runtime_2_14(device_repository: Path, o
         if random:  # fresh masks on every invoke: the samples (mc) or the MC mean (mc_summary) move
             moved = names[0]
             assert not np.array_equal(old[f"o0_{moved}"], old[f"o1_{moved}"]), (model, file, "same on two invokes")
-    print(f"tflite-runtime 2.14: {len(jobs)} graphs ran; fed-mask and deterministic outputs differ from LiteRT "
-          f"{version('ai-edge-litert')} by at most {max(differences):.3g}")
+    print(
+        f"tflite-runtime 2.14: {len(jobs)} graphs ran; fed-mask and deterministic outputs differ from LiteRT "
+        f"{version('ai-edge-litert')} by at most {max(differences):.3g}"
+    )
