@@ -33,7 +33,8 @@ from tests.helpers import in_process_server, run_cli  # noqa: E402
 pytestmark = pytest.mark.slow
 SIZE = 32
 ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_parity", "drop_fraction", "prefix_cached",
-              "mc_mean", "fresh_randomness"}  # fmt: skip
+              "mc_mean", "fresh_randomness", "summary_arithmetic", "summary_consistency",
+              "summary_statistics"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,8 @@ def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes
         raise ExportError(
             f"The converted graph has {len(subgraph.outputs)} outputs. Expected {len(output_names)}: {output_names}"
         )
+    if len(set(subgraph.outputs)) != len(subgraph.outputs):
+        raise ExportError(f"The converted graph returns one tensor as several of its outputs {output_names}.")
     input_names = [logical_name(subgraph.tensors[int(i)].name.decode()) for i in subgraph.inputs]
     for index, name in [
         *zip(subgraph.inputs, input_names, strict=True),

@@ -90,7 +90,11 @@ def regression(samples: tf.Tensor, noise_variance: Sequence[float] | None) -> li
     y = tf.cast(samples, tf.float32)
     mean = tf.reduce_mean(y, axis=0)
     variance = tf.reduce_mean(tf.square(y - mean), axis=0)
-    noise = 0.0 if noise_variance is None else tf.reshape(tf.constant(noise_variance, tf.float32), y.shape[2:])
-    predictive_std = tf.sqrt(variance + noise)
+    if noise_variance is None:
+        # Equal to std, computed by other ops: the converter would fold sqrt(variance + 0) into std's tensor, and a
+        # graph output listed twice can carry only one name.
+        predictive_std = tf.sqrt(tf.maximum(variance, 0.0))
+    else:
+        predictive_std = tf.sqrt(variance + tf.reshape(tf.constant(noise_variance, tf.float32), y.shape[2:]))
     half_width = normal_quantile(LEVEL) * predictive_std
     return [mean, tf.sqrt(variance), predictive_std, mean - half_width, mean + half_width]

@@ -17,7 +17,8 @@ from tests.helpers import run_cli  # noqa: E402
 from tests.pipeline.export import custom_layers, models  # noqa: E402
 
 ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_parity", "drop_fraction", "prefix_cached",
-              "mc_mean", "fresh_randomness"}  # fmt: skip
+              "mc_mean", "fresh_randomness", "summary_arithmetic", "summary_consistency",
+              "summary_statistics"}  # fmt: skip
 
 
 def exported(model: Path, repo: Path, name: str) -> dict[str, Any]:
