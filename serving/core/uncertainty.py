@@ -39,6 +39,7 @@ __all__ = [
     "max_standard_error",
     "max_standard_error_from_std",
     "nll",
+    "normal_quantile",
     "regression",
     "reliability",
 ]
