@@ -23,6 +23,7 @@ seed = 1
 [[entry]]
 name = "digits-small"
 dataset = "digits"
+device_shapes = ["B=1,T=4"]
 
 [[entry]]
 name = "broken"
@@ -53,6 +54,10 @@ def test_three_entries_one_broken_then_resume(tmp_path: Path) -> None:
     assert "Data file not found" in results["broken"]["detail"]
     assert str(tmp_path / "missing.csv") in results["broken"]["detail"]  # resolved next to the job file
     assert versions(tmp_path / "repo" / "digits-small") == [1]
+    small = manifest_io.Manifest.load(tmp_path / "repo" / "digits-small" / "1")
+    assert {(d.graph, d.batch, d.samples) for d in small.device_graphs} == {
+        ("mc_summary", None, None), ("deterministic", 1, None), ("mc", 1, 4), ("mc_masked", 1, 4),
+        ("mc_summary", 1, 4)}  # fmt: skip
     cv = manifest_io.Manifest.load(tmp_path / "repo" / "digits-cv" / "1").to_json()
     selection = cv["source"]["selection"]
     assert [r["candidate"] for r in selection["results"]] == [{"dropout": [0.1]}, {"dropout": [0.5]}]
