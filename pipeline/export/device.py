@@ -87,15 +87,12 @@ def server_summaries(samples: Sequence[np.ndarray], outputs: Sequence[OutputSumm
     names = iter(summary_names(outputs))
     for tensor, output in zip(samples, outputs, strict=True):
         if output.task == "classification":
-            c = uncertainty.classification(tensor)
-            values = [c.mean, c.std, c.predicted_class, c.predictive_entropy, c.expected_entropy,
-                      c.mutual_information, c.variation_ratio]  # fmt: skip
+            computed: Any = uncertainty.classification(tensor)
         else:
             noise = None if output.noise_variance is None else np.asarray(output.noise_variance)
-            r = uncertainty.regression(tensor, level=0.95, noise_variance=_shaped(noise, tensor))
-            values = [r.mean, r.std, r.predictive_std, r.lower, r.upper]
-        for value in values:
-            found[next(names)] = np.asarray(value)
+            computed = uncertainty.regression(tensor, level=0.95, noise_variance=_shaped(noise, tensor))
+        for field in output.fields():  # the graph's fields are the server summary's attribute names
+            found[next(names)] = np.asarray(getattr(computed, field))
     return found
 
 
@@ -310,8 +307,8 @@ class Verifier:
         server_samples = seeded_samples(self.masked, specs, replicated(x, REPLICATES), samples, self._seed + 1)
         server_means = {name: by_replicate({name: s.mean(axis=0)}, shape.batch)[name]
                         for name, s in zip(self._names, server_samples, strict=True)}  # fmt: skip
-        ours_means = {name: np.stack([self._run(graphs["mc"], x, self._names)[i].mean(axis=0)
-                                      for _ in range(REPLICATES)])
+        invokes = [self._run(graphs["mc"], x, self._names) for _ in range(REPLICATES)]  # one invoke per replicate
+        ours_means = {name: np.stack([outputs[i].mean(axis=0) for outputs in invokes])
                       for i, name in enumerate(self._names)}  # fmt: skip
         checks.append(statistical_agreement("mc_mean", _label("mc", shape), ours_means, server_means, self._names))
         names = summary_names(self._outputs)
