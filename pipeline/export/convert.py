@@ -121,6 +121,40 @@ def graph_functions(
     return functions
 
 
+def moments_function(
+    model: keras.Model, sites: list[DropoutSite], inactive: list[DropoutSite] | None = None
+) -> tuple[Any, list[str | None]]:
+    """The one-pass ``moments`` graph: the model's inputs in, ``mean`` and ``variance`` of every output out (of its
+    logits where the output ends in a softmax; ``mcdrop.pipeline.export.moments``), and each output's link
+    (``softmax`` or None).
+
+    Raises:
+        NoMomentRule: a layer after the first sampled site has no propagation rule (the message names it).
+    """
+    from mcdrop.pipeline.export import moments
+
+    inputs = stochastic.model_inputs(model)
+    x_specs = [tf.TensorSpec([None, *i.row_shape], tf.float32, name=i.name) for i in inputs]
+
+    links: list[str | None] = []
+
+    def moments_graph(*xs: tf.Tensor) -> list[tf.Tensor]:
+        cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
+        found = moments.forward(model, sites, cast[0] if len(cast) == 1 else cast, inactive or [])
+        links[:] = [output.link for output in found]
+        return [tensor for output in found for tensor in (output.mean, output.variance)]
+
+    try:
+        function = tf.function(moments_graph, input_signature=x_specs, autograph=False).get_concrete_function()
+        return function, list(links)
+    except moments.NoMomentRule:
+        raise
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"Building the moments graph failed: {stochastic.first_line(exc)}") from exc
+
+
 def graph_output_names(graph: str, model_outputs: list[str], summary: Sequence[OutputSummary]) -> list[str]:
     """The output names of ``graph``: the model's outputs (``y`` for one), or the summary's fields."""
     return summary_output_names(summary) if graph == "mc_summary" else list(model_outputs)

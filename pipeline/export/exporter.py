@@ -36,11 +36,13 @@ from mcdrop.serving.models.manifest import (
     GraphSpec,
     InputSpec,
     Manifest,
+    MomentsGraph,
     ObservationNoise,
     OutputSpec,
     Task,
     TensorSpec,
     graph_file,
+    moments_output_names,
     sha256_file,
 )
 
@@ -78,6 +80,8 @@ class ExportOptions:
     """Observation-noise precision tau per output (regression); overrides the training record's."""
     mc_layers: str = "all"
     """Which dropout sites stay stochastic: ``all``, ``last`` or names (``mcdrop.pipeline.export.selection``)."""
+    moments: bool = True
+    """Also export the one-pass moments graph where every layer after the first dropout has a propagation rule."""
     device_shapes: tuple[Any, ...] = ()
     """Static shapes (``convert.Shape``, from ``--device-shape B=1,T=32``) of extra graphs for devices."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -170,6 +174,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
             raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
         device_graphs = _device_graphs(options, model, sites, inactive, summary, output_names, graphs, checks, x,
                                        footprints, staging, step)  # fmt: skip
+        moments_graph = _moments(options, model, sites, inactive, outputs, graphs, x, chunk, staging, step)
 
         quantized = {}
         for quantization in options.quantize:
@@ -187,6 +192,9 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
             _manifest(options, model, training, outputs, sites, graphs, checks, quantized, timing, staging),
             fingerprint=fingerprint,
             device_graphs=device_graphs,
+            moments=None
+            if moments_graph is None
+            else dataclasses.replace(moments_graph, flops_per_row=_moments_flops(model, sites)),
             mc_layers=mc_layers,
             unsampled_dropout_layers=tuple(site.to_manifest() for site in inactive),
             activation_memory={
@@ -281,6 +289,65 @@ def _device_graphs(
     if problems := verify.failures(checks):
         raise ExportError("Export verification failed; nothing was published:\n  " + "\n  ".join(problems))
     return tuple(found)
+
+
+def _moments(
+    options: ExportOptions,
+    model: Any,
+    sites: list[Any],
+    inactive: list[Any],
+    outputs: tuple[OutputSpec, ...],
+    graphs: dict[str, Graph],
+    x: dict[str, np.ndarray],
+    chunk: int,
+    staging: Path,
+    step: Step,
+) -> MomentsGraph | None:
+    """Convert and check ``moments.tflite``; a model without a rule for some layer, or whose check fails, gets a
+    record saying why (and no file). None: no dropout, or ``--no-moments``."""
+    if not sites or not options.moments:
+        return None
+    from mcdrop.pipeline.export import convert, moments_check
+    from mcdrop.pipeline.export.moments import NoMomentRule
+
+    step("converting moments")
+    try:
+        function, links = convert.moments_function(model, sites, inactive)
+    except NoMomentRule as exc:
+        return MomentsGraph(graph=None, reason=f"no moments graph: {exc}")
+    names = moments_output_names([spec.name for spec in outputs], links)
+    blob = convert.to_tflite(function, model, output_names=names)
+    graph = Graph(blob)
+    step(f"checking moments against {STAT_SAMPLES} Monte-Carlo samples")
+    parity = moments_check.graph_parity(graph, function, x)
+    checked = moments_check.check(graph, graphs["mc"], x, outputs, links, STAT_SAMPLES, chunk, options.seed)
+    record = {"parity": parity, **checked}
+    if not (parity["passed"] and checked["passed"]):
+        problems = checked.get("problems", []) + (
+            []
+            if parity["passed"]
+            else [f"graph vs TensorFlow differ by {parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g})"]
+        )
+        return MomentsGraph(
+            graph=None,
+            links=tuple(links),
+            check=record,
+            reason="moments graph failed its check against Monte Carlo: " + "; ".join(problems),
+        )
+    (staging / graph_file("moments")).write_bytes(blob)
+    spec = GraphSpec(
+        file=graph_file("moments"),
+        inputs=tuple(_tensor_spec(graph, n) for n in graph.input_names),
+        outputs=tuple(TensorSpec(name, shape, dtype.name) for name, shape, dtype in graph.output_specs()),
+        ops=tuple(graph.ops()),
+    )
+    return MomentsGraph(graph=spec, links=tuple(links), check=record)
+
+
+def _moments_flops(model: Any, sites: list[Any]) -> float:
+    """One row of the moments graph: the prefix once, then mean and variance through every later layer."""
+    cost = _cost(model, sites)
+    return cost.prefix + 2.0 * cost.per_sample
 
 
 def _device_graph(graph: str, shape: Any, loaded: Graph) -> DeviceGraph:

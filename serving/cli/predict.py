@@ -36,7 +36,12 @@ def register(subcommands: Any) -> None:
     add("--input", required=True, action="append", metavar="[NAME=]FILE",
         help="input rows: a .npy, .json or .csv file, a pipe, or - for stdin; NAME=FILE (repeated) for a model with "
         "several inputs, or one .npz file of named arrays")  # fmt: skip
-    add("--mode", choices=["deterministic", "monte_carlo"], default=None, help="default: monte_carlo if possible")
+    add(
+        "--mode",
+        choices=["deterministic", "monte_carlo", "moments"],
+        default=None,
+        help="default: monte_carlo if possible; moments: one pass of the moments graph (an approximation)",
+    )
     add("--samples", type=positive_int, default=None, metavar="T", help="Monte-Carlo samples (default: the model's)")
     add("--seed", type=int, default=None, help="seed: identical answers on every call")
     add("--tolerance", type=positive_float, default=None, help="adaptive: sample until the standard error is below")

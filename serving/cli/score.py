@@ -31,7 +31,12 @@ def register(subcommands: Any) -> None:
     add("--output", type=Path, required=True, metavar="PATH", help="output .parquet or .csv")
     add("--samples", type=positive_int, default=None, metavar="T", help="MC samples (default: the model's)")
     add("--seed", type=int, default=None, help="makes the output reproducible (default: fresh, recorded)")
-    add("--mode", choices=("monte_carlo", "deterministic"), default=None, help="default: monte_carlo with dropout")
+    add(
+        "--mode",
+        choices=("monte_carlo", "deterministic", "moments"),
+        default=None,
+        help="default: monte_carlo with dropout; moments: one pass of the moments graph (an approximation)",
+    )
     add("--interval", type=positive_float, default=0.95, help="regression interval level (default %(default)s)")
     add("--keep", type=names, default=[], metavar="COL[,COL]", help="input columns copied to the output")
     add("--batch-size", type=positive_int, default=1024, help="rows per work unit (default %(default)s)")

@@ -35,7 +35,8 @@ from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUT
 __all__ = ["Client", "ModelStatus", "Prediction", "decode_prediction"]
 
 DEFAULT_TIMEOUT = 30.0
-_MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, None: pb.MODE_UNSPECIFIED}
+_MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, "moments": pb.MOMENTS,
+          None: pb.MODE_UNSPECIFIED}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -161,7 +162,7 @@ class Client:
         timeout: float | None = None,
     ) -> Prediction:
         """Predict ``x`` ([B, ...] float32), or for a model with several inputs a mapping of input name → [B, ...]
-        array; ``mode`` is ``deterministic``, ``monte_carlo`` or None (model default).
+        array; ``mode`` is ``deterministic``, ``monte_carlo``, ``moments`` or None (model default).
 
         With ``tolerance``, sampling is adaptive: the server stops once the largest standard
         error of the mean is at most ``tolerance`` (or at ``max_samples``).
@@ -232,7 +233,7 @@ class Client:
         chunk: int,
     ) -> pb.PredictRequest:
         if mode not in _MODES:
-            raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo or None.")
+            raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo, moments or None.")
         request = pb.PredictRequest(
             model=model,
             input=None if isinstance(x, Mapping) else tensors.encode(np.asarray(x)),

@@ -23,10 +23,12 @@ MAX_SEED = 2**64 - 1
 
 
 class Mode(enum.StrEnum):
-    """How a prediction is computed: one pass without dropout, or T Monte-Carlo samples."""
+    """How a prediction is computed: one pass without dropout, T Monte-Carlo samples, or one pass of the moments
+    graph (an approximation of Monte Carlo's answer; ``mcdrop.serving.core.moments``)."""
 
     DETERMINISTIC = "deterministic"
     MONTE_CARLO = "monte_carlo"
+    MOMENTS = "moments"
 
 
 @dataclasses.dataclass
@@ -36,7 +38,7 @@ class PredictionRequest:
     """The rows of a single-input model (its input ``x``); ``inputs`` instead for a model with several."""
     version: int | None = None
     mode: str | None = None
-    """``deterministic``, ``monte_carlo`` (any case) or None (Monte Carlo if the model has dropout)."""
+    """``deterministic``, ``monte_carlo``, ``moments`` (any case) or None (Monte Carlo if the model has dropout)."""
     samples: int | None = None
     """T; None means the model's default."""
     seed: int | None = None
@@ -76,6 +78,8 @@ class Prediction:
     version: int
     mode: Mode
     samples: int
+    """Samples behind the answer: T model samples (Monte Carlo), logit draws (moments classification), else 0
+    (moments regression: closed form) or 1 (deterministic)."""
     seed: int | None
     outputs: tuple[OutputPrediction, ...]
     final: bool

@@ -12,6 +12,8 @@ Sampling paths:
   answer so that it can be replayed. The same seed gives bit-identical answers on every call and
   after restarts. Host masks take 16 random bits per flag, about a quarter of what LiteRT's float32
   ``RANDOM_UNIFORM`` costs inside ``mc.tflite``.
+* MOMENTS: one pass of ``moments.tflite`` (mean and variance per unit); classification draws S = T logit vectors
+  from them with the request's seed (``mcdrop.serving.core.moments``). An approximation of MONTE_CARLO.
 * With ``mask_source="graph"``, unseeded requests use ``mc.tflite`` instead (masks from LiteRT's
   OS-seeded random ops; no seed to report).
 
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from mcdrop.serving.core import invokes, uncertainty
+from mcdrop.serving.core import invokes, moments, uncertainty
 from mcdrop.serving.core.inputs import checked_inputs
 from mcdrop.serving.core.requests import (
     DEFAULT_INTERVAL,
@@ -43,7 +45,7 @@ from mcdrop.serving.core.requests import (
 )
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import GraphName, Task
+from mcdrop.serving.models.manifest import GraphName, Task, moments_output_names
 from mcdrop.serving.models.masks import MaskStream, fresh_seed
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 
@@ -122,10 +124,12 @@ class Sampler:
         inputs = checked_inputs(version, request.x, request.inputs, limits.max_batch)
         batch = len(next(iter(inputs.values())))
         mode = _mode(request.mode, version)
+        if mode == Mode.MOMENTS:
+            _check_moments_request(request)
         limit = limits.max_samples
         samples = version.default_samples if request.samples is None else request.samples
         # T <= 0 is refused in every mode; the upper limit matters only where T passes run.
-        if samples < 1 or (mode == Mode.MONTE_CARLO and limit is not None and samples > limit):
+        if samples < 1 or (mode != Mode.DETERMINISTIC and limit is not None and samples > limit):
             raise InvalidArgument(f"Invalid samples. Expected {_bounds('T', limit)}. Received: {samples}")
         if mode == Mode.DETERMINISTIC:
             samples = 1
@@ -146,6 +150,9 @@ class Sampler:
             )
         cost = version.manifest.cost
         flops = cost.flops(batch, samples) if cost is not None else 0.0
+        if mode == Mode.MOMENTS:
+            moments = version.manifest.moments
+            flops = batch * (moments.flops_per_row or 0.0) if moments is not None else 0.0
         if cost is not None and limits.max_request_gflops is not None and flops / 1e9 > limits.max_request_gflops:
             raise InvalidArgument(
                 f"Request too costly: {flops / 1e9:.3g} GFLOP for batch {batch} x T={samples} on model "
@@ -173,14 +180,16 @@ class Sampler:
             DeadlineExceeded: ``deadline`` (a ``time.monotonic()`` value) passed.
             InferenceFailed: LiteRT could not run the graph (the message names model, graph and rows).
         """
+        if plan.mode == Mode.MOMENTS:
+            return self._moments(plan, deadline)
         if plan.mode == Mode.DETERMINISTIC or plan.tolerance is None:
             return self._one_shot(plan, deadline)
         return collections.deque(self.stream(plan, deadline), maxlen=1)[0]
 
     def stream(self, plan: Plan, deadline: float | None = None) -> Iterator[Prediction]:
         """Progressive estimates every ``plan.chunk`` samples; the last has ``final=True``."""
-        if plan.mode == Mode.DETERMINISTIC:
-            yield self._one_shot(plan, deadline)
+        if plan.mode in (Mode.DETERMINISTIC, Mode.MOMENTS):
+            yield self.run(plan, deadline)
             return
         masks = self._masks(plan)
         collected: list[list[np.ndarray]] = []
@@ -218,6 +227,57 @@ class Sampler:
         prediction = self._summarise(plan, samples, final=True, queue_s=queue_s, compute_s=compute_s)
         prediction.compute_ms += (time.perf_counter() - started) * 1e3
         return prediction
+
+    def _moments(self, plan: Plan, deadline: float | None) -> Prediction:
+        """One pass of ``moments.tflite`` (in row blocks that fit the invoke budget), summarised per output."""
+        version = plan.version
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("The deadline passed before the moments graph ran.")
+        split = self.split(version, GraphName.MOMENTS, plan.batch, 1)
+        waiting = time.perf_counter()
+        with version.pools[GraphName.MOMENTS].lease(deadline) as graph:
+            started = time.perf_counter()
+            names = graph.output_names
+            blocks = [graph.run(x) for x in _blocks(plan.inputs, plan.batch, split.rows)]
+        found = {name: np.concatenate(parts) for name, parts in zip(names, zip(*blocks, strict=True), strict=True)}
+        moments_record = version.manifest.moments
+        assert moments_record is not None  # _mode admits MOMENTS only for versions with the graph
+        links = moments_record.links or (None,) * len(version.outputs)
+        graph_names = moments_output_names([spec.name for spec in version.outputs], links)
+        classifies = any(link is not None for link in links)
+        if classifies and plan.seed is None:
+            plan.seed = fresh_seed()
+        outputs, error = [], 0.0
+        for index, (spec, noise, link) in enumerate(zip(version.outputs, version.noise_variances, links, strict=True)):
+            mean, variance = found[graph_names[2 * index]], found[graph_names[2 * index + 1]]
+            summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
+            if link is not None:
+                assert plan.seed is not None
+                summary, _ = moments.classification(mean, variance, plan.samples, plan.seed, plan.first_row)
+                error = max(error, uncertainty.max_standard_error_from_std(summary.std, plan.samples))
+            else:
+                summary = moments.regression(mean, variance, plan.interval, noise)
+            outputs.append(OutputPrediction(
+                name=spec.name,
+                task=spec.task,
+                class_labels=spec.labels,
+                summary=summary,
+                sample_outputs=None,
+                noise_variance=None if spec.task == Task.CLASSIFICATION else noise,
+            ))  # fmt: skip
+        summarised = time.perf_counter()
+        return Prediction(
+            model=version.name,
+            version=version.version,
+            mode=plan.mode,
+            samples=plan.samples if classifies else 0,
+            seed=plan.seed if classifies else None,
+            outputs=tuple(outputs),
+            final=True,
+            max_standard_error=error,
+            queue_ms=(started - waiting) * 1e3,
+            compute_ms=(summarised - started) * 1e3,
+        )
 
     def _run(
         self, plan: Plan, samples: int, masks: MaskStream | None, deadline: float | None
@@ -297,13 +357,45 @@ def _mode(requested: str | None, version: ModelVersion) -> Mode:
     try:
         mode = Mode(requested.lower())
     except ValueError:
-        raise InvalidArgument(f"Invalid mode {requested!r}. Expected 'deterministic' or 'monte_carlo'.") from None
+        raise InvalidArgument(
+            f"Invalid mode {requested!r}. Expected 'deterministic', 'monte_carlo' or 'moments'."
+        ) from None
+    if mode == Mode.MOMENTS and not version.has_moments:
+        raise InvalidArgument(
+            f"Model {version.name!r} version {version.version} has no moments graph, so mode MOMENTS cannot be "
+            f"served: {_no_moments_reason(version)} Expected mode MONTE_CARLO (or DETERMINISTIC); this version "
+            f"answers {', '.join(version.modes)}."
+        )
     if mode == Mode.MONTE_CARLO and not version.stochastic:
         raise InvalidArgument(
             f"Model {version.name!r} version {version.version} has no dropout layers, so MONTE_CARLO has nothing "
             "to sample. Expected mode DETERMINISTIC."
         )
     return mode
+
+
+def _no_moments_reason(version: ModelVersion) -> str:
+    record = version.manifest.moments
+    if not version.stochastic:
+        return "it has no dropout layers."
+    if record is None:
+        return "it was exported before mcdrop made moments graphs (re-export it with mcdrop export)."
+    reason = record.reason or "the export did not make one."
+    return reason if reason.endswith(".") else reason + "."
+
+
+def _check_moments_request(request: PredictionRequest) -> None:
+    """What mode MOMENTS cannot do: it draws no model samples, so there are none to return or to adapt."""
+    if request.return_samples:
+        raise InvalidArgument(
+            "return_samples cannot be used with mode MOMENTS: the moments graph computes a mean and a variance in "
+            "one pass and draws no model samples. Expected return_samples false, or mode MONTE_CARLO."
+        )
+    if request.tolerance is not None:
+        raise InvalidArgument(
+            "tolerance (adaptive sampling) cannot be used with mode MOMENTS: one pass gives the whole answer. "
+            "Expected no tolerance, or mode MONTE_CARLO."
+        )
 
 
 def _bounds(name: str, limit: int | None) -> str:

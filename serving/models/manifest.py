@@ -36,6 +36,7 @@ __all__ = [
     "GraphSpec",
     "InputSpec",
     "Manifest",
+    "MomentsGraph",
     "NoiseKind",
     "ObservationNoise",
     "OutputSpec",
@@ -43,6 +44,7 @@ __all__ = [
     "Task",
     "TensorSpec",
     "graph_file",
+    "moments_output_names",
     "read_verified",
     "sha256_file",
 ]
@@ -62,11 +64,13 @@ class Task(enum.StrEnum):
 
 
 class GraphName(enum.StrEnum):
-    """The graphs of a version: one pass, in-graph random masks, fed masks."""
+    """The graphs of a version: one pass, in-graph random masks, fed masks; ``moments`` (one pass, mean and
+    variance) is listed under the manifest's ``moments``, not ``graphs``, so that older servers ignore it."""
 
     DETERMINISTIC = "deterministic"
     MC = "mc"
     MC_MASKED = "mc_masked"
+    MOMENTS = "moments"
 
 
 class NoiseKind(enum.StrEnum):
@@ -512,6 +516,67 @@ class DeviceGraph:
                 "ops": list(self.ops)}  # fmt: skip
 
 
+MOMENTS_APPROXIMATION = (
+    "one-pass moment propagation: dropout's mean and variance carried layer by layer assuming independent units "
+    "and Gaussian pre-activations; classification draws logit samples from the logits' moments"
+)
+
+
+def moments_output_names(outputs: Sequence[str], links: Sequence[str | None]) -> list[str]:
+    """The moments graph's output names: ``mean``/``variance`` per model output (``logit_mean``/``logit_variance``
+    where the graph stops before a softmax), ``OUTPUT/…`` for a model with several outputs."""
+    names = []
+    for output, link in zip(outputs, links, strict=True):
+        prefix = f"{output}/" if len(outputs) > 1 else ""
+        stem = "logit_" if link else ""
+        names += [f"{prefix}{stem}mean", f"{prefix}{stem}variance"]
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentsGraph:
+    """The one-pass moments graph (``moments.tflite``, mode ``moments``): a mean and a variance per output unit (of
+    the logits where ``links`` says ``softmax``) in one invoke, or why the version has none."""
+
+    graph: GraphSpec | None
+    """None: no moments graph (``reason`` says why); Monte Carlo is unaffected."""
+    links: tuple[str | None, ...] = ()
+    """Per model output: ``softmax`` (the graph returns the logits' moments) or None (the output's own)."""
+    check: Record = dataclasses.field(default_factory=dict)
+    """The export's comparison with Monte Carlo on its verification rows (figures and tolerances)."""
+    flops_per_row: float | None = None
+    """Compute of one input row (mean and variance through every layer)."""
+    reason: str | None = None
+    approximation: str = MOMENTS_APPROXIMATION
+
+    @property
+    def available(self) -> bool:
+        return self.graph is not None
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> MomentsGraph:
+        f = _Fields(value, where)
+        available = f.required("available", _bool)
+        graph = GraphSpec.from_json(f.data, where) if available else None
+        no_links: tuple[str | None, ...] = ()
+        links = f.optional("links", _list(lambda v, w: None if v is None else _str(v, w)), no_links)
+        return MomentsGraph(
+            graph=graph,
+            links=links,
+            check=f.record("check"),
+            flops_per_row=f.optional("flops_per_row", _number, None),
+            reason=f.optional("reason", _str, None),
+            approximation=f.optional("approximation", _str, MOMENTS_APPROXIMATION),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"available": self.available, **(self.graph.to_json() if self.graph else {}),
+                                  "links": list(self.links), "approximation": self.approximation,
+                                  "flops_per_row": self.flops_per_row, "reason": self.reason,
+                                  "check": dict(self.check)}  # fmt: skip
+        return _omit_none(record, "flops_per_row", "reason")
+
+
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
     """Outputs of the graphs on fixed inputs (and, for ``mc_masked``, fixed masks): a loaded file must match."""
@@ -552,7 +617,7 @@ _KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", 
           "preprocessing",
           "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
           "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
-          "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs")  # fmt: skip
+          "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs", "moments")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -592,6 +657,8 @@ class Manifest:
     export: Record | None = None
     device_graphs: tuple[DeviceGraph, ...] = ()
     """``mc_summary`` and static-shape graphs for devices (``mcdrop export --device-shape``); not loaded by servers."""
+    moments: MomentsGraph | None = None
+    """The one-pass moments graph, or why there is none; None: exported before mcdrop had it."""
     extra: Record = dataclasses.field(default_factory=dict)
     """Keys this version of mcdrop does not know (from a newer export), kept as written."""
 
@@ -683,6 +750,7 @@ class Manifest:
             activation_memory=f.optional("activation_memory", _record, None),
             export=f.optional("export", _record, None),
             device_graphs=f.optional("device_graphs", _list(DeviceGraph.from_json), ()),
+            moments=f.optional("moments", MomentsGraph.from_json, None),
             extra=f.extra(_KNOWN),
         )
         if stochastic != bool(manifest.dropout_layers):
@@ -717,8 +785,9 @@ class Manifest:
             "export": None if self.export is None else dict(self.export),
             "version": self.version,
             "device_graphs": [g.to_json() for g in self.device_graphs] or None,
+            "moments": None if self.moments is None else self.moments.to_json(),
         }
-        omitted = ("cost", "fingerprint", "activation_memory", "export", "version", "device_graphs")
+        omitted = ("cost", "fingerprint", "activation_memory", "export", "version", "device_graphs", "moments")
         return {**_omit_none(record, *omitted), **self.extra}
 
     def _tensors_json(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from mcdrop.serving.models.manifest import (
     Manifest,
     OutputSpec,
     Task,
+    moments_output_names,
     read_verified,
 )
 from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds, mask_dtype
@@ -134,6 +135,22 @@ class ModelVersion:
         """Dropout sites the export left out of sampling (they run as in inference)."""
         return self.manifest.unsampled_dropout_layers
 
+    @property
+    def has_moments(self) -> bool:
+        """Whether this version has a verified one-pass moments graph (mode ``moments``)."""
+        return GraphName.MOMENTS in self.pools
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes this version answers: ``deterministic``, ``monte_carlo`` (with dropout), ``moments`` (with
+        the moments graph)."""
+        found = ["deterministic"]
+        if self.stochastic:
+            found.append("monte_carlo")
+        if self.has_moments:
+            found.append("moments")
+        return found
+
     def uncertainty_source(self) -> dict[str, str | int]:
         """Where the Monte-Carlo uncertainty comes from, for metadata answers (every API says the same)."""
         return {
@@ -144,14 +161,17 @@ class ModelVersion:
             if self.stochastic
             else 0,
             "default_samples": self.default_samples,
+            "modes": ",".join(self.modes),
         }
 
     @functools.cached_property
     def footprints(self) -> dict[GraphName, Footprint]:
-        """Activation bytes per row of the deterministic and the fed-mask graph, measured from the graphs."""
+        """Activation bytes per row of the deterministic, fed-mask and moments graphs, measured from the graphs."""
         found = {GraphName.DETERMINISTIC: footprint(self.contents[GraphName.DETERMINISTIC], self._feeds(masks=False))}
         if self.stochastic:
             found[GraphName.MC_MASKED] = footprint(self.contents[GraphName.MC_MASKED], self._feeds(masks=True))
+        if self.has_moments:
+            found[GraphName.MOMENTS] = footprint(self.contents[GraphName.MOMENTS], self._feeds(masks=False))
         return found
 
     def footprint(self, graph: GraphName) -> Footprint:
@@ -331,7 +351,10 @@ class ModelRepository:
         path = self.root if self._single == (name, version) else self.root / name / str(version)
         manifest = Manifest.load(path)
         pools, contents = {}, {}
-        for graph, spec in manifest.graphs.items():
+        served = dict(manifest.graphs)
+        if manifest.moments is not None and manifest.moments.graph is not None:
+            served[GraphName.MOMENTS] = manifest.moments.graph
+        for graph, spec in served.items():
             # Hash the very bytes the interpreters get: never serve a file that failed its digest.
             contents[graph] = read_verified(path, spec.file, manifest)
             pools[graph] = InterpreterPool(
@@ -423,6 +446,8 @@ def _check_output_names(version: ModelVersion) -> None:
         return
     wanted = [o.name for o in version.outputs]
     for graph_name, pool in version.pools.items():
+        if graph_name == GraphName.MOMENTS:
+            continue  # checked by _check_moments_outputs
         with pool.lease() as graph:
             found = graph.output_names
         missing = [name for name in wanted if name not in found]
@@ -433,10 +458,29 @@ def _check_output_names(version: ModelVersion) -> None:
             )
 
 
+def _check_moments_outputs(version: ModelVersion) -> None:
+    """The moments graph returns a mean and a variance per model output, named as the manifest's links say."""
+    moments = version.manifest.moments
+    if moments is None or moments.graph is None:
+        return
+    links = moments.links or (None,) * len(version.outputs)
+    wanted = moments_output_names([o.name for o in version.outputs], links)
+    x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}
+    with version.pools[GraphName.MOMENTS].lease() as graph:
+        found = graph.output_names
+        graph.run(x)
+    if sorted(found) != sorted(wanted) or len(links) != len(version.outputs):
+        raise MCDropError(
+            f"moments.tflite has outputs {found}; the manifest's outputs and links ask for {wanted}. Re-export the "
+            "model: the graph and the manifest do not belong together."
+        )
+
+
 def _smoke_test(version: ModelVersion) -> None:
     """Run every graph once so a broken file fails at load time, not on a request; where the manifest has
     a fingerprint (outputs on fixed inputs and masks), the outputs must match it."""
     _check_output_names(version)
+    _check_moments_outputs(version)
     if version.manifest.fingerprint is not None:
         _check_fingerprint(version, version.manifest.fingerprint)
     x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}

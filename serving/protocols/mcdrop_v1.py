@@ -22,8 +22,8 @@ from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUT
 
 __all__ = ["MODE_ENUMS", "decode_request", "encode_metadata", "encode_prediction"]
 
-MODE_ENUMS = {Mode.DETERMINISTIC: pb.DETERMINISTIC, Mode.MONTE_CARLO: pb.MONTE_CARLO}
-_MODES = {pb.MODE_UNSPECIFIED: None, pb.DETERMINISTIC: Mode.DETERMINISTIC.value, pb.MONTE_CARLO: Mode.MONTE_CARLO.value}
+MODE_ENUMS = {Mode.DETERMINISTIC: pb.DETERMINISTIC, Mode.MONTE_CARLO: pb.MONTE_CARLO, Mode.MOMENTS: pb.MOMENTS}
+_MODES = {pb.MODE_UNSPECIFIED: None, **{enum: mode.value for mode, enum in MODE_ENUMS.items()}}
 _DTYPE_ENUMS = {"float32": pb.FLOAT32, "float64": pb.FLOAT64, "int32": pb.INT32, "int64": pb.INT64, "uint8": pb.UINT8}
 
 
@@ -132,6 +132,7 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
             )
             for spec, noise in zip(version.outputs, version.noise_variances, strict=True)
         ],
+        modes=[MODE_ENUMS[Mode(mode)] for mode in version.modes],
     )
 
 

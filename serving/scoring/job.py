@@ -93,7 +93,14 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
     number, manifest = _manifest(options.repository, options.model, options.version)  # the workers load the graphs
     mode = (options.mode or (Mode.MONTE_CARLO if manifest.stochastic else Mode.DETERMINISTIC)).lower()
     if mode not in tuple(Mode):
-        raise InvalidArgument(f"Invalid mode {options.mode!r}. Expected deterministic or monte_carlo.")
+        raise InvalidArgument(f"Invalid mode {options.mode!r}. Expected deterministic, monte_carlo or moments.")
+    if mode == Mode.MOMENTS and (manifest.moments is None or manifest.moments.graph is None):
+        reason = manifest.moments.reason if manifest.moments is not None and manifest.moments.reason else (
+            "it was exported without one (re-export it with mcdrop export)")  # fmt: skip
+        raise InvalidArgument(
+            f"Model {options.model!r} version {number} has no moments graph, so --mode moments cannot be scored: "
+            f"{reason}. Expected --mode monte_carlo or deterministic."
+        )
     found = inputs.sources(options.input)
     settings = ScoreSettings(
         repository=str(options.repository),

@@ -89,7 +89,7 @@ def test_regression_outputs_are_the_native_apis_bit_for_bit(stub: tuple[Any, Cli
         (lambda m: m.raw_input_contents.append(b""), "Expected 1, one per input"),
         (lambda m: m.outputs.add(name="logits"), "Unknown output(s) ['logits']"),
         (lambda m: setattr(m, "model_version", "abc"), "Invalid model version 'abc'"),
-        (lambda m: setattr(m.parameters["mode"], "string_param", "greedy"), "Expected 'deterministic' or"),
+        (lambda m: setattr(m.parameters["mode"], "string_param", "greedy"), "Expected 'deterministic', 'monte_c"),
     ],
 )
 def test_strict_checks(stub: tuple[Any, Client], mutate: Any, message: str) -> None:
@@ -137,7 +137,7 @@ def test_mc_samples_zero_and_a_bad_mode_are_refused_by_the_data_plane(
     oip_stub, _ = stub
     for parameters, message in (
         ({"mc_samples": 0}, "Invalid samples. Expected 1 <= T <= 10000. Received: 0"),
-        ({"mode": "bayesian"}, "Invalid mode 'bayesian'. Expected 'deterministic' or 'monte_carlo'."),
+        ({"mode": "bayesian"}, "Invalid mode 'bayesian'. Expected 'deterministic', 'monte_carlo' or 'moments'."),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             oip_stub.ModelInfer(request(digits_rows[:1], **parameters), timeout=10)

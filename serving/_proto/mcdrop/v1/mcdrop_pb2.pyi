@@ -21,6 +21,7 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_UNSPECIFIED: _ClassVar[Mode]
     DETERMINISTIC: _ClassVar[Mode]
     MONTE_CARLO: _ClassVar[Mode]
+    MOMENTS: _ClassVar[Mode]
 DATA_TYPE_UNSPECIFIED: DataType
 FLOAT32: DataType
 FLOAT64: DataType
@@ -30,6 +31,7 @@ UINT8: DataType
 MODE_UNSPECIFIED: Mode
 DETERMINISTIC: Mode
 MONTE_CARLO: Mode
+MOMENTS: Mode
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -226,7 +228,7 @@ class DropoutLayer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layer_class: _Optional[str] = ..., rate: _Optional[float] = ..., noise_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs")
+    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs", "modes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +244,7 @@ class ModelMetadata(_message.Message):
     ACTIVATION_BYTES_PER_SAMPLE_ROW_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -257,7 +260,8 @@ class ModelMetadata(_message.Message):
     activation_bytes_per_sample_row: int
     inputs: _containers.RepeatedCompositeFieldContainer[InputMetadata]
     outputs: _containers.RepeatedCompositeFieldContainer[OutputMetadata]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ...) -> None: ...
+    modes: _containers.RepeatedScalarFieldContainer[Mode]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ...) -> None: ...
 
 class InputMetadata(_message.Message):
     __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range", "categories")
