@@ -65,6 +65,13 @@ def register_export(subcommands: Any) -> None:
         help="also export static-shape graphs for devices (LiteRT.js, phone GPU/NPU delegates): deterministic, mc, "
         "mc_masked and mc_summary with B rows and T samples fixed, verified like the others (repeatable)",
     )
+    add(
+        "--no-moments",
+        dest="moments",
+        action="store_false",
+        help="skip the one-pass moments graph (mode moments; made by default where every layer after the first "
+        "dropout has a propagation rule and it passes its check against Monte Carlo)",
+    )
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
@@ -120,6 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
         noise_precision=tuple(args.noise_precision),
         mc_layers=args.mc_layers,
         device_shapes=tuple(args.device_shapes),
+        moments=args.moments,
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -216,6 +224,27 @@ def print_inputs_and_outputs(manifest: Manifest) -> None:
     stdout_console().print(table)
 
 
+def print_moments(manifest: Manifest) -> None:
+    """One line on the moments graph: how close it came to Monte Carlo, or why there is none."""
+    from mcdrop.serving.cli.console import stdout_console
+
+    moments = manifest.moments
+    if moments is None:
+        return
+    console = stdout_console()
+    if not moments.available:
+        console.print(f"[yellow]mode moments: unavailable — {moments.reason}[/] (Monte Carlo is unaffected)")
+        return
+    figures = []
+    for name, output in moments.check.get("outputs", {}).items():
+        named = "" if manifest.single else f"{name}: "
+        ratio = output.get("std_ratio_median")
+        figures.append(f"{named}mean within {output['mean_z']:.1f} SE / {output['mean_in_std']:.2f} std of MC"
+                       + ("" if ratio is None else f", std {ratio:.2f}× MC's (median)"))  # fmt: skip
+    samples = moments.check.get("mc_samples")
+    console.print(f"  [green]✓[/] moments (one pass) vs Monte Carlo T={samples}: " + "; ".join(figures))
+
+
 def print_export_summary(repository: Path, version: int, manifest: Manifest) -> None:
     from rich.table import Table
 
@@ -261,6 +290,7 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
         console.print(
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )
+    print_moments(manifest)
     timing = ", ".join(f"{k}={v}" for k, v in manifest.timing_ms.items())
     if not manifest.single:
         print_inputs_and_outputs(manifest)

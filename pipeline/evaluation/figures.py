@@ -75,6 +75,46 @@ def digits_figures(results: dict[str, Any], folder: Path) -> list[Path]:
     return written
 
 
+def moments_figure(results: dict[str, Any], folder: Path) -> Path:
+    """Per row, Monte Carlo's uncertainty against the moments graph's: mutual information of each digits model
+    (held-out digits and noise images), std of each UCI dataset's first split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    panels: list[tuple[str, str, list[tuple[str, list[float], list[float]]]]] = []
+    for found in results["classification"]:
+        if found["available"]:
+            rows = found["rows"]
+            groups = [(part, rows["mc"][part], rows["moments"][part]) for part in ("test", "noise")]
+            panels.append((found["model"], "mutual information (nats)", groups))
+    for found in results["regression"]:
+        first = next((s for s in found["per_split"] if s["available"]), None)
+        if first is not None:
+            panels.append((f"{found['dataset']} (split {first['split']})", "std of y",
+                           [("test rows", first["rows"]["mc_std"], first["rows"]["moments_std"])]))  # fmt: skip
+    columns = min(3, max(1, len(panels)))
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 4.0 * lines), squeeze=False)
+    colours = {"test": "#2a7ab9", "noise": "#d1495b", "test rows": "#2a7ab9"}
+    for ax, (title, unit, groups) in zip(axes.flat, panels, strict=False):
+        top = max(max(max(mc), max(approx)) for _, mc, approx in groups) * 1.05
+        for label, mc, approx in groups:
+            ax.scatter(mc, approx, s=6, alpha=0.5, color=colours.get(label, "#444444"), label=label)
+        ax.plot([0, top], [0, top], "--", color="#555555", linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"Monte Carlo {unit}, T = {results['samples']}")
+        ax.set_ylabel(f"moments {unit}")
+        ax.legend(fontsize=8, loc="upper left")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle("Per-row uncertainty: one-pass moments vs Monte Carlo", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, folder / "moments-vs-mc.png")
+
+
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 

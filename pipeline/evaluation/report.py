@@ -144,12 +144,70 @@ def print_regression(results: dict[str, Any]) -> None:
     )
 
 
+def print_moments(results: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    samples = results["samples"]
+    table = Table(title=f"one-pass moments vs Monte Carlo (T = {samples}) · classification: digits held-out rows")
+    for column in ("model", "method", "accuracy", "NLL", "ECE", "Spearman MI", "OOD AUROC (MI)"):
+        table.add_column(column, justify="left" if column in ("model", "method") else "right")
+    for found in results["classification"]:
+        if not found["available"]:
+            table.add_row(found["model"], f"no moments graph: {found['reason']}", "", "", "", "", "")
+            continue
+        auroc = found["ood_auroc_mutual_information"]
+        rho = found["spearman_mutual_information"]["test"]
+        for method, scores in found["scores"].items():
+            side = "mc" if method.startswith("mc") else "moments"
+            shown_rho = "" if side == "mc" else f"{rho:.3f}"
+            shown_auroc = "" if method == "moments_mean_field" else f"{auroc[side]:.4f}"
+            table.add_row(found["model"], method, f"{scores['accuracy']:.4f}", f"{scores['nll']:.4f}",
+                          f"{scores['ece']:.4f}", shown_rho, shown_auroc)  # fmt: skip
+    console.print(table)
+    table = Table(title=f"regression: UCI protocol, mean ± standard error over splits (T = {samples})")
+    for column in ("dataset", "splits", "method", "RMSE", "test LL", "95% coverage", "Spearman std"):
+        table.add_column(column, justify="left" if column in ("dataset", "method") else "right")
+    for found in results["regression"]:
+        summary = found["summary"]
+        for side in ("mc", "moments"):
+            rho = summary["spearman_std"]
+            table.add_row(
+                found["dataset"], str(found["available_splits"]), side,
+                _pm(summary["rmse"][side]["mean"], summary["rmse"][side]["se"], 3),
+                _pm(summary["ll"][side]["mean"], summary["ll"][side]["se"], 3),
+                _pm(summary["coverage_95"][side]["mean"], summary["coverage_95"][side]["se"], 3),
+                "" if side == "mc" else _pm(rho["mean"], rho["se"], 3),
+            )  # fmt: skip
+    console.print(table)
+    table = Table(title="latency: median ms per call, one thread (graphs only; moments_summary: host logit draws)")
+    columns = ["model", "B"]
+    for timing in results["latency"]:
+        for times in timing["batches"].values():
+            columns += [k for k in times if k not in columns]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for timing in results["latency"]:
+        for batch, times in timing["batches"].items():
+            table.add_row(timing["model"], batch, *[f"{times.get(c, float('nan')):.4g}" for c in columns[2:]])
+    console.print(table)
+    _targets(results["targets"])
+
+
 def _verdict(within: bool | None) -> str:
     return "n/a (1 split)" if within is None else "ok" if within else "off"
 
 
 def _pm(mean: float, se: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.2f}" for v in value) + "]"
+    return f"{value:.4f}"
 
 
 def _targets(targets: list[dict[str, Any]]) -> None:
@@ -160,6 +218,6 @@ def _targets(targets: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for t in targets:
         table.add_row(
-            t["target"], f"{t['value']:.4f}", f"{t['bound']:.4f}", "[green]yes[/]" if t["met"] else "[red]no[/]"
+            t["target"], _shown(t["value"]), _shown(t["bound"]), "[green]yes[/]" if t["met"] else "[red]no[/]"
         )
     stdout_console().print(table)

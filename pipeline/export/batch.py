@@ -46,7 +46,7 @@ from mcdrop.serving.models.layout import check_model_name, versions
 from mcdrop.serving.models.manifest import Manifest, sha256_file
 
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers",
-               "device_shapes")  # fmt: skip
+               "device_shapes", "moments")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -144,6 +144,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             noise_precision=_noise_precision(entry),
             mc_layers=_mc_layers(entry),
             device_shapes=_device_shapes(entry),
+            moments=_moments(entry),
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -169,6 +170,14 @@ def _mc_layers(entry: dict[str, Any]) -> str:
     if isinstance(value, str):
         return value
     raise InvalidArgument(f"mc_layers must be all, last or a list of layer names. Received: {value!r}")
+
+
+def _moments(entry: dict[str, Any]) -> bool:
+    """The entry's ``moments``: true (default) or false (``mcdrop export --no-moments``)."""
+    value = entry.get("moments", True)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"moments must be true or false. Received: {value!r}")
+    return value
 
 
 def _device_shapes(entry: dict[str, Any]) -> tuple[Any, ...]:
