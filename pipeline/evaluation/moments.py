@@ -57,7 +57,9 @@ def run_moments(
         step(f"digits {architecture}: train, export, moments vs MC")
         found, version_dir = _classification(workdir, architecture, seed)
         results["classification"].append(found)
-        results["latency"].append(_latency(f"digits {architecture}", version_dir))
+        if found["available"]:
+            results["latency"].append(_latency(f"digits {architecture}", version_dir, workdir / f"digits-{architecture}"
+                                               / "model.keras"))  # fmt: skip
     for name in datasets:
         step(f"{name}: UCI protocol, {splits} split(s), moments vs MC")
         results["regression"].append(_regression(workdir, uci_root, name, splits, seed, jobs))
@@ -83,19 +85,20 @@ def _classification(workdir: Path, architecture: Literal["mlp", "cnn"], seed: in
         ExportOptions(model_path=Path(config.out) / "model.keras", repository=workdir / "repository", name=name)
     )
     version_dir = workdir / "repository" / name / str(version)
-    if manifest.moments is None or not manifest.moments.available:
-        reason = manifest.moments.reason if manifest.moments else "no moments record"
+    record = manifest.moments
+    if record is None or (not record.available and not record.check):  # no rule for some layer: nothing to measure
+        reason = record.reason if record else "no moments record"
         return {"model": name, "available": False, "reason": reason}, version_dir
     x_test, y_test = _held_out(config)
     rng = np.random.default_rng(seed)
     x_noise = rng.uniform(0.0, NOISE_HIGH, x_test.shape).astype(np.float32)
     exported = Exported(version_dir)
-    moments_graph = Graph(version_dir / "moments.tflite")
+    moments_graph = Graph(moments_graph_bytes(version_dir, Path(config.out) / "model.keras"))
     sides: dict[str, dict[str, Any]] = {"mc": {}, "moments": {}}
     for part, x in (("test", x_test), ("noise", x_noise)):
         mc = uncertainty.classification(exported.sample(x, SAMPLES, seed=seed))
-        logit_mean, logit_variance = moments_graph.run({"x": np.ascontiguousarray(x, np.float32)})
-        approx, _ = served_moments.classification(logit_mean, logit_variance, SAMPLES, seed)
+        logit_mean, logit_variance, covariance = _logits(moments_graph, x)
+        approx, _ = served_moments.classification(logit_mean, logit_variance, SAMPLES, seed, covariance=covariance)
         sides["mc"][part], sides["moments"][part] = mc, approx
         if part == "test":
             mean_field = served_moments.mean_field_probabilities(logit_mean, logit_variance)
@@ -120,13 +123,37 @@ def _classification(workdir: Path, architecture: Literal["mlp", "cnn"], seed: in
             side: uncertainty.auroc(found["test"].mutual_information, found["noise"].mutual_information)
             for side, found in sides.items()
         },
-        "export_check": dict(manifest.moments.check),
+        "export_check": dict(record.check),
+        "published": record.available,
+        "export_verdict": "published" if record.available else record.reason,
         "rows": {  # per-row values for the figure
             side: {part: found[part].mutual_information.tolist() for part in ("test", "noise")}
             for side, found in sides.items()
         },
     }
     return result, version_dir
+
+
+def moments_graph_bytes(version_dir: Path, model_path: Path) -> bytes:
+    """The version's moments graph; where the export's check refused to publish it, the same graph converted here
+    from the Keras model (for measuring what the export would have shipped, never for serving)."""
+    if (version_dir / "moments.tflite").is_file():
+        return (version_dir / "moments.tflite").read_bytes()
+    import keras
+
+    from mcdrop.pipeline.export import convert, stochastic
+    from mcdrop.serving.models.manifest import Manifest, moments_output_names
+
+    outputs = [spec.name for spec in Manifest.load(version_dir).outputs]
+    model = keras.saving.load_model(model_path, compile=False)
+    function, links, covariances = convert.moments_function(model, stochastic.describe(model))
+    return convert.to_tflite(function, model, output_names=moments_output_names(outputs, links, covariances))
+
+
+def _logits(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The moments graph's logit mean, variance and (where it has one) covariance for rows ``x``."""
+    found = dict(zip(graph.output_names, graph.run({"x": np.ascontiguousarray(x, np.float32)}), strict=True))
+    return found["logit_mean"], found["logit_variance"], found.get("logit_covariance")
 
 
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -173,7 +200,9 @@ def _regression(workdir: Path, root: Path, name: str, splits: int, seed: int, jo
             per_split.append({"split": k, "available": False, "reason": record.reason if record else None})
             continue
         draws = exported.sample(x, SAMPLES, seed=seed + k)[..., 0]  # [T, N]
-        mean, variance = (v[:, 0] for v in Graph(version_dir / "moments.tflite").run({"x": x}))
+        graph = Graph(version_dir / "moments.tflite")
+        found = dict(zip(graph.output_names, graph.run({"x": x}), strict=True))
+        mean, variance = found["mean"][:, 0], found["variance"][:, 0]
         tau = float(done["best"]["tau"])
         noise = exported.manifest.output.observation_noise
         served_noise = float(noise.variance[0]) if noise is not None and noise.variance is not None else 0.0
@@ -218,13 +247,13 @@ def _mean_se(values: list[float]) -> dict[str, float]:
 # Latency ----------------------------------------------------------------------------------------
 
 
-def _latency(model: str, version_dir: Path) -> dict[str, Any]:
+def _latency(model: str, version_dir: Path, model_path: Path) -> dict[str, Any]:
     """Median ms per call of each graph at each batch, one thread, measured side by side in this run."""
     exported = Exported(version_dir, threads=1)
     shape = exported.manifest.input.row_shape
     graphs = {
         "deterministic": Graph(version_dir / "deterministic.tflite", num_threads=1),
-        "moments": Graph(version_dir / "moments.tflite", num_threads=1),
+        "moments": Graph(moments_graph_bytes(version_dir, model_path), num_threads=1),
         f"mc_T{LATENCY_SAMPLES}": Graph(version_dir / "mc.tflite", num_threads=1),
     }
     found: dict[str, Any] = {"model": model, "threads": 1, "batches": {}}
@@ -236,8 +265,9 @@ def _latency(model: str, version_dir: Path) -> dict[str, Any]:
             feeds = {"x": x, "samples": np.array(LATENCY_SAMPLES, np.int32)} if name.startswith("mc") else {"x": x}
             graph.run(feeds)  # allocate before timing
             times[name] = _median_ms(functools.partial(graph.run, feeds))
-        logit_mean, logit_variance = graphs["moments"].run({"x": x})
-        summarise = functools.partial(served_moments.classification, logit_mean, logit_variance, LATENCY_SAMPLES, 0)
+        logit_mean, logit_variance, covariance = _logits(graphs["moments"], x)
+        summarise = functools.partial(served_moments.classification, logit_mean, logit_variance, LATENCY_SAMPLES, 0,
+                                      covariance=covariance)  # fmt: skip
         summary_ms = _median_ms(summarise)
         times[f"moments_summary_S{LATENCY_SAMPLES}_host"] = round(summary_ms, 4)
         times["moments_over_deterministic"] = round(times["moments"] / times["deterministic"], 3)

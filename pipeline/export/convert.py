@@ -123,10 +123,10 @@ def graph_functions(
 
 def moments_function(
     model: keras.Model, sites: list[DropoutSite], inactive: list[DropoutSite] | None = None
-) -> tuple[Any, list[str | None]]:
+) -> tuple[Any, list[str | None], list[bool]]:
     """The one-pass ``moments`` graph: the model's inputs in, ``mean`` and ``variance`` of every output out (of its
-    logits where the output ends in a softmax; ``mcdrop.pipeline.export.moments``), and each output's link
-    (``softmax`` or None).
+    logits where the output ends in a softmax, then also their ``covariance`` where the model makes one;
+    ``mcdrop.pipeline.export.moments``), each output's link (``softmax`` or None) and whether it has a covariance.
 
     Raises:
         NoMomentRule: a layer after the first sampled site has no propagation rule (the message names it).
@@ -137,16 +137,21 @@ def moments_function(
     x_specs = [tf.TensorSpec([None, *i.row_shape], tf.float32, name=i.name) for i in inputs]
 
     links: list[str | None] = []
+    covariances: list[bool] = []
 
     def moments_graph(*xs: tf.Tensor) -> list[tf.Tensor]:
         cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
         found = moments.forward(model, sites, cast[0] if len(cast) == 1 else cast, inactive or [])
         links[:] = [output.link for output in found]
-        return [tensor for output in found for tensor in (output.mean, output.variance)]
+        covariances[:] = [output.covariance is not None for output in found]
+        tensors = []
+        for output in found:
+            tensors += [output.mean, output.variance, *([] if output.covariance is None else [output.covariance])]
+        return tensors
 
     try:
         function = tf.function(moments_graph, input_signature=x_specs, autograph=False).get_concrete_function()
-        return function, list(links)
+        return function, list(links), list(covariances)
     except moments.NoMomentRule:
         raise
     except ExportError:

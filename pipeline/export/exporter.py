@@ -312,15 +312,16 @@ def _moments(
 
     step("converting moments")
     try:
-        function, links = convert.moments_function(model, sites, inactive)
+        function, links, covariances = convert.moments_function(model, sites, inactive)
     except NoMomentRule as exc:
         return MomentsGraph(graph=None, reason=f"no moments graph: {exc}")
-    names = moments_output_names([spec.name for spec in outputs], links)
+    names = moments_output_names([spec.name for spec in outputs], links, covariances)
     blob = convert.to_tflite(function, model, output_names=names)
     graph = Graph(blob)
     step(f"checking moments against {STAT_SAMPLES} Monte-Carlo samples")
     parity = moments_check.graph_parity(graph, function, x)
     checked = moments_check.check(graph, graphs["mc"], x, outputs, links, STAT_SAMPLES, chunk, options.seed)
+    kept_links, kept_covariances = tuple(links), tuple(covariances)
     record = {"parity": parity, **checked}
     if not (parity["passed"] and checked["passed"]):
         problems = checked.get("problems", []) + (
@@ -341,7 +342,7 @@ def _moments(
         outputs=tuple(TensorSpec(name, shape, dtype.name) for name, shape, dtype in graph.output_specs()),
         ops=tuple(graph.ops()),
     )
-    return MomentsGraph(graph=spec, links=tuple(links), check=record)
+    return MomentsGraph(graph=spec, links=kept_links, covariances=kept_covariances, check=record)
 
 
 def _moments_flops(model: Any, sites: list[Any]) -> float:

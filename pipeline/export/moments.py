@@ -10,8 +10,9 @@ Rules (``Var`` per unit; every rule assumes the units entering a layer are **ind
 them only approximately — the export's own check, ``moments_check``, measures what this costs on the model):
 
 * dropout (``Dropout``, ``SpatialDropout1D/2D/3D``, ``GaussianDropout``) with keep probability q = 1 − rate:
-  mean kept, ``E[out²] = E[in²] / q``, so ``Var = (Var_in + mean²) / q − mean²`` (exact per unit; spatial
-  dropout's masks shared across positions add covariances the rule leaves out);
+  mean kept, ``E[out²] = E[in²] / q``, so ``Var = (Var_in + mean²) / q − mean²`` (exact per unit). Spatial
+  dropout's one mask per channel makes a channel's units co-vary by (1 − q)/q mean[p] mean[p']: the next
+  convolution (or Flatten → Dense) sums that covariance exactly, per channel (``Gaussian.shared``);
 * linear layers (``Dense``, ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D``, average pooling):
   mean through W, variance through W² (element-wise squares); elementwise affine layers (``BatchNormalization``
   in inference, ``Normalization``, ``Rescaling``): scale and scale²;
@@ -21,8 +22,10 @@ them only approximately — the export's own check, ``moments_check``, measures 
   ``QUADRATURE_POINTS`` nodes — the activation itself evaluated at fixed offsets of the mean, builtin ops only;
 * ``Add`` / ``Subtract`` / ``Average`` / ``Concatenate``: sums of independent moments; ``Multiply``: product of
   independent moments; reshaping, flattening, padding, cropping: applied to both.
-* a softmax at a classification output is not propagated: the graph returns the moments of the **logits**, and the
-  server draws logit samples from them (``mcdrop.serving.core.moments``).
+* a softmax at a classification output is not propagated: the graph returns the moments of the **logits** — with
+  their covariance across classes where a Dense layer makes them (its units share their inputs, so the logits move
+  together; independent draws would distort the softmax) — and the server draws logit samples from them
+  (``mcdrop.serving.core.moments``).
 
 A layer with a moments input and no rule (an RNN, attention, layer normalisation, a custom layer) raises
 ``NoMomentRule`` naming the layer: the export then ships no moments graph and says why; Monte Carlo is unaffected.
@@ -46,6 +49,9 @@ from mcdrop.pipeline.export.random_calls import RandomCall, layer_path
 from mcdrop.pipeline.export.stochastic import DropoutSite
 
 QUADRATURE_POINTS = 16
+COVARIANCE_MAX_UNITS = 256
+"""Softmax outputs up to this many classes get the logits' full covariance (the server draws from it with a
+Cholesky factor per row); wider ones the diagonal."""
 VARIANCE_FLOOR = 1e-12
 """Added to a variance before its square root: a unit with no spread (before dropout reaches it) stays finite."""
 DROPOUT_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
@@ -73,10 +79,27 @@ class NoMomentRule(ExportError):
 
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
-    """Elementwise mean and variance of a tensor under dropout (independent units assumed)."""
+    """Elementwise mean and variance of a tensor under dropout (independent units assumed), with an optional
+    channel-shared part: after spatial dropout one mask multiplies a whole channel, so units of one channel
+    co-vary by ``shared_scale * shared[p] * shared[p']`` (``var`` includes this part's own share). A rule that
+    knows ``shared`` (a convolution, or a Dense after Flatten) sums it per channel exactly; every other rule sees
+    the marginal ``var`` and drops the covariance."""
 
     mean: tf.Tensor
     var: tf.Tensor
+    shared: tf.Tensor | None = None
+    shared_scale: float = 0.0
+    channels: int | None = None
+    """The channel count of ``shared`` once flattened (channel = flat index mod ``channels``)."""
+    covariance: tf.Tensor | None = None
+    """``[B, O, O]`` across the last axis, where a Dense layer made this tensor: its units share their inputs, so
+    they co-vary (kept only for a softmax at the output, whose answer depends on it; otherwise pruned)."""
+
+    def independent_var(self) -> tf.Tensor:
+        """``var`` without the channel-shared part's share."""
+        if self.shared is None:
+            return self.var
+        return _non_negative(self.var - self.shared_scale * tf.square(self.shared))
 
     @staticmethod
     def of(value: Any) -> Gaussian:
@@ -103,6 +126,8 @@ class OutputMoments:
     variance: tf.Tensor
     link: str | None
     """``softmax``: the moments are the logits'; None: the output's own."""
+    covariance: tf.Tensor | None = None
+    """``[B, C, C]`` of the logits (a softmax output after a Dense layer of at most ``COVARIANCE_MAX_UNITS``)."""
 
 
 def forward(
@@ -122,7 +147,8 @@ def forward(
     found = []
     for tensor in outputs:
         if isinstance(tensor, Logits):
-            found.append(OutputMoments(tensor.gaussian.mean, _non_negative(tensor.gaussian.var), tensor.link))
+            g = tensor.gaussian
+            found.append(OutputMoments(g.mean, _non_negative(g.var), tensor.link, g.covariance))
         else:
             gaussian = Gaussian.of(tensor)
             found.append(OutputMoments(gaussian.mean, _non_negative(gaussian.var), None))
@@ -197,7 +223,12 @@ class _Walk:
         gaussian = Gaussian.of(args[0])
         keep = 1.0 - float(site.rate)
         second = (gaussian.var + tf.square(gaussian.mean)) / keep
-        return Gaussian(gaussian.mean, _non_negative(second - tf.square(gaussian.mean)))
+        var = _non_negative(second - tf.square(gaussian.mean))
+        spatial = isinstance(op, keras.layers.SpatialDropout1D | keras.layers.SpatialDropout2D)
+        if spatial and site.call_shape[:-1] == (1,) * (len(site.call_shape) - 1):
+            # One mask per channel: var = Var_in / q (independent) + (1 - q) / q mean² (shared by the channel).
+            return Gaussian(gaussian.mean, var, shared=gaussian.mean, shared_scale=(1.0 - keep) / keep)
+        return Gaussian(gaussian.mean, var)
 
 
 def _leaves(structure: Any) -> list[Any]:
@@ -229,6 +260,9 @@ def _rule(op: Any, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], out
     if len(args) != 1 or kwargs:
         raise NoMomentRule(f"{where} takes {len(args)} inputs and {sorted(kwargs)}: no moment rule for that call.")
     gaussian = Gaussian.of(args[0])
+    if type(op) is keras.layers.Flatten and gaussian.shared is not None and gaussian.channels is None:
+        channels = int(gaussian.mean.shape[-1])
+        return Gaussian(op(gaussian.mean), op(gaussian.var), op(gaussian.shared), gaussian.shared_scale, channels)
     if isinstance(op, RESHAPING_LAYERS):
         return gaussian.map(op)
     if isinstance(op, AFFINE_LAYERS):
@@ -290,7 +324,31 @@ def _dense(op: Any, g: Gaussian) -> Gaussian:
     mean = matmul(g.mean, kernel)
     if op.use_bias:
         mean = mean + tf.convert_to_tensor(op.bias)
-    return Gaussian(mean, matmul(g.var, tf.square(kernel)))
+    if g.shared is None or g.channels is None or len(g.mean.shape) != 2:
+        return Gaussian(mean, matmul(g.var, tf.square(kernel)), covariance=_dense_covariance(g.var, kernel))
+    # After Flatten of a spatially dropped tensor: per channel c, t[b, c, o] = sum_p shared[b, p, c] W[p, c, o]
+    # (one batched matmul over channels); the channel-shared variance is shared_scale * sum_c t².
+    channels = g.channels
+    positions = int(g.mean.shape[-1]) // channels
+    units = int(kernel.shape[-1])
+    shared = tf.transpose(tf.reshape(g.shared, [-1, positions, channels]), [2, 0, 1])  # [C, B, P]
+    weights = tf.transpose(tf.reshape(kernel, [positions, channels, units]), [1, 0, 2])  # [C, P, O]
+    per_channel = tf.matmul(shared, weights)  # [C, B, O]
+    independent = g.independent_var()
+    var = matmul(independent, tf.square(kernel)) + g.shared_scale * tf.reduce_sum(tf.square(per_channel), 0)
+    covariance = _dense_covariance(independent, kernel)
+    if covariance is not None:  # plus each channel's rank-one share: scale * t_c t_c^T
+        by_row = tf.transpose(per_channel, [1, 0, 2])  # [B, C, O]
+        covariance = covariance + g.shared_scale * tf.matmul(by_row, by_row, transpose_a=True)
+    return Gaussian(mean, var, covariance=covariance)
+
+
+def _dense_covariance(var: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor | None:
+    """Cov(x W) = W^T diag(var) W per row, ``[B, O, O]`` (independent inputs); None for wide or non-2-D layers."""
+    if len(var.shape) != 2 or int(kernel.shape[-1]) > COVARIANCE_MAX_UNITS:
+        return None
+    factor = tf.sqrt(var)[:, :, tf.newaxis] * kernel[tf.newaxis]  # [B, I, O]
+    return tf.matmul(factor, factor, transpose_a=True)
 
 
 def _channels_last(op: Any, where: str) -> None:
@@ -318,7 +376,21 @@ def _conv(op: Any, g: Gaussian, where: str) -> Gaussian:
     mean = conv(g.mean, kernel)
     if op.use_bias:
         mean = mean + tf.convert_to_tensor(op.bias)
-    return Gaussian(mean, conv(g.var, tf.square(kernel)))
+    if g.shared is None or g.channels is not None or len(g.mean.shape) not in (3, 4):
+        return Gaussian(mean, conv(g.var, tf.square(kernel)))
+    # Spatially dropped input: each input channel's contribution conv(shared[..., c], W[..., c, :]) is one
+    # depthwise convolution with channel multiplier C_out; squared and summed over c it is the shared variance.
+    one_d = len(g.mean.shape) == 3
+    shared, weights = (g.shared[:, tf.newaxis], kernel[tf.newaxis]) if one_d else (g.shared, kernel)
+    strides = [1, 1, int(op.strides[0]), 1] if one_d else [1, *map(int, op.strides), 1]
+    dilations = [1, int(op.dilation_rate[0])] if one_d else list(op.dilation_rate)
+    contributions = tf.nn.depthwise_conv2d(shared, weights, strides, padding, dilations=dilations)
+    inputs, outputs = int(kernel.shape[-2]), int(kernel.shape[-1])
+    shape = tf.concat([tf.shape(contributions)[:-1], [inputs, outputs]], axis=0)
+    shared_var = tf.reduce_sum(tf.square(tf.reshape(contributions, shape)), axis=-2)
+    if one_d:
+        shared_var = shared_var[:, 0]
+    return Gaussian(mean, conv(g.independent_var(), tf.square(kernel)) + g.shared_scale * shared_var)
 
 
 def _depthwise_op(op: Any, x: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.Tensor:
@@ -366,6 +438,8 @@ def _affine(op: Any, g: Gaussian) -> Gaussian:
     zero = op(tf.zeros(row), training=False) if keras_internals.takes_training_argument(op) else op(tf.zeros(row))
     one = op(tf.ones(row), training=False) if keras_internals.takes_training_argument(op) else op(tf.ones(row))
     scale = one - zero
+    if g.shared is not None and g.channels is None:  # a per-channel affine map keeps the channel's shared part
+        return Gaussian(g.mean * scale + zero, g.var * tf.square(scale), g.shared * scale, g.shared_scale)
     return Gaussian(g.mean * scale + zero, g.var * tf.square(scale))
 
 

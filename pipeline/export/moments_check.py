@@ -27,7 +27,7 @@ from mcdrop.pipeline.export import verify
 from mcdrop.serving.core import moments as served_moments
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import OutputSpec, Task, moments_output_names
+from mcdrop.serving.models.manifest import OutputSpec, Task, moments_fields
 
 MEAN_Z = 8.0
 """Mean difference in standard errors below which the means agree outright."""
@@ -54,12 +54,12 @@ def check(
     names = [spec.name for spec in outputs]
     mc = _mc_samples(mc_graph, x, names, samples, chunk)
     found = dict(zip(moments_graph.output_names, moments_graph.run(x), strict=True))
-    graph_names = moments_output_names(names, links)
     per_output: dict[str, Any] = {}
     problems: list[str] = []
-    for index, (spec, link, drawn) in enumerate(zip(outputs, links, mc, strict=True)):
-        mean, variance = found[graph_names[2 * index]], found[graph_names[2 * index + 1]]
-        figures = _compare(spec, link, drawn, mean, variance, samples, seed)
+    for spec, link, drawn in zip(outputs, links, mc, strict=True):
+        fields = moments_fields(spec.name, len(outputs), link)
+        mean, variance, covariance = found[fields[0]], found[fields[1]], found.get(fields[2])
+        figures = _compare(spec, link, drawn, mean, variance, covariance, samples, seed)
         per_output[spec.name] = figures
         if figures["mean_z"] > MEAN_Z and figures["mean_in_std"] > MEAN_SPREAD:
             problems.append(f"output {spec.name!r}: means differ by {figures['mean_z']:.1f} standard errors and "
@@ -107,14 +107,20 @@ def _mc_samples(graph: Graph, x: dict[str, np.ndarray], names: list[str], sample
 
 
 def _compare(
-    spec: OutputSpec, link: str | None, drawn: np.ndarray, mean: np.ndarray, variance: np.ndarray, samples: int,
+    spec: OutputSpec,
+    link: str | None,
+    drawn: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    covariance: np.ndarray | None,
+    samples: int,
     seed: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     count = drawn.shape[0]
     figures: dict[str, Any] = {}
     if spec.task == Task.CLASSIFICATION and link is not None:
         mc = uncertainty.classification(drawn)
-        approx, _ = served_moments.classification(mean, variance, samples, seed)
+        approx, _ = served_moments.classification(mean, variance, samples, seed, covariance=covariance)
         error = np.sqrt(np.square(mc.std) / count + np.square(approx.std) / samples) + 1e-6
         mc_mean, mc_std, approx_mean, approx_std = mc.mean, mc.std, approx.mean, approx.std
         figures["mutual_information"] = {"mc": _rounded(mc.mutual_information),

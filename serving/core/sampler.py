@@ -45,7 +45,7 @@ from mcdrop.serving.core.requests import (
 )
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import GraphName, Task, moments_output_names
+from mcdrop.serving.models.manifest import GraphName, Task, moments_fields
 from mcdrop.serving.models.masks import MaskStream, fresh_seed
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 
@@ -243,17 +243,18 @@ class Sampler:
         moments_record = version.manifest.moments
         assert moments_record is not None  # _mode admits MOMENTS only for versions with the graph
         links = moments_record.links or (None,) * len(version.outputs)
-        graph_names = moments_output_names([spec.name for spec in version.outputs], links)
         classifies = any(link is not None for link in links)
         if classifies and plan.seed is None:
             plan.seed = fresh_seed()
         outputs, error = [], 0.0
-        for index, (spec, noise, link) in enumerate(zip(version.outputs, version.noise_variances, links, strict=True)):
-            mean, variance = found[graph_names[2 * index]], found[graph_names[2 * index + 1]]
+        for spec, noise, link in zip(version.outputs, version.noise_variances, links, strict=True):
+            fields = moments_fields(spec.name, len(version.outputs), link)
+            mean, variance, covariance = found[fields[0]], found[fields[1]], found.get(fields[2])
             summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary
             if link is not None:
                 assert plan.seed is not None
-                summary, _ = moments.classification(mean, variance, plan.samples, plan.seed, plan.first_row)
+                summary, _ = moments.classification(mean, variance, plan.samples, plan.seed, plan.first_row,
+                                                    covariance)  # fmt: skip
                 error = max(error, uncertainty.max_standard_error_from_std(summary.std, plan.samples))
             else:
                 summary = moments.regression(mean, variance, plan.interval, noise)

@@ -44,6 +44,7 @@ __all__ = [
     "Task",
     "TensorSpec",
     "graph_file",
+    "moments_fields",
     "moments_output_names",
     "read_verified",
     "sha256_file",
@@ -522,14 +523,23 @@ MOMENTS_APPROXIMATION = (
 )
 
 
-def moments_output_names(outputs: Sequence[str], links: Sequence[str | None]) -> list[str]:
-    """The moments graph's output names: ``mean``/``variance`` per model output (``logit_mean``/``logit_variance``
-    where the graph stops before a softmax), ``OUTPUT/…`` for a model with several outputs."""
+def moments_fields(output: str, outputs: int, link: str | None) -> tuple[str, str, str]:
+    """The moments graph's names of one model output's mean, variance and covariance (if it has one)."""
+    prefix = f"{output}/" if outputs > 1 else ""
+    stem = "logit_" if link else ""
+    return f"{prefix}{stem}mean", f"{prefix}{stem}variance", f"{prefix}{stem}covariance"
+
+
+def moments_output_names(
+    outputs: Sequence[str], links: Sequence[str | None], covariances: Sequence[bool] | None = None
+) -> list[str]:
+    """The moments graph's output names: ``mean``/``variance`` per model output (``logit_mean``/``logit_variance``,
+    and ``logit_covariance`` where it has one, where the graph stops before a softmax), ``OUTPUT/…`` for a model
+    with several outputs."""
     names = []
-    for output, link in zip(outputs, links, strict=True):
-        prefix = f"{output}/" if len(outputs) > 1 else ""
-        stem = "logit_" if link else ""
-        names += [f"{prefix}{stem}mean", f"{prefix}{stem}variance"]
+    for index, (output, link) in enumerate(zip(outputs, links, strict=True)):
+        mean, variance, covariance = moments_fields(output, len(outputs), link)
+        names += [mean, variance, *([covariance] if covariances is not None and covariances[index] else [])]
     return names
 
 
@@ -542,6 +552,8 @@ class MomentsGraph:
     """None: no moments graph (``reason`` says why); Monte Carlo is unaffected."""
     links: tuple[str | None, ...] = ()
     """Per model output: ``softmax`` (the graph returns the logits' moments) or None (the output's own)."""
+    covariances: tuple[bool, ...] = ()
+    """Per model output: whether the graph also returns the logits' covariance ``[B, C, C]`` (empty: none)."""
     check: Record = dataclasses.field(default_factory=dict)
     """The export's comparison with Monte Carlo on its verification rows (figures and tolerances)."""
     flops_per_row: float | None = None
@@ -553,6 +565,11 @@ class MomentsGraph:
     def available(self) -> bool:
         return self.graph is not None
 
+    def output_names(self, outputs: Sequence[str]) -> list[str]:
+        """The graph's output names for the model outputs ``outputs`` (see ``moments_output_names``)."""
+        links = self.links or (None,) * len(outputs)
+        return moments_output_names(outputs, links, self.covariances or None)
+
     @staticmethod
     def from_json(value: Any, where: str) -> MomentsGraph:
         f = _Fields(value, where)
@@ -563,6 +580,7 @@ class MomentsGraph:
         return MomentsGraph(
             graph=graph,
             links=links,
+            covariances=f.optional("covariances", _list(_bool), ()),
             check=f.record("check"),
             flops_per_row=f.optional("flops_per_row", _number, None),
             reason=f.optional("reason", _str, None),
@@ -571,7 +589,8 @@ class MomentsGraph:
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"available": self.available, **(self.graph.to_json() if self.graph else {}),
-                                  "links": list(self.links), "approximation": self.approximation,
+                                  "links": list(self.links), "covariances": list(self.covariances),
+                                  "approximation": self.approximation,
                                   "flops_per_row": self.flops_per_row, "reason": self.reason,
                                   "check": dict(self.check)}  # fmt: skip
         return _omit_none(record, "flops_per_row", "reason")

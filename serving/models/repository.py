@@ -35,7 +35,6 @@ from mcdrop.serving.models.manifest import (
     Manifest,
     OutputSpec,
     Task,
-    moments_output_names,
     read_verified,
 )
 from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds, mask_dtype
@@ -464,7 +463,7 @@ def _check_moments_outputs(version: ModelVersion) -> None:
     if moments is None or moments.graph is None:
         return
     links = moments.links or (None,) * len(version.outputs)
-    wanted = moments_output_names([o.name for o in version.outputs], links)
+    wanted = moments.output_names([o.name for o in version.outputs])
     x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}
     with version.pools[GraphName.MOMENTS].lease() as graph:
         found = graph.output_names

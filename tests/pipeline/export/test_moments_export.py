@@ -42,8 +42,9 @@ def test_models_with_rules_get_a_checked_moments_graph(
     assert record.flops_per_row is not None and manifest.cost is not None
     assert record.flops_per_row >= manifest.cost.prefix + manifest.cost.per_sample  # mean and variance
     graph = Graph((tmp_path / "repo" / "m" / "1" / "moments.tflite").read_bytes())
-    stem = "logit_" if links[0] else ""
-    assert graph.output_names == [f"{stem}mean", f"{stem}variance"]
+    expected = ["logit_mean", "logit_variance", "logit_covariance"] if links[0] else ["mean", "variance"]
+    assert graph.output_names == expected  # a softmax after a Dense: the logits' covariance across classes too
+    assert record.covariances == ((True,) if links[0] else (False,))
     assert not any(op.startswith("RANDOM") for op in graph.ops())  # one deterministic pass
     assert "moments.tflite" in manifest.files and set(manifest.graphs) == {"deterministic", "mc", "mc_masked"}
 
@@ -102,6 +103,9 @@ def test_static_pass_matches_eager_propagation(tmp_path: Path) -> None:
     x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype(np.float32)
     eager = moments.forward(model, stochastic.describe(model), tf.constant(x))[0]
     graph = Graph((tmp_path / "repo" / "m" / "1" / "moments.tflite").read_bytes())
-    mean, variance = graph.run({"x": x})
+    mean, variance, covariance = graph.run({"x": x})
     np.testing.assert_allclose(mean, eager.mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(variance, eager.variance, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(covariance, eager.covariance, rtol=1e-4, atol=1e-5)
+    diagonal = np.diagonal(covariance, axis1=1, axis2=2)
+    np.testing.assert_allclose(diagonal, variance, rtol=1e-4, atol=1e-6)  # the covariance's diagonal is the variance

@@ -223,3 +223,22 @@ def test_layers_before_the_first_dropout_need_no_rule() -> None:
     h = keras.layers.Dropout(0.2)(h)
     model = keras.Model(inputs, keras.layers.Dense(2)(h))
     assert moments.unsupported_layer(model, stochastic.describe(model)) is None
+
+
+@pytest.mark.parametrize("head", ["conv", "flatten_dense"])
+def test_spatial_dropout_covariance_is_summed_per_channel(head: str) -> None:
+    """Spatial dropout shares one mask per channel: the layer after it must add the channel's covariance. Exact
+    for a linear layer; the independence rule alone would be off by about the number of positions."""
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.SpatialDropout2D(0.3)(inputs)
+    if head == "conv":
+        out = keras.layers.Conv2D(4, 3, strides=2, padding="same")(h)
+    else:
+        out = keras.layers.Dense(4)(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, out)
+    x = np.abs(np.random.default_rng(2).normal(size=(2, 6, 6, 3))).astype(np.float32) + 0.5
+    found = one_pass(model, x)
+    samples = monte_carlo(model, x, 20_000)
+    np.testing.assert_allclose(np.asarray(found.mean), samples.mean(axis=0), atol=0.05 * float(samples.std()))
+    np.testing.assert_allclose(np.asarray(found.variance), samples.var(axis=0), rtol=0.06)
