@@ -78,6 +78,8 @@ def test_every_family_exports_with_every_check_passing(
     manifest = _manifest(zoo_repository[0], family)
     checks = {check["check"]: check for check in manifest["verification"]["checks"]}
     assert set(checks) == ALL_CHECKS and all(check["passed"] for check in checks.values())
+    moments = manifest["moments"]  # dropout at the head (or EfficientNet's in every block): all have rules
+    assert moments["available"] and moments["check"]["passed"], moments.get("reason")
     assert checks["mc_mean"]["samples"] == 2000
     # mcdrop export verified against strict float32 TensorFlow (oneDNN off: the command sets it, not the tests)
     assert checks["deterministic_parity"]["reference_onednn"] is False

@@ -256,6 +256,8 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
         table.add_column(column, justify="right" if column != "file" else "left")
     ops_by_file = {spec.file: list(spec.ops) for spec in manifest.graphs.values()}
     ops_by_file |= {graph.file: list(graph.ops) for graph in manifest.device_graphs}
+    if manifest.moments is not None and manifest.moments.graph is not None:
+        ops_by_file[manifest.moments.graph.file] = list(manifest.moments.graph.ops)
     for variant in manifest.quantized.values():  # an informational record: {"graphs": {graph: {"file", "ops"}}}
         ops_by_file |= {g["file"]: g["ops"] for g in variant["graphs"].values()}
     for file, size in manifest.file_bytes.items():

@@ -220,10 +220,13 @@ class _Walk:
                 f"Layer {path!r} ({type(op).__name__}) applies dropout inside itself: no moment rule "
                 "(only Dropout, SpatialDropout1D/2D/3D and GaussianDropout layers have one)."
             )
-        gaussian = Gaussian.of(args[0])
         keep = 1.0 - float(site.rate)
-        second = (gaussian.var + tf.square(gaussian.mean)) / keep
-        var = _non_negative(second - tf.square(gaussian.mean))
+        if isinstance(args[0], Gaussian):
+            gaussian = args[0]
+            var = _non_negative((gaussian.var + tf.square(gaussian.mean)) / keep - tf.square(gaussian.mean))
+        else:  # a constant input (the first dropout): Var = x² (1 - q) / q, without a zero variance tensor
+            gaussian = Gaussian(args[0], args[0])
+            var = tf.square(args[0]) * ((1.0 - keep) / keep)
         spatial = isinstance(op, keras.layers.SpatialDropout1D | keras.layers.SpatialDropout2D)
         if spatial and site.call_shape[:-1] == (1,) * (len(site.call_shape) - 1):
             # One mask per channel: var = Var_in / q (independent) + (1 - q) / q mean² (shared by the channel).
@@ -506,14 +509,17 @@ _P = 0.3275911
 _A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
-def normal_cdfs(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Φ(z) and Φ(−z), each accurate in its own tail (no 1 − Φ cancellation), with builtin ops only."""
-    x = tf.abs(z) * _SQRT_HALF
-    t = 1.0 / (1.0 + _P * x)
+def normal_cdfs(z: tf.Tensor, pdf: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Φ(z) and Φ(−z) with builtin ops only (no select: the sign comes from z / |z|); ``pdf`` (φ(z)) saves an EXP
+    where the caller has it. The smaller of the two is accurate in its tail (no 1 − Φ cancellation)."""
+    magnitude = tf.abs(z)
+    t = 1.0 / (1.0 + (_P * _SQRT_HALF) * magnitude)
     poly = t * (_A[0] + t * (_A[1] + t * (_A[2] + t * (_A[3] + t * _A[4]))))
-    tail = 0.5 * poly * tf.exp(-tf.square(x))  # Φ(−|z|)
-    positive = z >= 0.0
-    return tf.where(positive, 1.0 - tail, tail), tf.where(positive, tail, 1.0 - tail)
+    density = normal_pdf(z) if pdf is None else pdf
+    tail = (0.5 * math.sqrt(2.0 * math.pi)) * poly * density  # Φ(−|z|): A&S's exp(−x²) is √(2π) φ(z)
+    sign = z / (magnitude + 1e-30)
+    cdf = 0.5 + sign * (0.5 - tail)
+    return cdf, 1.0 - cdf
 
 
 def normal_pdf(z: tf.Tensor) -> tf.Tensor:
@@ -524,22 +530,26 @@ def maximum(a: Gaussian, b: Gaussian) -> Gaussian:
     """Moments of max(X, Y) for independent Gaussians (Clark, 1961), in a form without cancellation:
     with d = μx − μy, θ² = σx² + σy², α = d/θ, Φ = Φ(α):
     E = μy + dΦ + θφ(α); Var = σx²Φ + σy²Φ(−α) + d²ΦΦ(−α) + dθφ(α)(Φ(−α) − Φ) − θ²φ(α)²."""
-    d = a.mean - b.mean
-    theta2 = a.var + b.var + VARIANCE_FLOOR
-    theta = tf.sqrt(theta2)
-    alpha = d / theta
-    cdf, cdf_negative = normal_cdfs(alpha)
-    pdf = normal_pdf(alpha)
-    mean = b.mean + d * cdf + theta * pdf
-    var = (a.var * cdf + b.var * cdf_negative + tf.square(d) * cdf * cdf_negative
-           + d * theta * pdf * (cdf_negative - cdf) - theta2 * tf.square(pdf))  # fmt: skip
-    return Gaussian(mean, _non_negative(var))
+    return _clark(a.mean - b.mean, a.var, b.var + VARIANCE_FLOOR, b.mean)
 
 
 def relu(g: Gaussian) -> Gaussian:
-    """Moments of max(X, 0): Clark's formula with a constant zero."""
-    zero = tf.zeros_like(g.mean)
-    return maximum(g, Gaussian(zero, zero))
+    """Moments of max(X, 0): Clark's formula with a constant zero (``maximum`` without the zero's ops)."""
+    return _clark(g.mean, g.var, VARIANCE_FLOOR, None)
+
+
+def _clark(d: tf.Tensor, var_a: tf.Tensor, var_b: Any, mean_b: tf.Tensor | None) -> Gaussian:
+    theta2 = var_a + var_b
+    inverse = tf.math.rsqrt(theta2)
+    theta = theta2 * inverse
+    alpha = d * inverse
+    pdf = normal_pdf(alpha)
+    cdf, cdf_negative = normal_cdfs(alpha, pdf)
+    theta_pdf = theta * pdf
+    mean = d * cdf + theta_pdf if mean_b is None else mean_b + d * cdf + theta_pdf
+    var = (var_a * cdf + var_b * cdf_negative + tf.square(d) * cdf * cdf_negative
+           + d * theta_pdf * (cdf_negative - cdf) - tf.square(theta_pdf))  # fmt: skip
+    return Gaussian(mean, _non_negative(var))
 
 
 def quadrature(function: Callable[[tf.Tensor], tf.Tensor], g: Gaussian, points: int = QUADRATURE_POINTS) -> Gaussian:

@@ -36,6 +36,9 @@ MEAN_SPREAD = 0.5
 reports); a wrong rule is far beyond either bound."""
 STD_TOLERANCE = 0.35
 """Largest |median(moments std / MC std) - 1| over the units with a visible spread."""
+PARITY_RELATIVE = 1e-4
+"""Graph vs TensorFlow, relative to the largest value: float32 rounding through a deep network's two passes (mean
+and variance; MobileNetV2 differs by 2e-5 relative), far below any conversion error."""
 STD_FLOOR = 0.05
 """Units whose MC std is below this fraction of the output's largest are left out of ``std_ratio``."""
 
@@ -93,7 +96,9 @@ def graph_parity(moments_graph: Graph, function: Any, x: dict[str, np.ndarray]) 
     actual = moments_graph.run(x)
     worst, tolerance = 0.0, 0.0
     for got, reference in zip(actual, expected, strict=True):  # the converter keeps the function's output order
-        tolerance = max(tolerance, verify.parity_tolerance(reference))
+        tolerance = max(
+            tolerance, PARITY_RELATIVE * max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0)
+        )
         worst = max(worst, float(np.max(np.abs(got - reference))) if reference.size else 0.0)
     return {"check": "moments_parity", "max_abs_diff": worst, "tolerance": tolerance, "passed": worst <= tolerance}
 

@@ -29,6 +29,10 @@ def exported(model: Path, repo: Path, name: str) -> dict[str, Any]:
     assert {c["check"] for c in checks} == ALL_CHECKS and all(c["passed"] for c in checks)
     mc_mean = next(c for c in checks if c["check"] == "mc_mean")
     assert mc_mean["samples"] >= 2000  # against Keras's own training-mode draws
+    moments = manifest["moments"]  # every kind: a checked one-pass graph, or the reason it has none
+    assert (
+        moments["check"]["passed"] if moments["available"] else moments["reason"].startswith(("no moments", "moments"))
+    )
     masked = manifest["graphs"]["mc_masked"]["inputs"]
     for site in manifest["dropout_layers"]:  # each mask input is described and present with its shape
         spec = next(i for i in masked if i["name"] == site["masked_input"])
@@ -50,6 +54,7 @@ def test_lstm_input_and_recurrent_dropout_draw_one_mask_per_sequence(tmp_path: P
         ("lstm/recurrent", "LSTM", "recurrent", [4, 16]),
     ]
     assert [d["rate"] for d in manifest["dropout_layers"]] == [pytest.approx(0.2), pytest.approx(0.2)]
+    assert not manifest["moments"]["available"] and "'lstm' (LSTM)" in manifest["moments"]["reason"]
 
 
 def test_gru_input_dropout(tmp_path: Path) -> None:
