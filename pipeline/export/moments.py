@@ -202,6 +202,8 @@ class _Walk:
         stochastic_input = any(isinstance(v, Gaussian) for v in values)
         if path in self._sites:
             return self._dropout(op, path, args, kwargs)
+        if stochastic_input and type(op) in DROPOUT_LAYERS and len(args) == 1:
+            return args[0]  # left out of sampling (--mc-layers) or drawing nothing (rate 0): inference, the identity
         nested_owner = any(owner.startswith(f"{path}/") for owner in self._sites)
         if nested_owner or (stochastic_input and stochastic._walkable(op)):
             if not stochastic._walkable(op) or len(args) != 1:

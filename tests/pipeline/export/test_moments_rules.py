@@ -242,3 +242,21 @@ def test_spatial_dropout_covariance_is_summed_per_channel(head: str) -> None:
     samples = monte_carlo(model, x, 20_000)
     np.testing.assert_allclose(np.asarray(found.mean), samples.mean(axis=0), atol=0.05 * float(samples.std()))
     np.testing.assert_allclose(np.asarray(found.variance), samples.var(axis=0), rtol=0.06)
+
+
+def test_dropout_left_out_of_sampling_is_the_identity() -> None:
+    """--mc-layers: an unsampled dropout layer runs as in inference; only the sampled one adds variance."""
+    inputs = keras.Input((6,))
+    h = keras.layers.Dropout(0.3, name="sampled")(inputs)
+    h = keras.layers.Dense(5, name="dense")(h)
+    out = keras.layers.Dropout(0.4, name="unsampled")(h)
+    model = keras.Model(inputs, out)
+    sites = stochastic.describe(model)
+    sampled = [s for s in sites if s.name == "sampled"]
+    unsampled = [s for s in sites if s.name == "unsampled"]
+    x = np.ones((2, 6), np.float32)
+    found = moments.forward(model, sampled, tf.constant(x), unsampled)[0]
+    kernel = model.get_layer("dense").kernel.numpy()
+    np.testing.assert_allclose(found.variance, np.ones((2, 6)) * (0.3 / 0.7) @ kernel**2, rtol=1e-5)
+    both = moments.forward(model, sites, tf.constant(x))[0]
+    assert np.all(np.asarray(both.variance) > np.asarray(found.variance))
