@@ -37,7 +37,7 @@ def run_digits(workdir: Path, *, seed: int = 0, quiet: bool = True, step: Any = 
         ExportOptions(model_path=Path(config.out) / "model.keras", repository=repository, name="digits")
     )
     model = Exported(repository / "digits" / str(version))
-    x_test, y_test = _held_out(config)
+    x_test, y_test = held_out(config)
 
     step("calibration: weight scaling vs Monte Carlo")
     deterministic = model.predict(x_test)
@@ -67,7 +67,7 @@ def run_digits(workdir: Path, *, seed: int = 0, quiet: bool = True, step: Any = 
     return results
 
 
-def _held_out(config: Any) -> tuple[np.ndarray, np.ndarray]:
+def held_out(config: Any) -> tuple[np.ndarray, np.ndarray]:
     """The split the training stage held out (never used to fit or select anything)."""
     from mcdrop.pipeline.training.data import load_dataset
 
@@ -123,7 +123,7 @@ def _ood(workdir: Path, seed: int, quiet: bool) -> dict[str, Any]:
         ExportOptions(model_path=Path(config.out) / "model.keras", repository=workdir / "repository", name="digits-0-4")
     )
     model = Exported(workdir / "repository" / "digits-0-4" / str(version))
-    x_in, _ = _held_out(config)
+    x_in, _ = held_out(config)
     x_out = digits.data[~inside].astype(np.float32)
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     p_in, p_out = model.predict(x_in), model.predict(x_out)

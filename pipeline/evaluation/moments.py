@@ -72,7 +72,7 @@ def run_moments(
 
 
 def _classification(workdir: Path, architecture: Literal["mlp", "cnn"], seed: int) -> tuple[dict[str, Any], Path]:
-    from mcdrop.pipeline.evaluation.digits import _held_out
+    from mcdrop.pipeline.evaluation.digits import held_out
     from mcdrop.pipeline.export.exporter import ExportOptions, export
     from mcdrop.pipeline.training.config import TrainConfig
     from mcdrop.pipeline.training.loop import train
@@ -89,7 +89,7 @@ def _classification(workdir: Path, architecture: Literal["mlp", "cnn"], seed: in
     if record is None or (not record.available and not record.check):  # no rule for some layer: nothing to measure
         reason = record.reason if record else "no moments record"
         return {"model": name, "available": False, "reason": reason}, version_dir
-    x_test, y_test = _held_out(config)
+    x_test, y_test = held_out(config)
     rng = np.random.default_rng(seed)
     x_noise = rng.uniform(0.0, NOISE_HIGH, x_test.shape).astype(np.float32)
     exported = Exported(version_dir)

@@ -143,7 +143,7 @@ def forward(
     walk = _Walk(model, sites, inactive)
     with random_calls.intercepted(RandomCall.neutral, root=model):
         y = walk.run_model(model, x, enclosing=())
-    outputs = stochastic._flat_outputs(model, y)
+    outputs = stochastic.flat_outputs(model, y)
     found = []
     for tensor in outputs:
         if isinstance(tensor, Logits):
@@ -159,7 +159,7 @@ def unsupported_layer(
     model: keras.Model, sites: Sequence[DropoutSite], inactive: Sequence[DropoutSite] = ()
 ) -> str | None:
     """Why ``model`` has no moments graph (the first layer without a rule), or None if it has one."""
-    specs = stochastic._input_specs(model)
+    specs = stochastic.input_specs(model)
 
     def run(*xs: tf.Tensor) -> Any:
         outputs = forward(model, sites, xs[0] if len(xs) == 1 else list(xs), inactive)
@@ -205,8 +205,8 @@ class _Walk:
         if stochastic_input and type(op) in DROPOUT_LAYERS and len(args) == 1:
             return args[0]  # left out of sampling (--mc-layers) or drawing nothing (rate 0): inference, the identity
         nested_owner = any(owner.startswith(f"{path}/") for owner in self._sites)
-        if nested_owner or (stochastic_input and stochastic._walkable(op)):
-            if not stochastic._walkable(op) or len(args) != 1:
+        if nested_owner or (stochastic_input and stochastic.walkable(op)):
+            if not stochastic.walkable(op) or len(args) != 1:
                 raise NoMomentRule(f"Layer {path!r} ({type(op).__name__}) holds dropout inside it: no moment rule.")
             return self.run_model(op, args[0], enclosing=(*enclosing, op))
         if not stochastic_input:

@@ -227,7 +227,7 @@ def describe(model: keras.Model) -> list[DropoutSite]:
             per row, or a model that cannot be traced.
     """
     keras_internals.check_supported()
-    specs = _input_specs(model)
+    specs = input_specs(model)
     calls: list[RandomCall] = []
 
     def record(call: RandomCall) -> Any:
@@ -380,7 +380,7 @@ def _mask_shape(name: str, input_shape: tuple[int, ...], noise_shape: Any) -> tu
 def _owner(model: keras.Model, layers: list[keras.layers.Layer]) -> str:
     """The layer the forward pass calls to reach ``layers[-1]``: descend through nested walkable models."""
     depth = 0
-    while depth < len(layers) - 1 and _walkable(layers[depth]):
+    while depth < len(layers) - 1 and walkable(layers[depth]):
         depth += 1
     return layer_path(layers[: depth + 1]) if layers else model.name
 
@@ -417,7 +417,7 @@ def forward(
             stack.enter_context(random_calls.intercepted(walk.on_random, root=model))
         y = walk.run_model(model, x, enclosing=())
     walk.check_counts()
-    outputs = _flat_outputs(model, y)
+    outputs = flat_outputs(model, y)
     if samples is not None:
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         outputs = [_samples_first(out if walk.is_expanded(out) else _tile(out, samples), samples, batch)
@@ -429,7 +429,7 @@ def _samples_first(y: tf.Tensor, samples: tf.Tensor, batch: tf.Tensor) -> tf.Ten
     return tf.reshape(y, tf.concat([tf.stack([samples, batch]), tf.shape(y)[1:]], axis=0))
 
 
-def _flat_outputs(model: keras.Model, y: Any) -> list[Any]:
+def flat_outputs(model: keras.Model, y: Any) -> list[Any]:
     """A model's outputs as a list in ``model.outputs`` order (dict outputs come back keyed)."""
     from keras import tree
 
@@ -457,7 +457,7 @@ def keras_inference(model: keras.Model, x: Any) -> Any:
     """
     with keras_internals.unrolled_rnns(model), random_calls.intercepted(RandomCall.neutral, root=model):
         y = model(_packed(model, x if isinstance(x, list) else [x]), training=False)
-    outputs = _flat_outputs(model, y)
+    outputs = flat_outputs(model, y)
     return outputs[0] if len(outputs) == 1 else outputs
 
 
@@ -475,7 +475,7 @@ class ModelInput:
 
 def model_inputs(model: keras.Model) -> list[ModelInput]:
     """Every input of ``model`` in ``model.inputs`` order (the order ``forward`` takes them in)."""
-    specs = _input_specs(model)
+    specs = input_specs(model)
     names = ["x"] if len(specs) == 1 else [_identifier(tensor.name) for tensor in model.inputs]
     _check_unique(model, "input", names)
     return [ModelInput(name, str(tensor.name), tuple(int(d) for d in spec.shape[1:]), spec.dtype)
@@ -513,7 +513,7 @@ BROADCASTING_OWNERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, kera
 def upstream_owners(model: keras.Model, sites: list[DropoutSite]) -> dict[str, set[str]]:
     """For each owner of ``sites``, the other owners whose output reaches its input (traced data flow)."""
     walk = _Walk(sites, Deterministic(), None, track_flow=True)
-    specs = _input_specs(model)
+    specs = input_specs(model)
 
     def run(*x: tf.Tensor) -> Any:
         with keras_internals.unrolled_rnns(model), random_calls.intercepted(walk.on_random, root=model):
@@ -603,7 +603,7 @@ class _Walk:
 
     def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], enclosing: tuple[Any, ...]) -> Any:
         path = layer_path([*enclosing, op])
-        if _walkable(op) and any(owner.startswith(f"{path}/") for owner in self._owners):
+        if walkable(op) and any(owner.startswith(f"{path}/") for owner in self._owners):
             if len(args) != 1:
                 raise ExportError(f"Nested model {path!r} takes {len(args)} inputs. Expected exactly one.")
             return self.run_model(op, args[0], enclosing=(*enclosing, op))
@@ -703,7 +703,7 @@ def _one_call(drawn: tf.Tensor, site: DropoutSite, call: int) -> tf.Tensor:
     return drawn[:, call] if site.calls > 1 else drawn
 
 
-def _walkable(layer: Any) -> bool:
+def walkable(layer: Any) -> bool:
     return isinstance(layer, keras.Sequential) or (
         isinstance(layer, keras.Model) and keras_internals.is_functional(layer)
     )
@@ -724,7 +724,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
+def input_specs(model: keras.Model) -> list[tf.TensorSpec]:
     inputs = getattr(model, "inputs", None)
     if not inputs:
         raise ExportError(

@@ -34,6 +34,7 @@ target = ["y"]
 name = "digits-cv"
 dataset = "digits"
 select = { dropout = [[0.1], [0.5]], folds = 2 }
+moments = false
 """
 
 
@@ -58,7 +59,9 @@ def test_three_entries_one_broken_then_resume(tmp_path: Path) -> None:
     assert {(d.graph, d.batch, d.samples) for d in small.device_graphs} == {
         ("mc_summary", None, None), ("deterministic", 1, None), ("mc", 1, 4), ("mc_masked", 1, 4),
         ("mc_summary", 1, 4)}  # fmt: skip
+    assert small.moments is not None and small.moments.available  # by default
     cv = manifest_io.Manifest.load(tmp_path / "repo" / "digits-cv" / "1").to_json()
+    assert "moments" not in cv  # moments = false
     selection = cv["source"]["selection"]
     assert [r["candidate"] for r in selection["results"]] == [{"dropout": [0.1]}, {"dropout": [0.5]}]
     assert all(len(r["fold_scores"]) == 2 for r in selection["results"])
