@@ -136,7 +136,7 @@ def _run_moments(args: argparse.Namespace, workdir: Path, bar: Any) -> dict[str,
             raise InvalidArgument(f"Invalid --splits. {name} has {data.splits} splits. Received: {splits}")
     task = bar.add_task("evaluate moments", total=len(ARCHITECTURES) + len(datasets), status="")
     results = run_moments(workdir, uci_root=root, datasets=datasets, splits=splits, seed=args.seed,
-                          jobs=args.jobs or os.cpu_count() or 1,
+                          jobs=args.jobs or os.cpu_count() or 1, epoch_factor=args.epoch_factor,
                           step=lambda text: bar.update(task, status=text, advance=0))  # fmt: skip
     bar.update(task, completed=len(ARCHITECTURES) + len(datasets), status="done")
     if args.figures is not None:

@@ -49,10 +49,12 @@ def run_moments(
     splits: int,
     seed: int = 0,
     jobs: int = 1,
+    epoch_factor: float = 100.0,
     step: Step = lambda _: None,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    results: dict[str, Any] = {"samples": SAMPLES, "classification": [], "regression": [], "latency": []}
+    results: dict[str, Any] = {"samples": SAMPLES, "classification": [], "regression": [], "latency": [],
+                               "uci_protocol": epoch_factor == 100.0}  # fmt: skip
     for architecture in ARCHITECTURES:
         step(f"digits {architecture}: train, export, moments vs MC")
         found, version_dir = _classification(workdir, architecture, seed)
@@ -62,7 +64,7 @@ def run_moments(
                                                / "model.keras"))  # fmt: skip
     for name in datasets:
         step(f"{name}: UCI protocol, {splits} split(s), moments vs MC")
-        results["regression"].append(_regression(workdir, uci_root, name, splits, seed, jobs))
+        results["regression"].append(_regression(workdir, uci_root, name, splits, seed, jobs, epoch_factor))
     results["targets"] = _targets(results)
     results["total_seconds"] = round(time.monotonic() - started, 1)
     return results
@@ -183,11 +185,14 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 # Regression -------------------------------------------------------------------------------------
 
 
-def _regression(workdir: Path, root: Path, name: str, splits: int, seed: int, jobs: int) -> dict[str, Any]:
+def _regression(
+    workdir: Path, root: Path, name: str, splits: int, seed: int, jobs: int, epoch_factor: float
+) -> dict[str, Any]:
     from mcdrop.pipeline.evaluation import uci
 
     data = uci.load(root, name)
-    run = uci.run_uci(root, name, workdir, splits=splits, samples=SAMPLES, seed=seed, jobs=jobs)
+    run = uci.run_uci(root, name, workdir, splits=splits, samples=SAMPLES, seed=seed, jobs=jobs,
+                      epoch_factor=epoch_factor)  # fmt: skip
     per_split = []
     for done in run["per_split"]:
         k = done["split"]
@@ -196,11 +201,11 @@ def _regression(workdir: Path, root: Path, name: str, splits: int, seed: int, jo
         version_dir = workdir / name / f"split-{k}" / "repository" / "uci" / "1"
         exported = Exported(version_dir)
         record = exported.manifest.moments
-        if record is None or not record.available:
+        if record is None or (not record.available and not record.check):  # no rule for some layer
             per_split.append({"split": k, "available": False, "reason": record.reason if record else None})
             continue
         draws = exported.sample(x, SAMPLES, seed=seed + k)[..., 0]  # [T, N]
-        graph = Graph(version_dir / "moments.tflite")
+        graph = Graph(moments_graph_bytes(version_dir, version_dir.parents[2] / "model.keras"))
         found = dict(zip(graph.output_names, graph.run({"x": x}), strict=True))
         mean, variance = found["mean"][:, 0], found["variance"][:, 0]
         tau = float(done["best"]["tau"])
@@ -211,6 +216,8 @@ def _regression(workdir: Path, root: Path, name: str, splits: int, seed: int, jo
         per_split.append({
             "split": k,
             "available": True,
+            "published": record.available,
+            "export_verdict": "published" if record.available else record.reason,
             "tau": tau,
             "rmse": {"mc": _rmse(draws.mean(axis=0), y), "moments": _rmse(mean, y)},
             "ll": {"mc": float(np.mean(uncertainty.gaussian_mixture_log_likelihood(draws, y, tau))),
@@ -225,7 +232,9 @@ def _regression(workdir: Path, root: Path, name: str, splits: int, seed: int, jo
     for metric in ("rmse", "ll", "coverage_95"):
         summary[metric] = {side: _mean_se([s[metric][side] for s in good]) for side in ("mc", "moments")}
     summary["spearman_std"] = _mean_se([s["spearman_std"] for s in good])
-    return {"dataset": name, "splits": splits, "available_splits": len(good), "summary": summary,
+    published = sum(bool(s.get("published")) for s in good)
+    return {"dataset": name, "splits": splits, "available_splits": len(good), "published_splits": published,
+            "summary": summary,
             "per_split": per_split, "protocol_seconds": run["timing"]}  # fmt: skip
 
 

@@ -150,11 +150,11 @@ def print_moments(results: dict[str, Any]) -> None:
     console = stdout_console()
     samples = results["samples"]
     table = Table(title=f"one-pass moments vs Monte Carlo (T = {samples}) · classification: digits held-out rows")
-    for column in ("model", "method", "accuracy", "NLL", "ECE", "Spearman MI", "OOD AUROC (MI)"):
+    for column in ("model", "method", "accuracy", "NLL", "ECE", "Spearman MI", "OOD AUROC (MI)", "export"):
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     for found in results["classification"]:
         if not found["available"]:
-            table.add_row(found["model"], f"no moments graph: {found['reason']}", "", "", "", "", "")
+            table.add_row(found["model"], f"no moments graph: {found['reason']}", "", "", "", "", "", "")
             continue
         auroc = found["ood_auroc_mutual_information"]
         rho = found["spearman_mutual_information"]["test"]
@@ -162,18 +162,20 @@ def print_moments(results: dict[str, Any]) -> None:
             side = "mc" if method.startswith("mc") else "moments"
             shown_rho = "" if side == "mc" else f"{rho:.3f}"
             shown_auroc = "" if method == "moments_mean_field" else f"{auroc[side]:.4f}"
+            verdict = "" if side == "mc" else "published" if found.get("published") else "refused by its check"
             table.add_row(found["model"], method, f"{scores['accuracy']:.4f}", f"{scores['nll']:.4f}",
-                          f"{scores['ece']:.4f}", shown_rho, shown_auroc)  # fmt: skip
+                          f"{scores['ece']:.4f}", shown_rho, shown_auroc, verdict)  # fmt: skip
     console.print(table)
-    table = Table(title=f"regression: UCI protocol, mean ± standard error over splits (T = {samples})")
-    for column in ("dataset", "splits", "method", "RMSE", "test LL", "95% coverage", "Spearman std"):
+    protocol = "UCI protocol" if results.get("uci_protocol", True) else "NON-PROTOCOL UCI run (--epoch-factor)"
+    table = Table(title=f"regression: {protocol}, mean ± standard error over splits (T = {samples})")
+    for column in ("dataset", "splits (published)", "method", "RMSE", "test LL", "95% coverage", "Spearman std"):
         table.add_column(column, justify="left" if column in ("dataset", "method") else "right")
     for found in results["regression"]:
         summary = found["summary"]
         for side in ("mc", "moments"):
             rho = summary["spearman_std"]
             table.add_row(
-                found["dataset"], str(found["available_splits"]), side,
+                found["dataset"], f"{found['available_splits']} ({found.get('published_splits', '?')})", side,
                 _pm(summary["rmse"][side]["mean"], summary["rmse"][side]["se"], 3),
                 _pm(summary["ll"][side]["mean"], summary["ll"][side]["se"], 3),
                 _pm(summary["coverage_95"][side]["mean"], summary["coverage_95"][side]["se"], 3),

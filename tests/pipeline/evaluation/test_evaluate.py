@@ -161,3 +161,26 @@ def test_regression_suite_measures_held_out_coverage_of_served_intervals(tmp_pat
     # The samples' own spread covers far less: it is the uncertainty of the mean, not of y.
     assert coverage["0.95"]["epistemic"] < 0.75
     assert "held-out coverage of served regression intervals" in result.stdout
+
+
+def test_moments_suite_compares_with_monte_carlo_and_reports_its_targets(tmp_path: Path) -> None:
+    """The suite's plumbing at a quick, non-protocol setting (its figures are in the README)."""
+    out, figures = tmp_path / "moments.json", tmp_path / "figures"
+    result = run_cli("evaluate", "--suite", "moments", "--dataset", "concrete", "--splits", "1", "--epoch-factor",
+                     "0.05", "--json", str(out), "--figures", str(figures), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "one-pass moments vs Monte Carlo" in result.stdout and "NON-PROTOCOL" in result.stdout
+    results = json.loads(out.read_text())
+    models = {found["model"]: found for found in results["classification"]}
+    assert set(models) == {"digits-mlp", "digits-cnn"}
+    for found in models.values():  # measured even where the export's check refused to publish the graph
+        assert found["available"] and 0.0 <= found["spearman_mutual_information"]["test"] <= 1.0
+        assert set(found["scores"]) == {"mc_T1000", "moments_S1000", "moments_mean_field"}
+        assert found["scores"]["moments_S1000"]["accuracy"] > 0.8
+    (concrete,) = results["regression"]
+    assert concrete["dataset"] == "concrete" and concrete["available_splits"] == 1
+    split = concrete["per_split"][0]
+    assert split["rmse"]["mc"] > 0 and split["rmse"]["moments"] > 0 and len(split["rows"]["mc_std"]) > 50
+    ratios = [t for t in results["targets"] if "latency" in t["target"]]
+    assert len(ratios) == 4 and all(t["value"] > 0 for t in ratios)  # MLP and CNN at B = 1 and 32
+    assert (figures / "moments-vs-mc.png").stat().st_size > 10_000
