@@ -320,7 +320,9 @@ def _moments(
     graph = Graph(blob)
     step(f"checking moments against {STAT_SAMPLES} Monte-Carlo samples")
     parity = moments_check.graph_parity(graph, function, x)
-    checked = moments_check.check(graph, graphs["mc"], x, outputs, links, STAT_SAMPLES, chunk, options.seed)
+    manifest_sites = [site.to_manifest() for site in sites]
+    checked = moments_check.check(graph, graphs["mc_masked"], manifest_sites, x, outputs, links, STAT_SAMPLES, chunk,
+                                  options.seed)  # fmt: skip
     kept_links, kept_covariances = tuple(links), tuple(covariances)
     record = {"parity": parity, **checked}
     if not (parity["passed"] and checked["passed"]):

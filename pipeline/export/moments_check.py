@@ -1,8 +1,8 @@
 """How good the one-pass moments graph is for *this* model: its answers vs Monte Carlo on the verification rows.
 
-Both sides answer as the server would: Monte Carlo from T = ``STAT_SAMPLES`` samples of ``mc.tflite`` (in chunks
-that fit the verification budget), moments from one invoke of ``moments.tflite`` (classification: S = T logit
-draws, seeded). Per output:
+Both sides answer as the server would: Monte Carlo from T = ``STAT_SAMPLES`` samples of ``mc_masked.tflite`` with
+the server's seeded masks (the export's ``--seed``; in chunks that fit the verification budget), moments from one
+invoke of ``moments.tflite`` (classification: S = T logit draws, seeded). Per output:
 
 * ``mean_z``: the largest difference of the means in standard errors of the difference (both sides' sampling
   errors; moments regression has none), and ``mean_in_std``: the same difference in units of the MC std. The
@@ -27,7 +27,8 @@ from mcdrop.pipeline.export import verify
 from mcdrop.serving.core import moments as served_moments
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import OutputSpec, Task, moments_fields
+from mcdrop.serving.models.manifest import DropoutSite, OutputSpec, Task, moments_fields
+from mcdrop.serving.models.masks import MaskStream
 
 MEAN_Z = 8.0
 """Mean difference in standard errors below which the means agree outright."""
@@ -45,7 +46,8 @@ STD_FLOOR = 0.05
 
 def check(
     moments_graph: Graph,
-    mc_graph: Graph,
+    masked_graph: Graph,
+    sites: Sequence[DropoutSite],
     x: dict[str, np.ndarray],
     outputs: Sequence[OutputSpec],
     links: Sequence[str | None],
@@ -55,7 +57,7 @@ def check(
 ) -> dict[str, Any]:
     """The ``moments`` check: figures per output, the bounds, ``passed`` and (if not) ``problems``."""
     names = [spec.name for spec in outputs]
-    mc = _mc_samples(mc_graph, x, names, samples, chunk)
+    mc = _mc_samples(masked_graph, sites, x, names, samples, chunk, seed)
     found = dict(zip(moments_graph.output_names, moments_graph.run(x), strict=True))
     per_output: dict[str, Any] = {}
     problems: list[str] = []
@@ -103,11 +105,22 @@ def graph_parity(moments_graph: Graph, function: Any, x: dict[str, np.ndarray]) 
     return {"check": "moments_parity", "max_abs_diff": worst, "tolerance": tolerance, "passed": worst <= tolerance}
 
 
-def _mc_samples(graph: Graph, x: dict[str, np.ndarray], names: list[str], samples: int, chunk: int) -> list[np.ndarray]:
+def _mc_samples(
+    graph: Graph,
+    sites: Sequence[DropoutSite],
+    x: dict[str, np.ndarray],
+    names: list[str],
+    samples: int,
+    chunk: int,
+    seed: int,
+) -> list[np.ndarray]:
+    """``samples`` Monte-Carlo samples of mc_masked.tflite with the server's masks from ``seed``: the verdict of an
+    export is reproducible (a model near a bound does not pass one export and fail the next)."""
+    stream = MaskStream(sites, seed, verify.batch_of(x))
     parts: list[list[np.ndarray]] = []
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
-        parts.append(verify.run_graph(graph, {**x, "samples": np.array(size, np.int32)}, names)[: len(names)])
+        parts.append(verify.run_graph(graph, {**x, **stream.next(size)}, names)[: len(names)])
     return [np.concatenate(blocks) for blocks in zip(*parts, strict=True)]
 
 
