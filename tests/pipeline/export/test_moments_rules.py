@@ -16,7 +16,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from mcdrop.pipeline.export import moments, stochastic  # noqa: E402
+from mcdrop.pipeline.export import moments, stochastic, verify  # noqa: E402
 from mcdrop.pipeline.export.moments import Gaussian, Logits, NoMomentRule  # noqa: E402
 
 DRAWS = 40_000
@@ -124,8 +124,12 @@ def test_a_wrong_rule_is_caught_by_the_same_comparison() -> None:
 
 
 def monte_carlo(model: Any, x: np.ndarray, samples: int) -> np.ndarray:
+    """``[T, B, ...]`` MC samples with host-drawn masks (seeded: no TF random op, which a test that enabled op
+    determinism earlier in the session would refuse unseeded)."""
     sites = stochastic.describe(model)
-    y = stochastic.forward(model, sites, tf.constant(x), stochastic.InGraphRandom(), tf.constant(samples, tf.int32))
+    feeds = verify.draw_feeds(sites, samples, len(x), np.random.default_rng(samples))
+    policy = stochastic.FedMasks(feeds)
+    y = stochastic.forward(model, sites, tf.constant(x), policy, tf.constant(samples, tf.int32))
     return np.asarray(y, np.float64)
 
 
