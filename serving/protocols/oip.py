@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 PLATFORM = "litert_mcdropout"
-EXTENSIONS = ("mc_dropout",)
+EXTENSIONS = ("mc_dropout", "binary_tensor_data")
+"""``binary_tensor_data``: Triton's binary tensor extension over REST (gRPC carries raw bytes natively)."""
 
 # datatype → (numpy dtype, InferTensorContents field of the gRPC protocol)
 DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from mcdrop.serving.errors import Unauthenticated
 from mcdrop.serving.protocols import oip as protocol
-from mcdrop.serving.rest.codec import decode_infer, encode_infer, json_body
+from mcdrop.serving.rest.codec import HEADER_LENGTH, decode_infer, encode_infer, read_body, split_body
 from mcdrop.serving.rest.status import status_of
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
@@ -95,12 +95,18 @@ def make_app(plane: DataPlane, metrics: Metrics, tokens: TokenStore, max_body_by
 
     async def infer(request: Request) -> Any:
         name, version = _model(request)
-        body = await json_body(request, max_body_bytes)
+        raw = await read_body(request, max_body_bytes)
 
         def run() -> Any:
+            body, binary = split_body(raw, request.headers.get(HEADER_LENGTH))
             found = plane.model(name, version)
-            decoded, wanted = decode_infer(body, found)
-            return encode_infer(body, plane.predict(decoded), wanted)
+            decoded, wanted, binary_outputs = decode_infer(body, found, binary)
+            response, blobs = encode_infer(body, plane.predict(decoded), wanted, binary_outputs)
+            if not blobs:
+                return response
+            header = _Json(response).body
+            return Response(b"".join([header, *blobs]), media_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
 
         return await anyio.to_thread.run_sync(run)
 

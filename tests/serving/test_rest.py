@@ -42,7 +42,7 @@ def outputs(answer: dict[str, Any]) -> dict[str, np.ndarray]:
 def test_health_and_metadata(rest: tuple[Server, Client, httpx.Client]) -> None:
     _, _, http = rest
     assert http.get("/v2").json() == {"name": "mcdrop", "version": http.get("/v2").json()["version"],
-                                      "extensions": ["mc_dropout"]}  # fmt: skip
+                                      "extensions": ["mc_dropout", "binary_tensor_data"]}  # fmt: skip
     assert http.get("/v2/health/live").status_code == 200
     assert http.get("/v2/health/ready").json() == {"ready": True}
     for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
@@ -90,6 +90,130 @@ def test_tritonclient_http_reads_the_same_numbers(
     )
     assert result.as_numpy("mean").tobytes() == plain["mean"].tobytes()
     assert result.as_numpy("mutual_information").tobytes() == plain["mutual_information"].tobytes()
+
+
+@pytest.mark.parametrize("model", ["digits", "diabetes"])
+def test_tritonclient_http_with_every_default_gets_the_grpc_bytes(
+    rest: tuple[Server, Client, httpx.Client], model: str, digits_rows: np.ndarray
+) -> None:
+    """Triton's HTTP client as it comes: binary input tensors, no outputs named (``binary_data_output``), every
+    output answered in binary after the JSON header."""
+    import tritonclient.http as triton
+
+    server, client, _ = rest
+    x = digits_rows[:3] if model == "digits" else np.random.default_rng(2).normal(size=(3, 10)).astype(np.float32)
+    triton_client = triton.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)  # binary_data=True by default
+    result = triton_client.infer(model, [tensor], parameters={"mc_samples": 40, "seed": 6})
+    names = [o["name"] for o in result.get_response()["outputs"]]
+    assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
+    native = client.predict(model, x, samples=40, seed=6)
+    fields = (["mean", "std", "predicted_class", "mutual_information"] if model == "digits"
+              else ["mean", "std", "predictive_std", "lower", "upper"])  # fmt: skip
+    assert set(fields) <= set(names)
+    for name in fields:
+        got = result.as_numpy(name)
+        assert got.tobytes() == np.asarray(getattr(native, name)).astype(got.dtype).tobytes(), name
+    one = triton.InferRequestedOutput("mean")  # binary_data=True by default, named
+    named = triton_client.infer(model, [tensor], outputs=[one], parameters={"mc_samples": 40, "seed": 6})
+    assert named.as_numpy("mean").tobytes() == result.as_numpy("mean").tobytes()
+
+
+def binary_request(x: np.ndarray, header: dict[str, Any] | None = None, extra: bytes = b"") -> tuple[bytes, str]:
+    raw = x.astype("<f4").tobytes()
+    body = header or {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                  "parameters": {"binary_data_size": len(raw)}}]}  # fmt: skip
+    text = json.dumps(body).encode()
+    return text + raw + extra, str(len(text))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b, n, x: (b[:-4], n), "needs bytes 0..256"),  # truncated
+        (lambda b, n, x: (b + b"\0" * 8, n), "add up to 256 bytes. Received: 264"),  # bytes left over
+        (lambda b, n, x: (b, str(len(b) + 1)), "Invalid Inference-Header-Content-Length"),  # header past the end
+        (lambda b, n, x: (b, "-3"), "Invalid Inference-Header-Content-Length"),
+        (lambda b, n, x: (b, str(int(n) - 2)), "Invalid JSON body"),  # header cut short
+        (
+            lambda b, n, x: binary_request(
+                x,
+                {
+                    "inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": 255}}
+                    ]
+                },
+            ),
+            "shape [1, 64] of FP32 is 256 bytes. Received: 255",
+        ),
+        (
+            lambda b, n, x: binary_request(
+                x,
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "datatype": "FP32",
+                            "shape": [1, 64],
+                            "data": [0] * 64,
+                            "parameters": {"binary_data_size": 256},
+                        }
+                    ]
+                },
+            ),
+            "both data and binary_data_size",
+        ),
+        (
+            lambda b, n, x: binary_request(
+                x,
+                {
+                    "inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": "256"}}
+                    ]
+                },
+            ),
+            "Expected an integer >= 0",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "extra_bytes",
+        "header_past_end",
+        "negative_header",
+        "header_short",
+        "size_mismatch",
+        "data_and_binary",
+        "size_not_int",
+    ],
+)
+def test_bad_binary_bodies_are_400_with_expected_and_received(
+    rest: tuple[Server, Client, httpx.Client], digits_rows: np.ndarray, change: Any, message: str
+) -> None:
+    _, _, http = rest
+    x = digits_rows[:1]
+    body, length = change(*binary_request(x), x)
+    answer = http.post(INFER, content=body, headers={"Inference-Header-Content-Length": length})
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]
+
+
+def test_binary_bodies_are_size_checked_and_deep_json_is_a_400(
+    rest: tuple[Server, Client, httpx.Client], digits_rows: np.ndarray
+) -> None:
+    _, _, http = rest
+    big = np.zeros((1000, 64), np.float32)  # 256,000 bytes: above the 200,000-byte limit
+    body, length = binary_request(big)
+    answer = http.post(INFER, content=body, headers={"Inference-Header-Content-Length": length})
+    assert answer.status_code == 413 and "Expected at most 200000 bytes" in answer.json()["error"]
+    nested = b"[" * 100_000 + b"]" * 100_000
+    answer = http.post(INFER, content=nested[:199_000])
+    assert answer.status_code == 400 and "Invalid JSON body" in answer.json()["error"]
+    deep = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": ' + b"[" * 50_000 + b"0"
+    deep += b"]" * 50_000 + b"}]}"
+    answer = http.post(INFER, content=deep)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
+    assert http.get("/v2/health/ready").json() == {"ready": True}
 
 
 def x_tensor(datatype: str = "FP32", shape: list[int] | None = None, data: list[Any] | None = None) -> Any:
@@ -163,6 +287,48 @@ def test_fuzzed_requests_always_get_a_proper_json_answer(
     assert answer.status_code in (200, 400, 404, 413), answer.text
     payload = answer.json()
     assert ("outputs" in payload) if answer.status_code == 200 else isinstance(payload.get("error"), str)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    rows=st.integers(0, 3),
+    declared=st.one_of(st.none(), st.integers(-5, 600)),
+    size_change=st.integers(-8, 8),
+    tail=st.binary(max_size=40),
+    header=st.one_of(st.none(), st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=12)),
+    outputs_binary=st.booleans(),
+)
+def test_fuzzed_binary_bodies_always_get_a_proper_answer(
+    rest: tuple[Server, Client, httpx.Client],
+    rows: int,
+    declared: int | None,
+    size_change: int,
+    tail: bytes,
+    header: str | None,
+    outputs_binary: bool,
+) -> None:
+    """Binary bodies with wrong byte counts, truncated or extended data and any header value: 200 (with a binary
+    answer that parses) or a JSON 400, never a 500."""
+    _, _, http = rest
+    x = np.random.default_rng(rows).uniform(0, 16, (rows, 64)).astype(np.float32)
+    raw = x.tobytes()
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 64],
+                        "parameters": {"binary_data_size": max(0, len(raw) + size_change)}}],
+            "parameters": {"binary_data_output": outputs_binary, "mc_samples": 8}}  # fmt: skip
+    text = json.dumps(body).encode()
+    length = header if header is not None else str(len(text) if declared is None else declared)
+    answer = http.post(INFER, content=text + raw + tail, headers={"Inference-Header-Content-Length": length})
+    assert answer.status_code in (200, 400), answer.text[:200]
+    if answer.status_code == 400:
+        assert isinstance(answer.json().get("error"), str)
+        return
+    if "inference-header-content-length" in answer.headers:
+        size = int(answer.headers["inference-header-content-length"])
+        head = json.loads(answer.content[:size])
+        assert size + sum(o["parameters"]["binary_data_size"] for o in head["outputs"]) == len(answer.content)
+    else:
+        assert "outputs" in answer.json()
 
 
 def test_the_server_is_ready_after_fuzzing_and_counted_every_call_per_protocol(

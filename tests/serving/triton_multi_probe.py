@@ -39,7 +39,7 @@ def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], sampl
 
     def tensor(name: str, array: np.ndarray, datatype: str = "FP32") -> Any:
         made = module.InferInput(name, list(array.shape), datatype)
-        # JSON tensors over HTTP: binary tensors are not served yet (the REST server answers 400 for them).
+        # JSON tensors over HTTP here (binary tensors, Triton's defaults, are tested in test_rest.py).
         made.set_data_from_numpy(array, **binary)
         return made
 
