@@ -30,7 +30,9 @@ def register(subcommands: Any) -> None:
         "or one .npz file whose array names are the input names.",
     )
     add = predict.add_argument
-    add("--server", default="localhost:8500", metavar="HOST:PORT", help="server address (default %(default)s)")
+    add("--server", default="localhost:8500", metavar="HOST:PORT|URL",
+        help="server address: HOST:PORT for gRPC (default %(default)s), or http(s)://HOST:PORT for the Open "
+        "Inference Protocol over REST")  # fmt: skip
     add("--model", required=True, help="model name")
     add("--version", type=positive_int, default=None, help="model version (default: latest)")
     add("--input", required=True, action="append", metavar="[NAME=]FILE",
@@ -67,6 +69,8 @@ def run_predict(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise NotFound(f"Cannot read token file {args.token_file}: {exc}") from None
     security = {"ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name, "token": token}
+    if args.server.startswith(("http://", "https://")):
+        return _predict_over_rest(args, x, security)
     with Client(args.server, timeout=args.timeout, **security) as client:
         prediction = client.predict(
             args.model,
@@ -83,6 +87,30 @@ def run_predict(args: argparse.Namespace) -> int:
             if prediction.mode != "deterministic"
             else None
         )
+    if args.json:
+        json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
+                  indent=2)  # fmt: skip
+        print()
+    else:
+        print_prediction(prediction)
+        if source:
+            print_source(source)
+    return 0
+
+
+def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any]) -> int:
+    """The same answer through the Open Inference Protocol over REST (binary tensors both ways)."""
+    from mcdrop.serving.client import RestClient
+
+    with RestClient(args.server, timeout=args.timeout, **security) as client:
+        prediction = client.predict(args.model, x, version=args.version, mode=args.mode, samples=args.samples or 0,
+                                    seed=args.seed, tolerance=args.tolerance, interval=args.interval)  # fmt: skip
+        parameters = client.metadata(args.model, prediction.version).get("parameters", {})
+    source = None
+    if prediction.mode != "deterministic":
+        source = {"mc_layers": parameters.get("mc_layers", "all"),
+                  "sampled": [n for n in str(parameters.get("sampled_dropout", "")).split(",") if n],
+                  "unsampled": [n for n in str(parameters.get("unsampled_dropout", "")).split(",") if n]}  # fmt: skip
     if args.json:
         json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
                   indent=2)  # fmt: skip

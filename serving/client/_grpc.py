@@ -51,9 +51,10 @@ class Prediction:
     mean: np.ndarray
     std: np.ndarray
     final: bool
-    max_standard_error: float
-    queue_ms: float
-    compute_ms: float
+    max_standard_error: float | None
+    """None where the transport does not carry it (the REST client)."""
+    queue_ms: float | None
+    compute_ms: float | None
     sample_outputs: np.ndarray | None = None
     # classification
     predicted_class: np.ndarray | None = None

@@ -18,9 +18,66 @@ from tests.helpers import in_process_server, run_cli
 
 
 @pytest.fixture(scope="module")
-def address(model_repository: Path) -> Iterator[str]:
-    with in_process_server(model_repository) as (server, _):
-        yield f"127.0.0.1:{server.port}"
+def servers(model_repository: Path) -> Iterator[tuple[str, str]]:
+    """One server's gRPC address and REST URL."""
+    from mcdrop.serving.harness.process import free_port
+
+    port = free_port()
+    with in_process_server(model_repository, http_port=port) as (server, _):
+        yield f"127.0.0.1:{server.port}", f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def address(servers: tuple[str, str]) -> str:
+    return servers[0]
+
+
+TRANSPORT_ONLY = {"queue_ms", "compute_ms", "max_standard_error", "predicted_label", "class_labels"}
+"""What the gRPC answer carries and the Open Inference Protocol does not (labels, server timings, the SE)."""
+
+
+@pytest.mark.parametrize(("model", "mode"), [("digits", "monte_carlo"), ("diabetes", "monte_carlo"),
+                                             ("digits", "moments"), ("diabetes", "deterministic")])  # fmt: skip
+def test_rest_url_gives_the_grpc_answer(
+    servers: tuple[str, str], digits_rows: np.ndarray, tmp_path: Path, model: str, mode: str
+) -> None:
+    """``--server http://HOST:PORT`` goes through REST (binary tensors both ways): the same JSON as gRPC."""
+    grpc_address, url = servers
+    x = digits_rows[:3] if model == "digits" else np.random.default_rng(1).normal(0, 0.05, (3, 10)).astype("float32")
+    np.save(tmp_path / "rows.npy", x)
+    args = ["predict", "--model", model, "--input", str(tmp_path / "rows.npy"), "--samples", "40", "--seed", "5",
+            "--mode", mode, "--json"]  # fmt: skip
+    over_grpc, over_rest = run_cli(*args, "--server", grpc_address), run_cli(*args, "--server", url)
+    assert over_grpc.returncode == 0 and over_rest.returncode == 0, over_rest.stderr
+    expected = {k: v for k, v in json.loads(over_grpc.stdout).items() if k not in TRANSPORT_ONLY}
+    got = {k: v for k, v in json.loads(over_rest.stdout).items() if k not in TRANSPORT_ONLY}
+    # REST recovers tau's variance as predictive_std² − std² from float32 fields: equal to rounding, not bytes.
+    noise, expected_noise = got.pop("noise_variance", None), expected.pop("noise_variance", None)
+    assert (noise is None) == (expected_noise is None)
+    if noise is not None:
+        np.testing.assert_allclose(noise, expected_noise, rtol=1e-5)
+    assert got == expected
+    table = run_cli(*args[:-1], "--server", url)
+    assert table.returncode == 0 and f"{model} v1 · {mode}" in table.stdout, table.stderr
+    if model == "diabetes":
+        assert "epistemic only" not in table.stdout  # tau recovered from predictive_std and std
+
+
+def test_rest_url_errors_are_clear(servers: tuple[str, str], digits_rows: np.ndarray, tmp_path: Path) -> None:
+    _, url = servers
+    np.save(tmp_path / "rows.npy", digits_rows[:1, :10])
+    wrong = run_cli("predict", "--server", url, "--model", "digits", "--input", str(tmp_path / "rows.npy"))
+    assert wrong.returncode == 2 and "INVALID_ARGUMENT" in wrong.stderr and "[-1, 64]" in wrong.stderr
+    missing = run_cli("predict", "--server", url, "--model", "nope", "--input", str(tmp_path / "rows.npy"))
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+    adaptive = run_cli("predict", "--server", url, "--model", "digits", "--input", str(tmp_path / "rows.npy"),
+                       "--tolerance", "0.01")  # fmt: skip
+    assert adaptive.returncode == 2 and "gRPC" in adaptive.stderr
+    down = run_cli("predict", "--server", "http://127.0.0.1:1", "--model", "digits", "--input",
+                   str(tmp_path / "rows.npy"), "--timeout", "2")  # fmt: skip
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+    for output in (wrong, missing, adaptive, down):
+        assert "Traceback" not in output.stderr
 
 
 def test_table_and_json(address: str, digits_rows: np.ndarray, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,26 @@ def test_predict_cli_with_tls_and_token(model_repository: Path, pki: dict[str, A
         assert ok.returncode == 0, ok.stderr
         refused = run_cli(*common)
         assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
+
+
+def test_predict_cli_over_rest_with_tls_and_token(model_repository: Path, pki: dict[str, Any], tmp_path: Path) -> None:
+    """``--server https://…``: the REST client verifies the server with --ca and sends the bearer token."""
+    from mcdrop.serving.harness.process import free_port
+
+    (tmp_path / "token").write_text("cli-token\n", encoding="utf-8")
+    np.save(tmp_path / "x.npy", X)
+    port = free_port()
+    settings = {"auth_tokens": "cli-token", "http_port": port, **tls_settings(pki)}
+    with in_process_server(model_repository, **settings):
+        common = ["predict", "--server", f"https://localhost:{port}", "--model", "digits", "--input",
+                  str(tmp_path / "x.npy"), "--json", "--seed", "3"]  # fmt: skip
+        ok = run_cli(*common, "--ca", str(pki["ca"]), "--token-file", str(tmp_path / "token"))
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["seed"] == 3
+        refused = run_cli(*common, "--ca", str(pki["ca"]))
+        assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
+        unverified = run_cli(*common, "--token-file", str(tmp_path / "token"))  # the system roots do not know the CA
+        assert unverified.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
 
 
 def test_tls_settings_are_checked() -> None:
