@@ -104,6 +104,13 @@ def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows
     with urllib.request.urlopen(request, timeout=30) as response:
         mean = json.loads(response.read())["outputs"][0]
     assert np.asarray(mean["data"], np.float32).reshape(mean["shape"]).tobytes() == native.mean.tobytes()
+    import tritonclient.http as triton_http  # Triton's HTTP client with every default: binary tensors both ways
+
+    triton_client = triton_http.InferenceServerClient(f"127.0.0.1:{running.http_port}")
+    tensor = triton_http.InferInput("x", [4, 64], "FP32")
+    tensor.set_data_from_numpy(x)
+    result = triton_client.infer("digits", [tensor], parameters={"mc_samples": 100, "seed": 1234})
+    assert result.as_numpy("mean").tobytes() == native.mean.tobytes()
 
 
 def test_inside_the_container(running: Any) -> None:
