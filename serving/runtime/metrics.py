@@ -13,6 +13,7 @@ mcdrop_model_version_loaded              gauge       model, version  (1 while lo
 mcdrop_model_load_failures_total         counter     model
 mcdrop_repository_scan_errors_total      counter
 mcdrop_auth_failures_total               counter
+mcdrop_worker_restarts_total             counter     (``--workers N``: workers that died and were replaced)
 =======================================  ==========  ==========================================
 
 With ``mcdrop serve --workers N`` (N > 1) every worker process writes its values to files in a
@@ -28,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 __all__ = ["AggregatedMetrics", "Metrics"]
 
@@ -123,6 +126,22 @@ class Metrics(_Endpoint):
             self.scan_errors.inc()
 
 
+class _RestartCounter:
+    """The supervisor's own counter, collected directly: a ``Counter`` made in a process whose prometheus_client runs
+    in multiprocess mode would write to the workers' value files instead."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def inc(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("mcdrop_worker_restarts", "Workers that died and were replaced", value=self._count)
+
+
 class AggregatedMetrics(_Endpoint):
     """One /metrics for every worker process that writes its values under ``directory``."""
 
@@ -130,6 +149,8 @@ class AggregatedMetrics(_Endpoint):
         super().__init__()
         self.directory = directory
         multiprocess.MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
+        self.worker_restarts = _RestartCounter()
+        self.registry.register(self.worker_restarts)
 
     def worker_exited(self, pid: int) -> None:
         """Drop an exited worker's live gauges (its counters and histograms stay in the sums)."""

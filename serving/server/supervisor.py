@@ -145,6 +145,7 @@ class Supervisor:
                                                                      "window_seconds": RESTART_WINDOW})  # fmt: skip
                     return 1
                 log.warning("worker died; restarting", extra={"worker": index, "exit_code": process.exitcode})
+                metrics.worker_restarts.inc()
                 self._spawn(index)
         return 0
 

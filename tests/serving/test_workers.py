@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def test_two_workers_share_the_ports_answer_identically_count_together_and_drain
 def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
 ) -> None:
-    with server_process(model_repository, tmp_path / "server.log", "--workers", "2") as server:
+    metrics_port = free_port()
+    with server_process(model_repository, tmp_path / "server.log", "--workers", "2", "--metrics-port",
+                        str(metrics_port)) as server:  # fmt: skip
         first = worker_pids(server.pid, 2)
         os.kill(first[0], signal.SIGKILL)
         served = 0
@@ -97,6 +100,8 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
         replaced = worker_pids(server.pid, 2)
         assert len(replaced) == 2 and first[0] not in replaced and first[1] in replaced
         assert served >= 5
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+        assert b"mcdrop_worker_restarts_total 1.0" in scraped  # the dashboard's worker-restart panel
         assert server.stop() == 0
     assert '"msg": "worker died; restarting"' in server.log.read_text()
 
