@@ -52,7 +52,7 @@ def register(subcommands: Any) -> None:
         type=positive_float,
         default=100.0,
         help="UCI epochs = n_epochs x this (default %(default)s, the published protocol; any other value is "
-        "reported as a non-protocol run)",
+        "reported as a non-protocol run, and --suite moments then trains its digits models for 5 epochs)",
     )
     add(
         "--uci-root",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving.client._grpc import DEFAULT_TIMEOUT, Prediction
+from mcdrop.serving.client._grpc import Prediction
 from mcdrop.serving.errors import InvalidArgument, RpcFailed
 from mcdrop.serving.protocols.oip import DATATYPES
 
@@ -31,6 +31,7 @@ HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
               429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}  # fmt: skip
 """HTTP status → the gRPC status name ``RpcFailed`` carries (the CLI's exit codes follow it); others: INTERNAL."""
 HEADER_LENGTH = "Inference-Header-Content-Length"
+DEFAULT_TIMEOUT = 30.0
 
 
 class RestClient:
