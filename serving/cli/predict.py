@@ -87,15 +87,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if prediction.mode != "deterministic"
             else None
         )
-    if args.json:
-        json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
-                  indent=2)  # fmt: skip
-        print()
-    else:
-        print_prediction(prediction)
-        if source:
-            print_source(source)
-    return 0
+    return _show(args, prediction, source)
 
 
 def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any]) -> int:
@@ -111,6 +103,11 @@ def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any
         source = {"mc_layers": parameters.get("mc_layers", "all"),
                   "sampled": [n for n in str(parameters.get("sampled_dropout", "")).split(",") if n],
                   "unsampled": [n for n in str(parameters.get("unsampled_dropout", "")).split(",") if n]}  # fmt: skip
+    return _show(args, prediction, source)
+
+
+def _show(args: argparse.Namespace, prediction: Any, source: dict[str, Any] | None) -> int:
+    """The answer as a table (and where its uncertainty comes from) or as ``--json``; either transport's."""
     if args.json:
         json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
                   indent=2)  # fmt: skip
