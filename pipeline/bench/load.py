@@ -29,12 +29,17 @@ def load_worker(target: str, method: str, payload: bytes, start_at: float, durat
     return latencies
 
 
-def rest_load_worker(host: str, port: int, path: str, body: bytes, start_at: float, duration: float) -> list[float]:
-    """The same closed loop over HTTP/1.1 with one keep-alive connection, posting a JSON body."""
+def rest_load_worker(
+    host: str, port: int, path: str, body: bytes, start_at: float, duration: float, header_length: int | None = None
+) -> list[float]:
+    """The same closed loop over HTTP/1.1 with one keep-alive connection, posting a JSON body, or with
+    ``header_length`` a body in Triton's binary tensor data extension (that many bytes of JSON, then raw tensors)."""
     import http.client
 
     connection = http.client.HTTPConnection(host, port, timeout=30)
     headers = {"content-type": "application/json"}
+    if header_length is not None:
+        headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(header_length)}
 
     def call() -> None:
         connection.request("POST", path, body, headers)
@@ -56,3 +61,8 @@ def rest_load_worker(host: str, port: int, path: str, body: bytes, start_at: flo
     finally:
         connection.close()
     return latencies
+
+
+def warm_up(seconds: float) -> None:
+    """Keep a freshly spawned pool process busy for ``seconds``, so that a batch of these lands one per process."""
+    time.sleep(seconds)

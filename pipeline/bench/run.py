@@ -88,8 +88,8 @@ def targets(rows: list[dict[str, Any]], process: dict[str, Any]) -> list[dict[st
     def ours(model: str, batch: int) -> dict[str, Any]:
         return next(r for r in rows if r["name"] == "mcdrop" and r["model"] == model and r["batch"] == batch)
 
-    def served(clients: int, workers: int) -> dict[str, Any]:
-        return next(r for r in rows if r["name"] == f"server_mc_T{SAMPLES}" and r["concurrency"] == clients
+    def served(clients: int, workers: int, name: str = f"server_mc_T{SAMPLES}") -> dict[str, Any]:
+        return next(r for r in rows if r["name"] == name and r["concurrency"] == clients
                     and r.get("workers", 1) == workers)  # fmt: skip
 
     checks: list[tuple[str, float, str, float]] = []
@@ -111,6 +111,18 @@ def targets(rows: list[dict[str, Any]], process: dict[str, Any]) -> list[dict[st
          best["ratio_to_echo_floor"], "at_most", 2.5),
         (f"server MC throughput, {best['workers']} workers / 1 worker (concurrency {max(CONCURRENCY)})",
          best["throughput_rps"] / served(max(CONCURRENCY), 1)["throughput_rps"], "at_least", 1.3),
+    ]  # fmt: skip
+    # REST beside gRPC (M3.6), JSON bodies (the slower encoding), at every worker count: same server, same run.
+    many = max(CONCURRENCY)
+    for w in workers:
+        rest, grpc = (f"rest_mc_T{SAMPLES}", f"server_mc_T{SAMPLES}")
+        checks += [
+            (f"REST JSON MC throughput / gRPC's (concurrency {many}, {w} worker(s))",
+             served(many, w, rest)["throughput_rps"] / served(many, w, grpc)["throughput_rps"], "at_least", 0.8),
+            (f"REST JSON MC p50 / gRPC's (concurrency 1, {w} worker(s))",
+             served(1, w, rest)["median_ms"] / served(1, w, grpc)["median_ms"], "at_most", 1.2),
+        ]  # fmt: skip
+    checks += [
         ("server peak RSS per worker, one model loaded (MB)", process["peak_rss_mb_per_worker"], "at_most", 150.0),
         ("server start to ready (s, median of 3, slowest worker count)", process["ready_seconds_median"], "at_most",
          2.0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import shutil
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.bench.load import load_worker, rest_load_worker
+from mcdrop.pipeline.bench.load import load_worker, rest_load_worker, warm_up
 from mcdrop.serving.errors import MCDropError
 from mcdrop.serving.harness.measure import cpu_seconds, memory_mb, percentile, worker_pids
 from mcdrop.serving.harness.process import ServerProcess, free_port
@@ -27,7 +28,7 @@ ECHO = "/echo.Echo/Echo"
 SERVER_SETTINGS = {"pool_size": 2, "interpreter_threads": 1, "grpc_threads": 8, "poll_seconds": 0,
                    "log_level": "WARNING"}  # fmt: skip
 WORKERS = (1, 2)
-"""``mcdrop serve --workers`` values measured side by side (the REST rows use one worker)."""
+"""``mcdrop serve --workers`` values measured side by side (gRPC and REST rows alike)."""
 STARTS = 3
 
 
@@ -39,7 +40,8 @@ def server_flags(settings: dict[str, Any]) -> list[str]:
 def server_rows(
     repository: Path, model: str, x: np.ndarray, samples: int, duration: float, concurrency: tuple[int, ...]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows for deterministic and Monte-Carlo requests of ``model`` and the echo floor, plus memory and start-up."""
+    """Rows for deterministic and Monte-Carlo requests of ``model`` over gRPC and REST (JSON and binary tensors) at
+    every worker count, and the echo floor, plus memory and start-up."""
     from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
     from mcdrop.serving.protocols import tensors as codec
 
@@ -47,55 +49,51 @@ def server_rows(
     shutil.rmtree(single, ignore_errors=True)
     shutil.copytree(repository / model, single / model)
     tensor = codec.encode(x)
-    payloads = {
+    grpc_requests = {
         "server_deterministic": pb.PredictRequest(model=model, input=tensor, mode=pb.DETERMINISTIC),
         f"server_mc_T{samples}": pb.PredictRequest(model=model, input=tensor, mode=pb.MONTE_CARLO, samples=samples),
     }
+    rest_bodies = rest_requests(x, samples)
     flags = server_flags(SERVER_SETTINGS)
     ready = {w: [_start_to_ready(single, [*flags, "--workers", str(w)]) for _ in range(STARTS)] for w in WORKERS}
     rows: list[dict[str, Any]] = []
-    tensor_json = {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}
-    rest_bodies = {
-        "rest_deterministic": {"inputs": [tensor_json], "parameters": {"mode": "deterministic"}},
-        f"rest_mc_T{samples}": {"inputs": [tensor_json], "parameters": {"mc_samples": samples}},
-    }
     memory: dict[int, dict[str, float]] = {}
-    for workers in WORKERS:
-        http_port = free_port()
-        served = ServerProcess(single, *flags, "--workers", str(workers), "--http-port", str(http_port))
-        with served as server:
-            pids = server_pids(server.pid, workers)
-            measured = sorted({server.pid, *pids})  # CPU time: the supervisor too
-            rss_loaded = max(memory_mb(pid)["rss"] for pid in pids)
-            for name, request in payloads.items():
-                for clients in concurrency:
-                    payload = request.SerializeToString()
-                    row = _measure(name, server.address, PREDICT, payload, clients, duration, measured)
-                    rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1,
-                                 "workers": workers})  # fmt: skip
-            if workers == 1:  # the Open Inference Protocol over REST, same process and model
-                for name, body in rest_bodies.items():
+    with LoadPool(max(concurrency)) as pool:
+        for workers in WORKERS:
+            http_port = free_port()
+            served = ServerProcess(single, *flags, "--workers", str(workers), "--http-port", str(http_port))
+            with served as server:
+                pids = server_pids(server.pid, workers)
+                measured = sorted({server.pid, *pids})  # CPU time: the supervisor too
+                rss_loaded = max(memory_mb(pid)["rss"] for pid in pids)
+                url = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
+                loads = [(name, Load(server.address, PREDICT, request.SerializeToString()))
+                         for name, request in grpc_requests.items()]  # fmt: skip
+                # The Open Inference Protocol over REST: same processes, model and seeds as the gRPC rows.
+                loads += [(name, Load(url, "REST", body, header_length)) for name, (body, header_length) in
+                          rest_bodies.items()]  # fmt: skip
+                for name, load in loads:
                     for clients in concurrency:
-                        path = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
-                        row = _measure(name, path, "REST", json.dumps(body).encode(), clients, duration, pids)
-                        rows.append({**row, "model": model, "batch": len(x), "samples": samples if "mc" in name else 1,
-                                     "workers": workers})  # fmt: skip
-            peak = max(memory_mb(pid)["peak"] for pid in pids)
-        memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
-    echo_port = free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE
-    )
-    try:
-        if echo.stdout is not None:
-            echo.stdout.readline()  # "ready"
-        payload = payloads[f"server_mc_T{samples}"].SerializeToString()
-        for clients in concurrency:
-            row = _measure("echo_floor", f"127.0.0.1:{echo_port}", ECHO, payload, clients, duration, [echo.pid])
-            rows.append({**row, "model": "echo", "batch": len(x), "samples": 0})
-    finally:
-        echo.send_signal(signal.SIGTERM)
-        echo.wait(timeout=30)
+                        row = pool.measure(name, load, clients, duration, measured)
+                        rows.append({**row, "model": model, "batch": len(x), "workers": workers,
+                                     "samples": samples if "mc" in name else 1})  # fmt: skip
+                peak = max(memory_mb(pid)["peak"] for pid in pids)
+            memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
+        echo_port = free_port()
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE
+        )
+        try:
+            if echo.stdout is not None:
+                echo.stdout.readline()  # "ready"
+            payload = grpc_requests[f"server_mc_T{samples}"].SerializeToString()
+            for clients in concurrency:
+                row = pool.measure("echo_floor", Load(f"127.0.0.1:{echo_port}", ECHO, payload), clients, duration,
+                                   [echo.pid])  # fmt: skip
+                rows.append({**row, "model": "echo", "batch": len(x), "samples": 0})
+        finally:
+            echo.send_signal(signal.SIGTERM)
+            echo.wait(timeout=30)
     floor = {r["concurrency"]: r["median_ms"] for r in rows if r["name"] == "echo_floor"}
     for r in rows:
         if r["name"] != "echo_floor":
@@ -113,41 +111,84 @@ def server_rows(
     return rows, process
 
 
+def rest_requests(x: np.ndarray, samples: int) -> dict[str, tuple[bytes, int | None]]:
+    """REST infer bodies by row name: JSON (``data`` as numbers), and Triton's binary tensor data extension (JSON
+    header + raw float32, outputs answered in binary, as ``tritonclient.http`` sends by default) with its header's
+    byte count."""
+    modes = {"deterministic": {"mode": "deterministic"}, f"mc_T{samples}": {"mc_samples": samples}}
+    bodies: dict[str, tuple[bytes, int | None]] = {}
+    for mode, parameters in modes.items():
+        tensor: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": list(x.shape)}
+        data = {**tensor, "data": x.reshape(-1).tolist()}
+        bodies[f"rest_{mode}"] = json.dumps({"inputs": [data], "parameters": parameters}).encode(), None
+        raw = np.ascontiguousarray(x, dtype="<f4").tobytes()
+        binary = {**tensor, "parameters": {"binary_data_size": len(raw)}}
+        header = json.dumps({"inputs": [binary], "parameters": {**parameters, "binary_data_output": True}}).encode()
+        bodies[f"rest_binary_{mode}"] = header + raw, len(header)
+    return bodies
+
+
 def server_pids(pid: int, workers: int) -> list[int]:
     """The processes that serve requests: ``pid`` itself with one worker, else its ``workers`` worker children."""
     return [pid] if workers == 1 else worker_pids(pid, workers, timeout=10) or [pid]
 
 
-def _measure(
-    name: str, target: str, method: str, payload: bytes, clients: int, duration: float, pids: list[int]
-) -> dict[str, Any]:
-    """Latency and throughput of ``clients`` closed loops, and the CPU time the server ``pids`` spent meanwhile."""
-    start_at = time.time() + 2.0 + 0.3 * clients  # after every worker has spawned and warmed up
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(clients, mp_context=context) as pool:
-        if method == "REST":  # target is the URL
-            url = urllib.parse.urlsplit(target)
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What the load generators send: a gRPC ``method`` at ``target`` (HOST:PORT), or ``method="REST"`` posting to
+    the URL ``target`` (``header_length``: a binary-extension body)."""
+
+    target: str
+    method: str
+    payload: bytes
+    header_length: int | None = None
+
+
+class LoadPool:
+    """Load-generator processes, spawned once and reused by every row (a fresh pool per row spent seconds
+    spawning before each measurement)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+
+    def __enter__(self) -> LoadPool:
+        # Spawn every process and import the load module in each now, not inside the first measurement.
+        for future in [self._pool.submit(warm_up, 0.3) for _ in range(self._size)]:
+            future.result()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+
+    def measure(self, name: str, load: Load, clients: int, duration: float, pids: list[int]) -> dict[str, Any]:
+        """Latency and throughput of ``clients`` closed loops, and the CPU time the server ``pids`` spent
+        meanwhile."""
+        start_at = time.time() + 0.5 + 0.1 * clients  # after each loop has connected and warmed up
+        if load.method == "REST":
+            url = urllib.parse.urlsplit(load.target)
             host, port = str(url.hostname), int(url.port or 80)
-            futures = [pool.submit(rest_load_worker, host, port, url.path, payload, start_at, duration)
-                       for _ in range(clients)]  # fmt: skip
+            futures = [self._pool.submit(rest_load_worker, host, port, url.path, load.payload, start_at, duration,
+                                         load.header_length) for _ in range(clients)]  # fmt: skip
         else:
-            futures = [pool.submit(load_worker, target, method, payload, start_at, duration) for _ in range(clients)]
+            futures = [self._pool.submit(load_worker, load.target, load.method, load.payload, start_at, duration)
+                       for _ in range(clients)]  # fmt: skip
         time.sleep(max(0.0, start_at - time.time()))
         cpu_before = cpu_seconds(pids)
         results = [f.result() for f in futures]
         cpu = cpu_seconds(pids) - cpu_before
-    latencies = [t for result in results for t in result]
-    if not latencies:
-        raise MCDropError(f"no {name} request completed")
-    return {
-        "name": name,
-        "concurrency": clients,
-        "requests": len(latencies),
-        "median_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
-        "throughput_rps": len(latencies) / duration,
-        "cpu_s_per_1000": cpu / len(latencies) * 1000,
-    }
+        latencies = [t for result in results for t in result]
+        if not latencies:
+            raise MCDropError(f"no {name} request completed")
+        return {
+            "name": name,
+            "concurrency": clients,
+            "requests": len(latencies),
+            "median_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99),
+            "throughput_rps": len(latencies) / duration,
+            "cpu_s_per_1000": cpu / len(latencies) * 1000,
+        }
 
 
 def _start_to_ready(repository: Path, flags: list[str]) -> float:

@@ -9,7 +9,6 @@ error's kind (``mcdrop.serving.rest.status``); an unexpected one is a 500 naming
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from mcdrop.serving.errors import Unauthenticated
 from mcdrop.serving.protocols import oip as protocol
-from mcdrop.serving.rest.codec import HEADER_LENGTH, decode_infer, encode_infer, read_body, split_body
+from mcdrop.serving.rest.codec import HEADER_LENGTH, decode_infer, dump_json, encode_infer, read_body, split_body
 from mcdrop.serving.rest.status import status_of
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
@@ -34,11 +33,11 @@ API = "rest"
 
 
 class _Json(JSONResponse):
-    """JSON that can carry the NaN/Infinity a model may output for extreme inputs (as Python's json reads them),
-    rather than failing the answer."""
+    """JSON through ``codec.dump_json``: fast, and carrying the NaN/Infinity a model may output for extreme inputs
+    (as Python's json reads them) rather than failing the answer."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
+        return dump_json(content)
 
 
 def make_app(plane: DataPlane, metrics: Metrics, tokens: TokenStore, max_body_bytes: int) -> Starlette:

@@ -34,7 +34,8 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
         assert row["median_ms"] > 0
     served = {(r["name"], r["concurrency"], r.get("workers")) for r in report["rows"] if "concurrency" in r}
     expected = {(n, c, w) for n in ("server_deterministic", "server_mc_T100") for c in (1, 8) for w in (1, 2)}
-    expected |= {(n, c, 1) for n in ("rest_deterministic", "rest_mc_T100") for c in (1, 8)}
+    rest = ("rest_deterministic", "rest_mc_T100", "rest_binary_deterministic", "rest_binary_mc_T100")
+    expected |= {(n, c, w) for n in rest for c in (1, 8) for w in (1, 2)}  # REST JSON and binary at every count
     expected |= {("echo_floor", c, None) for c in (1, 8)}
     assert served == expected
     for row in report["rows"]:
@@ -42,9 +43,23 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
             assert row["cpu_s_per_1000"] > 0, row
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
-    assert len(report["targets"]) == 14 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 18 and all(isinstance(t["met"], bool) for t in report["targets"])
     names = {t["target"] for t in report["targets"]}
     assert {"mcdrop / limit (CNN, B=32)", "mcdrop / keras_batched (MLP, B=1)"} <= names
+    # REST vs gRPC, computed from the rows of this run (not copied from anywhere else).
+    by = {(r["name"], r["concurrency"], r.get("workers")): r for r in report["rows"] if "concurrency" in r}
+    for w in (1, 2):
+        throughput = next(t for t in report["targets"] if t["target"].startswith("REST JSON MC throughput")
+                          and f"{w} worker(s)" in t["target"])  # fmt: skip
+        assert throughput["value"] == pytest.approx(
+            by["rest_mc_T100", 8, w]["throughput_rps"] / by["server_mc_T100", 8, w]["throughput_rps"]
+        )
+        assert throughput["met"] == (throughput["value"] >= 0.8)
+        p50 = next(t for t in report["targets"] if t["target"] == f"REST JSON MC p50 / gRPC's (concurrency 1, {w} "
+                   "worker(s))")  # fmt: skip
+        assert p50["value"] == pytest.approx(
+            by["rest_mc_T100", 1, w]["median_ms"] / by["server_mc_T100", 1, w]["median_ms"]
+        )
     assert report["settings"]["server"]["pool_size"] == 2 and report["settings"]["server"]["interpreter_threads"] == 1
     assert report["process"]["peak_rss_mb"] > 0 and report["process"]["ready_seconds_median"] > 0
     assert set(report["process"]["by_workers"]) == {"1", "2"} and report["process"]["peak_rss_mb_per_worker"] > 0
@@ -78,6 +93,9 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert len(started) == (bench_server.STARTS + 1) * runs and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
-    assert "--http-port" in started[bench_server.STARTS * runs]  # the one-worker server also serves REST
-    assert {r["model"] for r in rows if r["name"].startswith("rest_")} == {"digits"}
+    assert all("--http-port" in flags for flags in started[bench_server.STARTS * runs :])  # measured ones: REST too
+    rest = [r for r in rows if r["name"].startswith("rest_")]
+    assert {r["model"] for r in rest} == {"digits"} and {r["workers"] for r in rest} == set(bench_server.WORKERS)
+    assert {r["name"] for r in rest} == {"rest_deterministic", "rest_mc_T10", "rest_binary_deterministic",
+                                         "rest_binary_mc_T10"}  # fmt: skip
     assert process["peak_rss_mb"] > 0
