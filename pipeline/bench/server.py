@@ -115,7 +115,10 @@ def rest_requests(x: np.ndarray, samples: int) -> dict[str, tuple[bytes, int | N
     """REST infer bodies by row name: JSON (``data`` as numbers), and Triton's binary tensor data extension (JSON
     header + raw float32, outputs answered in binary, as ``tritonclient.http`` sends by default) with its header's
     byte count."""
-    modes = {"deterministic": {"mode": "deterministic"}, f"mc_T{samples}": {"mc_samples": samples}}
+    modes: dict[str, dict[str, Any]] = {
+        "deterministic": {"mode": "deterministic"},
+        f"mc_T{samples}": {"mc_samples": samples},
+    }
     bodies: dict[str, tuple[bytes, int | None]] = {}
     for mode, parameters in modes.items():
         tensor: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": list(x.shape)}
