@@ -7,6 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import tool_venvs
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start building the outside tools' venvs the collected tests need, so they install while other tests run."""
+    wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
+    for venv in tool_venvs.ALL:
+        if venv.fixture in wanted:
+            venv.start()
+
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:

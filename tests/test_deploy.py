@@ -14,6 +14,7 @@ from mcdrop.serving.grpc import oip
 from mcdrop.serving.server.server import REPOSITORY_HEALTH
 from mcdrop.serving.server.settings import ENV_PREFIX, ServerSettings, load_settings
 from tests.helpers import REPO
+from tests.tool_venvs import DEPLOY_TOOLS
 
 yaml = pytest.importorskip("yaml")
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -72,25 +73,16 @@ def test_the_pod_is_hardened() -> None:
     assert one("PodDisruptionBudget")["spec"]["minAvailable"] >= 1
 
 
-TOOLS = ("kubernetes-validate==1.37.0", "checkov==3.3.30")
-
-
 @pytest.fixture(scope="session")
 def tools() -> Path:
     """kubernetes-validate and checkov in a venv of their own (their pins must not move the project's)."""
-    import subprocess
-    import sys
-
-    venv = REPO / ".venv-deploy-tools"
-    marker = venv / ("installed-" + "-".join(t.replace("==", "_") for t in TOOLS))
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *TOOLS], check=True, timeout=900)
-        marker.touch()
-    return venv / "bin"
+    return DEPLOY_TOOLS.bin()
 
 
-@pytest.mark.parametrize("version", ["1.30.0", TOOLS[0].split("==")[1]])  # the oldest supported and the newest bundled
+NEWEST_BUNDLED = DEPLOY_TOOLS.requirements[0].split("==")[1]  # kubernetes-validate's version is its newest schema
+
+
+@pytest.mark.parametrize("version", ["1.30.0", NEWEST_BUNDLED])  # the oldest supported and the newest bundled
 def test_manifests_validate_strictly(tools: Path, version: str) -> None:
     import subprocess
 
@@ -149,3 +141,12 @@ def test_the_kserve_runtime_agrees_with_the_server_and_the_inference_service() -
     assert service["protocolVersion"] in spec["protocolVersions"] and service["storageUri"]
     model_env = {e["name"]: e["value"] for e in service.get("env", [])}
     assert load_settings({}, environ={**env, **model_env}).model_name == "digits"
+    # RawDeployment: KServe's Service maps port 80 to the first container port (REST) and publishes the others
+    # under their numbers; a name with "grpc" in it marks the gRPC one.
+    annotations = kserve("InferenceService")["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    rest, grpc = service["ports"]
+    assert rest == {"name": "http1", "containerPort": settings.http_port, "protocol": "TCP"}
+    assert grpc["containerPort"] == settings.port and "grpc" in grpc["name"] and grpc["protocol"] == "TCP"
+    for port in service["ports"]:  # a Kubernetes port name: IANA_SVC_NAME
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?", port["name"]), port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.masks import MaskStream
-from tests.helpers import REPO
+from tests.tool_venvs import TFLITE_RUNTIME
 
-RUNTIME = ("tflite-runtime==2.14.0", "numpy<2")
 PROBE = Path(__file__).with_name("tflite_runtime_probe.py")
 ROWS, SAMPLES = 2, 6
 
@@ -26,13 +24,7 @@ ROWS, SAMPLES = 2, 6
 @pytest.fixture(scope="session")
 def old_runtime() -> Path:
     """The venv's python (kept in the checkout like the deploy tools' venv: installed once)."""
-    venv = REPO / ".venv-tflite-runtime"
-    marker = venv / ("installed-" + "-".join(r.replace("==", "_").replace("<", "lt") for r in RUNTIME))
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *RUNTIME], check=True, timeout=900)
-        marker.touch()
-    return venv / "bin" / "python"
+    return TFLITE_RUNTIME.bin() / "python"
 
 
 def feeds_for(manifest: Manifest, inputs: list[str], shape: dict[str, tuple[int, ...]], seed: int) -> dict:

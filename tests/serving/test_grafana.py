@@ -3,12 +3,16 @@ that a running server really exports."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
+import threading
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -92,3 +96,80 @@ def test_every_query_names_metrics_and_labels_the_server_exports(
         for grouping in GROUPING.findall(expr):
             labels = {label.strip() for label in grouping.split(",")} - {"le"}
             assert labels <= series[names[0]], f"{expr!r} groups by {labels}; {names[0]} has {series[names[0]]}"
+
+
+def load_renderer() -> Any:
+    spec = importlib.util.spec_from_file_location("grafana_render", DASHBOARD.with_name("render.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Prometheus(BaseHTTPRequestHandler):
+    """Prometheus's query_range API, answering every query with two series (a NaN gap in one), and recording it."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        expr = query["query"][0]
+        type(self).asked.append(expr)
+        start = float(query["start"][0])
+        if "bad(" in expr:
+            payload = json.dumps({"status": "error", "errorType": "bad_data", "error": "unknown function bad"})
+            self.send_response(400)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload.encode())
+            return
+        values = [[start + 10 * i, str(i % 7) if i != 3 else "NaN"] for i in range(30)]
+        result = [{"metric": {"api": "rest", "code": "200", "model": "digits", "mode": "MONTE_CARLO", "version": "1"},
+                   "values": values}, {"metric": {"api": "grpc", "code": "OK"}, "values": values[:10]}]  # fmt: skip
+        body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_render_draws_every_panel_from_prometheus_with_the_dashboards_own_queries(tmp_path: Path) -> None:
+    renderer = load_renderer()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Prometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Prometheus.asked.clear()
+    try:
+        out = tmp_path / "dashboard.png"
+        code = renderer.main(["--prometheus", f"http://127.0.0.1:{server.server_port}", "--minutes", "5",
+                              "--rate-interval", "10s", "--out", str(out)])  # fmt: skip
+    finally:
+        server.shutdown()
+    assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expected = [q.replace("$__rate_interval", "10s").replace('"$job"', '".+"') for q in queries()]
+    assert _Prometheus.asked == expected  # every target of every panel, in order, variables filled in
+    assert not any("$" in q for q in _Prometheus.asked)
+    assert renderer.formatted(0.0123, "s") == "12.3 ms" and renderer.formatted(0.05, "percentunit") == "5.00 %"
+
+
+def test_render_says_what_prometheus_refused_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    renderer = load_renderer()
+    code = renderer.main(["--prometheus", "http://127.0.0.1:1", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "render.py:" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    broken = dashboard()
+    broken["panels"][0]["targets"][0]["expr"] = "bad(mcdrop_requests_total)"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Prometheus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = renderer.main(["--prometheus", f"http://127.0.0.1:{server.server_port}", "--dashboard",
+                              str(tmp_path / "broken.json"), "--out", str(tmp_path / "x.png")])  # fmt: skip
+    finally:
+        server.shutdown()
+    error = capsys.readouterr().err
+    assert code == 2 and "unknown function bad" in error and "bad(mcdrop_requests_total)" in error
