@@ -68,10 +68,22 @@ def formatted(value: float, unit: str) -> str:
     if unit == "percentunit":
         return f"{value * 100:.2f} %"
     if unit == "s":
-        return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+        return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
     if unit == "reqps":
         return f"{value:,.0f} req/s"
     return f"{value:,.0f}"
+
+
+def _stack(axes: Any, series: list[Series]) -> None:
+    """Grafana's "normal" stacking: each series on top of the ones before it, on the union of their times (a missing
+    point, or NaN, counts 0)."""
+    times = sorted({t for _, ts, _ in series for t in ts})
+    layers = []
+    for _, ts, values in series:
+        at = dict(zip(ts, values, strict=True))
+        layers.append([at.get(t, 0.0) if at.get(t, 0.0) == at.get(t, 0.0) else 0.0 for t in times])
+    axes.stackplot([datetime.datetime.fromtimestamp(t) for t in times], layers, labels=[s[0] for s in series],
+                   alpha=0.6)  # fmt: skip
 
 
 def render(
@@ -87,8 +99,8 @@ def render(
     panels = dashboard["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     step = max(1.0, (end - start) / 240)
-    figure = plt.figure(figsize=(16, rows * 0.42), facecolor="#111217")
-    grid = figure.add_gridspec(rows, 24, hspace=0.9, wspace=0.6, left=0.04, right=0.99, top=0.95, bottom=0.03)
+    figure = plt.figure(figsize=(16, rows * 0.48), facecolor="#111217")
+    grid = figure.add_gridspec(rows, 24, hspace=1.6, wspace=0.6, left=0.04, right=0.99, top=0.95, bottom=0.03)
     span = f"{datetime.datetime.fromtimestamp(start):%H:%M} – {datetime.datetime.fromtimestamp(end):%H:%M}"
     figure.suptitle(f"{dashboard['title']} · {span} · rendered from Prometheus by deploy/grafana/render.py",
                     color="#d8d9da", fontsize=12)  # fmt: skip
@@ -108,13 +120,16 @@ def render(
             axes.set_xticks([])
             axes.set_yticks([])
             continue
-        for legend, times, values in series:
+        custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
+        if custom.get("stacking", {}).get("mode") == "normal" and series:
+            _stack(axes, series)
+        for legend, times, values in [] if custom.get("stacking", {}).get("mode") == "normal" else series:
             axes.plot([datetime.datetime.fromtimestamp(t) for t in times], values, linewidth=1.2, label=legend)
         axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         axes.tick_params(colors="#8e8e8e", labelsize=7)
         axes.grid(color="#2c3235", linewidth=0.6)
         if unit == "s":
-            axes.yaxis.set_major_formatter(lambda v, _: f"{v * 1e3:.0f} ms" if v < 1 else f"{v:.1f} s")
+            axes.yaxis.set_major_formatter(lambda v, _: formatted(v, "s") if v else "0")
         if series:
             axes.legend(fontsize=6, loc="upper left", ncol=2, facecolor="#181b1f", labelcolor="#d8d9da",
                         edgecolor="#2c3235")  # fmt: skip
