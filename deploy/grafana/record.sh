@@ -64,7 +64,8 @@ pids+=($!)
 
 third=$(python3 -c "print(int($MINUTES * 60 / 3))")
 sleep "$third"
-cp -r "$WORK/demo/repository/digits/1" "$WORK/demo/repository/digits/2"   # a new version: loaded, v1 kept
+cp -r "$WORK/demo/repository/digits/1" "$WORK/staged-v2"                 # a new version: loaded, v1 kept
+mv "$WORK/staged-v2" "$WORK/demo/repository/digits/2"                      # (a rename: never seen half-copied)
 sleep "$third"
 worker=$(pgrep -P "${pids[1]}" -f spawn_main | head -n 1)
 kill -KILL "$worker"                                     # one worker dies; the supervisor restarts it
