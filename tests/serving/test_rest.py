@@ -289,6 +289,29 @@ def test_fuzzed_requests_always_get_a_proper_json_answer(
     assert ("outputs" in payload) if answer.status_code == 200 else isinstance(payload.get("error"), str)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    depth=st.integers(1, 120_000),
+    opening=st.sampled_from([b"[", b'{"a":', b'{"inputs":[']),
+    inner=st.sampled_from([b"0", b"null", b'"x"', b"[]", b"{}"]),
+    cut=st.one_of(st.none(), st.integers(0, 50)),
+)
+def test_fuzzed_deeply_nested_bodies_get_a_400_or_413_never_a_500(
+    rest: tuple[Server, Client, httpx.Client], depth: int, opening: bytes, inner: bytes, cut: int | None
+) -> None:
+    """Nesting on both sides of the parser's depth limit (1,024), closed or cut short, inside and outside a body's
+    own keys: always an answer the client can read."""
+    _, _, http = rest
+    closing = {b"[": b"]", b'{"a":': b"}", b'{"inputs":[': b"]}"}[opening]
+    body = opening * depth + inner + closing * depth
+    body = body[: len(body) - cut] if cut else body
+    answer = http.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code in (400, 413), (depth, answer.status_code, answer.text[:200])
+    error = answer.json()["error"]
+    if answer.status_code == 400 and depth > 1_024 and len(body) <= 200_000:
+        assert "nested too deeply" in error or "Invalid JSON body" in error, error
+
+
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
 @given(
