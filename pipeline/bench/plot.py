@@ -1,4 +1,4 @@
-"""The benchmark as a picture: in-process rows per model and batch, server rows per concurrency."""
+"""The benchmark as a picture: in-process rows per model and batch; server Monte-Carlo rows per transport."""
 
 from __future__ import annotations
 
@@ -62,25 +62,47 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.legend(fontsize=8, loc="upper left", ncol=4)
     left.grid(axis="y", which="both", alpha=0.3)
 
-    served = [r for r in rows if "concurrency" in r]
-    labels = [f"{r['name'].replace('server_', '')}\nc={r['concurrency']}" + (f" w={r['workers']}" if "workers" in r
-              else "") for r in served]  # fmt: skip
-    p50 = [r["median_ms"] for r in served]
-    p99 = [r["p99_ms"] for r in served]
-    x = range(len(served))
-    right.bar([i - 0.2 for i in x], p50, 0.4, label="p50", color="#2a7ab9")
-    right.bar([i + 0.2 for i in x], p99, 0.4, label="p99", color="#9cc3e4")
-    for i, r in enumerate(served):
-        right.annotate(f"{r['throughput_rps']:.0f}/s", (i, max(p50[i], p99[i])), ha="center", va="bottom", fontsize=8)
-    right.set_xticks(list(x), labels, fontsize=8)
-    right.set_ylabel("latency ms (MLP, batch 1); label: throughput")
-    process = report["process"]
-    right.set_title(
-        f"gRPC server (separate client processes)\npeak RSS {process['peak_rss_mb']:.0f} MB, "
-        f"ready in {process['ready_seconds_median']:.2f} s"
-    )
-    right.legend(fontsize=8)
-    right.grid(axis="y", alpha=0.3)
+    _server_panel(right, report)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+TRANSPORTS = (("server_mc_T{T}", "gRPC", "#2a7ab9"), ("rest_mc_T{T}", "REST JSON", "#d9a441"),
+              ("rest_binary_mc_T{T}", "REST binary", "#7fb77e"))  # fmt: skip
+
+
+def _server_panel(axes: Any, report: dict[str, Any]) -> None:
+    """Monte-Carlo requests per transport, grouped by worker count and concurrency: p50 bars with the p99 as a
+    whisker and the throughput on top, beside the echo floor's p50 (every other row is in the JSON and the table)."""
+    samples = report["settings"]["samples"]
+    rows = [r for r in report["rows"] if "concurrency" in r]
+    groups = sorted({(r["workers"], r["concurrency"]) for r in rows if r["name"] == f"server_mc_T{samples}"})
+    width = 0.8 / len(TRANSPORTS)
+    for i, (name, label, colour) in enumerate(TRANSPORTS):
+        found = [next((r for r in rows if r["name"] == name.format(T=samples) and (r["workers"], r["concurrency"])
+                       == g), None) for g in groups]  # fmt: skip
+        x = [g + (i - 1) * width for g, r in enumerate(found) if r is not None]
+        measured = [r for r in found if r is not None]
+        if not measured:
+            continue
+        p50 = [r["median_ms"] for r in measured]
+        whiskers = [[0] * len(measured), [r["p99_ms"] - r["median_ms"] for r in measured]]
+        axes.bar(x, p50, width, yerr=whiskers, capsize=2, color=colour, label=f"{label} p50 (whisker: p99)")
+        for xi, r in zip(x, measured, strict=True):  # throughput inside the bar's foot, clear of the whiskers
+            axes.annotate(f"{r['throughput_rps']:,.0f}/s", (xi, 0), ha="center", va="bottom", fontsize=7, rotation=90,
+                          color="black", xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    floor = {r["concurrency"]: r["median_ms"] for r in rows if r["name"] == "echo_floor"}
+    for g, (_, clients) in enumerate(groups):
+        if clients in floor:
+            axes.hlines(floor[clients], g - 0.45, g + 0.45, colors="#333333", linestyles="dashed",
+                        label="gRPC echo floor p50" if g == 0 else None)  # fmt: skip
+    axes.set_xticks(range(len(groups)), [f"{w} worker{'s' * (w > 1)}\nconcurrency {c}" for w, c in groups])
+    axes.set_ylabel(f"latency ms (MLP, batch 1, MC T={samples}); in the bars: throughput")
+    process = report["process"]
+    axes.set_title(
+        f"Server over gRPC and REST (separate client processes)\npeak RSS {process['peak_rss_mb']:.0f} MB, "
+        f"ready in {process['ready_seconds_median']:.2f} s"
+    )
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(axis="y", alpha=0.3)
