@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import re
 import sys
 import time
@@ -80,8 +81,8 @@ def _stack(axes: Any, series: list[Series]) -> None:
     times = sorted({t for _, ts, _ in series for t in ts})
     layers = []
     for _, ts, values in series:
-        at = dict(zip(ts, values, strict=True))
-        layers.append([at.get(t, 0.0) if at.get(t, 0.0) == at.get(t, 0.0) else 0.0 for t in times])
+        at = {t: v for t, v in zip(ts, values, strict=True) if not math.isnan(v)}
+        layers.append([at.get(t, 0.0) for t in times])
     axes.stackplot([datetime.datetime.fromtimestamp(t) for t in times], layers, labels=[s[0] for s in series],
                    alpha=0.6)  # fmt: skip
 

@@ -6,8 +6,24 @@ Kept free of TensorFlow and numpy imports so a spawned worker starts fast.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
+
+
+def _closed_loop(call: Callable[[], object], start_at: float, duration: float) -> list[float]:
+    """20 untimed calls to warm the connection, then ``call`` back to back from ``start_at`` (wall clock) for
+    ``duration`` seconds; the latencies in ms."""
+    for _ in range(20):
+        call()
+    time.sleep(max(0.0, start_at - time.time()))
+    latencies = []
+    deadline = time.perf_counter() + duration
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        latencies.append((time.perf_counter() - started) * 1e3)
+    return latencies
 
 
 def load_worker(target: str, method: str, payload: bytes, start_at: float, duration: float) -> list[float]:
@@ -16,17 +32,8 @@ def load_worker(target: str, method: str, payload: bytes, start_at: float, durat
     Returns the latencies in ms of the calls that succeeded; raises on the first failure.
     """
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)  # raw bytes in and out: no client-side protobuf work
-        for _ in range(20):  # warm the connection before the clock starts
-            call(payload, timeout=30)
-        time.sleep(max(0.0, start_at - time.time()))
-        latencies = []
-        deadline = time.perf_counter() + duration
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            call(payload, timeout=30)
-            latencies.append((time.perf_counter() - started) * 1e3)
-    return latencies
+        rpc = channel.unary_unary(method)  # raw bytes in and out: no client-side protobuf work
+        return _closed_loop(lambda: rpc(payload, timeout=30), start_at, duration)
 
 
 def rest_load_worker(
@@ -49,18 +56,9 @@ def rest_load_worker(
             raise RuntimeError(f"REST answered {response.status}: {payload[:200]!r}")
 
     try:
-        for _ in range(20):
-            call()
-        time.sleep(max(0.0, start_at - time.time()))
-        latencies = []
-        deadline = time.perf_counter() + duration
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            call()
-            latencies.append((time.perf_counter() - started) * 1e3)
+        return _closed_loop(call, start_at, duration)
     finally:
         connection.close()
-    return latencies
 
 
 def warm_up(seconds: float) -> None:

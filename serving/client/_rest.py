@@ -24,6 +24,7 @@ import numpy as np
 from mcdrop.serving.client._grpc import Prediction
 from mcdrop.serving.errors import InvalidArgument, RpcFailed
 from mcdrop.serving.protocols.oip import DATATYPES
+from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, REGRESSION_OUTPUTS
 
 __all__ = ["RestClient"]
 
@@ -191,30 +192,12 @@ def _output(
     fields: dict[str, np.ndarray], echoed: dict[str, Any], output: str, common: dict[str, Any], interval: float
 ) -> Prediction:
     if "predicted_class" in fields:
-        return Prediction(
-            mean=fields["mean"],
-            std=fields["std"],
-            predicted_class=fields["predicted_class"],
-            predictive_entropy=fields["predictive_entropy"],
-            expected_entropy=fields["expected_entropy"],
-            mutual_information=fields["mutual_information"],
-            variation_ratio=fields["variation_ratio"],
-            **common,
-        )
+        classification: dict[str, Any] = {name: fields[name] for name in CLASSIFICATION_OUTPUTS}
+        return Prediction(**classification, **common)
     epistemic_only = echoed.get(f"{output}/epistemic_only" if output else "epistemic_only", True)
     noise = None
     if not epistemic_only:
         predictive = fields["predictive_std"].astype(np.float64)
         noise = np.mean(np.square(predictive) - np.square(fields["std"].astype(np.float64)), axis=0)
-    return Prediction(
-        mean=fields["mean"],
-        std=fields["std"],
-        predictive_std=fields["predictive_std"],
-        lower=fields["lower"],
-        upper=fields["upper"],
-        mean_lower=fields["mean_lower"],
-        mean_upper=fields["mean_upper"],
-        noise_variance=noise,
-        interval=interval,
-        **common,
-    )
+    regression: dict[str, Any] = {name: fields[name] for name in REGRESSION_OUTPUTS}
+    return Prediction(**regression, noise_variance=noise, interval=interval, **common)
