@@ -32,6 +32,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UserInputError",
+    "first_line",
 ]
 
 
@@ -89,3 +90,16 @@ class RpcFailed(MCDropError):
     def is_user_error(self) -> bool:
         """The request was at fault (not the server or the network)."""
         return self.code in self.USER_CODES
+
+
+def first_line(exc: BaseException, fallback: str | None = None) -> str:
+    """The first non-empty line of ``exc``'s message, for a one-line report.
+
+    Args:
+        exc: any exception; its message may be empty or span many lines (a TensorFlow or LiteRT dump).
+        fallback: said when the message is empty (default: the exception's type name).
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return fallback if fallback is not None else type(exc).__name__

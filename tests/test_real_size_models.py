@@ -20,7 +20,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from mcdrop.pipeline.bench import zoo  # noqa: E402
-from mcdrop.pipeline.export import selection, stochastic  # noqa: E402
+from mcdrop.pipeline.export.graphs.forward import upstream_owners  # noqa: E402
+from mcdrop.pipeline.export.model import selection  # noqa: E402
+from mcdrop.pipeline.export.model.sites import describe  # noqa: E402
 from mcdrop.serving.core import invokes  # noqa: E402
 from mcdrop.serving.core.requests import PredictionRequest  # noqa: E402
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument, ResourceExhausted  # noqa: E402
@@ -122,15 +124,15 @@ def test_last_samples_only_the_dropout_nearest_the_output(zoo_repository: tuple[
     assert prefix["rows_before_samples"] == 4 and len(prefix["prefix_ops"]) > 100
     # In the single-head families the only dropout is the last one: last selects it, the same as all.
     for family in ("mobilenet_v2", "mobilenet_v3_small", "resnet50"):
-        sites = stochastic.describe(models[family])
-        chosen = selection.select("last", sites, stochastic.upstream_owners(models[family], sites))
+        sites = describe(models[family])
+        chosen = selection.select("last", sites, upstream_owners(models[family], sites))
         assert chosen.sampled == sites and chosen.unsampled == []
 
 
 def test_mc_layers_names_and_refusals(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
     model = zoo_repository[1]["efficientnet_b0"]
-    sites = stochastic.describe(model)
-    upstream = stochastic.upstream_owners(model, sites)
+    sites = describe(model)
+    upstream = upstream_owners(model, sites)
     chosen = selection.select("block6d_drop,top_dropout", sites, upstream)
     assert [s.name for s in chosen.sampled] == ["block6d_drop", "top_dropout"]
     assert len(chosen.unsampled) == len(sites) - 2

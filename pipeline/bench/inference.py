@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.bench.reference import Reference, flops
-from mcdrop.serving.harness.measure import call_times_ms, percentile
+from mcdrop.serving.common.timing import call_times_ms, percentile
 
 WARMUP = 3
 

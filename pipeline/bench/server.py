@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.bench.load import load_worker, rest_load_worker, warm_up
+from mcdrop.serving.common.timing import percentile
 from mcdrop.serving.errors import MCDropError
-from mcdrop.serving.harness.measure import cpu_seconds, memory_mb, percentile, worker_pids
+from mcdrop.serving.harness.measure import cpu_seconds, memory_mb, worker_pids
 from mcdrop.serving.harness.process import ServerProcess, free_port
 
 PREDICT = "/mcdrop.v1.Inference/Predict"

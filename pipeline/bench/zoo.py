@@ -80,7 +80,7 @@ def calibrate_batch_norm(model: Any, x: np.ndarray) -> None:
     """Set every BatchNormalization layer's moving statistics to those of its input on ``x`` (one pass)."""
     import keras
 
-    from mcdrop.pipeline.export import keras_internals
+    from mcdrop.pipeline.export.model import keras_internals
 
     layers = [layer for layer in keras_internals.sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]

@@ -99,8 +99,8 @@ def _export(model_path: Path, repository: Path, name: str, mode: str) -> dict[st
 
 def _latency(repository: Path, name: str, size: int, repeats: int) -> dict[str, Any]:
     """Median ms of the data plane in process (default settings, one interpreter thread): deterministic and MC."""
+    from mcdrop.serving.common.timing import call_times_ms, percentile
     from mcdrop.serving.core import PredictionRequest
-    from mcdrop.serving.harness.measure import call_times_ms, percentile
     from mcdrop.serving.models.manifest import GraphName
     from mcdrop.serving.models.repository import ModelRepository
     from mcdrop.serving.server.server import data_plane
@@ -125,7 +125,7 @@ def _keras_batched_ms(model: Any, size: int, repeats: int) -> float:
     """One tf.function call of the model in training mode on the input repeated T times (the usual MC recipe)."""
     import tensorflow as tf
 
-    from mcdrop.serving.harness.measure import call_times_ms, percentile
+    from mcdrop.serving.common.timing import call_times_ms, percentile
 
     x = tf.constant(np.repeat(zoo.images(1, size, 3), SAMPLES, axis=0))
     batched = tf.function(lambda rows: model(rows, training=True))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from mcdrop.pipeline.quiet import quiet_tensorflow
-from mcdrop.pipeline.strict_float32 import use_strict_float32
+from mcdrop.pipeline.shared.quiet import quiet_tensorflow
+from mcdrop.pipeline.shared.strict_float32 import use_strict_float32
 from mcdrop.serving.cli.arguments import require_extra
 
 TRAIN_EXTRA = ("tensorflow", "keras", "sklearn")

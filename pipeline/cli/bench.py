@@ -66,7 +66,7 @@ def run_scoring_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mcdrop.pipeline.bench.scoring import scoring_bench
-    from mcdrop.serving.cli.console import stderr, stdout_console
+    from mcdrop.serving.common.console import stderr, stdout_console
 
     report = scoring_bench(lambda step: None if args.quiet else stderr.print(f"[dim]scoring bench: {step}[/]"))
     if args.json is not None:
@@ -92,7 +92,7 @@ def run_zoo_bench(args: argparse.Namespace) -> int:
 
     prepare(args, *TRAIN_EXTRA, strict_float32=False)  # Keras baselines as TensorFlow runs by default
     from mcdrop.pipeline.bench.zoo_bench import zoo_bench
-    from mcdrop.serving.cli.console import stderr
+    from mcdrop.serving.common.console import stderr
 
     with tempfile.TemporaryDirectory(prefix="mcdrop-zoo-") as scratch:
         workdir = args.workdir or Path(scratch)
@@ -106,7 +106,7 @@ def run_zoo_bench(args: argparse.Namespace) -> int:
 def print_zoo_bench(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     console = stdout_console()
     table = Table(title=f"mcdrop bench --zoo · T={report['samples']} · B=1 · default settings")
@@ -137,7 +137,7 @@ def print_zoo_bench(report: dict[str, Any]) -> None:
 def print_bench(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     console = stdout_console()
     table = Table(title=f"mcdrop bench · T={report['settings']['samples']} · one thread per row · medians")

@@ -79,7 +79,7 @@ def register_export(subcommands: Any) -> None:
 
 def device_shape(text: str) -> Any:
     """``B=1,T=32`` for argparse: a bad value is a usage error (exit 2) that says what was expected."""
-    from mcdrop.pipeline.export.device import parse_shape
+    from mcdrop.pipeline.export.convert.shapes import parse_shape
     from mcdrop.serving.errors import InvalidArgument
 
     try:
@@ -141,7 +141,7 @@ def run_export(args: argparse.Namespace) -> int:
 def export_with_status(options: Any, *, quiet: bool) -> tuple[int, Manifest]:
     """Run one export, showing its current step on stderr unless ``quiet``."""
     from mcdrop.pipeline.export.exporter import export
-    from mcdrop.serving.cli.console import stderr
+    from mcdrop.serving.common.console import stderr
 
     if quiet:
         return export(options)
@@ -151,8 +151,8 @@ def export_with_status(options: Any, *, quiet: bool) -> tuple[int, Manifest]:
 
 def run_export_batch(args: argparse.Namespace) -> int:
     prepare(args)
-    from mcdrop.pipeline.export.batch import load_job, run_entry
-    from mcdrop.pipeline.progress import progress_bar
+    from mcdrop.pipeline.jobs.batch import load_job, run_entry
+    from mcdrop.pipeline.shared.progress import progress_bar
 
     job = load_job(Path(args.job))
     results = []
@@ -163,7 +163,7 @@ def run_export_batch(args: argparse.Namespace) -> int:
         task = bar.add_task("export-batch", total=len(job.entries), status="")
         if args.ray is not None:
             require_extra("ray", "ray")
-            from mcdrop.pipeline.export.batch_on_ray import run_entries_on_ray
+            from mcdrop.pipeline.jobs.on_ray import run_entries_on_ray
 
             bar.update(task, status="on Ray")
             results = run_entries_on_ray(job, args.ray, job.cpus_per_entry, lambda _: bar.advance(task))
@@ -185,7 +185,7 @@ def run_export_batch(args: argparse.Namespace) -> int:
 def print_batch_summary(results: list[Any], repository: Path) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     table = Table(title=f"export-batch → {repository}")
     for column in ("entry", "status", "version", "selected", "validation", "seconds", "detail"):
@@ -207,7 +207,7 @@ def print_inputs_and_outputs(manifest: Manifest) -> None:
     """The graphs' named inputs and outputs (a model with several of either)."""
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     table = Table(title="inputs and outputs (graph tensor names)")
     for column in ("", "name", "shape", "dtype / task", "detail"):
@@ -226,7 +226,7 @@ def print_inputs_and_outputs(manifest: Manifest) -> None:
 
 def print_moments(manifest: Manifest) -> None:
     """One line on the moments graph: how close it came to Monte Carlo, or why there is none."""
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     moments = manifest.moments
     if moments is None:
@@ -248,7 +248,7 @@ def print_moments(manifest: Manifest) -> None:
 def print_export_summary(repository: Path, version: int, manifest: Manifest) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     console = stdout_console()
     table = Table(title=f"{manifest.name} version {version} · {manifest.task}")

@@ -31,7 +31,7 @@ def register(subcommands: Any) -> None:
 
 def run_export_web(args: argparse.Namespace) -> int:
     from mcdrop.pipeline.web.export_web import export_web, litertjs_modules
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
     from mcdrop.serving.errors import InvalidArgument
 
     input_range = None

@@ -89,7 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
 def print_training_summary(record: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     final, gap = record["final_metrics"], record["train_val_gap"]
     table = Table(title=f"{record['dataset']['name']} · {record['task']} · {record['epochs_run']} epochs")

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 
 from mcdrop.pipeline.evaluation.graphs import Exported
+from mcdrop.serving.common.timing import call_times_ms, percentile
 from mcdrop.serving.core import moments as served_moments
 from mcdrop.serving.core import uncertainty
-from mcdrop.serving.harness.measure import call_times_ms, percentile
 from mcdrop.serving.models.litert import Graph
 
 SAMPLES = 1000
@@ -149,13 +149,14 @@ def moments_graph_bytes(version_dir: Path, model_path: Path) -> bytes:
         return (version_dir / "moments.tflite").read_bytes()
     import keras
 
-    from mcdrop.pipeline.export import convert, stochastic
+    from mcdrop.pipeline.export.convert import functions, tflite
+    from mcdrop.pipeline.export.model import sites
     from mcdrop.serving.models.manifest import Manifest, moments_output_names
 
     outputs = [spec.name for spec in Manifest.load(version_dir).outputs]
     model = keras.saving.load_model(model_path, compile=False)
-    function, links, covariances = convert.moments_function(model, stochastic.describe(model))
-    return convert.to_tflite(function, model, output_names=moments_output_names(outputs, links, covariances))
+    function, links, covariances = functions.moments_function(model, sites.describe(model))
+    return tflite.to_tflite(function, model, output_names=moments_output_names(outputs, links, covariances))
 
 
 def _logits(graph: Graph, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

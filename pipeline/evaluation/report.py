@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcdrop.serving.cli.console import stdout_console
+from mcdrop.serving.common.console import stdout_console
 
 
 def print_digits(results: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.progress import format_metrics, progress_bar
+from mcdrop.pipeline.shared.progress import format_metrics, progress_bar
 from mcdrop.pipeline.training.config import TrainConfig
 from mcdrop.pipeline.training.data import Dataset, load_dataset, standardisation
 from mcdrop.pipeline.training.tabular import NUMERIC_INPUT, Head

@@ -129,7 +129,7 @@ def uncertainty_source(manifest: Manifest) -> dict[str, Any]:
 
 
 def print_source(source: dict[str, Any]) -> None:
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     sampled, unsampled = source["sampled"], source["unsampled"]
     shown = ", ".join(sampled[:6]) + (f" and {len(sampled) - 6} more" if len(sampled) > 6 else "")
@@ -266,7 +266,7 @@ def print_prediction(p: Any) -> None:
 def _print_output(p: Any, output: str | None) -> None:
     from rich.table import Table
 
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
 
     title = f"{p.model} v{p.version}" + (f" · output {output}" if output else "")
     title += f" · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")

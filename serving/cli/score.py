@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     require_extra("score", "pyarrow")
     if args.ray is not None:
         require_extra("ray", "ray")
-    from mcdrop.serving.cli.console import progress_bar, stdout_console
+    from mcdrop.serving.common.console import progress_bar, stdout_console
     from mcdrop.serving.scoring.job import ScoreOptions, run_score
 
     options = ScoreOptions(
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, seed=args.seed, mode=args.mode, interval=args.interval, keep=tuple(args.keep),
         batch_size=args.batch_size, ray=args.ray, workers=args.workers, on_error=args.on_error, threads=args.threads,
     )  # fmt: skip
-    from mcdrop.serving.cli.console import stderr
+    from mcdrop.serving.common.console import stderr
 
     if args.quiet or args.json or not stderr.is_terminal:
         summary = run_score(options)

@@ -35,7 +35,7 @@ def register(subcommands: Any) -> None:
 
 
 def run_soak(args: argparse.Namespace) -> int:
-    from mcdrop.serving.cli.console import stdout_console
+    from mcdrop.serving.common.console import stdout_console
     from mcdrop.serving.harness.soak import soak
 
     report = soak(

@@ -1,37 +1,17 @@
-"""Small measuring helpers shared by bench, soak and the tests: percentiles, a process's memory and CPU time, and
-the worker processes of ``mcdrop serve --workers``."""
+"""Measuring a server process from outside, for bench, soak and the tests: its memory and CPU time, and the worker
+processes of ``mcdrop serve --workers`` (timing helpers: ``mcdrop.serving.common.timing``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
 
 from mcdrop.serving.errors import MCDropError
 
-__all__ = ["call_times_ms", "cpu_seconds", "memory_mb", "percentile", "worker_pids"]
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between order statistics; NaN if empty."""
-    array = np.fromiter(values, dtype=np.float64)
-    return float(np.percentile(array, q)) if array.size else float("nan")
-
-
-def call_times_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall time in ms of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return times
+__all__ = ["cpu_seconds", "memory_mb", "worker_pids"]
 
 
 def memory_mb(pid: int) -> dict[str, float]:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving.client import Client
+from mcdrop.serving.common.timing import percentile
 from mcdrop.serving.errors import InvalidArgument, MCDropError
-from mcdrop.serving.harness.measure import memory_mb, percentile
+from mcdrop.serving.harness.measure import memory_mb
 from mcdrop.serving.harness.process import ServerProcess
 
 __all__ = ["soak"]

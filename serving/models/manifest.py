@@ -28,6 +28,7 @@ from mcdrop.serving.errors import InvalidArgument, NotFound
 __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
+    "SERVER_GRAPHS",
     "Cost",
     "DeviceGraph",
     "DropoutSite",
@@ -72,6 +73,12 @@ class GraphName(enum.StrEnum):
     MC = "mc"
     MC_MASKED = "mc_masked"
     MOMENTS = "moments"
+    MC_SUMMARY = "mc_summary"
+    """For devices: in-graph masks, the uncertainty summary out (listed under ``device_graphs``)."""
+
+
+SERVER_GRAPHS = (GraphName.DETERMINISTIC, GraphName.MC, GraphName.MC_MASKED)
+"""The graphs a server loads (the manifest's ``graphs``); ``mc_summary`` and static-shape graphs are for devices."""
 
 
 class NoiseKind(enum.StrEnum):

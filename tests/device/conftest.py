@@ -17,7 +17,7 @@ def device_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("keras")
     import keras
 
-    from mcdrop.pipeline.export.device import parse_shape
+    from mcdrop.pipeline.export.convert.shapes import parse_shape
     from mcdrop.pipeline.export.exporter import ExportOptions, export
     from mcdrop.pipeline.training.config import TrainConfig
     from mcdrop.pipeline.training.loop import train

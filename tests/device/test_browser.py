@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mcdrop.pipeline.export.device import REPLICATES, statistical_agreement
+from mcdrop.pipeline.export.verify.device import REPLICATES, statistical_agreement
 from tests.helpers import REPO, in_process_server, run_cli
 
 REQUIRED = os.environ.get("MCDROP_REQUIRE_BROWSER_TESTS") == "1"

@@ -88,7 +88,8 @@ def test_the_summary_graph_carries_the_observation_noise(device_repository: Path
 def test_summary_arithmetic_passes_the_real_ops_and_fails_wrong_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     import tensorflow as tf
 
-    from mcdrop.pipeline.export import device, summary
+    from mcdrop.pipeline.export.graphs import summary
+    from mcdrop.pipeline.export.verify import device
 
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((40, 3, 5))
@@ -109,7 +110,7 @@ def test_summary_arithmetic_passes_the_real_ops_and_fails_wrong_ones(monkeypatch
 
 
 def test_statistical_agreement_passes_equal_distributions_and_fails_a_shift() -> None:
-    from mcdrop.pipeline.export.device import REPLICATES, statistical_agreement
+    from mcdrop.pipeline.export.verify.device import REPLICATES, statistical_agreement
 
     rng = np.random.default_rng(2)
     a = {"mean": rng.normal(0.3, 0.02, (REPLICATES, 4, 10))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.progress import MofNCompleteColumn, TaskProgressColumn
 
-from mcdrop.serving.cli.console import progress_bar
+from mcdrop.serving.common.console import progress_bar
 
 
 def test_progress_bar_shows_counts_or_a_percentage() -> None:

@@ -176,7 +176,8 @@ def test_a_layer_that_changes_more_than_dropout_in_training_mode_fails_verificat
 def test_an_op_without_a_builtin_kernel_is_named_with_its_layer(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from mcdrop.pipeline.export import convert
+    from mcdrop.pipeline.export.convert.functions import graph_functions
+    from mcdrop.pipeline.export.convert.tflite import to_tflite
 
     class Inverse(keras.layers.Layer):
         def call(self, x: Any) -> Any:
@@ -184,9 +185,9 @@ def test_an_op_without_a_builtin_kernel_is_named_with_its_layer(tmp_path: Path) 
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(Inverse(name="inverse")(inputs)))
-    function = convert.graph_functions(model, [])["deterministic"]
+    function = graph_functions(model, [])["deterministic"]
     with pytest.raises(ExportError, match=r"MatrixInverse in layer 'inverse' has no builtin LiteRT kernel") as refused:
-        convert.to_tflite(function, model)
+        to_tflite(function, model)
     assert "\n" not in str(refused.value)
 
 

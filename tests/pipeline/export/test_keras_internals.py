@@ -9,9 +9,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mcdrop.pipeline.export import keras_internals  # noqa: E402
 from mcdrop.pipeline.export.errors import ExportError  # noqa: E402
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
+from mcdrop.pipeline.export.model import keras_internals  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 

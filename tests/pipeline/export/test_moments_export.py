@@ -11,8 +11,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mcdrop.pipeline.export import moments  # noqa: E402
 from mcdrop.pipeline.export.exporter import ExportOptions, export  # noqa: E402
+from mcdrop.pipeline.export.graphs import moments  # noqa: E402
 from mcdrop.serving.models.litert import Graph  # noqa: E402
 from mcdrop.serving.models.manifest import Manifest  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
@@ -95,13 +95,13 @@ def test_static_pass_matches_eager_propagation(tmp_path: Path) -> None:
     """The converted graph returns what the TensorFlow propagation computes (the export's parity check, redone)."""
     import tensorflow as tf
 
-    from mcdrop.pipeline.export import stochastic
+    from mcdrop.pipeline.export.model.sites import describe
 
     path = models.functional_cnn(tmp_path / "m.keras")
     exported(path, tmp_path / "repo", "m")
     model = keras.saving.load_model(path)
     x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype(np.float32)
-    eager = moments.forward(model, stochastic.describe(model), tf.constant(x))[0]
+    eager = moments.forward(model, describe(model), tf.constant(x))[0]
     graph = Graph((tmp_path / "repo" / "m" / "1" / "moments.tflite").read_bytes())
     mean, variance, covariance = graph.run({"x": x})
     np.testing.assert_allclose(mean, eager.mean, rtol=1e-4, atol=1e-5)

@@ -16,8 +16,11 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from mcdrop.pipeline.export import moments, stochastic, verify  # noqa: E402
-from mcdrop.pipeline.export.moments import Gaussian, Logits, NoMomentRule  # noqa: E402
+from mcdrop.pipeline.export.graphs import forward as passes  # noqa: E402
+from mcdrop.pipeline.export.graphs import moments  # noqa: E402
+from mcdrop.pipeline.export.graphs.moments import Gaussian, Logits, NoMomentRule  # noqa: E402
+from mcdrop.pipeline.export.model.sites import describe  # noqa: E402
+from mcdrop.pipeline.export.verify import checks as verify  # noqa: E402
 
 DRAWS = 40_000
 Z = 5.0
@@ -126,15 +129,15 @@ def test_a_wrong_rule_is_caught_by_the_same_comparison() -> None:
 def monte_carlo(model: Any, x: np.ndarray, samples: int) -> np.ndarray:
     """``[T, B, ...]`` MC samples with host-drawn masks (seeded: no TF random op, which a test that enabled op
     determinism earlier in the session would refuse unseeded)."""
-    sites = stochastic.describe(model)
+    sites = describe(model)
     feeds = verify.draw_feeds(sites, samples, len(x), np.random.default_rng(samples))
-    policy = stochastic.FedMasks(feeds)
-    y = stochastic.forward(model, sites, tf.constant(x), policy, tf.constant(samples, tf.int32))
+    policy = passes.FedMasks(feeds)
+    y = passes.forward(model, sites, tf.constant(x), policy, tf.constant(samples, tf.int32))
     return np.asarray(y, np.float64)
 
 
 def one_pass(model: Any, x: np.ndarray) -> moments.OutputMoments:
-    return moments.forward(model, stochastic.describe(model), tf.constant(x))[0]
+    return moments.forward(model, describe(model), tf.constant(x))[0]
 
 
 def test_dropout_rule_is_exact() -> None:
@@ -214,7 +217,7 @@ def test_layers_without_a_rule_are_named(layer: Any, named: str) -> None:
     h = layer()(h)
     h = keras.layers.Flatten()(h) if len(h.shape) > 2 else h
     model = keras.Model(inputs, keras.layers.Dense(2)(h))
-    reason = moments.unsupported_layer(model, stochastic.describe(model))
+    reason = moments.unsupported_layer(model, describe(model))
     assert reason is not None and named in reason and "no moment" in reason
     with pytest.raises(NoMomentRule, match=named):
         one_pass(model, np.zeros((1, 5, 3), np.float32))
@@ -226,7 +229,7 @@ def test_layers_before_the_first_dropout_need_no_rule() -> None:
     h = keras.layers.LSTM(4)(inputs)
     h = keras.layers.Dropout(0.2)(h)
     model = keras.Model(inputs, keras.layers.Dense(2)(h))
-    assert moments.unsupported_layer(model, stochastic.describe(model)) is None
+    assert moments.unsupported_layer(model, describe(model)) is None
 
 
 @pytest.mark.parametrize("head", ["conv", "flatten_dense"])
@@ -255,7 +258,7 @@ def test_dropout_left_out_of_sampling_is_the_identity() -> None:
     h = keras.layers.Dense(5, name="dense")(h)
     out = keras.layers.Dropout(0.4, name="unsampled")(h)
     model = keras.Model(inputs, out)
-    sites = stochastic.describe(model)
+    sites = describe(model)
     sampled = [s for s in sites if s.name == "sampled"]
     unsampled = [s for s in sites if s.name == "unsampled"]
     x = np.ones((2, 6), np.float32)

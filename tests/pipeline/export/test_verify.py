@@ -11,8 +11,12 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from mcdrop.pipeline.export import convert, stochastic, verify  # noqa: E402
+from mcdrop.pipeline.export.convert.functions import graph_functions  # noqa: E402
+from mcdrop.pipeline.export.convert.tflite import to_tflite  # noqa: E402
 from mcdrop.pipeline.export.exporter import STAT_SAMPLES  # noqa: E402
+from mcdrop.pipeline.export.graphs import forward as passes  # noqa: E402
+from mcdrop.pipeline.export.model.sites import DropoutSite, describe  # noqa: E402
+from mcdrop.pipeline.export.verify import checks as verify  # noqa: E402
 from mcdrop.serving.models.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
@@ -22,7 +26,7 @@ CHUNKS = verify.Chunks(tflite=300, keras=700)
 
 def test_converter_silently_drops_training_true_dropout_and_the_op_check_catches_it(tmp_path: Path) -> None:
     model = keras.saving.load_model(models.functional_cnn(tmp_path / "cnn.keras"))
-    sites = stochastic.describe(model)
+    sites = describe(model)
     naive = tf.lite.TFLiteConverter.from_keras_model(model).convert()  # what tutorials do
     ops = Graph(naive).ops()
     assert not any(op.startswith("RANDOM") for op in ops)  # the trap is real
@@ -37,7 +41,7 @@ def test_fixed_seed_random_op_is_caught_by_fresh_randomness() -> None:
 
     specs = [tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
     function = tf.function(fixed_seed, input_signature=specs).get_concrete_function()
-    graph = Graph(convert.to_tflite(function, tf.Module()))
+    graph = Graph(to_tflite(function, tf.Module()))
     result = verify.fresh_randomness(graph, {"x": np.ones((2, 3), np.float32)})
     assert not result["passed"]
     assert "identical samples after re-allocation" in result["problems"]
@@ -52,8 +56,8 @@ def _mlp_with_dropout(rate: float) -> keras.Model:
 
 def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
     model = _mlp_with_dropout(0.2)
-    sites = stochastic.describe(model)
-    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
+    sites = describe(model)
+    blob = to_tflite(graph_functions(model, sites)["mc"], model)
     claimed = [dataclasses.replace(sites[0], rate=0.25), sites[1]]  # the graph drops 0.2, the manifest says 0.25
     x = {"x": np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)}
     drop = verify.mc_statistics(model, blob, claimed, x, STAT_SAMPLES, CHUNKS)[0]
@@ -65,19 +69,19 @@ def test_wrong_drop_rate_fails_the_drop_fraction_check() -> None:
 
 def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
     model = _mlp_with_dropout(0.2)
-    sites = stochastic.describe(model)
+    sites = describe(model)
 
-    class FirstSiteRemoved(stochastic.InGraphRandom):
-        def draw(self, site: stochastic.DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
+    class FirstSiteRemoved(passes.InGraphRandom):
+        def draw(self, site: DropoutSite, call: int, rows: tf.Tensor) -> tf.Tensor:
             if site.name == sites[0].name:
                 return tf.fill(tf.stack([rows, *site.call_shape]), 1.0 - site.rate)  # the identity, no mask
             return super().draw(site, call, rows)
 
     def mc(x: tf.Tensor, samples: tf.Tensor) -> tf.Tensor:
-        return stochastic.forward(model, sites, x, FirstSiteRemoved(), samples)
+        return passes.forward(model, sites, x, FirstSiteRemoved(), samples)
 
     specs = [tf.TensorSpec([None, 20], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="samples")]
-    blob = convert.to_tflite(tf.function(mc, input_signature=specs, autograph=False).get_concrete_function(), model)
+    blob = to_tflite(tf.function(mc, input_signature=specs, autograph=False).get_concrete_function(), model)
     assert verify.op_check("mc", Graph(blob).ops(), sites)["passed"]  # random ops remain: the op check is fooled
     x = {"x": np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)}
     drop = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)[0]
@@ -88,8 +92,8 @@ def test_silently_removed_dropout_layer_fails_the_drop_fraction_check() -> None:
 def test_correct_graph_passes_with_bounded_false_alarms() -> None:
     """The bounds hold with a wide margin on a correct graph: the observed rates sit well inside them."""
     model = _mlp_with_dropout(0.2)
-    sites = stochastic.describe(model)
-    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
+    sites = describe(model)
+    blob = to_tflite(graph_functions(model, sites)["mc"], model)
     x = {"x": np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)}
     drop, _, mean, _ = verify.mc_statistics(model, blob, sites, x, STAT_SAMPLES, CHUNKS)
     assert drop["passed"] and mean["passed"] and drop["attempts"] == 1
@@ -101,8 +105,8 @@ def test_correct_graph_passes_with_bounded_false_alarms() -> None:
 
 def test_masked_parity_fails_against_another_model(tmp_path: Path) -> None:
     model = keras.saving.load_model(models.sequential_mlp(tmp_path / "a.keras"))
-    sites = stochastic.describe(model)
-    graph = Graph(convert.to_tflite(convert.graph_functions(model, sites)["mc_masked"], model))
+    sites = describe(model)
+    graph = Graph(to_tflite(graph_functions(model, sites)["mc_masked"], model))
     other = keras.models.clone_model(model)  # same architecture, fresh weights
     x = {"x": np.ones((2, 20), np.float32)}
     assert verify.masked_parity(model, graph, sites, x, samples=3, seed=0, chunk=2)["passed"]
@@ -121,8 +125,8 @@ def test_moments_added_in_chunks_equal_moments_of_all_samples() -> None:
 
 def test_with_outputs_hands_back_the_mask_tensors_of_the_shipped_ops() -> None:
     model = _mlp_with_dropout(0.2)
-    sites = stochastic.describe(model)
-    blob = convert.to_tflite(convert.graph_functions(model, sites)["mc"], model)
+    sites = describe(model)
+    blob = to_tflite(graph_functions(model, sites)["mc"], model)
     probe = Graph(verify.with_outputs(blob, [site.tensor_name for site in sites]))
     assert probe.ops() == Graph(blob).ops()
     outputs = probe.run({"x": np.ones((3, 20), np.float32), "samples": np.array(5, np.int32)})

@@ -18,7 +18,7 @@ def token_count(model: Any, index: int | None = None) -> int | None:
     """
     import keras
 
-    from mcdrop.pipeline.export import keras_internals
+    from mcdrop.pipeline.export.model import keras_internals
 
     embeddings = [layer for layer in keras_internals.sublayers(model) if isinstance(layer, keras.layers.Embedding)]
     if index is None:
@@ -41,7 +41,7 @@ def _reads(node: Any, tensor: Any) -> bool:
 def check_inputs(
     model: Any, inputs: list[Any], training: dict[str, Any] | None, rows: int, seed: int
 ) -> dict[str, np.ndarray]:
-    """``rows`` float32 rows of every model input (``stochastic.ModelInput``s), by graph input name, for
+    """``rows`` float32 rows of every model input (``signature.ModelInput``s), by graph input name, for
     verification and the fingerprint."""
     rng = np.random.default_rng(seed)
     if len(inputs) == 1:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mcdrop.pipeline.export.stochastic import DropoutSite
+from mcdrop.pipeline.export.model.sites import DropoutSite
 from mcdrop.serving.errors import InvalidArgument
 
 ALL, LAST = "all", "last"

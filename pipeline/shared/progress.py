@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mcdrop.serving.cli.console import progress_bar, stderr, stdout_console
+from mcdrop.serving.common.console import progress_bar, stderr, stdout_console
 
 __all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
 

@@ -37,7 +37,7 @@ def layer_flops(layer: Any) -> float:
     """Approximate FLOPs of one row through ``layer`` and everything nested in it."""
     import keras
 
-    from mcdrop.pipeline.export import keras_internals
+    from mcdrop.pipeline.export.model import keras_internals
 
     total = 0.0
     for sub in keras_internals.sublayers(layer):

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mcdrop.pipeline.export import keras_internals
+from mcdrop.pipeline.export.model import keras_internals
 
 FUNCTIONS = ("dropout", "normal", "uniform", "truncated_normal", "categorical", "randint", "shuffle", "gamma",
              "binomial", "beta")  # fmt: skip

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from mcdrop.serving.core.uncertainty import normal_quantile
+from mcdrop.serving.models.manifest import Task
 
 CLASSIFICATION_FIELDS = ("mean", "std", "predicted_class", "predictive_entropy", "expected_entropy",
                          "mutual_information", "variation_ratio")  # fmt: skip
@@ -38,12 +39,12 @@ class OutputSummary:
     """What the summary of one model output needs: its name, task and observation-noise variance (1/tau)."""
 
     name: str
-    task: str
+    task: Task
     noise_variance: tuple[float, ...] | None = None
     """One value per output unit (regression), or None (epistemic only)."""
 
     def fields(self) -> tuple[str, ...]:
-        return CLASSIFICATION_FIELDS if self.task == "classification" else REGRESSION_FIELDS
+        return CLASSIFICATION_FIELDS if self.task == Task.CLASSIFICATION else REGRESSION_FIELDS
 
 
 def output_names(outputs: Sequence[OutputSummary]) -> list[str]:
@@ -56,7 +57,7 @@ def summarise(samples: Sequence[tf.Tensor], outputs: Sequence[OutputSummary]) ->
     """The summary tensors of every output's ``[T, B, ...]`` samples, in ``output_names`` order."""
     found: list[tf.Tensor] = []
     for tensor, output in zip(samples, outputs, strict=True):
-        if output.task == "classification":
+        if output.task == Task.CLASSIFICATION:
             found.extend(classification(tensor))
         else:
             found.extend(regression(tensor, output.noise_variance))

@@ -1,6 +1,6 @@
 """Sampling-free MC dropout: the mean and variance of every unit under dropout, propagated in one pass.
 
-``forward(model, sites, x)`` walks the model's layers like ``stochastic.forward`` but carries, after the first
+``forward(model, sites, x)`` walks the model's layers like ``graphs.forward.forward`` but carries, after the first
 sampled dropout site, a ``Gaussian`` (elementwise mean and variance) instead of a tensor — the moment
 propagation of Brach, Sick & Dürr (2020, "Single Shot MC Dropout Approximation") and Postels et al. (2019,
 "Sampling-free epistemic uncertainty estimation using approximated variance propagation"). Everything before
@@ -43,10 +43,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdrop.pipeline.export import keras_internals, random_calls, stochastic
 from mcdrop.pipeline.export.errors import ExportError
-from mcdrop.pipeline.export.random_calls import RandomCall, layer_path
-from mcdrop.pipeline.export.stochastic import DropoutSite
+from mcdrop.pipeline.export.model import keras_internals, random_calls, signature
+from mcdrop.pipeline.export.model.random_calls import RandomCall, layer_path
+from mcdrop.pipeline.export.model.sites import PLAIN, DropoutSite
 
 QUADRATURE_POINTS = 16
 COVARIANCE_MAX_UNITS = 256
@@ -143,7 +143,7 @@ def forward(
     walk = _Walk(model, sites, inactive)
     with random_calls.intercepted(RandomCall.neutral, root=model):
         y = walk.run_model(model, x, enclosing=())
-    outputs = stochastic.flat_outputs(model, y)
+    outputs = signature.flat_outputs(model, y)
     found = []
     for tensor in outputs:
         if isinstance(tensor, Logits):
@@ -159,7 +159,7 @@ def unsupported_layer(
     model: keras.Model, sites: Sequence[DropoutSite], inactive: Sequence[DropoutSite] = ()
 ) -> str | None:
     """Why ``model`` has no moments graph (the first layer without a rule), or None if it has one."""
-    specs = stochastic.input_specs(model)
+    specs = signature.input_specs(model)
 
     def run(*xs: tf.Tensor) -> Any:
         outputs = forward(model, sites, xs[0] if len(xs) == 1 else list(xs), inactive)
@@ -205,8 +205,8 @@ class _Walk:
         if stochastic_input and type(op) in DROPOUT_LAYERS and len(args) == 1:
             return args[0]  # left out of sampling (--mc-layers) or drawing nothing (rate 0): inference, the identity
         nested_owner = any(owner.startswith(f"{path}/") for owner in self._sites)
-        if nested_owner or (stochastic_input and stochastic.walkable(op)):
-            if not stochastic.walkable(op) or len(args) != 1:
+        if nested_owner or (stochastic_input and signature.walkable(op)):
+            if not signature.walkable(op) or len(args) != 1:
                 raise NoMomentRule(f"Layer {path!r} ({type(op).__name__}) holds dropout inside it: no moment rule.")
             return self.run_model(op, args[0], enclosing=(*enclosing, op))
         if not stochastic_input:
@@ -217,7 +217,7 @@ class _Walk:
 
     def _dropout(self, op: Any, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         site = self._sites[path]
-        if type(op) not in DROPOUT_LAYERS or site.mask_kind != stochastic.PLAIN or len(args) != 1:
+        if type(op) not in DROPOUT_LAYERS or site.mask_kind != PLAIN or len(args) != 1:
             raise NoMomentRule(
                 f"Layer {path!r} ({type(op).__name__}) applies dropout inside itself: no moment rule "
                 "(only Dropout, SpatialDropout1D/2D/3D and GaussianDropout layers have one)."

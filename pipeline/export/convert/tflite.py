@@ -1,168 +1,30 @@
-"""Build the three graph functions of a model and convert them to LiteRT flatbuffers.
-
-Graphs (``B`` rows, ``T`` samples; shapes without ``B``/``T`` are the model's):
-
-=================  ======================================================  ==================
-graph              inputs                                                  output
-=================  ======================================================  ==================
-deterministic      ``x [B, ...]``                                           ``y [B, ...]``
-mc                 ``x [B, ...]``, ``samples`` (int32 scalar T)             ``y [T, B, ...]``
-mc_masked          ``x [B, ...]``, one ``mask_*``/``noise_*`` per dropout   ``y [T, B, ...]``
-                   site, ``[T, B, *noise_shape]``
-=================  ======================================================  ==================
-
-``x`` is float32 in every graph; a model whose input is integer (token ids for an
-``Embedding``) casts it inside the graph, so every transport sends the same FP32 tensor.
-
-A model with several inputs takes one float32 input per model input instead of ``x``, named
-after the Keras inputs (``stochastic.model_inputs``), in ``model.inputs`` order; a model with
-several outputs returns one output per model output, in ``model.outputs`` order, and its
-output tensors carry the model's output names (``stochastic.output_names``).
+"""Convert a graph function to a LiteRT flatbuffer with stable tensor names.
 
 Conversion freezes the weights into constants first (converting a function
 that reads variables leaves ``VAR_HANDLE`` ops and NaN outputs) and allows
-builtin ops only, so a graph that would need Flex fails here, loudly.
+builtin ops only, so a graph that would need Flex fails here, loudly. A failure names the Keras layer
+whose op the converter refused where it can.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import re
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from mcdrop.pipeline.export import keras_internals, stochastic
 from mcdrop.pipeline.export.errors import ExportError
-from mcdrop.pipeline.export.stochastic import DropoutSite
-from mcdrop.pipeline.export.summary import OutputSummary, summarise
-from mcdrop.pipeline.export.summary import output_names as summary_output_names
+from mcdrop.pipeline.export.model import keras_internals
 from mcdrop.serving.models.litert import logical_name
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """The fixed batch (B) and sample count (T) of a static-shape graph for devices; ``None``: dynamic."""
-
-    batch: int | None = None
-    samples: int | None = None
-
-
-DYNAMIC = Shape()
 SIGNATURE_KEY = "serving_default"
-
-
-def graph_functions(
-    model: keras.Model,
-    sites: list[DropoutSite],
-    inactive: list[DropoutSite] | None = None,
-    summary: Sequence[OutputSummary] = (),
-    shape: Shape = DYNAMIC,
-) -> dict[str, Any]:
-    """Concrete TF functions for each graph; only ``deterministic`` if there is no dropout.
-
-    ``sites`` are the sampled dropout sites; ``inactive`` ones (``--mc-layers``) run as in inference in every graph.
-    ``summary`` (one entry per model output) adds ``mc_summary``: in-graph masks, the uncertainty summary out.
-    A static ``shape`` fixes the batch of every input and the sample count: ``mc`` and ``mc_summary`` then have
-    no ``samples`` input (T is part of the graph) and ``mc_masked``'s masks are ``[T, B, *noise_shape]``.
-    """
-    inactive = inactive or []
-    inputs = stochastic.model_inputs(model)
-    count = len(inputs)
-    x_specs = [tf.TensorSpec([shape.batch, *i.row_shape], tf.float32, name=i.name) for i in inputs]
-
-    def model_input(xs: tuple[tf.Tensor, ...]) -> Any:
-        cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
-        return cast[0] if count == 1 else cast
-
-    def deterministic(*xs: tf.Tensor) -> Any:
-        return stochastic.forward(model, sites, model_input(xs), stochastic.Deterministic(), inactive=inactive)
-
-    functions = {"deterministic": _concrete(deterministic, x_specs, "deterministic")}
-    if not sites:
-        return functions
-
-    def split(args: tuple[tf.Tensor, ...]) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
-        """The inputs and T: the ``samples`` argument, or the static shape's constant."""
-        if shape.samples is not None:
-            return args, tf.constant(shape.samples, tf.int32)
-        return args[:count], args[count]
-
-    def mc(*args: tf.Tensor) -> Any:
-        xs, samples = split(args)
-        return stochastic.forward(model, sites, model_input(xs), stochastic.InGraphRandom(), samples, inactive)
-
-    def mc_masked(*args: tf.Tensor) -> Any:
-        xs, feeds = args[:count], args[count:]
-        named = {site.feed_name: feed for site, feed in zip(sites, feeds, strict=True)}
-        samples = tf.shape(feeds[0])[0] if shape.samples is None else tf.constant(shape.samples, tf.int32)
-        return stochastic.forward(model, sites, model_input(xs), stochastic.FedMasks(named), samples, inactive)
-
-    def mc_summary(*args: tf.Tensor) -> Any:
-        outputs = mc(*args)
-        return summarise(outputs if isinstance(outputs, list) else [outputs], summary)
-
-    samples_specs = [] if shape.samples is not None else [tf.TensorSpec([], tf.int32, name="samples")]
-    feed_specs = [tf.TensorSpec([shape.samples, shape.batch, *s.noise_shape], s.feed_dtype, name=s.feed_name)
-                  for s in sites]  # fmt: skip
-    functions["mc"] = _concrete(mc, [*x_specs, *samples_specs], "mc")
-    functions["mc_masked"] = _concrete(mc_masked, [*x_specs, *feed_specs], "mc_masked")
-    if summary:
-        functions["mc_summary"] = _concrete(mc_summary, [*x_specs, *samples_specs], "mc_summary")
-    return functions
-
-
-def moments_function(
-    model: keras.Model, sites: list[DropoutSite], inactive: list[DropoutSite] | None = None
-) -> tuple[Any, list[str | None], list[bool]]:
-    """The one-pass ``moments`` graph: the model's inputs in, ``mean`` and ``variance`` of every output out (of its
-    logits where the output ends in a softmax, then also their ``covariance`` where the model makes one;
-    ``mcdrop.pipeline.export.moments``), each output's link (``softmax`` or None) and whether it has a covariance.
-
-    Raises:
-        NoMomentRule: a layer after the first sampled site has no propagation rule (the message names it).
-    """
-    from mcdrop.pipeline.export import moments
-
-    inputs = stochastic.model_inputs(model)
-    x_specs = [tf.TensorSpec([None, *i.row_shape], tf.float32, name=i.name) for i in inputs]
-
-    links: list[str | None] = []
-    covariances: list[bool] = []
-
-    def moments_graph(*xs: tf.Tensor) -> list[tf.Tensor]:
-        cast = [x if i.dtype == tf.float32 else tf.cast(x, i.dtype) for x, i in zip(xs, inputs, strict=True)]
-        found = moments.forward(model, sites, cast[0] if len(cast) == 1 else cast, inactive or [])
-        links[:] = [output.link for output in found]
-        covariances[:] = [output.covariance is not None for output in found]
-        tensors = []
-        for output in found:
-            tensors += [output.mean, output.variance, *([] if output.covariance is None else [output.covariance])]
-        return tensors
-
-    try:
-        function = tf.function(moments_graph, input_signature=x_specs, autograph=False).get_concrete_function()
-        return function, list(links), list(covariances)
-    except moments.NoMomentRule:
-        raise
-    except ExportError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"Building the moments graph failed: {stochastic.first_line(exc)}") from exc
-
-
-def graph_output_names(graph: str, model_outputs: list[str], summary: Sequence[OutputSummary]) -> list[str]:
-    """The output names of ``graph``: the model's outputs (``y`` for one), or the summary's fields."""
-    return summary_output_names(summary) if graph == "mc_summary" else list(model_outputs)
 
 
 def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes:
@@ -203,16 +65,6 @@ def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes
     signature.outputs = [tensor_map(n, i) for n, i in zip(output_names, subgraph.outputs, strict=True)]
     converted.signatureDefs = [signature]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(converted))
-
-
-def _concrete(function: Any, signature: list[tf.TensorSpec], graph: str) -> Any:
-    """Trace one graph; a failure is one ``ExportError`` line (autograph off: no 'in user code' dumps)."""
-    try:
-        return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
-    except ExportError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"Building the {graph} graph failed: {stochastic.first_line(exc)}") from exc
 
 
 def to_tflite(

@@ -1,6 +1,6 @@
 """The private Keras APIs the export relies on, in one place, checked before use.
 
-Rewriting a model's forward pass layer by layer (``mcdrop.pipeline.export.stochastic``)
+Rewriting a model's forward pass layer by layer (``mcdrop.pipeline.export.graphs.forward``)
 needs three things public Keras does not offer:
 
 * ``Function._run_through_graph(inputs, operation_fn)``: run a functional model's graph,
@@ -11,7 +11,7 @@ needs three things public Keras does not offer:
   ``MultiHeadAttention``'s dropout, a custom layer's sublayers);
 * ``keras.src.backend.random``: the module every Keras random draw goes through, and
   ``DropoutRNNCell.get_dropout_mask`` / ``get_recurrent_dropout_mask``, where RNN cells draw
-  their per-sequence masks (``mcdrop.pipeline.export.random_calls`` intercepts both);
+  their per-sequence masks (``mcdrop.pipeline.export.model.random_calls`` intercepts both);
 * ``Sequential._functional``: the graph a ``Sequential`` runs through.
 
 They are stable across the Keras range in ``pyproject.toml`` (``SUPPORTED_KERAS``); on a Keras

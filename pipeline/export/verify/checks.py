@@ -30,10 +30,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdrop.pipeline.export import stochastic
 from mcdrop.pipeline.export.errors import ExportError
-from mcdrop.pipeline.export.stochastic import BERNOULLI, DropoutSite
-from mcdrop.pipeline.strict_float32 import ONEDNN_VARIABLE, onednn_enabled
+from mcdrop.pipeline.export.graphs import forward as passes
+from mcdrop.pipeline.export.model import signature
+from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite
+from mcdrop.pipeline.shared.strict_float32 import ONEDNN_VARIABLE, onednn_enabled
 from mcdrop.serving.models.litert import RANDOM_OPS, VARIABLE_OPS, Graph
 
 Feeds = dict[str, np.ndarray]
@@ -76,16 +77,16 @@ def op_check(graph: str, ops: list[str], sites: list[DropoutSite]) -> dict[str, 
 
 def deterministic_parity(model: keras.Model, graph: Graph, x: Feeds) -> dict[str, Any]:
     def keras(rows: Feeds) -> np.ndarray:
-        return joined(stochastic.keras_inference(model, keras_x(rows)), lead=1)
+        return joined(passes.keras_inference(model, keras_x(rows)), lead=1)
 
     reference = keras(x)
-    actual = joined(run_graph(graph, x, stochastic.output_names(model)), lead=1)
+    actual = joined(run_graph(graph, x, signature.output_names(model)), lead=1)
     return _parity("deterministic_parity", actual, reference, rounding_sensitivity(keras, x),
                    weight_sensitivity(keras, x, model))  # fmt: skip
 
 
 def keras_x(x: Feeds) -> Any:
-    """``x`` as ``stochastic.forward`` and ``keras_inference`` take it: one array, or a list in input order."""
+    """``x`` as ``passes.forward`` and ``keras_inference`` take it: one array, or a list in input order."""
     values = list(x.values())
     return values[0] if len(values) == 1 else values
 
@@ -127,9 +128,9 @@ def training_mode_parity(
     MC samples must differ from the deterministic pass only by dropout: a layer that changes anything
     else in training mode (a custom training branch, statistics of the batch) fails here.
     """
-    reference = joined(stochastic.keras_inference(model, keras_x(x)), lead=1)
-    policy = stochastic.TrainingModeIdentity()
-    actual = joined(stochastic.forward(model, sites, _constant(x), policy, inactive=inactive or []), lead=1)
+    reference = joined(passes.keras_inference(model, keras_x(x)), lead=1)
+    policy = passes.TrainingModeIdentity()
+    actual = joined(passes.forward(model, sites, _constant(x), policy, inactive=inactive or []), lead=1)
     record = _parity("training_mode_parity", actual, reference)
     if not record["passed"]:
         owners = sorted({s.owner for s in sites if s.class_name != "AlphaDropout"})
@@ -153,7 +154,7 @@ def masked_parity(
     """mc_masked.tflite against the model run once per sample, untiled, with the same masks (``chunk`` samples
     per invoke)."""
     feeds = draw_feeds(sites, samples, batch_of(x), np.random.default_rng(seed))
-    actual = run_masked(graph, x, feeds, chunk, stochastic.output_names(model))
+    actual = run_masked(graph, x, feeds, chunk, signature.output_names(model))
 
     def keras(rows: Feeds) -> np.ndarray:
         return np.stack([_reference_sample(model, rows, sites, feeds, t, inactive or []) for t in range(samples)])
@@ -198,8 +199,8 @@ def _reference_sample(
     inactive: list[DropoutSite],
 ) -> np.ndarray:
     one_sample = {name: feed[t : t + 1] for name, feed in feeds.items()}
-    policy = stochastic.FedMasks(one_sample)
-    return joined(stochastic.forward(model, sites, _constant(x), policy, inactive=inactive), lead=1)
+    policy = passes.FedMasks(one_sample)
+    return joined(passes.forward(model, sites, _constant(x), policy, inactive=inactive), lead=1)
 
 
 def _constant(x: Feeds) -> Any:
@@ -237,7 +238,7 @@ def mc_statistics(
     inactive = inactive or []
     probe, found = mask_probe(mc_bytes, sites)
     reference = _keras_reference(model, sites, x, inactive)
-    names = stochastic.output_names(model)
+    names = signature.output_names(model)
     attempts = 0
     while True:
         attempts += 1
@@ -450,7 +451,7 @@ def _keras_reference(
     x_tensor = _constant(x)
 
     def run(samples: tf.Tensor) -> Any:
-        return stochastic.forward(model, sites, x_tensor, stochastic.KerasTrainingMode(), samples, inactive)
+        return passes.forward(model, sites, x_tensor, passes.KerasTrainingMode(), samples, inactive)
 
     traced = tf.function(run, input_signature=[tf.TensorSpec([], tf.int32)], autograph=False)
     return lambda samples: joined([np.asarray(y) for y in tf.nest.flatten(traced(tf.constant(samples, tf.int32)))],

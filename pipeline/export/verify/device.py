@@ -1,12 +1,12 @@
 """Graphs for devices and their verification: ``mc_summary`` and static-shape copies of every graph.
 
 * ``mc_summary.tflite``: one invoke takes ``x`` (and ``samples``), draws the masks inside the graph and returns
-  the server's uncertainty summary (``mcdrop.pipeline.export.summary``).
+  the server's uncertainty summary (``mcdrop.pipeline.export.graphs.summary``).
 * ``--device-shape B=1,T=32``: copies of ``deterministic`` (fixed B), ``mc``, ``mc_masked`` and ``mc_summary``
   (fixed B and T; no ``samples`` input) for runtimes that cannot resize a dynamic dimension (LiteRT.js, phone
   GPU/NPU delegates). File names carry the shape: ``mc_masked.b1_t32.tflite``, ``deterministic.b1.tflite``.
 
-Checks (JSON-ready records like ``mcdrop.pipeline.export.verify``'s):
+Checks (JSON-ready records like ``mcdrop.pipeline.export.verify.checks``'s):
 
 * ``summary_arithmetic``: the summary ops on fixed samples (mc_masked's, seeded) equal the server's own summary
   of the same samples (``mcdrop.serving.core.uncertainty``, float64) within float32 rounding; the predicted
@@ -22,20 +22,20 @@ Checks (JSON-ready records like ``mcdrop.pipeline.export.verify``'s):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from mcdrop.pipeline.export.convert import Shape
-from mcdrop.pipeline.export.stochastic import DropoutSite
-from mcdrop.pipeline.export.summary import OutputSummary, summarise
-from mcdrop.pipeline.export.summary import output_names as summary_names
+from mcdrop.pipeline.export.convert.shapes import Shape, device_file
+from mcdrop.pipeline.export.graphs.summary import OutputSummary, summarise
+from mcdrop.pipeline.export.graphs.summary import output_names as summary_names
+from mcdrop.pipeline.export.model.sites import DropoutSite
+from mcdrop.pipeline.export.verify.checks import batch_of, rows_of
 from mcdrop.serving.core import uncertainty
-from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.masks import MaskStream
 
 Feeds = dict[str, np.ndarray]
@@ -48,32 +48,6 @@ FLOAT_ALLOWANCE = 1e-4
 ARITHMETIC_TOLERANCE = 2e-5
 """Relative and absolute: the summary's float32 ops vs the server's float64 arithmetic on the same samples."""
 MAX_VERIFY_SAMPLES = 200
-GRAPHS = ("deterministic", "mc", "mc_masked", "mc_summary")
-
-_SHAPE = re.compile(r"^\s*B\s*=\s*(\d+)\s*,\s*T\s*=\s*(\d+)\s*$", re.IGNORECASE)
-
-
-def parse_shape(text: str) -> Shape:
-    """``B=1,T=32`` → ``Shape(batch=1, samples=32)``.
-
-    Raises:
-        InvalidArgument: not of that form, or B or T below 1.
-    """
-    match = _SHAPE.match(text)
-    if match is None or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise InvalidArgument(
-            f"Invalid device shape {text!r}. Expected B=<rows>,T=<samples> with both >= 1, e.g. B=1,T=32."
-        )
-    return Shape(int(match.group(1)), int(match.group(2)))
-
-
-def device_file(graph: str, shape: Shape) -> str:
-    """``mc_summary.tflite`` (dynamic), ``mc_masked.b1_t32.tflite``, ``deterministic.b1.tflite``."""
-    if shape.batch is None:
-        return f"{graph}.tflite"
-    if graph == "deterministic":
-        return f"{graph}.b{shape.batch}.tflite"
-    return f"{graph}.b{shape.batch}_t{shape.samples}.tflite"
 
 
 def replicated(x: Feeds, replicates: int) -> Feeds:
@@ -86,7 +60,7 @@ def server_summaries(samples: Sequence[np.ndarray], outputs: Sequence[OutputSumm
     found: dict[str, np.ndarray] = {}
     names = iter(summary_names(outputs))
     for tensor, output in zip(samples, outputs, strict=True):
-        if output.task == "classification":
+        if output.task == Task.CLASSIFICATION:
             computed: Any = uncertainty.classification(tensor)
         else:
             noise = None if output.noise_variance is None else np.asarray(output.noise_variance)
@@ -102,7 +76,7 @@ def _shaped(noise: np.ndarray | None, samples: np.ndarray) -> np.ndarray | None:
 
 def summary_arithmetic(outputs: Sequence[OutputSummary], samples: Sequence[np.ndarray]) -> dict[str, Any]:
     """The summary ops, converted alone, on fixed samples vs the server's summary of the same samples."""
-    from mcdrop.pipeline.export.convert import to_tflite
+    from mcdrop.pipeline.export.convert.tflite import to_tflite
 
     specs = [tf.TensorSpec([None, None, *s.shape[2:]], tf.float32, name=f"samples_{i}") for i, s in enumerate(samples)]
     function = tf.function(lambda *s: summarise(s, outputs), input_signature=specs, autograph=False)
@@ -181,7 +155,7 @@ def summary_consistency(graph: str, fields: dict[str, np.ndarray], outputs: Sequ
     """Within one answer: predicted_class = argmax(mean), mutual information = predictive - expected entropy."""
     problems = []
     for output in outputs:
-        if output.task != "classification":
+        if output.task != Task.CLASSIFICATION:
             continue
         prefix = f"{output.name}/" if len(outputs) > 1 else ""
         mean = fields[prefix + "mean"]
@@ -267,10 +241,8 @@ class Verifier:
 
     def summary(self) -> list[dict[str, Any]]:
         """``summary_arithmetic``, ``summary_consistency`` and ``summary_statistics`` of mc_summary.tflite."""
-        from mcdrop.pipeline.export import verify
-
-        x = verify.rows_of(self._x, slice(0, 2))
-        rows = verify.batch_of(x)
+        x = rows_of(self._x, slice(0, 2))
+        rows = batch_of(x)
         fixed = seeded_samples(self.masked, site_specs(self._sites), x, 64, self._seed)
         checks = [summary_arithmetic(self._outputs, fixed)]
         wide = replicated(x, REPLICATES)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mcdrop.pipeline.export.batch import EntryResult, Job, run_entry
+from mcdrop.pipeline.jobs.batch import EntryResult, Job, run_entry
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.scoring.ray_cluster import connected
 
@@ -50,8 +50,8 @@ def run_entries_on_ray(
 def _run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
     import ray
 
-    from mcdrop.pipeline.quiet import quiet_tensorflow
-    from mcdrop.pipeline.strict_float32 import use_strict_float32
+    from mcdrop.pipeline.shared.quiet import quiet_tensorflow
+    from mcdrop.pipeline.shared.strict_float32 import use_strict_float32
 
     use_strict_float32()
     quiet_tensorflow()

@@ -182,7 +182,7 @@ def _moments(entry: dict[str, Any]) -> bool:
 
 def _device_shapes(entry: dict[str, Any]) -> tuple[Any, ...]:
     """The entry's ``device_shapes``: a list of ``"B=1,T=32"`` strings (``mcdrop export --device-shape``)."""
-    from mcdrop.pipeline.export.device import parse_shape
+    from mcdrop.pipeline.export.convert.shapes import parse_shape
 
     value = entry.get("device_shapes", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -1,0 +1,1 @@
+"""What every pipeline role uses: progress display, quiet TensorFlow start-up, strict float32 arithmetic."""
