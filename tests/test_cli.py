@@ -77,7 +77,8 @@ def test_export_of_a_model_without_dropout_says_so(tmp_path: Path) -> None:
     result = run_cli(*args, "--noise-precision", "2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "mcdrop export: error: --noise-precision applies to regression models. This model is a classifier."
+        "mcdrop export: error: noise_precision (--noise-precision) applies to regression models. "
+        "This model is a classifier."
     )
 
 

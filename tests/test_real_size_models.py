@@ -100,7 +100,7 @@ def test_every_family_exports_with_every_check_passing(
 
 
 def test_efficientnet_statistics_run_in_chunks_within_the_budget(zoo_repository: tuple[Path, dict[str, Any]]) -> None:
-    from mcdrop.pipeline.export.exporter import VERIFY_BUDGET_BYTES
+    from mcdrop.pipeline.export.verify.budget import VERIFY_BUDGET_BYTES
     from mcdrop.serving.models.memory import Footprint
 
     manifest = _manifest(zoo_repository[0], "efficientnet_b0")

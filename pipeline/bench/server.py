@@ -43,16 +43,14 @@ def server_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for deterministic and Monte-Carlo requests of ``model`` over gRPC and REST (JSON and binary tensors) at
     every worker count, and the echo floor, plus memory and start-up."""
-    from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-    from mcdrop.serving.protocols import tensors as codec
+    from mcdrop.serving.client import serialized_request
 
     single = repository.parent / "single-model"
     shutil.rmtree(single, ignore_errors=True)
     shutil.copytree(repository / model, single / model)
-    tensor = codec.encode(x)
     grpc_requests = {
-        "server_deterministic": pb.PredictRequest(model=model, input=tensor, mode=pb.DETERMINISTIC),
-        f"server_mc_T{samples}": pb.PredictRequest(model=model, input=tensor, mode=pb.MONTE_CARLO, samples=samples),
+        "server_deterministic": serialized_request(model, x, "deterministic", 0),
+        f"server_mc_T{samples}": serialized_request(model, x, "monte_carlo", samples),
     }
     rest_bodies = rest_requests(x, samples)
     flags = server_flags(SERVER_SETTINGS)
@@ -68,8 +66,7 @@ def server_rows(
                 measured = sorted({server.pid, *pids})  # CPU time: the supervisor too
                 rss_loaded = max(memory_mb(pid)["rss"] for pid in pids)
                 url = f"http://127.0.0.1:{http_port}/v2/models/{model}/infer"
-                loads = [(name, Load(server.address, PREDICT, request.SerializeToString()))
-                         for name, request in grpc_requests.items()]  # fmt: skip
+                loads = [(name, Load(server.address, PREDICT, request)) for name, request in grpc_requests.items()]
                 # The Open Inference Protocol over REST: same processes, model and seeds as the gRPC rows.
                 loads += [(name, Load(url, "REST", body, header_length)) for name, (body, header_length) in
                           rest_bodies.items()]  # fmt: skip
@@ -87,7 +84,7 @@ def server_rows(
         try:
             if echo.stdout is not None:
                 echo.stdout.readline()  # "ready"
-            payload = grpc_requests[f"server_mc_T{samples}"].SerializeToString()
+            payload = grpc_requests[f"server_mc_T{samples}"]
             for clients in concurrency:
                 row = pool.measure("echo_floor", Load(f"127.0.0.1:{echo_port}", ECHO, payload), clients, duration,
                                    [echo.pid])  # fmt: skip

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.training.config import FIELD_NAMES, read_toml
-from mcdrop.serving.errors import InvalidArgument, MCDropError
+from mcdrop.serving.errors import InvalidArgument, MCDropError, first_line
 from mcdrop.serving.models.layout import check_model_name, versions
 from mcdrop.serving.models.manifest import Manifest, sha256_file
 
@@ -156,9 +156,9 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
         best = selection["best"] if selection else None
         return EntryResult(name, "exported", version, best, metric, time.perf_counter() - started)
     except MCDropError as exc:
-        return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=str(exc).splitlines()[0])
+        return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=first_line(exc))
     except Exception as exc:  # noqa: BLE001 - one broken entry must not stop the job
-        detail = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        detail = f"internal error: {type(exc).__name__}: {first_line(exc, fallback='(no message)')}"
         return EntryResult(name, "failed", seconds=time.perf_counter() - started, detail=detail + _where(exc))
 
 

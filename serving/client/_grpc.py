@@ -32,7 +32,7 @@ from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.protocols import tensors
 from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
 
-__all__ = ["Client", "ModelStatus", "Prediction", "decode_prediction"]
+__all__ = ["Client", "ModelStatus", "Prediction", "decode_prediction", "serialized_request"]
 
 DEFAULT_TIMEOUT = 30.0
 _MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, "moments": pb.MOMENTS,
@@ -168,7 +168,7 @@ class Client:
         With ``tolerance``, sampling is adaptive: the server stops once the largest standard
         error of the mean is at most ``tolerance`` (or at ``max_samples``).
         """
-        request = self._request(model, x, version, mode, samples, seed, return_samples, interval, tolerance,
+        request = encode_request(model, x, version, mode, samples, seed, return_samples, interval, tolerance,
                                 max_samples, chunk)  # fmt: skip
         return decode_prediction(self._call(self._stub.Predict, request, timeout))
 
@@ -185,7 +185,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[Prediction]:
         """Progressive Monte-Carlo estimates every ``chunk`` samples; stop iterating to cancel."""
-        request = self._request(model, x, version, "monte_carlo", samples, seed, False, interval, None, 0, chunk)
+        request = encode_request(model, x, version, "monte_carlo", samples, seed, False, interval, None, 0, chunk)
         call = self._stub.PredictStream(request, timeout=timeout or self._timeout, metadata=self._metadata)
         try:
             for response in call:
@@ -219,42 +219,48 @@ class Client:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
-    def _request(
-        self,
-        model: str,
-        x: np.ndarray | Mapping[str, Any],
-        version: int | None,
-        mode: str | None,
-        samples: int,
-        seed: int | None,
-        return_samples: bool,
-        interval: float | None,
-        tolerance: float | None,
-        max_samples: int,
-        chunk: int,
-    ) -> pb.PredictRequest:
-        if mode not in _MODES:
-            raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo, moments or None.")
-        request = pb.PredictRequest(
-            model=model,
-            input=None if isinstance(x, Mapping) else tensors.encode(np.asarray(x)),
-            inputs={str(k): tensors.encode(np.asarray(v)) for k, v in x.items()} if isinstance(x, Mapping) else None,
-            mode=_MODES[mode],
-            samples=samples,
-            return_samples=return_samples,
-            max_samples=max_samples,
-            chunk=chunk,
-        )
-        for name, value in (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance)):
-            if value is not None:
-                setattr(request, name, value)
-        return request
-
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
             return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _failed(exc) from None
+
+
+def encode_request(
+    model: str,
+    x: np.ndarray | Mapping[str, Any],
+    version: int | None,
+    mode: str | None,
+    samples: int,
+    seed: int | None,
+    return_samples: bool,
+    interval: float | None,
+    tolerance: float | None,
+    max_samples: int,
+    chunk: int,
+) -> pb.PredictRequest:
+    """The mcdrop.v1 ``PredictRequest`` that ``Client.predict`` sends (also for load generators)."""
+    if mode not in _MODES:
+        raise InvalidArgument(f"Invalid mode {mode!r}. Expected deterministic, monte_carlo, moments or None.")
+    request = pb.PredictRequest(
+        model=model,
+        input=None if isinstance(x, Mapping) else tensors.encode(np.asarray(x)),
+        inputs={str(k): tensors.encode(np.asarray(v)) for k, v in x.items()} if isinstance(x, Mapping) else None,
+        mode=_MODES[mode],
+        samples=samples,
+        return_samples=return_samples,
+        max_samples=max_samples,
+        chunk=chunk,
+    )
+    for name, value in (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance)):
+        if value is not None:
+            setattr(request, name, value)
+    return request
+
+
+def serialized_request(model: str, x: np.ndarray, mode: str | None, samples: int) -> bytes:
+    """The wire bytes of a ``Predict`` call of ``model`` on ``x`` (for load generators that send them as they are)."""
+    return bytes(encode_request(model, x, None, mode, samples, None, False, None, None, 0, 0).SerializeToString())
 
 
 def _read(path: str | Path | None) -> bytes | None:

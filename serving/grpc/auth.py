@@ -1,6 +1,6 @@
 """Bearer-token authentication of gRPC calls: every RPC except the health service (probes stay open).
 
-The tokens are a ``mcdrop.serving.runtime.tokens.TokenStore``; REST checks the same store.
+The check itself is ``mcdrop.serving.runtime.auth.BearerAuth``, shared with REST.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from typing import Any
 
 import grpc
 
-from mcdrop.serving.runtime.metrics import Metrics
-from mcdrop.serving.runtime.tokens import TokenStore
+from mcdrop.serving.runtime.auth import BearerAuth
 
 __all__ = ["AuthInterceptor"]
 
@@ -21,20 +20,15 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Refuses RPCs without a valid ``authorization: Bearer <token>`` header with UNAUTHENTICATED."""
 
-    def __init__(self, store: TokenStore, metrics: Metrics) -> None:
-        self._store = store
-        self._metrics = metrics
+    def __init__(self, auth: BearerAuth) -> None:
+        self._auth = auth
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         if details.method.startswith(OPEN_PREFIXES):
             return continuation(details)
-        header = dict(details.invocation_metadata or ()).get("authorization", "")
-        scheme, _, token = str(header).partition(" ")
-        if scheme.lower() == "bearer" and token and self._store.valid(token.strip()):
-            return continuation(details)
-        self._metrics.auth_failures.inc()
-        reason = "Missing bearer token" if not header else "Invalid bearer token"
-        return _refusal(continuation(details), f"{reason}. Expected metadata 'authorization: Bearer <token>'.")
+        header = str(dict(details.invocation_metadata or ()).get("authorization", ""))
+        refused = self._auth.refusal(header, "metadata 'authorization: Bearer <token>'")
+        return continuation(details) if refused is None else _refusal(continuation(details), refused)
 
 
 def _refusal(handler: Any, message: str) -> Any:

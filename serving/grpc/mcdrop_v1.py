@@ -4,6 +4,7 @@ to the data plane."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
@@ -14,7 +15,7 @@ from mcdrop.serving.protocols.mcdrop_v1 import decode_request, encode_metadata, 
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
 
-__all__ = ["API", "SERVICE_NAME", "make_servicer"]
+__all__ = ["API", "SERVICE_NAME", "add_to_server", "make_servicer"]
 
 API = "mcdrop.v1"
 SERVICE_NAME = "mcdrop.v1.Inference"
@@ -60,3 +61,9 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> pb_grpc.InferenceServic
             return encode_metadata(version, plane.loaded_versions(version.name))
 
     return InferenceServicer()
+
+
+def add_to_server(server: Any, plane: DataPlane, metrics: Metrics) -> str:
+    """Serve this API on ``server`` (a ``grpc.Server``); its full service name, for reflection."""
+    pb_grpc.add_InferenceServicer_to_server(make_servicer(plane, metrics), server)
+    return SERVICE_NAME

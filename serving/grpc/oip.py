@@ -28,7 +28,7 @@ from mcdrop.serving.protocols.outputs import output_arrays
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
 
-__all__ = ["API", "SERVICE_NAME", "make_servicer"]
+__all__ = ["API", "SERVICE_NAME", "add_to_server", "make_servicer"]
 
 API = "inference"
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -147,3 +147,9 @@ def _tensor_data(request: Any, index: int, tensor: Any, shape: list[int]) -> np.
             f"Received: {len(typed)}"
         )
     return np.asarray(typed, dtype=dtype).reshape(shape)
+
+
+def add_to_server(server: Any, plane: DataPlane, metrics: Metrics) -> str:
+    """Serve this API on ``server`` (a ``grpc.Server``); its full service name, for reflection."""
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(plane, metrics), server)
+    return SERVICE_NAME

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving.errors import MCDropError, NotFound
+from mcdrop.serving.errors import MCDropError, NotFound, first_line
 from mcdrop.serving.models.layout import check_model_name
 from mcdrop.serving.models.layout import versions as list_versions
 from mcdrop.serving.models.manifest import (
@@ -291,7 +291,7 @@ class ModelRepository:
                         self._failed_signatures.pop((name, version), None)
                         self._listener("loaded", name, version, "")
                     except Exception as exc:
-                        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        reason = first_line(exc)
                         failed[version] = reason
                         self._failed_signatures[(name, version)] = signature
                         log.error(

@@ -23,9 +23,9 @@ from mcdrop.serving.errors import Unauthenticated
 from mcdrop.serving.protocols import oip as protocol
 from mcdrop.serving.rest.codec import HEADER_LENGTH, decode_infer, dump_json, encode_infer, read_body, split_body
 from mcdrop.serving.rest.status import status_of
+from mcdrop.serving.runtime.auth import BearerAuth
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
-from mcdrop.serving.runtime.tokens import TokenStore
 
 __all__ = ["API", "make_app"]
 
@@ -40,15 +40,15 @@ class _Json(JSONResponse):
         return dump_json(content)
 
 
-def make_app(plane: DataPlane, metrics: Metrics, tokens: TokenStore, max_body_bytes: int) -> Starlette:
+def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_bytes: int) -> Starlette:
     """The REST application: every route runs the data plane in a worker thread (it blocks)."""
 
     def route(path: str, method: str, name: str, handler: Callable[[Request], Awaitable[Any]]) -> Route:
         async def endpoint(request: Request) -> Response:
             started, status = time.perf_counter(), 200
             try:
-                if tokens.enabled and not path.startswith("/v2/health"):
-                    _authenticate(request, tokens)
+                if auth.enabled and not path.startswith("/v2/health"):
+                    _authenticate(request, auth)
                 body = await handler(request)
                 if isinstance(body, Response):
                     status = body.status_code
@@ -128,8 +128,7 @@ def _model(request: Request) -> tuple[str, int | None]:
     return request.path_params["name"], protocol.parse_version(version) if version is not None else None
 
 
-def _authenticate(request: Request, tokens: TokenStore) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token or not tokens.valid(token.strip()):
-        raise Unauthenticated("Missing or invalid bearer token. Expected the header 'Authorization: Bearer <token>'.")
+def _authenticate(request: Request, auth: BearerAuth) -> None:
+    refused = auth.refusal(request.headers.get("authorization", ""), "the header 'Authorization: Bearer <token>'")
+    if refused is not None:
+        raise Unauthenticated(refused)

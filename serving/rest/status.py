@@ -32,5 +32,5 @@ def status_of(exc: Exception, method: str) -> tuple[int, str]:
     """The HTTP status and the client's message for an error raised while answering ``method``."""
     for kind, status in HTTP_STATUS:
         if isinstance(exc, kind):
-            return status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return status, errors.first_line(exc)
     return 500, incident_message(exc, method, log)

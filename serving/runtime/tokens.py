@@ -4,7 +4,7 @@ Tokens come from ``auth_tokens`` (comma-separated, e.g. ``MCDROP_AUTH_TOKENS``) 
 ``auth_token_file`` (one per line, ``#`` comments). The file is re-read when it changes
 (checked at most once a second), so tokens rotate without a restart. Presented tokens are
 compared with every valid one in constant time (``hmac.compare_digest``). Both transports
-check tokens against one store: gRPC in ``mcdrop.serving.grpc.auth``, REST in ``mcdrop.serving.rest.app``.
+check tokens against one store through one check, ``mcdrop.serving.runtime.auth``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.errors import InvalidArgument, first_line
 from mcdrop.serving.models.manifest import InputSpec, Manifest
 
 __all__ = ["Columns", "InputColumns", "Unit", "columns", "features", "read", "sources", "units"]
@@ -319,7 +319,7 @@ def _row_count(file: str, kind: str) -> int:
     except InvalidArgument:
         raise
     except Exception as exc:
-        raise InvalidArgument(f"Cannot read {file} as {kind}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise InvalidArgument(f"Cannot read {file} as {kind}: {first_line(exc)}") from exc
 
 
 def _schema(source: Source) -> pa.Schema:

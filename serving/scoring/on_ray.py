@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mcdrop.serving.errors import MCDropError
+from mcdrop.serving.errors import MCDropError, first_line
 from mcdrop.serving.scoring.inputs import Unit
 from mcdrop.serving.scoring.ray_cluster import connected
 from mcdrop.serving.scoring.scorer import Scorer, ScoreSettings
@@ -65,6 +65,18 @@ def _unwrapped(exc: BaseException) -> BaseException:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, MCDropError):
-            return type(seen)(str(seen).splitlines()[0])
+            return _one_line(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
     return exc
+
+
+def _one_line(error: MCDropError) -> MCDropError:
+    """``error`` with only its first line, as the nearest class of its own that takes a message alone (an error
+    type with another constructor, e.g. ``RpcFailed(code, message)``, becomes its parent: same exit code)."""
+    for kind in type(error).__mro__:
+        if issubclass(kind, MCDropError):
+            try:
+                return kind(first_line(error))
+            except TypeError:
+                continue
+    return MCDropError(first_line(error))

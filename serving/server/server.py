@@ -20,8 +20,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcdrop.serving._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
-from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2, mcdrop_pb2_grpc
 from mcdrop.serving.core.invokes import MIB
 from mcdrop.serving.core.requests import Limits
 from mcdrop.serving.errors import InvalidArgument, Unavailable
@@ -30,6 +28,7 @@ from mcdrop.serving.grpc import oip
 from mcdrop.serving.grpc.auth import AuthInterceptor
 from mcdrop.serving.models.repository import ModelRepository
 from mcdrop.serving.rest.http_server import HttpServer
+from mcdrop.serving.runtime.auth import BearerAuth
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
 from mcdrop.serving.runtime.tokens import TokenStore
@@ -71,6 +70,7 @@ class Server:
                                 server_load=server_load, worker=worker)  # fmt: skip
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
+        self.auth = BearerAuth(self.tokens, self.metrics)
         self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
         self.port = 0
         self.metrics_port: int | None = None
@@ -93,18 +93,13 @@ class Server:
         ]
         interceptors = []
         if self.tokens.enabled:
-            interceptors.append(AuthInterceptor(self.tokens, self.metrics))
+            interceptors.append(AuthInterceptor(self.auth))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads), options=options, interceptors=interceptors
         )
-        mcdrop_pb2_grpc.add_InferenceServicer_to_server(grpc_api.make_servicer(self.plane, self.metrics), server)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            oip.make_servicer(self.plane, self.metrics), server
-        )
+        reflected = [api.add_to_server(server, self.plane, self.metrics) for api in (grpc_api, oip)]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflected = [
-            mcdrop_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        reflected += [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -166,7 +161,7 @@ class Server:
 
         settings = self.settings
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
-        app = rest.make_app(self.plane, self.metrics, self.tokens, settings.max_message_bytes)
+        app = rest.make_app(self.plane, self.metrics, self.auth, settings.max_message_bytes)
         self._http = HttpServer(
             app, settings.host, settings.http_port, settings.grace_seconds, tls, reuse_port=self.reuse_port
         )

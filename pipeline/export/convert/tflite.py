@@ -21,6 +21,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.model import keras_internals
+from mcdrop.serving.errors import first_line
 from mcdrop.serving.models.litert import logical_name
 
 QUANTIZATIONS = ("float16", "dynamic-int8")
@@ -113,7 +114,7 @@ def to_tflite(
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(conversion_failure(str(exc), function.graph, trackable_obj)) from exc
+        raise ExportError(conversion_failure(exc, function.graph, trackable_obj)) from exc
     finally:
         del converter, frozen
         release_memory()
@@ -127,12 +128,11 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def conversion_failure(text: str, graph: tf.Graph, model: Any) -> str:
+def conversion_failure(exc: BaseException, graph: tf.Graph, model: Any) -> str:
     """One line from the converter's many: which op has no builtin kernel, in which layer, and what to do."""
-    ops = re.search(r"TF Select ops: ([^\n]+)", text)
+    ops = re.search(r"TF Select ops: ([^\n]+)", str(exc))
     if ops is None:
-        first = text.strip().splitlines()[0] if text.strip() else "unknown error"
-        return f"TFLite conversion with builtin ops only failed: {first[:300]}"
+        return f"TFLite conversion with builtin ops only failed: {first_line(exc, 'unknown error')[:300]}"
     names = [op.strip() for op in ops.group(1).split(",")]
     layer = _layer_of(graph, names[0], model)
     where = f" in layer {layer!r}" if layer else ""

@@ -194,5 +194,5 @@ def test_observation_noise_given_at_export_or_epistemic_only(tmp_path: Path) -> 
 
 def test_noise_precision_on_a_classifier_is_refused(tmp_path: Path) -> None:
     model = models.without_dropout(tmp_path / "plain.keras")
-    with pytest.raises(InvalidArgument, match="--noise-precision applies to regression models"):
+    with pytest.raises(InvalidArgument, match=r"noise_precision \(--noise-precision\) applies to regression models"):
         run_export(model, tmp_path / "repo", "plain", noise_precision=(1.0,))

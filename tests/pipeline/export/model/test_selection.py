@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("keras")
 
 from mcdrop.pipeline.export.model import selection
-from mcdrop.pipeline.export.stochastic import DropoutSite
+from mcdrop.pipeline.export.model.sites import DropoutSite
 from mcdrop.pipeline.jobs.batch import _mc_layers
 from mcdrop.serving.errors import InvalidArgument
 

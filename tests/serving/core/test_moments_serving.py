@@ -30,7 +30,7 @@ from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.scoring.job import ScoreOptions, run_score
 from tests.helpers import REPO, in_process_server, run_cli
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 SAMPLES, SEED = 300, 11
 OLD = "digits-m2"
 

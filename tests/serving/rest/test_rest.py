@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,7 +368,7 @@ def test_the_server_is_ready_after_fuzzing_and_counted_every_call_per_protocol(
 
 def test_bearer_tokens_guard_rest_but_not_health(model_repository: Path) -> None:
     with (
-        in_process_server(model_repository, http_port=free_port(), auth_tokens="s3cret") as (server, _),
+        in_process_server(model_repository, http_port=free_port(), auth_tokens="s3cret", metrics_port=0) as (server, _),
         httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}") as http,
     ):
         assert http.get("/v2/health/ready").status_code == 200
@@ -375,3 +376,6 @@ def test_bearer_tokens_guard_rest_but_not_health(model_repository: Path) -> None
         assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
         assert http.get("/v2/models/digits", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert http.get("/v2/models/digits", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        # REST refusals are counted as gRPC's are: the dashboard sees both transports
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        assert "mcdrop_auth_failures_total 2.0" in scraped.splitlines()

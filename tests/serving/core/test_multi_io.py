@@ -38,7 +38,7 @@ from mcdrop.serving.protocols import tensors  # noqa: E402
 from mcdrop.serving.scoring.job import ScoreOptions, run_score  # noqa: E402
 from tests.helpers import REPO, in_process_server, run_cli  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 SAMPLES, SEED, ROWS = 30, 7, 12
 MODELS = ("two_inputs", "two_outputs", "shop")
 OUTPUTS = {"two_inputs": [""], "two_outputs": ["cls", "score"], "shop": ["kind", "score"]}

@@ -13,10 +13,10 @@ tf = pytest.importorskip("tensorflow")
 
 from mcdrop.pipeline.export.convert.functions import graph_functions  # noqa: E402
 from mcdrop.pipeline.export.convert.tflite import to_tflite  # noqa: E402
-from mcdrop.pipeline.export.exporter import STAT_SAMPLES  # noqa: E402
 from mcdrop.pipeline.export.graphs import forward as passes  # noqa: E402
 from mcdrop.pipeline.export.model.sites import DropoutSite, describe  # noqa: E402
 from mcdrop.pipeline.export.verify import checks as verify  # noqa: E402
+from mcdrop.pipeline.export.verify.budget import STAT_SAMPLES  # noqa: E402
 from mcdrop.serving.models.litert import Graph  # noqa: E402
 from tests.pipeline.export import models  # noqa: E402
 
