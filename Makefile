@@ -3,13 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint
+.PHONY: demo test test-fast lint docs docs-serve
 
 demo: $(VENV)/.installed
 	$(BIN)/mcdrop demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow"
+
+# The manual (docs/, mkdocs.yml): strict, so a broken link, anchor or an orphan page is an error.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -26,7 +36,7 @@ lint: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[train,ray,dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[train,ray,dev,docs]'
 	mkdir -p .typecheck/mcdrop
 	ln -sfn ../../pipeline .typecheck/mcdrop/pipeline
 	ln -sfn ../../serving .typecheck/mcdrop/serving

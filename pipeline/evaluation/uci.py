@@ -195,7 +195,7 @@ def run_uci(
     phase = time.monotonic()
     best = [max(candidates, key=lambda g: g["validation_ll"]) for candidates in grid]
     splits_fit = [_Split(k, data.x[tr], data.y[tr], data.x[te], data.y[te]) for k, (tr, te) in enumerate(indices)]
-    refits, scales = _refit(data, splits_fit, best, epochs, seed, jobs, advance)
+    refits = _refit(data, splits_fit, best, epochs, seed, jobs, advance)
     timing["refit_seconds"] = time.monotonic() - phase
 
     phase = time.monotonic()
@@ -203,7 +203,7 @@ def run_uci(
     for s in splits_fit:
         advance(0, f"{name} split {s.k + 1}/{count}: export + test")
         results.append(
-            _test(data, s, refits.slice(s.k), scales[s.k], best[s.k], grid[s.k], workdir, samples, seed, epochs)
+            _test(data, s, refits.slice(s.k), best[s.k], grid[s.k], workdir, samples, seed, epochs)
         )
         advance(EXPORT_UNITS, f"{name} split {s.k + 1}/{count} tested")
     timing["export_test_seconds"] = time.monotonic() - phase
@@ -310,7 +310,7 @@ def _refit(
     seed: int,
     jobs: int,
     advance: Advance,
-) -> tuple[stacked_mlp.StackedFit, list[tuple[np.ndarray, np.ndarray]]]:
+) -> stacked_mlp.StackedFit:
     """Refit every split on all its training rows with its best pair."""
     standardised = [s.standardised() for s in splits]
     rates = np.array([b["rate"] for b in best], np.float32)
@@ -326,14 +326,13 @@ def _refit(
         jobs=jobs,
         progress=lambda n: advance(n * len(splits), f"{data.name} refit"),
     )
-    return fitted, [(np.array(s[3]), np.array(s[4])) for s in standardised]
+    return fitted
 
 
 def _test(
     data: UciData,
     split: _Split,
     weights: list[np.ndarray],
-    scale: tuple[np.ndarray, np.ndarray],
     best: dict[str, Any],
     grid: list[dict[str, Any]],
     workdir: Path,

@@ -348,12 +348,7 @@ def _split(
 ) -> Dataset:
     from sklearn.model_selection import train_test_split
 
-    n_val = round(len(x) * val_fraction)
-    if n_val < 1 or len(x) - n_val < 2:
-        raise InvalidArgument(
-            f"{spec} has {len(x)} rows: too few to split with val_fraction={val_fraction}. "
-            "Expected at least one validation row and two training rows."
-        )
+    n_val = _validation_rows(spec, len(x), val_fraction)
     stratify = None
     if task == "classification":
         counts = np.bincount(y)
@@ -361,6 +356,18 @@ def _split(
             stratify = y
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=n_val, random_state=seed, stratify=stratify)
     return Dataset(spec, task, x_train, y_train, x_val, y_val, features, targets, labels, image)
+
+
+def _validation_rows(spec: str, rows: int, val_fraction: float) -> int:
+    """How many of ``rows`` go to validation; refuses a split that leaves no validation or fewer than two training
+    rows."""
+    n_val = round(rows * val_fraction)
+    if n_val < 1 or rows - n_val < 2:
+        raise InvalidArgument(
+            f"{spec} has {rows} rows: too few to split with val_fraction={val_fraction}. "
+            "Expected at least one validation row and two training rows."
+        )
+    return n_val
 
 
 def _several_heads(path: Path, target: list[str], task: str, categorical: list[str] | None) -> bool:
@@ -385,12 +392,7 @@ def _load_tabular(
     several = len(target) > 1 and _several_heads(path, target, task, categorical)
     columns = [y_raw[:, j] for j in range(len(target))] if several else [y_raw]
     encoded = [_encode_target(column, task, spec) for column in columns]
-    n_val = round(len(x) * val_fraction)
-    if n_val < 1 or len(x) - n_val < 2:
-        raise InvalidArgument(
-            f"{spec} has {len(x)} rows: too few to split with val_fraction={val_fraction}. "
-            "Expected at least one validation row and two training rows."
-        )
+    n_val = _validation_rows(spec, len(x), val_fraction)
     stratify = None
     if not several and encoded[0][0] == "classification":
         counts = np.bincount(encoded[0][1])

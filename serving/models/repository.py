@@ -73,10 +73,6 @@ class ModelVersion:
         return self.manifest.input.shape
 
     @property
-    def input_dtype(self) -> str:
-        return self.manifest.input.dtype
-
-    @property
     def integer_range(self) -> tuple[int, int] | None:
         """``(low, high)`` for token-id models: whole numbers in this range, sent as float32."""
         return self.manifest.input.integer_range

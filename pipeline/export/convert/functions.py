@@ -9,7 +9,15 @@ deterministic      ``x [B, ...]``                                           ``y 
 mc                 ``x [B, ...]``, ``samples`` (int32 scalar T)             ``y [T, B, ...]``
 mc_masked          ``x [B, ...]``, one ``mask_*``/``noise_*`` per dropout   ``y [T, B, ...]``
                    site, ``[T, B, *noise_shape]``
+mc_summary         ``x [B, ...]``, ``samples``                              the summary's fields
+                                                                           (``graphs.summary``)
+moments            ``x [B, ...]``                                           per output ``mean``,
+                                                                           ``variance`` [,
+                                                                           ``covariance``]
 =================  ======================================================  ==================
+
+``graph_functions`` makes the first four (only ``deterministic`` for a model without dropout; ``mc_summary``
+when given the outputs' summary specs), for a dynamic or a static ``Shape``; ``moments_function`` the last.
 
 ``x`` is float32 in every graph; a model whose input is integer (token ids for an
 ``Embedding``) casts it inside the graph, so every transport sends the same FP32 tensor.
@@ -19,9 +27,7 @@ after the Keras inputs (``model.signature.model_inputs``), in ``model.inputs`` o
 several outputs returns one output per model output, in ``model.outputs`` order, and its
 output tensors carry the model's output names (``signature.output_names``).
 
-Conversion freezes the weights into constants first (converting a function
-that reads variables leaves ``VAR_HANDLE`` ops and NaN outputs) and allows
-builtin ops only, so a graph that would need Flex fails here, loudly.
+Converting them is ``convert.tflite``'s job.
 """
 
 from __future__ import annotations

@@ -155,23 +155,6 @@ def forward(
     return found
 
 
-def unsupported_layer(
-    model: keras.Model, sites: Sequence[DropoutSite], inactive: Sequence[DropoutSite] = ()
-) -> str | None:
-    """Why ``model`` has no moments graph (the first layer without a rule), or None if it has one."""
-    specs = signature.input_specs(model)
-
-    def run(*xs: tf.Tensor) -> Any:
-        outputs = forward(model, sites, xs[0] if len(xs) == 1 else list(xs), inactive)
-        return [o.mean for o in outputs]
-
-    try:
-        tf.function(run, autograph=False).get_concrete_function(*specs)
-    except NoMomentRule as exc:
-        return str(exc)
-    return None
-
-
 class _Walk:
     def __init__(self, model: keras.Model, sites: Sequence[DropoutSite], inactive: Sequence[DropoutSite]) -> None:
         self._sites = {site.owner: site for site in sites}
