@@ -89,9 +89,7 @@ def _export(model_path: Path, repository: Path, name: str, mode: str) -> dict[st
         "graph_mb": {g.value: round(manifest.file_bytes[spec.file] / 2**20, 1) for g, spec in manifest.graphs.items()},
         "sampled_sites": len(manifest.dropout_layers),
         "unsampled_sites": len(manifest.unsampled_dropout_layers),
-        "activation_mb_per_sample_row": round(
-            (manifest.activation_memory or {})["mc_masked"]["per_sample_row"] / 2**20, 2
-        ),
+        "activation_mb_per_sample_row": round((manifest.activation_bytes_per_sample_row() or 0.0) / 2**20, 2),
         "gflops_prefix": round(cost.prefix / 1e9, 3),
         "gflops_per_sample": round(cost.per_sample / 1e9, 3),
     }

@@ -304,9 +304,9 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
             named = "" if manifest.single else f" ({output.name})"
             console.print(f"observation noise tau{named}: {shown} — {noise.method}")
     console.print(f"timing (ms): {timing}")
-    memory = manifest.activation_memory or {}
-    if "mc_masked" in memory:
-        per_row = memory["mc_masked"]["per_sample_row"] / 2**20
+    per_sample_row = manifest.activation_bytes_per_sample_row()
+    if per_sample_row is not None:
+        per_row = per_sample_row / 2**20
         console.print(f"activation memory: {per_row:.2f} MiB per sample row (T x B rows per invoke)")
     if manifest.export is not None:
         console.print(f"export: {manifest.export['wall_s']:.1f} s, peak RSS {manifest.export['peak_rss_mb']:,.0f} MB")

@@ -202,9 +202,7 @@ def run_uci(
     results = []
     for s in splits_fit:
         advance(0, f"{name} split {s.k + 1}/{count}: export + test")
-        results.append(
-            _test(data, s, refits.slice(s.k), best[s.k], grid[s.k], workdir, samples, seed, epochs)
-        )
+        results.append(_test(data, s, refits.slice(s.k), best[s.k], grid[s.k], workdir, samples, seed, epochs))
         advance(EXPORT_UNITS, f"{name} split {s.k + 1}/{count} tested")
     timing["export_test_seconds"] = time.monotonic() - phase
     timing["total_seconds"] = time.monotonic() - started

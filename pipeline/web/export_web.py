@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
-from mcdrop.serving.models.manifest import Manifest, Task
+from mcdrop.serving.models.manifest import GraphName, Manifest, Task
 
 __all__ = ["LITERTJS", "WebExport", "export_web", "litertjs_modules"]
 
@@ -95,7 +95,7 @@ def _static_graphs(manifest: Manifest, version_dir: Path) -> dict[str, str]:
     """The B=1 ``mc_summary`` and ``mc_masked`` graphs of one T (the largest exported)."""
     by_samples: dict[int, dict[str, str]] = {}
     for graph in manifest.device_graphs:
-        if graph.batch == 1 and graph.samples and graph.graph in ("mc_summary", "mc_masked"):
+        if graph.batch == 1 and graph.samples and graph.graph in (GraphName.MC_SUMMARY, GraphName.MC_MASKED):
             by_samples.setdefault(graph.samples, {})[graph.graph] = graph.file
     complete = {t: files for t, files in by_samples.items() if len(files) == 2}
     if not complete:

@@ -713,6 +713,12 @@ class Manifest:
         """The first output's class labels, or an empty list."""
         return self.outputs[0].labels
 
+    def activation_bytes_per_sample_row(self) -> float | None:
+        """Bytes of live activations each sample row adds to one Monte-Carlo invoke (``mc_masked``, as measured at
+        export); None for a version without dropout or exported before the record existed."""
+        graph = (self.activation_memory or {}).get(GraphName.MC_MASKED.value)
+        return float(graph["per_sample_row"]) if isinstance(graph, Mapping) and "per_sample_row" in graph else None
+
     @property
     def single(self) -> bool:
         """One input ``x`` and one output ``y``: the manifest form (and protocol form) of every earlier export."""

@@ -87,7 +87,8 @@ def test_serves_the_mounted_repository_to_both_clients(running: Any, digits_rows
         native = client.predict("digits", digits_rows[:4], samples=100, seed=1234)
     np.save(tmp_path / "rows.npy", digits_rows[:4])
     probe = subprocess.run(
-        [sys.executable, "-m", "tests.serving.triton_probe", running.address, "digits", str(tmp_path / "rows.npy")],
+        [sys.executable, "-m", "tests.serving.probes.triton_probe", running.address, "digits",
+         str(tmp_path / "rows.npy")],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert probe.returncode == 0, probe.stderr

@@ -46,6 +46,7 @@ from mcdrop.pipeline.export.graphs.summary import output_names as summary_output
 from mcdrop.pipeline.export.model.signature import model_inputs
 from mcdrop.pipeline.export.model.sites import DropoutSite
 from mcdrop.serving.errors import first_line
+from mcdrop.serving.models.manifest import GraphName
 
 
 def graph_functions(
@@ -74,7 +75,7 @@ def graph_functions(
     def deterministic(*xs: tf.Tensor) -> Any:
         return forward(model, sites, model_input(xs), Deterministic(), inactive=inactive)
 
-    functions = {"deterministic": _concrete(deterministic, x_specs, "deterministic")}
+    functions: dict[str, Any] = {GraphName.DETERMINISTIC: _concrete(deterministic, x_specs, GraphName.DETERMINISTIC)}
     if not sites:
         return functions
 
@@ -101,10 +102,10 @@ def graph_functions(
     samples_specs = [] if shape.samples is not None else [tf.TensorSpec([], tf.int32, name="samples")]
     feed_specs = [tf.TensorSpec([shape.samples, shape.batch, *s.noise_shape], s.feed_dtype, name=s.feed_name)
                   for s in sites]  # fmt: skip
-    functions["mc"] = _concrete(mc, [*x_specs, *samples_specs], "mc")
-    functions["mc_masked"] = _concrete(mc_masked, [*x_specs, *feed_specs], "mc_masked")
+    functions[GraphName.MC] = _concrete(mc, [*x_specs, *samples_specs], GraphName.MC)
+    functions[GraphName.MC_MASKED] = _concrete(mc_masked, [*x_specs, *feed_specs], GraphName.MC_MASKED)
     if summary:
-        functions["mc_summary"] = _concrete(mc_summary, [*x_specs, *samples_specs], "mc_summary")
+        functions[GraphName.MC_SUMMARY] = _concrete(mc_summary, [*x_specs, *samples_specs], GraphName.MC_SUMMARY)
     return functions
 
 
@@ -149,7 +150,7 @@ def moments_function(
 
 def graph_output_names(graph: str, model_outputs: list[str], summary: Sequence[OutputSummary]) -> list[str]:
     """The output names of ``graph``: the model's outputs (``y`` for one), or the summary's fields."""
-    return summary_output_names(summary) if graph == "mc_summary" else list(model_outputs)
+    return summary_output_names(summary) if graph == GraphName.MC_SUMMARY else list(model_outputs)
 
 
 def _concrete(function: Any, signature: list[tf.TensorSpec], graph: str) -> Any:

@@ -7,7 +7,7 @@ propagation of Brach, Sick & Dürr (2020, "Single Shot MC Dropout Approximation"
 the first site runs as in inference, once.
 
 Rules (``Var`` per unit; every rule assumes the units entering a layer are **independent**, which dropout makes
-them only approximately — the export's own check, ``moments_check``, measures what this costs on the model):
+them only approximately — the export's own check, ``verify.moments``, measures what this costs on the model):
 
 * dropout (``Dropout``, ``SpatialDropout1D/2D/3D``, ``GaussianDropout``) with keep probability q = 1 − rate:
   mean kept, ``E[out²] = E[in²] / q``, so ``Var = (Var_in + mean²) / q − mean²`` (exact per unit). Spatial

@@ -10,7 +10,7 @@ from mcdrop.pipeline.export.errors import verification_failed
 from mcdrop.pipeline.export.stages.manifest import device_graph
 from mcdrop.pipeline.export.stages.server import ServerGraphs
 from mcdrop.pipeline.export.stages.subject import Step, Subject
-from mcdrop.pipeline.export.verify import budget, checks, device
+from mcdrop.pipeline.export.verify import budget, common, device, parity
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import DeviceGraph, GraphName
 
@@ -39,11 +39,11 @@ def convert_and_verify(
         step(f"converting the static graphs ({label})")
         static = _convert(subject, shape, staging)
         step(f"verifying the static graphs ({label})")
-        results.extend(checks.op_check(shapes.device_file(g, shape).removesuffix(".tflite"), s.ops(), subject.sites)
+        results.extend(parity.op_check(shapes.device_file(g, shape).removesuffix(".tflite"), s.ops(), subject.sites)
                        for g, s in static.items())  # fmt: skip
         results.extend(verifier.static(shape, static))
         found.extend(device_graph(graph, shape, g) for graph, g in static.items())
-    if problems := checks.failures(results):
+    if problems := common.failures(results):
         raise verification_failed(problems)
     return tuple(found), results
 

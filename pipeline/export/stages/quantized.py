@@ -12,7 +12,7 @@ from mcdrop.pipeline.export.convert import tflite
 from mcdrop.pipeline.export.errors import verification_failed
 from mcdrop.pipeline.export.stages.server import ServerGraphs
 from mcdrop.pipeline.export.stages.subject import Subject
-from mcdrop.pipeline.export.verify import checks
+from mcdrop.pipeline.export.verify import common, parity, randomness
 from mcdrop.pipeline.export.verify.agreement import agreements, masked_means
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import SERVER_GRAPHS, GraphName, graph_file
@@ -40,19 +40,19 @@ def convert_and_compare(subject: Subject, server: ServerGraphs, quantization: st
         (staging / name).write_bytes(blob)
         graphs[graph] = Graph(blob)
         record["graphs"][graph] = {"file": name, "ops": graphs[graph].ops()}
-    results = [checks.op_check(name, g.ops(), sites) for name, g in graphs.items()]
+    results = [parity.op_check(name, g.ops(), sites) for name, g in graphs.items()]
     if sites:
-        probe = checks.mask_probe(blobs[GraphName.MC], sites)[0]
-        results.append(checks.fresh_randomness(probe, checks.rows_of(x, slice(0, 2))))
-    if problems := checks.failures(results):
+        probe = randomness.mask_probe(blobs[GraphName.MC], sites)[0]
+        results.append(randomness.fresh_randomness(probe, common.rows_of(x, slice(0, 2))))
+    if problems := common.failures(results):
         raise verification_failed(problems, f"The {quantization} variant's")
     deterministic = GraphName.DETERMINISTIC
-    reference = checks.run_graph(server.graphs[deterministic], x, names)
-    quantised = checks.run_graph(graphs[deterministic], x, names)
+    reference = common.run_graph(server.graphs[deterministic], x, names)
+    quantised = common.run_graph(graphs[deterministic], x, names)
     record["deterministic"] = agreements(reference, quantised, subject.tasks, names)
     if sites:
         rng = np.random.default_rng(subject.options.seed)
-        feeds = checks.draw_feeds(sites, SAME_MASK_SAMPLES, checks.batch_of(x), rng)
+        feeds = common.draw_feeds(sites, SAME_MASK_SAMPLES, common.batch_of(x), rng)
         masked = GraphName.MC_MASKED
         record["mc_masked_same_masks"] = agreements(
             masked_means(server.graphs[masked], x, feeds, server.chunk, names),

@@ -10,7 +10,7 @@ from typing import Any
 from mcdrop.pipeline.export.convert import functions, shapes, tflite
 from mcdrop.pipeline.export.errors import verification_failed
 from mcdrop.pipeline.export.stages.subject import Step, Subject
-from mcdrop.pipeline.export.verify import budget, checks
+from mcdrop.pipeline.export.verify import budget, common, parity, randomness
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import GraphName
 
@@ -62,17 +62,18 @@ def convert_and_verify(subject: Subject, staging: Path, step: Step) -> ServerGra
     chunk = measured.samples_per_invoke(len(next(iter(subject.x.values()))))
     step("verifying graphs")
     graphs = {name: Graph(blob) for name, blob in blobs.items()}
-    results = [checks.op_check(name, graph.ops(), sites) for name, graph in graphs.items()]
-    results.append(checks.deterministic_parity(model, graphs[GraphName.DETERMINISTIC], subject.x))
+    results = [parity.op_check(name, graph.ops(), sites) for name, graph in graphs.items()]
+    results.append(parity.deterministic_parity(model, graphs[GraphName.DETERMINISTIC], subject.x))
     if sites:
-        results.append(checks.training_mode_parity(model, sites, subject.x, inactive))
-        masked = checks.masked_parity(model, graphs[GraphName.MC_MASKED], sites, subject.x, samples=8,
+        results.append(parity.training_mode_parity(model, sites, subject.x, inactive))
+        masked = parity.masked_parity(model, graphs[GraphName.MC_MASKED], sites, subject.x, samples=8,
                                       seed=subject.options.seed, chunk=chunk, inactive=inactive)  # fmt: skip
         results.append(masked)
         step(f"verifying graphs: {budget.STAT_SAMPLES} Monte-Carlo samples ({chunk} per invoke)")
-        chunks = checks.Chunks(tflite=chunk, keras=max(1, chunk // budget.KERAS_MEMORY_FACTOR))
-        results.extend(checks.mc_statistics(model, blobs[GraphName.MC], sites, subject.x, budget.STAT_SAMPLES, chunks,
-                                            inactive, allowance=masked["tolerance"]))  # fmt: skip
-    if problems := checks.failures(results):
+        chunks = randomness.Chunks(tflite=chunk, keras=max(1, chunk // budget.KERAS_MEMORY_FACTOR))
+        mc = blobs[GraphName.MC]
+        results.extend(randomness.mc_statistics(model, mc, sites, subject.x, budget.STAT_SAMPLES, chunks, inactive,
+                                                allowance=masked["tolerance"]))  # fmt: skip
+    if problems := common.failures(results):
         raise verification_failed(problems)
     return ServerGraphs(made, blobs, graphs, results, measured, chunk)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.export.verify.checks import run_graph
+from mcdrop.pipeline.export.verify.common import run_graph
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import Task
 

@@ -6,7 +6,7 @@
   (fixed B and T; no ``samples`` input) for runtimes that cannot resize a dynamic dimension (LiteRT.js, phone
   GPU/NPU delegates). File names carry the shape: ``mc_masked.b1_t32.tflite``, ``deterministic.b1.tflite``.
 
-Checks (JSON-ready records like ``mcdrop.pipeline.export.verify.checks``'s):
+Checks (JSON-ready records like ``verify.parity`` and ``verify.randomness``'s):
 
 * ``summary_arithmetic``: the summary ops on fixed samples (mc_masked's, seeded) equal the server's own summary
   of the same samples (``mcdrop.serving.core.uncertainty``, float64) within float32 rounding; the predicted
@@ -32,10 +32,10 @@ from mcdrop.pipeline.export.convert.shapes import Shape, device_file
 from mcdrop.pipeline.export.graphs.summary import OutputSummary, summarise
 from mcdrop.pipeline.export.graphs.summary import output_names as summary_names
 from mcdrop.pipeline.export.model.sites import DropoutSite
-from mcdrop.pipeline.export.verify.checks import batch_of, rows_of
+from mcdrop.pipeline.export.verify.common import batch_of, rows_of
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.models.manifest import GraphName, Task
 from mcdrop.serving.models.masks import MaskStream
 
 Feeds = dict[str, np.ndarray]
@@ -95,8 +95,8 @@ def summary_arithmetic(outputs: Sequence[OutputSummary], samples: Sequence[np.nd
         worst = max(worst, float(diff.max(initial=0.0)))
         if np.any(diff > ARITHMETIC_TOLERANCE * (1 + np.abs(wanted))):
             problems.append(f"{name}: max abs diff {float(diff.max()):.3g} > {ARITHMETIC_TOLERANCE:g} x (1 + |value|)")
-    return {"check": "summary_arithmetic", "graph": "mc_summary", "passed": not problems, "problems": problems,
-            "max_abs_diff": worst, "tolerance": ARITHMETIC_TOLERANCE}  # fmt: skip
+    return {"check": "summary_arithmetic", "graph": GraphName.MC_SUMMARY.value, "passed": not problems,
+            "problems": problems, "max_abs_diff": worst, "tolerance": ARITHMETIC_TOLERANCE}  # fmt: skip
 
 
 def statistical_agreement(
@@ -236,7 +236,7 @@ class Verifier:
         parts: list[list[np.ndarray]] = []
         for start in range(0, samples, per_invoke):
             chunk = {name: feed[start : start + per_invoke] for name, feed in feeds.items()}
-            parts.append(self._run(self._graphs["mc_masked"], {**x, **chunk}, self._names))
+            parts.append(self._run(self._graphs[GraphName.MC_MASKED], {**x, **chunk}, self._names))
         return [np.concatenate([part[i] for part in parts]) for i in range(len(self._names))]
 
     def summary(self) -> list[dict[str, Any]]:
@@ -248,12 +248,12 @@ class Verifier:
         wide = replicated(x, REPLICATES)
         samples = verify_samples(self._bytes_for, rows * REPLICATES, self._budget)
         names = summary_names(self._outputs)
-        ours = self._run(self._graphs["mc_summary"], {**wide, "samples": np.array(samples, np.int32)}, names)
+        ours = self._run(self._graphs[GraphName.MC_SUMMARY], {**wide, "samples": np.array(samples, np.int32)}, names)
         fields = dict(zip(names, ours, strict=True))
-        checks.append(summary_consistency("mc_summary", fields, self._outputs))
+        checks.append(summary_consistency(GraphName.MC_SUMMARY, fields, self._outputs))
         server = server_summaries(seeded_samples(self.masked, site_specs(self._sites), wide, samples, self._seed),
                                   self._outputs)  # fmt: skip
-        check = statistical_agreement("summary_statistics", "mc_summary", by_replicate(fields, rows),
+        check = statistical_agreement("summary_statistics", GraphName.MC_SUMMARY, by_replicate(fields, rows),
                                       by_replicate(server, rows), statistical_fields(self._outputs))  # fmt: skip
         checks.append({**check, "samples": samples})
         return checks
@@ -262,33 +262,31 @@ class Verifier:
         """The static-shape ``graphs`` of ``shape`` against the dynamic ones."""
         if shape.batch is None:
             raise ValueError("static() takes a static shape (B and T fixed)")
-        x = fill_rows(self._x, shape.batch)
-        det = graphs["deterministic"]
-        checks = [static_parity(_label("deterministic", shape), self._run(det, x, self._names),
-                                self._run(self._graphs["deterministic"], x, self._names),
-                                self._tolerances["deterministic"])]  # fmt: skip
+        det, mc, masked, summary = GraphName.DETERMINISTIC, GraphName.MC, GraphName.MC_MASKED, GraphName.MC_SUMMARY
+        x, names = fill_rows(self._x, shape.batch), self._names
+        checks = [static_parity(_label(det, shape), self._run(graphs[det], x, names),
+                                self._run(self._graphs[det], x, names), self._tolerances[det])]  # fmt: skip
         if not self._sites or shape.samples is None:
             return checks
         specs, samples = site_specs(self._sites), shape.samples
         feeds = MaskStream(specs, self._seed, shape.batch).next(samples)
-        checks.append(static_parity(_label("mc_masked", shape), self._run(graphs["mc_masked"], {**x, **feeds},
-                                                                          self._names),
-                                    self.masked(x, feeds), self._tolerances["mc_masked"]))  # fmt: skip
-        checks.append(fresh_static(_label("mc", shape), lambda: self._run(graphs["mc"], x, self._names)))
+        checks.append(static_parity(_label(masked, shape), self._run(graphs[masked], {**x, **feeds}, names),
+                                    self.masked(x, feeds), self._tolerances[masked]))  # fmt: skip
+        checks.append(fresh_static(_label(mc, shape), lambda: self._run(graphs[mc], x, names)))
         # Replicates: successive invokes of the static graphs; on the server side the rows repeated in the batch.
         server_samples = seeded_samples(self.masked, specs, replicated(x, REPLICATES), samples, self._seed + 1)
         server_means = {name: by_replicate({name: s.mean(axis=0)}, shape.batch)[name]
-                        for name, s in zip(self._names, server_samples, strict=True)}  # fmt: skip
-        invokes = [self._run(graphs["mc"], x, self._names) for _ in range(REPLICATES)]  # one invoke per replicate
+                        for name, s in zip(names, server_samples, strict=True)}  # fmt: skip
+        invokes = [self._run(graphs[mc], x, names) for _ in range(REPLICATES)]  # one invoke per replicate
         ours_means = {name: np.stack([outputs[i].mean(axis=0) for outputs in invokes])
-                      for i, name in enumerate(self._names)}  # fmt: skip
-        checks.append(statistical_agreement("mc_mean", _label("mc", shape), ours_means, server_means, self._names))
-        names = summary_names(self._outputs)
-        runs = [dict(zip(names, self._run(graphs["mc_summary"], x, names), strict=True)) for _ in range(REPLICATES)]
-        checks.append(summary_consistency(_label("mc_summary", shape), runs[0], self._outputs))
-        ours = {name: np.stack([run[name] for run in runs]) for name in names}
+                      for i, name in enumerate(names)}  # fmt: skip
+        checks.append(statistical_agreement("mc_mean", _label(mc, shape), ours_means, server_means, names))
+        fields = summary_names(self._outputs)
+        runs = [dict(zip(fields, self._run(graphs[summary], x, fields), strict=True)) for _ in range(REPLICATES)]
+        checks.append(summary_consistency(_label(summary, shape), runs[0], self._outputs))
+        ours = {name: np.stack([run[name] for run in runs]) for name in fields}
         server = by_replicate(server_summaries(server_samples, self._outputs), shape.batch)
-        checks.append(statistical_agreement("summary_statistics", _label("mc_summary", shape), ours, server,
+        checks.append(statistical_agreement("summary_statistics", _label(summary, shape), ours, server,
                                             statistical_fields(self._outputs)))  # fmt: skip
         return checks
 

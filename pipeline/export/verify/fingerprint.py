@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.pipeline.export.model.sites import DropoutSite
-from mcdrop.pipeline.export.verify.checks import batch_of, run_graph
+from mcdrop.pipeline.export.verify.common import batch_of, run_graph
 from mcdrop.serving.models.litert import Graph
 from mcdrop.serving.models.manifest import Fingerprint, GraphName
 from mcdrop.serving.models.masks import SCHEME, fingerprint_feeds

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.export.verify import checks
+from mcdrop.pipeline.export.verify import common
 from mcdrop.serving.core import moments as served_moments
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.litert import Graph
@@ -75,7 +75,7 @@ def check(
                             f"; bound 1 -/+ {STD_TOLERANCE}")  # fmt: skip
     record: dict[str, Any] = {
         "check": "moments_vs_monte_carlo",
-        "rows": checks.batch_of(x),
+        "rows": common.batch_of(x),
         "mc_samples": samples,
         "logit_samples": samples,
         "bounds": {
@@ -116,11 +116,11 @@ def _mc_samples(
 ) -> list[np.ndarray]:
     """``samples`` Monte-Carlo samples of mc_masked.tflite with the server's masks from ``seed``: the verdict of an
     export is reproducible (a model near a bound does not pass one export and fail the next)."""
-    stream = MaskStream(sites, seed, checks.batch_of(x))
+    stream = MaskStream(sites, seed, common.batch_of(x))
     parts: list[list[np.ndarray]] = []
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
-        parts.append(checks.run_graph(graph, {**x, **stream.next(size)}, names)[: len(names)])
+        parts.append(common.run_graph(graph, {**x, **stream.next(size)}, names)[: len(names)])
     return [np.concatenate(blocks) for blocks in zip(*parts, strict=True)]
 
 

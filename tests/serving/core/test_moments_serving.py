@@ -83,7 +83,7 @@ def test_same_numbers_over_every_transport_and_scoring(
 
     np.save(tmp_path / "x.npy", x)
     probe = subprocess.run(
-        [sys.executable, "-m", "tests.serving.triton_moments_probe", f"127.0.0.1:{server.port}",
+        [sys.executable, "-m", "tests.serving.probes.triton_moments_probe", f"127.0.0.1:{server.port}",
          f"127.0.0.1:{server.http_port}", model, str(tmp_path / "x.npy"), str(SAMPLES), str(SEED), OLD],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -158,7 +158,7 @@ def test_moments_refused_clearly_where_it_cannot_be_served(
 
     np.save(tmp_path / "x.npy", digits_rows)
     probe = subprocess.run(
-        [sys.executable, "-m", "tests.serving.triton_moments_probe", f"127.0.0.1:{server.port}",
+        [sys.executable, "-m", "tests.serving.probes.triton_moments_probe", f"127.0.0.1:{server.port}",
          f"127.0.0.1:{server.http_port}", "digits", str(tmp_path / "x.npy"), "10", "1", OLD],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -187,7 +187,7 @@ def test_same_seeded_numbers_over_mcdrop_v1_oip_grpc_oip_rest_and_scoring(
     native = native_arrays(client.predict(model, x, samples=SAMPLES, seed=SEED), model)
     np.savez(tmp_path / "x.npz", **x)
     probe = subprocess.run(
-        [sys.executable, "-m", "tests.serving.triton_multi_probe", f"127.0.0.1:{server.port}",
+        [sys.executable, "-m", "tests.serving.probes.triton_multi_probe", f"127.0.0.1:{server.port}",
          f"127.0.0.1:{server.http_port}", model, str(tmp_path / "x.npz"), str(SAMPLES), str(SEED)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -256,7 +256,7 @@ def test_errors_name_the_input_over_every_transport(multi: dict[str, Any], serve
     assert "tokens" in refused({"numeric": x["numeric"], "tokens": x["tokens"] + 0.5})  # not token ids
     np.savez(tmp_path / "x.npz", **x)
     probe = subprocess.run(
-        [sys.executable, "-m", "tests.serving.triton_multi_probe", f"127.0.0.1:{server.port}",
+        [sys.executable, "-m", "tests.serving.probes.triton_multi_probe", f"127.0.0.1:{server.port}",
          f"127.0.0.1:{server.http_port}", "two_inputs", str(tmp_path / "x.npz"), "4", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -363,7 +363,7 @@ def test_single_input_answers_are_the_recorded_bytes_for_new_and_old_clients(
             assert answer.json() == recorded[f"{name}/mc/rest"]
         channel.close()
         old = subprocess.run(
-            [sys.executable, "-m", "tests.serving.old_client_probe", f"127.0.0.1:{server.port}",
+            [sys.executable, "-m", "tests.serving.probes.old_client_probe", f"127.0.0.1:{server.port}",
              str(DATA / "m32_answers.json")],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip

@@ -18,7 +18,7 @@ from tests.helpers import REPO
 from tests.tool_venvs import KSERVE_SDK
 
 yaml = pytest.importorskip("yaml")
-PROBE = Path(__file__).parents[1] / "kserve_probe.py"
+PROBE = Path(__file__).parents[1] / "probes" / "kserve_probe.py"
 PARAMETERS = {"mc_samples": 50, "seed": 11}  # the probe's
 
 

@@ -31,7 +31,8 @@ def probe(model_repository: Path, digits_rows: np.ndarray, tmp_path_factory: pyt
     np.save(root / "rows.npy", digits_rows[:4])
     with server_process(model_repository, root / "server.log") as server:
         result = subprocess.run(
-            [sys.executable, "-m", "tests.serving.triton_probe", server.address, "digits", str(root / "rows.npy")],
+            [sys.executable, "-m", "tests.serving.probes.triton_probe", server.address, "digits",
+         str(root / "rows.npy")],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

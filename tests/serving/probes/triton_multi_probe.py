@@ -1,7 +1,7 @@
 """Drive a model with several inputs or outputs with the real Triton clients (gRPC and HTTP), in their own process,
 and print every output tensor and the errors as JSON.
 
-Run as ``python -m tests.serving.triton_multi_probe GRPC_ADDRESS HTTP_ADDRESS MODEL INPUTS.npz SAMPLES SEED``. It
+Run as ``python -m tests.serving.probes.triton_multi_probe GRPC_ADDRESS HTTP_ADDRESS MODEL INPUTS.npz SAMPLES SEED``. It
 never imports mcdrop's own ``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
 """
 

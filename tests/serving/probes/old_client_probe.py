@@ -1,7 +1,7 @@
 """An old mcdrop.v1 client: requests built with the stubs generated before models had several inputs and outputs
 (``tests/data/mcdrop_v1_m32_stubs``), sent to a running server; prints the answers as JSON.
 
-Run as ``python -m tests.serving.old_client_probe ADDRESS ANSWERS.json``: for every ``NAME/rows`` entry of the
+Run as ``python -m tests.serving.probes.old_client_probe ADDRESS ANSWERS.json``: for every ``NAME/rows`` entry of the
 recorded answers it sends the recorded requests and prints each response's bytes (timings zeroed), re-serialised by
 the old stubs: a field the old client does not know would survive as an unknown field and change them. Runs in its
 own process: two generated modules of one proto file cannot share a process.

@@ -1,6 +1,6 @@
 """Drive a server with the real Triton client, in its own process, and print the results as JSON.
 
-Run as ``python -m tests.serving.triton_probe ADDRESS``. It never imports mcdrop's own
+Run as ``python -m tests.serving.probes.triton_probe ADDRESS``. It never imports mcdrop's own
 ``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
 """
 

@@ -1,7 +1,7 @@
 """Ask for mode ``moments`` with the real Triton clients (gRPC and HTTP), in their own process; print the answers,
 the metadata's modes and a refusal as JSON.
 
-Run as ``python -m tests.serving.triton_moments_probe GRPC_ADDRESS HTTP_ADDRESS MODEL X.npy SAMPLES SEED
+Run as ``python -m tests.serving.probes.triton_moments_probe GRPC_ADDRESS HTTP_ADDRESS MODEL X.npy SAMPLES SEED
 [REFUSED_MODEL]``. It never imports mcdrop's own ``inference`` protobuf package (it and ``tritonclient`` cannot
 share a process).
 """
