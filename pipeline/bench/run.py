@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.bench.reference import SAMPLES, export_references, sgemm_gflops
-from mcdrop.pipeline.shared.progress import progress_bar
+from mcdrop.serving.common.console import progress_bar
 
 BATCHES = (1, 32)
 CONCURRENCY = (1, 8)

@@ -77,7 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise NotFound(f"UCI data directory not found: {args.uci_root}. Expected DIR/<dataset>/data.txt.")
     prepare(args, *TRAIN_EXTRA, "matplotlib")
     from mcdrop.pipeline.evaluation.report import print_digits, print_moments, print_regression, print_uci
-    from mcdrop.pipeline.shared.progress import progress_bar
+    from mcdrop.serving.common.console import progress_bar
 
     with tempfile.TemporaryDirectory(prefix="mcdrop-evaluate-") as tmp, progress_bar(counts=args.suite != "uci") as bar:
         if args.quiet:

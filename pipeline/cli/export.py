@@ -152,7 +152,7 @@ def export_with_status(options: Any, *, quiet: bool) -> tuple[int, Manifest]:
 def run_export_batch(args: argparse.Namespace) -> int:
     prepare(args)
     from mcdrop.pipeline.jobs.batch import load_job, run_entry
-    from mcdrop.pipeline.shared.progress import progress_bar
+    from mcdrop.serving.common.console import progress_bar
 
     job = load_job(Path(args.job))
     results = []

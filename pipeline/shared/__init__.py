@@ -1,1 +1,1 @@
-"""What every pipeline role uses: progress display, quiet TensorFlow start-up, strict float32 arithmetic."""
+"""What every pipeline role uses: training progress text, quiet TensorFlow start-up, strict float32 arithmetic."""

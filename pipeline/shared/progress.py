@@ -1,13 +1,11 @@
-"""Progress bars for long work, on stderr, silent when asked."""
+"""Progress text of the training stage (bars and consoles: ``mcdrop.serving.common.console``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from mcdrop.serving.common.console import progress_bar, stderr, stdout_console
-
-__all__ = ["format_metrics", "progress_bar", "stderr", "stdout_console"]
+__all__ = ["format_metrics"]
 
 
 def format_metrics(logs: dict[str, Any] | None, keys: Iterable[str]) -> str:

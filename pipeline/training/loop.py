@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.shared.progress import format_metrics, progress_bar
+from mcdrop.pipeline.shared.progress import format_metrics
 from mcdrop.pipeline.training.config import TrainConfig
 from mcdrop.pipeline.training.data import Dataset, load_dataset, standardisation
 from mcdrop.pipeline.training.tabular import NUMERIC_INPUT, Head
+from mcdrop.serving.common.console import progress_bar
 
 TRAINING_SCHEMA = 1
 
