@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mcdrop.pipeline.export.convert.shapes import Shape
 from mcdrop.pipeline.export.convert.tflite import QUANTIZATIONS
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.layout import check_model_name
@@ -66,8 +67,8 @@ class ExportOptions:
     """Which dropout sites stay stochastic: ``all``, ``last`` or names (``mcdrop.pipeline.export.model.selection``)."""
     moments: bool = True
     """Also export the one-pass moments graph where every layer after the first dropout has a propagation rule."""
-    device_shapes: tuple[Any, ...] = ()
-    """Static shapes (``convert.shapes.Shape``, from ``--device-shape B=1,T=32``) of extra graphs for devices."""
+    device_shapes: tuple[Shape, ...] = ()
+    """Static shapes (from ``--device-shape B=1,T=32``, ``convert.shapes.parse_shape``) of extra graphs for devices."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 

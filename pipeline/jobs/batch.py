@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from mcdrop.pipeline.export.convert.shapes import Shape, parse_shape
 from mcdrop.pipeline.training.config import FIELD_NAMES, read_toml
 from mcdrop.serving.errors import InvalidArgument, MCDropError, first_line
 from mcdrop.serving.models.layout import check_model_name, versions
@@ -180,10 +181,8 @@ def _moments(entry: dict[str, Any]) -> bool:
     return value
 
 
-def _device_shapes(entry: dict[str, Any]) -> tuple[Any, ...]:
+def _device_shapes(entry: dict[str, Any]) -> tuple[Shape, ...]:
     """The entry's ``device_shapes``: a list of ``"B=1,T=32"`` strings (``mcdrop export --device-shape``)."""
-    from mcdrop.pipeline.export.convert.shapes import parse_shape
-
     value = entry.get("device_shapes", [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidArgument(f'device_shapes must be a list of "B=ROWS,T=SAMPLES" strings. Received: {value!r}')
