@@ -48,7 +48,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mcdrop", "serve"]
 
-# Optional: a self-contained image with a model repository baked in (see the README).
+# Optional: a self-contained image with a model repository baked in (see docs/deploy.md).
 FROM runtime-base AS with-models
 ARG MODELS=model-repository
 COPY --chown=mcdrop:mcdrop ${MODELS}/ /models/

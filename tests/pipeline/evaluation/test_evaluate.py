@@ -164,7 +164,7 @@ def test_regression_suite_measures_held_out_coverage_of_served_intervals(tmp_pat
 
 
 def test_moments_suite_compares_with_monte_carlo_and_reports_its_targets(tmp_path: Path) -> None:
-    """The suite's plumbing at a quick, non-protocol setting (its figures are in the README)."""
+    """The suite's plumbing at a quick, non-protocol setting (its figures are in docs/uncertainty-quality.md)."""
     out, figures = tmp_path / "moments.json", tmp_path / "figures"
     result = run_cli("evaluate", "--suite", "moments", "--dataset", "concrete", "--splits", "1", "--epoch-factor",
                      "0.05", "--json", str(out), "--figures", str(figures), "--quiet")  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-STUBS = Path(__file__).resolve().parents[1] / "data" / "mcdrop_v1_m32_stubs" / "mcdrop_pb2.py"
+STUBS = Path(__file__).resolve().parents[2] / "data" / "mcdrop_v1_m32_stubs" / "mcdrop_pb2.py"
 
 
 def old_stubs() -> Any:

@@ -181,7 +181,7 @@ def stacked_models() -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_stacked_rules_track_monte_carlo(name: str) -> None:
     """Whole models (rules stacked behind several dropout layers) vs 20,000 MC samples: the means within 0.25 MC
-    std per unit, the std within 25 % (median) — the independence assumption's cost, stated in the README."""
+    std per unit, the std within 25 % (median) — the independence assumption's cost, stated in docs/one-pass.md."""
     model, shape = stacked_models()[name]
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
     found = one_pass(model, x)
