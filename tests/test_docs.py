@@ -11,8 +11,6 @@ CI installs Chromium (``.ci/run``) and sets MCDROP_REQUIRE_BROWSER_TESTS=1: ther
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import re
 import shlex
@@ -20,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +26,9 @@ from typing import Any
 import pytest
 
 from mcdrop.serving.harness.process import free_port
+from tests.browser import chromium_tab
 from tests.helpers import REPO
 
-REQUIRED = os.environ.get("MCDROP_REQUIRE_BROWSER_TESTS") == "1"
 SCRIPTS = Path(sys.executable).parent
 QUIET = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 
@@ -86,36 +83,11 @@ def _append(path: Path, text: str) -> None:
     path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def browser_tab(site: Path) -> Iterator[tuple[Any, str, list[str]]]:
-    """A headless Chromium tab, the site's URL on loopback, and the console errors seen."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if REQUIRED:
-            pytest.fail("Debian's chromium is not installed (CI installs it in .ci/run)")
-        pytest.skip("chromium is not installed here (apt-get install chromium; CI installs it and requires this test)")
-    from playwright.sync_api import sync_playwright
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=site))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    errors: list[str] = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])  # fmt: skip
-            tab = browser.new_page(viewport={"width": 1280, "height": 800})
-            tab.on("pageerror", lambda error: errors.append(f"page error: {error}"))
-            tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            yield tab, f"http://127.0.0.1:{server.server_port}", errors
-            browser.close()
-    finally:
-        server.shutdown()
+    """A headless Chromium tab, the site's URL on loopback, and the page and console errors seen."""
+    with chromium_tab(site, {"width": 1280, "height": 800}, console_errors=True) as found:
+        yield found
 
 
 def test_the_site_opens_in_a_browser_with_search_and_pages(browser_tab: tuple[Any, str, list[str]]) -> None:

@@ -12,12 +12,9 @@ CI installs Chromium (``.ci/run``) and sets MCDROP_REQUIRE_BROWSER_TESTS=1: ther
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +23,12 @@ import numpy as np
 import pytest
 
 from mcdrop.pipeline.export.verify.device import REPLICATES, statistical_agreement
+from tests.browser import chromium_tab
 from tests.helpers import REPO, in_process_server, run_cli
 
-REQUIRED = os.environ.get("MCDROP_REQUIRE_BROWSER_TESTS") == "1"
 SAMPLES = 100
 """The digits model's device shape (tests/device/conftest.py): B=1, T=100."""
 CACHE = REPO / ".web-cache"
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +42,12 @@ def page_dir(device_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def page(page_dir: Path) -> Iterator[Any]:
-    """The page in headless Chromium, served over HTTP on loopback (browsers fetch no WebAssembly from file://)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if REQUIRED:
-            pytest.fail("Debian's chromium is not installed (CI installs it in .ci/run)")
-        pytest.skip("chromium is not installed here (apt-get install chromium; CI installs it and requires this test)")
-    from playwright.sync_api import sync_playwright
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=page_dir))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    errors: list[str] = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])  # fmt: skip
-            tab = browser.new_page(viewport={"width": 1040, "height": 600})
-            tab.on("pageerror", lambda error: errors.append(str(error)))
-            tab.goto(f"http://127.0.0.1:{server.server_port}/index.html")
-            tab.wait_for_function("window.mcdropReady === true", timeout=120_000)
-            assert not errors, errors
-            yield tab
-            browser.close()
-    finally:
-        server.shutdown()
+    """The page in headless Chromium, once its models are loaded."""
+    with chromium_tab(page_dir, {"width": 1040, "height": 600}) as (tab, url, errors):
+        tab.goto(f"{url}/index.html")
+        tab.wait_for_function("window.mcdropReady === true", timeout=120_000)
+        assert not errors, errors
+        yield tab
     assert not errors, errors
 
 
