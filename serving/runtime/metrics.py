@@ -93,7 +93,9 @@ class Metrics(_Endpoint):
                             registry=r, multiprocess_mode="livemax")  # fmt: skip
         self.load_failures = Counter("mcdrop_model_load_failures", "Model versions that failed to load", ["model"],
                                      registry=r)  # fmt: skip
-        self.auth_failures = Counter("mcdrop_auth_failures", "RPCs refused for a missing or wrong token", registry=r)
+        self.auth_failures = Counter(
+            "mcdrop_auth_failures", "requests (gRPC and REST) refused for a missing or wrong token", registry=r
+        )
         self.scan_errors = Counter("mcdrop_repository_scan_errors", "Repository scans that failed", registry=r)
 
     @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request
