@@ -19,11 +19,29 @@ import dataclasses
 import enum
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.models.fields import (
+    Fields,
+    Record,
+    arrays,
+    batch_shape,
+    boolean,
+    enum_of,
+    integer,
+    invalid,
+    list_of,
+    number,
+    omit_none,
+    positive_int,
+    record,
+    string,
+    symbolic_dimension,
+    unique,
+)
 
 __all__ = [
     "MANIFEST",
@@ -53,9 +71,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-Record = Mapping[str, Any]
-"""An informational part of the manifest: kept and written back as read, never interpreted by serving."""
-T = TypeVar("T")
 
 
 class Task(enum.StrEnum):
@@ -94,145 +109,6 @@ def graph_file(graph: str, quantization: str | None = None) -> str:
     return f"{stem}.{quantization}.tflite" if quantization else f"{stem}.tflite"
 
 
-# Reading helpers: every failure names the field, what was expected and what was received. ---------
-
-
-class _Fields:
-    """One JSON object of the manifest, read field by field; ``where`` is its dotted path."""
-
-    def __init__(self, value: Any, where: str) -> None:
-        if not isinstance(value, Mapping):
-            raise _invalid(where, "an object", value)
-        self.data: Mapping[str, Any] = value
-        self.where = where
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def required(self, key: str, check: Callable[[Any, str], T]) -> T:
-        if key not in self.data:
-            raise InvalidArgument(f"Invalid manifest: field `{self.path(key)}` is missing.")
-        return check(self.data[key], self.path(key))
-
-    def optional(self, key: str, check: Callable[[Any, str], T], default: T) -> T:
-        value = self.data.get(key)
-        return default if value is None else check(value, self.path(key))
-
-    def record(self, key: str) -> Record:
-        return self.optional(key, _record, {})
-
-    def extra(self, known: Sequence[str]) -> Record:
-        return {k: v for k, v in self.data.items() if k not in known}
-
-
-def _invalid(where: str, expected: str, received: Any) -> InvalidArgument:
-    shown = json.dumps(received)[:80] if _jsonable(received) else type(received).__name__
-    return InvalidArgument(f"Invalid manifest field `{where or '(top level)'}`. Expected {expected}. Received: {shown}")
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _invalid(where, "a string", value)
-    return value
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(where, "an integer", value)
-    return value
-
-
-def _positive_int(value: Any, where: str) -> int:
-    if _int(value, where) < 1:
-        raise _invalid(where, "an integer >= 1", value)
-    return int(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _invalid(where, "true or false", value)
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(where, "a number", value)
-    return float(value)
-
-
-def _record(value: Any, where: str) -> Record:
-    if not isinstance(value, Mapping):
-        raise _invalid(where, "an object", value)
-    return dict(value)
-
-
-def _list(item: Callable[[Any, str], T]) -> Callable[[Any, str], tuple[T, ...]]:
-    def check(value: Any, where: str) -> tuple[T, ...]:
-        if not isinstance(value, list):
-            raise _invalid(where, "a list", value)
-        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-    return check
-
-
-def _dimension(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise _invalid(where, "a dimension (an integer >= 0, or -1 for any size)", value)
-    return value
-
-
-def _batch_shape(value: Any, where: str) -> tuple[int, ...]:
-    """``[-1 (any batch size), then one row's fixed dimensions]``."""
-    shape = _list(_dimension)(value, where)
-    if not shape or any(d < 0 for d in shape[1:]):
-        raise _invalid(where, "[-1 or a batch size, then fixed dimensions]", list(shape))
-    return shape
-
-
-def _symbolic_dimension(value: Any, where: str) -> int | str:
-    """A graph's output dimension: a size, -1, or a symbol (``T`` samples, ``B`` rows)."""
-    return value if isinstance(value, str) else _dimension(value, where)
-
-
-def _enum(kind: type[enum.StrEnum]) -> Callable[[Any, str], Any]:
-    def check(value: Any, where: str) -> Any:
-        try:
-            return kind(value)
-        except ValueError:
-            raise _invalid(where, "one of " + ", ".join(repr(k.value) for k in kind), value) from None
-
-    return check
-
-
-def _arrays(value: Any, where: str) -> Any:
-    """Nested lists (one array), or an object of them by tensor name (several)."""
-    if isinstance(value, list):
-        return list(value)
-    if isinstance(value, Mapping) and value and all(isinstance(v, list) for v in value.values()):
-        return {str(k): list(v) for k, v in value.items()}
-    raise _invalid(where, "nested lists, or an object of them by tensor name", value)
-
-
-def _unique(names: Sequence[str], where: str) -> None:
-    if len(set(names)) != len(names):
-        raise _invalid(where, "unique names", list(names))
-
-
-def _omit_none(record: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in keys or v is not None}
-
-
 # The contract -------------------------------------------------------------------------------------
 
 
@@ -246,9 +122,9 @@ class TensorSpec:
 
     @staticmethod
     def from_json(value: Any, where: str) -> TensorSpec:
-        f = _Fields(value, where)
-        return TensorSpec(f.required("name", _str), f.required("shape", _list(_symbolic_dimension)),
-                          f.required("dtype", _str))  # fmt: skip
+        f = Fields(value, where)
+        return TensorSpec(f.required("name", string), f.required("shape", list_of(symbolic_dimension)),
+                          f.required("dtype", string))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -278,19 +154,19 @@ class InputSpec:
 
     @staticmethod
     def from_json(value: Any, where: str) -> InputSpec:
-        f = _Fields(value, where)
-        shape = f.required("shape", _batch_shape)
-        bounds = f.optional("integer_range", _list(_int), None)
+        f = Fields(value, where)
+        shape = f.required("shape", batch_shape)
+        bounds = f.optional("integer_range", list_of(integer), None)
         if bounds is not None and (len(bounds) != 2 or bounds[0] > bounds[1]):
-            raise _invalid(f.path("integer_range"), "[low, high] with low <= high", list(bounds))
+            raise invalid(f.path("integer_range"), "[low, high] with low <= high", list(bounds))
         return InputSpec(
-            name=f.required("name", _str),
+            name=f.required("name", string),
             shape=shape,
-            dtype=f.required("dtype", _str),
-            model_dtype=f.optional("model_dtype", _str, None),
-            feature_names=f.optional("feature_names", _list(_str), None),
+            dtype=f.required("dtype", string),
+            model_dtype=f.optional("model_dtype", string, None),
+            feature_names=f.optional("feature_names", list_of(string), None),
             integer_range=None if bounds is None else (bounds[0], bounds[1]),
-            categories=f.optional("categories", _list(_str), None),
+            categories=f.optional("categories", list_of(string), None),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -298,7 +174,7 @@ class InputSpec:
                   "feature_names": None if self.feature_names is None else list(self.feature_names),
                   "integer_range": None if self.integer_range is None else list(self.integer_range),
                   "categories": None if self.categories is None else list(self.categories)}  # fmt: skip
-        return _omit_none(record, "model_dtype", "integer_range", "categories")
+        return omit_none(record, "model_dtype", "integer_range", "categories")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,12 +190,12 @@ class ObservationNoise:
 
     @staticmethod
     def from_json(value: Any, where: str) -> ObservationNoise:
-        f = _Fields(value, where)
-        variance = f.optional("variance", _list(_number), None)
+        f = Fields(value, where)
+        variance = f.optional("variance", list_of(number), None)
         if variance is not None and any(not v > 0 for v in variance):
-            raise _invalid(f.path("variance"), "numbers > 0", list(variance))
-        precision = f.optional("precision", _list(_number), None)
-        method = f.optional("method", _str, "")
+            raise invalid(f.path("variance"), "numbers > 0", list(variance))
+        precision = f.optional("precision", list_of(number), None)
+        method = f.optional("method", string, "")
         return ObservationNoise(precision, variance, method, f.extra(("precision", "variance", "method")))
 
     def to_json(self) -> dict[str, Any]:
@@ -357,16 +233,16 @@ class OutputSpec:
     ) -> OutputSpec:
         """Read one output; ``task`` and ``labels`` are the top-level ones of a single-output manifest (else the
         output's own fields)."""
-        f = _Fields(value, where)
-        shape = f.required("shape", _batch_shape)
+        f = Fields(value, where)
+        shape = f.required("shape", batch_shape)
         if task is None:
-            task = f.required("task", _enum(Task))
-            labels = f.optional("class_labels", _list(_str), None)
+            task = f.required("task", enum_of(Task))
+            labels = f.optional("class_labels", list_of(string), None)
         if task == Task.CLASSIFICATION and labels is not None and len(labels) != shape[-1]:
             field = f.path("class_labels") if "class_labels" in f.data else "class_labels"
-            raise _invalid(field, f"{shape[-1]} labels, one per output", list(labels))
-        return OutputSpec(f.required("name", _str), shape, f.required("dtype", _str),
-                          f.optional("target_names", _list(_str), None),
+            raise invalid(field, f"{shape[-1]} labels, one per output", list(labels))
+        return OutputSpec(f.required("name", string), shape, f.required("dtype", string),
+                          f.optional("target_names", list_of(string), None),
                           f.optional("observation_noise", ObservationNoise.from_json, None), task,
                           labels if task == Task.CLASSIFICATION else None)  # fmt: skip
 
@@ -404,23 +280,23 @@ class DropoutSite:
 
     @staticmethod
     def from_json(value: Any, where: str) -> DropoutSite:
-        f = _Fields(value, where)
-        rate = f.required("rate", _number)
+        f = Fields(value, where)
+        rate = f.required("rate", number)
         if not 0 <= rate < 1:
-            raise _invalid(f.path("rate"), "a rate in [0, 1)", rate)
+            raise invalid(f.path("rate"), "a rate in [0, 1)", rate)
         return DropoutSite(
-            name=f.required("name", _str),
-            kind=f.required("kind", _enum(NoiseKind)),
+            name=f.required("name", string),
+            kind=f.required("kind", enum_of(NoiseKind)),
             rate=rate,
-            noise_shape=f.required("noise_shape", _list(_positive_int)),
-            feed_name=f.required("masked_input", _str),
-            layer=f.optional("layer", _str, None),
-            layer_class=f.optional("class", _str, None),
-            mask_kind=f.optional("mask_kind", _str, None),
-            calls=f.optional("calls", _positive_int, None),
-            input_shape=f.optional("input_shape", _list(_int), None),
-            feed_dtype=f.optional("masked_input_dtype", _str, None),
-            feed_shape=f.optional("masked_input_shape", _list(_symbolic_dimension), None),
+            noise_shape=f.required("noise_shape", list_of(positive_int)),
+            feed_name=f.required("masked_input", string),
+            layer=f.optional("layer", string, None),
+            layer_class=f.optional("class", string, None),
+            mask_kind=f.optional("mask_kind", string, None),
+            calls=f.optional("calls", positive_int, None),
+            input_shape=f.optional("input_shape", list_of(integer), None),
+            feed_dtype=f.optional("masked_input_dtype", string, None),
+            feed_shape=f.optional("masked_input_shape", list_of(symbolic_dimension), None),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -449,9 +325,9 @@ class Cost:
 
     @staticmethod
     def from_json(value: Any, where: str) -> Cost:
-        f = _Fields(value, where)
-        return Cost(f.required("prefix", _number), f.required("per_sample", _number),
-                    f.optional("unit", _str, Cost.unit))  # fmt: skip
+        f = Fields(value, where)
+        return Cost(f.required("prefix", number), f.required("per_sample", number),
+                    f.optional("unit", string, Cost.unit))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "per_sample": self.per_sample, "unit": self.unit}
@@ -473,15 +349,15 @@ class GraphSpec:
 
     @staticmethod
     def from_json(value: Any, where: str) -> GraphSpec:
-        f = _Fields(value, where)
+        f = Fields(value, where)
         if "outputs" in f.data:
-            outputs = f.required("outputs", _list(TensorSpec.from_json))
+            outputs = f.required("outputs", list_of(TensorSpec.from_json))
             if not outputs:
-                raise _invalid(f.path("outputs"), "at least one output", [])
+                raise invalid(f.path("outputs"), "at least one output", [])
         else:
             outputs = (f.required("output", TensorSpec.from_json),)
-        return GraphSpec(f.required("file", _str), f.required("inputs", _list(TensorSpec.from_json)), outputs,
-                         f.optional("ops", _list(_str), ()))  # fmt: skip
+        return GraphSpec(f.required("file", string), f.required("inputs", list_of(TensorSpec.from_json)), outputs,
+                         f.optional("ops", list_of(string), ()))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         shown = ({"output": self.outputs[0].to_json()} if len(self.outputs) == 1
@@ -507,15 +383,15 @@ class DeviceGraph:
 
     @staticmethod
     def from_json(value: Any, where: str) -> DeviceGraph:
-        f = _Fields(value, where)
+        f = Fields(value, where)
         return DeviceGraph(
-            graph=f.required("graph", _str),
-            file=f.required("file", _str),
-            batch=f.optional("batch", _positive_int, None),
-            samples=f.optional("samples", _positive_int, None),
-            inputs=f.required("inputs", _list(TensorSpec.from_json)),
-            outputs=f.required("outputs", _list(TensorSpec.from_json)),
-            ops=f.optional("ops", _list(_str), ()),
+            graph=f.required("graph", string),
+            file=f.required("file", string),
+            batch=f.optional("batch", positive_int, None),
+            samples=f.optional("samples", positive_int, None),
+            inputs=f.required("inputs", list_of(TensorSpec.from_json)),
+            outputs=f.required("outputs", list_of(TensorSpec.from_json)),
+            ops=f.optional("ops", list_of(string), ()),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -579,19 +455,19 @@ class MomentsGraph:
 
     @staticmethod
     def from_json(value: Any, where: str) -> MomentsGraph:
-        f = _Fields(value, where)
-        available = f.required("available", _bool)
+        f = Fields(value, where)
+        available = f.required("available", boolean)
         graph = GraphSpec.from_json(f.data, where) if available else None
         no_links: tuple[str | None, ...] = ()
-        links = f.optional("links", _list(lambda v, w: None if v is None else _str(v, w)), no_links)
+        links = f.optional("links", list_of(lambda v, w: None if v is None else string(v, w)), no_links)
         return MomentsGraph(
             graph=graph,
             links=links,
-            covariances=f.optional("covariances", _list(_bool), ()),
+            covariances=f.optional("covariances", list_of(boolean), ()),
             check=f.record("check"),
-            flops_per_row=f.optional("flops_per_row", _number, None),
-            reason=f.optional("reason", _str, None),
-            approximation=f.optional("approximation", _str, MOMENTS_APPROXIMATION),
+            flops_per_row=f.optional("flops_per_row", number, None),
+            reason=f.optional("reason", string, None),
+            approximation=f.optional("approximation", string, MOMENTS_APPROXIMATION),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -600,7 +476,7 @@ class MomentsGraph:
                                   "approximation": self.approximation,
                                   "flops_per_row": self.flops_per_row, "reason": self.reason,
                                   "check": dict(self.check)}  # fmt: skip
-        return _omit_none(record, "flops_per_row", "reason")
+        return omit_none(record, "flops_per_row", "reason")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,15 +498,15 @@ class Fingerprint:
 
     @staticmethod
     def from_json(value: Any, where: str) -> Fingerprint:
-        f = _Fields(value, where)
+        f = Fields(value, where)
         return Fingerprint(
-            seed=f.required("seed", _int),
-            rows=f.required("rows", _positive_int),
-            deterministic=f.required("deterministic", _arrays),
-            x=None if not f.has("x") else f.required("x", _arrays),
-            masks=f.optional("masks", _str, None),
-            samples=f.optional("samples", _positive_int, None),
-            mc_masked=None if not f.has("mc_masked") else f.required("mc_masked", _arrays),
+            seed=f.required("seed", integer),
+            rows=f.required("rows", positive_int),
+            deterministic=f.required("deterministic", arrays),
+            x=None if not f.has("x") else f.required("x", arrays),
+            masks=f.optional("masks", string, None),
+            samples=f.optional("samples", positive_int, None),
+            mc_masked=None if not f.has("mc_masked") else f.required("mc_masked", arrays),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -727,66 +603,66 @@ class Manifest:
     @staticmethod
     def from_json(value: Any) -> Manifest:
         """Parse and check a manifest; raise ``InvalidArgument`` naming the first bad field."""
-        f = _Fields(value, "")
+        f = Fields(value, "")
         schema = f.data.get("schema_version")
         if schema != SCHEMA_VERSION:
-            raise _invalid("schema_version", str(SCHEMA_VERSION), schema)
-        graphs = f.required("graphs", _record)
+            raise invalid("schema_version", str(SCHEMA_VERSION), schema)
+        graphs = f.required("graphs", record)
         parsed_graphs = {
-            _enum(GraphName)(name, f"graphs.{name}"): GraphSpec.from_json(spec, f"graphs.{name}")
+            enum_of(GraphName)(name, f"graphs.{name}"): GraphSpec.from_json(spec, f"graphs.{name}")
             for name, spec in graphs.items()
         }
         if GraphName.DETERMINISTIC not in parsed_graphs:
             raise InvalidArgument("Invalid manifest field `graphs`. Expected a 'deterministic' graph. Received: none")
-        stochastic = f.optional("stochastic", _bool, False)
+        stochastic = f.optional("stochastic", boolean, False)
         missing = {GraphName.MC, GraphName.MC_MASKED} - set(parsed_graphs)
         if stochastic and missing:
-            raise _invalid("graphs", "mc and mc_masked graphs for a model with dropout", sorted(parsed_graphs))
-        files = f.required("files", _record)
+            raise invalid("graphs", "mc and mc_masked graphs for a model with dropout", sorted(parsed_graphs))
+        files = f.required("files", record)
         for name, digest in files.items():
-            _str(digest, f"files.{name}")
+            string(digest, f"files.{name}")
         if "inputs" in f.data or "outputs" in f.data:  # several inputs or outputs: each output has its own task
-            inputs = f.required("inputs", _list(InputSpec.from_json))
-            outputs = f.required("outputs", _list(lambda v, w: OutputSpec.from_json(v, w)))
+            inputs = f.required("inputs", list_of(InputSpec.from_json))
+            outputs = f.required("outputs", list_of(lambda v, w: OutputSpec.from_json(v, w)))
             for key, specs in (("inputs", inputs), ("outputs", outputs)):
                 if not specs:
-                    raise _invalid(key, "at least one", [])
-                _unique([spec.name for spec in specs], key)
+                    raise invalid(key, "at least one", [])
+                unique([spec.name for spec in specs], key)
         else:
-            task = f.required("task", _enum(Task))
-            labels = f.optional("class_labels", _list(_str), None)
+            task = f.required("task", enum_of(Task))
+            labels = f.optional("class_labels", list_of(string), None)
             inputs = (f.required("input", InputSpec.from_json),)
             outputs = (f.required("output", lambda v, w: OutputSpec.from_json(v, w, task, labels)),)
         manifest = Manifest(
-            name=f.optional("name", _str, ""),
+            name=f.optional("name", string, ""),
             inputs=inputs,
             outputs=outputs,
-            dropout_layers=f.optional("dropout_layers", _list(DropoutSite.from_json), ()),
-            default_samples=f.required("default_samples", _positive_int),
+            dropout_layers=f.optional("dropout_layers", list_of(DropoutSite.from_json), ()),
+            default_samples=f.required("default_samples", positive_int),
             graphs=parsed_graphs,
             files=dict(files),
-            created=f.optional("created", _str, ""),
+            created=f.optional("created", string, ""),
             stochastic=stochastic,
             cost=f.optional("cost", Cost.from_json, None),
             fingerprint=f.optional("fingerprint", Fingerprint.from_json, None),
-            mc_layers=f.optional("mc_layers", _str, "all"),
-            unsampled_dropout_layers=f.optional("unsampled_dropout_layers", _list(DropoutSite.from_json), ()),
-            version=f.optional("version", _positive_int, None),
-            file_bytes={k: _int(v, f"file_bytes.{k}") for k, v in f.record("file_bytes").items()},
+            mc_layers=f.optional("mc_layers", string, "all"),
+            unsampled_dropout_layers=f.optional("unsampled_dropout_layers", list_of(DropoutSite.from_json), ()),
+            version=f.optional("version", positive_int, None),
+            file_bytes={k: integer(v, f"file_bytes.{k}") for k, v in f.record("file_bytes").items()},
             preprocessing=f.record("preprocessing"),
             quantized=f.record("quantized"),
             verification=f.record("verification"),
             timing_ms=f.record("timing_ms"),
             source=f.record("source"),
             versions=f.record("versions"),
-            activation_memory=f.optional("activation_memory", _record, None),
-            export=f.optional("export", _record, None),
-            device_graphs=f.optional("device_graphs", _list(DeviceGraph.from_json), ()),
+            activation_memory=f.optional("activation_memory", record, None),
+            export=f.optional("export", record, None),
+            device_graphs=f.optional("device_graphs", list_of(DeviceGraph.from_json), ()),
             moments=f.optional("moments", MomentsGraph.from_json, None),
             extra=f.extra(_KNOWN),
         )
         if stochastic != bool(manifest.dropout_layers):
-            raise _invalid("stochastic", f"{bool(manifest.dropout_layers)} (it has "
+            raise invalid("stochastic", f"{bool(manifest.dropout_layers)} (it has "
                            f"{len(manifest.dropout_layers)} dropout site(s))", stochastic)  # fmt: skip
         return manifest
 
@@ -820,7 +696,7 @@ class Manifest:
             "moments": None if self.moments is None else self.moments.to_json(),
         }
         omitted = ("cost", "fingerprint", "activation_memory", "export", "version", "device_graphs", "moments")
-        return {**_omit_none(record, *omitted), **self.extra}
+        return {**omit_none(record, *omitted), **self.extra}
 
     def _tensors_json(self) -> dict[str, Any]:
         if self.single:
