@@ -20,7 +20,6 @@ from __future__ import annotations
 import resource
 import time
 
-from mcdrop.pipeline.export import publish
 from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.model import inputs, signature
 from mcdrop.pipeline.export.options import ExportOptions
@@ -30,6 +29,7 @@ from mcdrop.pipeline.export.verify import budget
 from mcdrop.pipeline.export.verify.fingerprint import FINGERPRINT_ROWS, FINGERPRINT_SEED, fingerprint
 from mcdrop.pipeline.export.verify.timing import timing
 from mcdrop.serving.errors import InferenceFailed
+from mcdrop.serving.models import publish
 from mcdrop.serving.models.manifest import Manifest
 
 __all__ = ["ExportOptions", "Step", "export"]

@@ -16,7 +16,8 @@ import numpy as np
 from mcdrop.serving.core import uncertainty
 from mcdrop.serving.models.manifest import Task
 
-__all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Limits", "Mode", "OutputPrediction", "Prediction", "PredictionRequest"]
+__all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Decision", "Limits", "Mode", "OutputPrediction", "Prediction",
+           "PredictionRequest"]  # fmt: skip
 
 DEFAULT_INTERVAL = 0.95
 MAX_SEED = 2**64 - 1
@@ -52,6 +53,22 @@ class PredictionRequest:
     position, so batch scoring over any partitioning matches one request over all rows."""
     inputs: Mapping[str, np.ndarray] | None = None
     """Rows by input name (the manifest's ``inputs``), every input with the same batch B; instead of ``x``."""
+    abstain_threshold: float | None = None
+    """Abstain above this score instead of the calibrated threshold (``mcdrop.serving.core.decision``)."""
+    abstain_score: str | None = None
+    """Abstain by this score (``mcdrop.serving.core.scores``) instead of the calibrated one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A classification output's abstentions: ``abstain[b]`` is true when ``score_values[b] > threshold``."""
+
+    score: str
+    threshold: float
+    score_values: np.ndarray
+    """``[B]`` float64."""
+    abstain: np.ndarray
+    """``[B]`` bool."""
 
 
 @dataclasses.dataclass
@@ -67,6 +84,11 @@ class OutputPrediction:
     """``[T, B, ...]`` samples, when they were asked for."""
     noise_variance: np.ndarray | None = None
     """Regression: the observation-noise variance behind ``predictive_std``; None = epistemic only."""
+    decision: Decision | None = None
+    """Classification of a calibrated version (or a request with an abstain threshold): which rows to abstain on."""
+    interval_calibration: str | None = None
+    """Regression of a calibrated version: ``conformal`` or ``gaussian`` intervals; None for uncalibrated versions
+    (Gaussian, and answered exactly as before calibration existed)."""
 
 
 @dataclasses.dataclass

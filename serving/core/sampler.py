@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from mcdrop.serving.core import invokes, moments, uncertainty
+from mcdrop.serving.core import decision, invokes, moments, uncertainty
 from mcdrop.serving.core.inputs import checked_inputs
 from mcdrop.serving.core.requests import (
     DEFAULT_INTERVAL,
@@ -45,7 +45,7 @@ from mcdrop.serving.core.requests import (
 )
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import GraphName, Task, moments_fields
+from mcdrop.serving.models.manifest import GraphName, OutputSpec, Task, moments_fields
 from mcdrop.serving.models.masks import MaskStream, fresh_seed
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 
@@ -73,6 +73,10 @@ class Plan:
     first_row: int = 0
     flops: float = 0.0
     """Compute of the whole request (0 when the manifest has no cost)."""
+    abstain: dict[str, decision.AbstainRule] = dataclasses.field(default_factory=dict)
+    """Output name → the rule its answer abstains by (``mcdrop.serving.core.decision``)."""
+    multipliers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Regression output name → conformal q̂ for the interval (outputs without one keep the Gaussian interval)."""
 
     @property
     def batch(self) -> int:
@@ -168,8 +172,11 @@ class Sampler:
             raise InvalidArgument(f"Invalid chunk. Expected {_bounds('chunk', limit)}. Received: {chunk}")
         if request.first_row < 0:
             raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
+        manifest = version.manifest
+        abstain = decision.abstain_rules(manifest, mode, request.abstain_threshold, request.abstain_score)
+        multipliers = decision.conformal_multipliers(manifest, mode, interval)
         return Plan(version, inputs, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
-                    request.first_row, flops)  # fmt: skip
+                    request.first_row, flops, abstain, multipliers)  # fmt: skip
 
     # Running ------------------------------------------------------------------------------------
 
@@ -258,14 +265,7 @@ class Sampler:
                 error = max(error, uncertainty.max_standard_error_from_std(summary.std, plan.samples))
             else:
                 summary = moments.regression(mean, variance, plan.interval, noise)
-            outputs.append(OutputPrediction(
-                name=spec.name,
-                task=spec.task,
-                class_labels=spec.labels,
-                summary=summary,
-                sample_outputs=None,
-                noise_variance=None if spec.task == Task.CLASSIFICATION else noise,
-            ))  # fmt: skip
+            outputs.append(_output(plan, spec, summary, None, noise))
         summarised = time.perf_counter()
         return Prediction(
             model=version.name,
@@ -327,17 +327,10 @@ class Sampler:
             if spec.task == Task.CLASSIFICATION:
                 summary = uncertainty.classification(drawn)
             else:
-                summary = uncertainty.regression(drawn, plan.interval, noise)
+                summary = uncertainty.regression(drawn, plan.interval, noise, plan.multipliers.get(spec.name))
             if plan.mode != Mode.DETERMINISTIC:
                 error = max(error, uncertainty.max_standard_error_from_std(summary.std, count))
-            outputs.append(OutputPrediction(
-                name=spec.name,
-                task=spec.task,
-                class_labels=spec.labels,
-                summary=summary,
-                sample_outputs=drawn if plan.return_samples else None,
-                noise_variance=None if spec.task == Task.CLASSIFICATION else noise,
-            ))  # fmt: skip
+            outputs.append(_output(plan, spec, summary, drawn if plan.return_samples else None, noise))
         return Prediction(
             model=version.name,
             version=version.version,
@@ -350,6 +343,33 @@ class Sampler:
             queue_ms=queue_s * 1e3,
             compute_ms=compute_s * 1e3,
         )
+
+
+def _output(
+    plan: Plan,
+    spec: OutputSpec,
+    summary: uncertainty.ClassificationSummary | uncertainty.RegressionSummary,
+    samples: np.ndarray | None,
+    noise: np.ndarray | None,
+) -> OutputPrediction:
+    """One output's answer, with its abstentions or the kind of its interval when the version is calibrated."""
+    rule = plan.abstain.get(spec.name)
+    decided = None
+    if rule is not None and isinstance(summary, uncertainty.ClassificationSummary):
+        decided = decision.decide(rule, summary)
+    interval = None
+    if spec.task == Task.REGRESSION and plan.version.manifest.calibration is not None:
+        interval = decision.CONFORMAL if spec.name in plan.multipliers else decision.GAUSSIAN
+    return OutputPrediction(
+        name=spec.name,
+        task=spec.task,
+        class_labels=spec.labels,
+        summary=summary,
+        sample_outputs=samples,
+        noise_variance=None if spec.task == Task.CLASSIFICATION else noise,
+        decision=decided,
+        interval_calibration=interval,
+    )
 
 
 def _mode(requested: str | None, version: ModelVersion) -> Mode:

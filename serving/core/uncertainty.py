@@ -115,12 +115,17 @@ def classification(samples: np.ndarray) -> ClassificationSummary:
 
 
 def regression(
-    samples: np.ndarray, level: float = 0.95, noise_variance: np.ndarray | float | None = None
+    samples: np.ndarray,
+    level: float = 0.95,
+    noise_variance: np.ndarray | float | None = None,
+    multiplier: np.ndarray | None = None,
 ) -> RegressionSummary:
     """Summarise ``[T, B, ...]`` regression samples (see the module docstring for each field).
 
     ``noise_variance`` is the observation noise 1/tau, a scalar or one value per output
-    (broadcast over the trailing axes); ``None`` means unknown (epistemic only).
+    (broadcast over the trailing axes); ``None`` means unknown (epistemic only). ``multiplier``: the
+    interval's half-width in predictive stds (a conformal q̂, broadcast like the noise) instead of the
+    normal quantile of ``level``.
     """
     samples = _check_samples(samples, min_rank=2)
     if not 0 < level < 1:
@@ -131,7 +136,7 @@ def regression(
     if np.any(~np.isfinite(noise)) or np.any(noise < 0):
         raise ValueError(f"Noise variance must be finite and >= 0. Received: {noise_variance}")
     predictive_std = np.sqrt(variance + noise)
-    half_width = normal_quantile(level) * predictive_std
+    half_width = (normal_quantile(level) if multiplier is None else multiplier) * predictive_std
     mean_lower, mean_upper = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return RegressionSummary(
         mean=mean.astype(np.float32),

@@ -19,11 +19,13 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
+from mcdrop.serving.models.calibration import Calibration, ClassificationCalibration, RegressionCalibration
 from mcdrop.serving.models.fields import (
     Fields,
     Record,
@@ -519,7 +521,8 @@ _KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", 
           "preprocessing",
           "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
           "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
-          "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs", "moments")  # fmt: skip
+          "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs", "moments",
+          "calibration")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,6 +564,9 @@ class Manifest:
     """``mc_summary`` and static-shape graphs for devices (``mcdrop export --device-shape``); not loaded by servers."""
     moments: MomentsGraph | None = None
     """The one-pass moments graph, or why there is none; None: exported before mcdrop had it."""
+    calibration: Calibration | None = None
+    """Abstention thresholds and conformal interval scores from labelled rows (``mcdrop calibrate``); None: not
+    calibrated (the server answers without ``abstain`` and with Gaussian intervals)."""
     extra: Record = dataclasses.field(default_factory=dict)
     """Keys this version of mcdrop does not know (from a newer export), kept as written."""
 
@@ -659,8 +665,11 @@ class Manifest:
             export=f.optional("export", record, None),
             device_graphs=f.optional("device_graphs", list_of(DeviceGraph.from_json), ()),
             moments=f.optional("moments", MomentsGraph.from_json, None),
+            calibration=f.optional("calibration", Calibration.from_json, None),
             extra=f.extra(_KNOWN),
         )
+        if manifest.calibration is not None:
+            _check_calibration(manifest.calibration, manifest.outputs)
         if stochastic != bool(manifest.dropout_layers):
             raise invalid("stochastic", f"{bool(manifest.dropout_layers)} (it has "
                            f"{len(manifest.dropout_layers)} dropout site(s))", stochastic)  # fmt: skip
@@ -694,8 +703,18 @@ class Manifest:
             "version": self.version,
             "device_graphs": [g.to_json() for g in self.device_graphs] or None,
             "moments": None if self.moments is None else self.moments.to_json(),
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
         }
-        omitted = ("cost", "fingerprint", "activation_memory", "export", "version", "device_graphs", "moments")
+        omitted = (
+            "cost",
+            "fingerprint",
+            "activation_memory",
+            "export",
+            "version",
+            "device_graphs",
+            "moments",
+            "calibration",
+        )
         return {**omit_none(record, *omitted), **self.extra}
 
     def _tensors_json(self) -> dict[str, Any]:
@@ -729,6 +748,24 @@ class Manifest:
     def write(self, version_dir: Path) -> None:
         """Write ``version_dir/manifest.json``."""
         (version_dir / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def _check_calibration(calibration: Calibration, outputs: Sequence[OutputSpec]) -> None:
+    """Every calibrated output exists with the calibrated task, and a conformal record has one list per target."""
+    specs = {spec.name: spec for spec in outputs}
+    for i, calibrated in enumerate(calibration.outputs):
+        where = f"calibration.outputs[{i}]"
+        spec = specs.get(calibrated.output)
+        if spec is None:
+            raise invalid(f"{where}.output", "one of the model's outputs " + ", ".join(specs), calibrated.output)
+        task = Task.CLASSIFICATION if isinstance(calibrated, ClassificationCalibration) else Task.REGRESSION
+        if spec.task != task:
+            raise invalid(f"{where}.task", f"{spec.task.value!r} (output {spec.name!r})", task.value)
+        if isinstance(calibrated, RegressionCalibration) and not calibrated.conformal.pooled:
+            targets = math.prod(spec.row_shape)
+            if len(calibrated.conformal.sorted_scores) != targets:
+                raise invalid(f"{where}.conformal.sorted_scores", f"{targets} lists, one per target",
+                              len(calibrated.conformal.sorted_scores))  # fmt: skip
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdrop.pipeline.export import publish
+from mcdrop.serving.models import publish
 from mcdrop.serving.models.layout import STAGING_PREFIX, versions
 from tests.helpers import REPO
 

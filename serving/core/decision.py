@@ -1,0 +1,128 @@
+"""What a calibrated version decides with its uncertainty: abstain or answer (classification), and conformal
+intervals (regression). The numbers come from the manifest's ``calibration`` section; this module only applies
+them, per request, for every transport and batch scoring alike.
+
+* Abstain: a row is answered when its score (``mcdrop.serving.core.scores``) is ≤ the threshold, abstained on
+  otherwise. A Monte-Carlo answer abstains by the calibration's chosen score at its threshold; a deterministic one
+  by ``deterministic_least_confidence``, calibrated too. Requests may name another score (``abstain_score``) and
+  another threshold (``abstain_threshold``); with both, any version abstains, calibrated or not.
+* Intervals: a Monte-Carlo answer of a calibrated regression output uses ``mean ± q̂ · predictive_std`` with q̂ the
+  conformal quantile for the requested level; other modes keep the Gaussian interval and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from mcdrop.serving.core.requests import Decision, Mode
+from mcdrop.serving.core.scores import MONTE_CARLO_SCORES, Score, score_values
+from mcdrop.serving.core.uncertainty import ClassificationSummary
+from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.models.calibration import ClassificationCalibration, RegressionCalibration
+from mcdrop.serving.models.manifest import Manifest, Task
+
+__all__ = ["CONFORMAL", "GAUSSIAN", "AbstainRule", "abstain_rules", "conformal_multipliers", "decide"]
+
+CONFORMAL = "conformal"
+GAUSSIAN = "gaussian"
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstainRule:
+    score: Score
+    threshold: float
+
+
+def _scores_of(mode: Mode) -> tuple[Score, ...]:
+    return (Score.DETERMINISTIC_LEAST_CONFIDENCE,) if mode == Mode.DETERMINISTIC else MONTE_CARLO_SCORES
+
+
+def abstain_rules(manifest: Manifest, mode: Mode, threshold: float | None, score: str | None) -> dict[str, AbstainRule]:
+    """Output name → the rule its answer abstains by (outputs without one are answered without ``abstain``).
+
+    Raises:
+        InvalidArgument: an unknown score, a score the mode does not compute, a bad threshold, or a request
+            parameter that no output can use (the message says what would work).
+    """
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise InvalidArgument(f"Invalid abstain_threshold. Expected a finite number >= 0. Received: {threshold}")
+    allowed = _scores_of(mode)
+    asked: Score | None = None
+    if score:
+        try:
+            asked = Score(score)
+        except ValueError:
+            raise InvalidArgument(f"Unknown abstain_score {score!r}. Expected one of "
+                                  f"{', '.join(s.value for s in Score)}.") from None  # fmt: skip
+        if asked not in allowed:
+            raise InvalidArgument(f"abstain_score {score!r} is not computed in mode {mode.value.upper()}. Expected one "
+                                  f"of {', '.join(allowed)}.")  # fmt: skip
+    calibration = manifest.calibration
+    rules: dict[str, AbstainRule] = {}
+    for spec in manifest.outputs:
+        if spec.task != Task.CLASSIFICATION:
+            continue
+        record = calibration.output(spec.name) if calibration is not None else None
+        calibrated = record if isinstance(record, ClassificationCalibration) and mode != Mode.MOMENTS else None
+        chosen = asked or _default_score(calibrated, mode)
+        if chosen is None:
+            continue
+        limit = threshold if threshold is not None else (calibrated.threshold(chosen) if calibrated else None)
+        if limit is not None:
+            rules[spec.name] = AbstainRule(chosen, limit)
+    if (threshold is not None or asked is not None) and not rules:
+        raise InvalidArgument(_unusable(manifest, mode, threshold, asked))
+    return rules
+
+
+def _default_score(record: ClassificationCalibration | None, mode: Mode) -> Score | None:
+    if record is None:
+        return None
+    if mode == Mode.DETERMINISTIC:
+        return Score.DETERMINISTIC_LEAST_CONFIDENCE
+    return Score(record.score) if record.score else None
+
+
+def _unusable(manifest: Manifest, mode: Mode, threshold: float | None, score: Score | None) -> str:
+    if not any(spec.task == Task.CLASSIFICATION for spec in manifest.outputs):
+        return "abstain_threshold and abstain_score apply to classification outputs; this model has none."
+    if score is None:
+        scores = ", ".join(_scores_of(mode))
+        return (f"abstain_threshold needs a score: this version has no calibrated score for mode "
+                f"{mode.value.upper()}. Expected abstain_score too (one of {scores}).")  # fmt: skip
+    return (f"abstain_score {score.value!r} has no calibrated threshold in this version. Expected abstain_threshold "
+            "too.")  # fmt: skip
+
+
+def decide(rule: AbstainRule, summary: ClassificationSummary) -> Decision:
+    values = score_values(summary, rule.score)
+    return Decision(rule.score.value, rule.threshold, values, values > rule.threshold)
+
+
+def conformal_multipliers(manifest: Manifest, mode: Mode, level: float) -> dict[str, np.ndarray]:
+    """Output name → q̂ (broadcast over the output's row shape) for each regression output calibrated in ``mode``.
+
+    Raises:
+        InvalidArgument: ``level`` needs more calibration rows than the version has.
+    """
+    calibration = manifest.calibration
+    if calibration is None or mode.value != calibration.mode:
+        return {}
+    found: dict[str, np.ndarray] = {}
+    for spec in manifest.outputs:
+        record = calibration.output(spec.name)
+        if not isinstance(record, RegressionCalibration):
+            continue
+        multiplier = record.conformal.multiplier(level)
+        if multiplier is None:
+            rows = record.conformal.rows
+            raise InvalidArgument(
+                f"Invalid interval {level:g} for model {manifest.name!r}: a conformal interval at that level needs "
+                f"at least {math.ceil(level / (1 - level))} calibration rows and output {spec.name!r} was calibrated "
+                f"on {rows}. Expected an interval <= {record.conformal.max_level():.4f}."
+            )
+        found[spec.name] = multiplier if record.conformal.pooled else multiplier.reshape(spec.row_shape)
+    return found
