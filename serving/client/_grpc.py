@@ -64,6 +64,12 @@ class Prediction:
     mutual_information: np.ndarray | None = None
     variation_ratio: np.ndarray | None = None
     class_labels: list[str] | None = None
+    abstain: np.ndarray | None = None
+    """A calibrated version (or a request with ``abstain_threshold``): per row, whether to abstain."""
+    abstain_score: np.ndarray | None = None
+    """Per row, the value of the score behind ``abstain``."""
+    abstain_score_name: str | None = None
+    abstain_threshold: float | None = None
     # regression
     lower: np.ndarray | None = None
     """Central predictive interval for y (see the proto's Regression message)."""
@@ -75,6 +81,8 @@ class Prediction:
     mean_upper: np.ndarray | None = None
     noise_variance: np.ndarray | None = None
     """Observation-noise variance per output; None when the model is epistemic only."""
+    interval_calibration: str | None = None
+    """A calibrated version: ``conformal`` or ``gaussian`` intervals; None for a version without calibration."""
     outputs: dict[str, Prediction] = dataclasses.field(default_factory=dict)
     """A model with several outputs: the estimate of each, by output name (the fields above are then the first
     output's). Empty for a single-output model."""
@@ -161,15 +169,19 @@ class Client:
         max_samples: int = 0,
         chunk: int = 0,
         timeout: float | None = None,
+        abstain_threshold: float | None = None,
+        abstain_score: str | None = None,
     ) -> Prediction:
         """Predict ``x`` ([B, ...] float32), or for a model with several inputs a mapping of input name → [B, ...]
         array; ``mode`` is ``deterministic``, ``monte_carlo``, ``moments`` or None (model default).
 
         With ``tolerance``, sampling is adaptive: the server stops once the largest standard
-        error of the mean is at most ``tolerance`` (or at ``max_samples``).
+        error of the mean is at most ``tolerance`` (or at ``max_samples``). ``abstain_threshold`` and
+        ``abstain_score`` override a calibrated version's abstention rule (or set one for any version).
         """
         request = encode_request(model, x, version, mode, samples, seed, return_samples, interval, tolerance,
-                                max_samples, chunk)  # fmt: skip
+                                max_samples, chunk, abstain_threshold=abstain_threshold,
+                                abstain_score=abstain_score)  # fmt: skip
         return decode_prediction(self._call(self._stub.Predict, request, timeout))
 
     def predict_stream(
@@ -238,6 +250,9 @@ def encode_request(
     tolerance: float | None,
     max_samples: int,
     chunk: int,
+    *,
+    abstain_threshold: float | None = None,
+    abstain_score: str | None = None,
 ) -> pb.PredictRequest:
     """The mcdrop.v1 ``PredictRequest`` that ``Client.predict`` sends (also for load generators)."""
     if mode not in _MODES:
@@ -251,8 +266,11 @@ def encode_request(
         return_samples=return_samples,
         max_samples=max_samples,
         chunk=chunk,
+        abstain_score=abstain_score or "",
     )
-    for name, value in (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance)):
+    optional = (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance),
+                ("abstain_threshold", abstain_threshold))  # fmt: skip
+    for name, value in optional:
         if value is not None:
             setattr(request, name, value)
     return request
@@ -303,9 +321,15 @@ def _decode_result(message: pb.PredictResponse | pb.OutputResult, common: dict[s
         per_class: dict[str, Any] = {
             name: tensors.decode(getattr(c, name), name) for name in CLASSIFICATION_OUTPUTS if name not in per_row
         }
+        abstain: dict[str, Any] = {} if not c.abstain_score_name else {
+            "abstain": np.asarray(c.abstain, bool), "abstain_score": np.asarray(c.abstain_score),
+            "abstain_score_name": c.abstain_score_name,
+            "abstain_threshold": c.abstain_threshold if c.HasField("abstain_threshold") else None,
+        }  # fmt: skip
         return Prediction(
             predicted_label=list(c.predicted_label) or None,
             class_labels=list(c.class_labels) or None,
+            **abstain,
             **per_class,
             **per_row,
             **common,
@@ -315,6 +339,7 @@ def _decode_result(message: pb.PredictResponse | pb.OutputResult, common: dict[s
     return Prediction(
         interval=r.interval,
         noise_variance=tensors.decode(r.noise_variance, "noise_variance") if r.HasField("noise_variance") else None,
+        interval_calibration=r.interval_calibration or None,
         **outputs,
         **common,
     )

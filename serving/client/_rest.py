@@ -93,6 +93,8 @@ class RestClient:
         seed: int | None = None,
         tolerance: float | None = None,
         interval: float | None = None,
+        abstain_threshold: float | None = None,
+        abstain_score: str | None = None,
     ) -> Prediction:
         if tolerance is not None:
             raise InvalidArgument("Adaptive sampling (--tolerance) is a gRPC feature. Expected a gRPC server "
@@ -100,7 +102,9 @@ class RestClient:
         inputs = {"x": np.asarray(x)} if not isinstance(x, Mapping) else {k: np.asarray(v) for k, v in x.items()}
         raw = [np.ascontiguousarray(v, dtype="<f4").tobytes() for v in inputs.values()]
         parameters: dict[str, Any] = {"binary_data_output": True}
-        for name, value in (("mode", mode), ("seed", seed), ("interval", interval)):
+        chosen = (("mode", mode), ("seed", seed), ("interval", interval), ("abstain_threshold", abstain_threshold),
+                  ("abstain_score", abstain_score))  # fmt: skip
+        for name, value in chosen:
             if value is not None:
                 parameters[name] = value
         if samples:
@@ -191,13 +195,19 @@ def _prediction(body: bytes, header_length: str | None, interval: float) -> Pred
 def _output(
     fields: dict[str, np.ndarray], echoed: dict[str, Any], output: str, common: dict[str, Any], interval: float
 ) -> Prediction:
+    start = f"{output}/" if output else ""
     if "predicted_class" in fields:
         classification: dict[str, Any] = {name: fields[name] for name in CLASSIFICATION_OUTPUTS}
+        if "abstain" in fields:
+            classification |= {"abstain": fields["abstain"], "abstain_score": fields["abstain_score"],
+                               "abstain_score_name": echoed.get(start + "abstain_score"),
+                               "abstain_threshold": echoed.get(start + "abstain_threshold")}  # fmt: skip
         return Prediction(**classification, **common)
-    epistemic_only = echoed.get(f"{output}/epistemic_only" if output else "epistemic_only", True)
+    epistemic_only = echoed.get(start + "epistemic_only", True)
     noise = None
     if not epistemic_only:
         predictive = fields["predictive_std"].astype(np.float64)
         noise = np.mean(np.square(predictive) - np.square(fields["std"].astype(np.float64)), axis=0)
     regression: dict[str, Any] = {name: fields[name] for name in REGRESSION_OUTPUTS}
-    return Prediction(**regression, noise_variance=noise, interval=interval, **common)
+    return Prediction(**regression, noise_variance=noise, interval=interval,
+                      interval_calibration=echoed.get(start + "interval_calibration"), **common)  # fmt: skip

@@ -126,3 +126,31 @@ def conformal_multipliers(manifest: Manifest, mode: Mode, level: float) -> dict[
             )
         found[spec.name] = multiplier if record.conformal.pooled else multiplier.reshape(spec.row_shape)
     return found
+
+
+def metadata(manifest: Manifest) -> dict[str, str | int | float]:
+    """What metadata answers say of a calibrated version (nothing for an uncalibrated one): the rows, the target and,
+    per output (``OUTPUT/`` prefixed when there are several), the score, threshold, coverage and risk it reached, or
+    the interval calibration."""
+    calibration = manifest.calibration
+    if calibration is None:
+        return {}
+    found: dict[str, str | int | float] = {"calibration_rows": calibration.rows,
+                                           "calibration_samples": calibration.samples,
+                                           "calibration_mode": calibration.mode}  # fmt: skip
+    if calibration.target is not None:
+        found |= {"abstain_target": str(calibration.target), "abstain_delta": calibration.target.delta}
+    several = len(manifest.outputs) > 1
+    for record in calibration.outputs:
+        start = f"{record.output}/" if several else ""
+        if isinstance(record, RegressionCalibration):
+            found[start + "interval_calibration"] = CONFORMAL
+            continue
+        chosen = record.record(record.score) if record.score else None
+        if chosen is not None and chosen.selection is not None:
+            found |= {start + "abstain_score": chosen.name, start + "abstain_threshold": chosen.selection.threshold,
+                      start + "abstain_coverage": chosen.selection.coverage,
+                      start + "abstain_risk": chosen.selection.risk}  # fmt: skip
+            if chosen.selection.bound is not None:
+                found[start + "abstain_risk_bound"] = chosen.selection.bound
+    return found

@@ -24,7 +24,6 @@ from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.grpc.status import deadline_of, translated
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import oip as protocol
-from mcdrop.serving.protocols.outputs import output_arrays
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
 
@@ -83,9 +82,11 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> Any:
     )
 
 
-def _parameter(value: str | int | bool) -> Any:
+def _parameter(value: str | int | bool | float) -> Any:
     if isinstance(value, bool):
         return oip.InferParameter(bool_param=value)
+    if isinstance(value, float):
+        return oip.InferParameter(double_param=value)
     return oip.InferParameter(string_param=value) if isinstance(value, str) else oip.InferParameter(int64_param=value)
 
 
@@ -113,9 +114,8 @@ def decode_infer_request(request: Any, version: ModelVersion) -> tuple[Predictio
 
 def encode_infer_response(request: Any, prediction: Prediction, wanted: list[str]) -> Any:
     response = oip.ModelInferResponse(model_name=prediction.model, model_version=str(prediction.version), id=request.id)
-    arrays = output_arrays(prediction)
-    for name in wanted:
-        array = np.ascontiguousarray(arrays[name])
+    for name, selected in protocol.selected_outputs(prediction, wanted).items():
+        array = np.ascontiguousarray(selected)
         response.outputs.add(name=name, datatype=protocol.datatype_of(array), shape=list(array.shape))
         response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     for name, value in protocol.response_parameters(prediction).items():

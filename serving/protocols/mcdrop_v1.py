@@ -12,6 +12,7 @@ import json
 import numpy as np
 
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
+from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Mode, OutputPrediction, Prediction, PredictionRequest
 from mcdrop.serving.core.uncertainty import ClassificationSummary
 from mcdrop.serving.errors import InvalidArgument
@@ -44,6 +45,8 @@ def decode_request(request: pb.PredictRequest) -> PredictionRequest:
         tolerance=request.tolerance if request.HasField("tolerance") else None,
         max_samples=request.max_samples,
         chunk=request.chunk,
+        abstain_threshold=request.abstain_threshold if request.HasField("abstain_threshold") else None,
+        abstain_score=request.abstain_score or None,
     )
 
 
@@ -78,18 +81,25 @@ def _encode_output(output: OutputPrediction, message: pb.PredictResponse | pb.Ou
         fields |= {
             name: tensors.encode(getattr(summary, name)) for name in CLASSIFICATION_OUTPUTS if name not in fields
         }
+        decided = output.decision
+        abstain = {} if decided is None else {
+            "abstain": decided.abstain.tolist(), "abstain_score": decided.score_values.tolist(),
+            "abstain_score_name": decided.score, "abstain_threshold": decided.threshold,
+        }  # fmt: skip
         message.classification.CopyFrom(
             pb.Classification(
                 predicted_label=[labels[i] for i in summary.predicted_class] if labels else [],
                 class_labels=labels,
                 **fields,
+                **abstain,
             )
         )
     else:
         variance = output.noise_variance
         noise = {} if variance is None else {"noise_variance": tensors.encode(variance.astype(np.float32))}
         arrays = {name: tensors.encode(getattr(summary, name)) for name in REGRESSION_OUTPUTS}
-        message.regression.CopyFrom(pb.Regression(interval=summary.level, **arrays, **noise))
+        message.regression.CopyFrom(pb.Regression(interval=summary.level, **arrays, **noise,
+                                                  interval_calibration=output.interval_calibration or ""))  # fmt: skip
     if output.sample_outputs is not None:
         message.sample_outputs.CopyFrom(tensors.encode(output.sample_outputs))
 
@@ -133,7 +143,13 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
             for spec, noise in zip(version.outputs, version.noise_variances, strict=True)
         ],
         modes=[MODE_ENUMS[Mode(mode)] for mode in version.modes],
+        calibration=_calibration_metadata(version),
     )
+
+
+def _calibration_metadata(version: ModelVersion) -> dict[str, str]:
+    found = decision.metadata(version.manifest)
+    return {name: repr(value) if isinstance(value, float) else str(value) for name, value in found.items()}
 
 
 def _input_tensor(spec: InputSpec) -> pb.TensorSpec:

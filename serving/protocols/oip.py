@@ -8,6 +8,7 @@ one FP32 tensor per model input, by the manifest's names), the outputs a model a
 parameters it echoes::
 
     mc_samples (int64)  seed (int64)  mode (string)  return_samples (bool)  interval (double)
+    abstain_threshold (double)  abstain_score (string)
 
 A seeded request therefore gets the same numbers over either transport. No ``grpc`` import here.
 """
@@ -21,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving import __version__
+from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.models.calibration import ClassificationCalibration
 from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelVersion
-from mcdrop.serving.protocols.outputs import SAMPLES, output_names, prefix
+from mcdrop.serving.protocols.outputs import SAMPLES, output_arrays, output_names, prefix
 from mcdrop.serving.protocols.tensors import check_shape
 
 __all__ = [
@@ -87,6 +90,8 @@ PARAMETERS = {
     "mode": Parameter("string_param", (str,)),
     "return_samples": Parameter("bool_param", (bool,)),
     "interval": Parameter("double_param", (int, float)),
+    "abstain_threshold": Parameter("double_param", (int, float)),
+    "abstain_score": Parameter("string_param", (str,)),
 }
 IGNORED_PARAMETERS = frozenset({"priority", "timeout"})  # standard scheduling hints; not applicable here
 
@@ -95,9 +100,14 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "mcdrop", "version": __version__, "extensions": list(EXTENSIONS)}
 
 
-def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
-    """``(name, datatype, shape)`` of every output the model metadata advertises, in its order."""
+def output_tensors(version: ModelVersion, abstaining: bool = False) -> list[tuple[str, str, list[int]]]:
+    """``(name, datatype, shape)`` of every output the model metadata advertises, in its order: ``abstain`` and
+    ``abstain_score`` for the classification outputs of a calibrated version (or of any, when ``abstaining``: a
+    request that sets its own threshold)."""
     tensors: list[tuple[str, str, list[int]]] = []
+    calibration = version.manifest.calibration
+    outputs = calibration.outputs if calibration is not None else ()
+    calibrated = {o.output for o in outputs if isinstance(o, ClassificationCalibration)}
     for spec in version.outputs:
         start = prefix(spec.name, len(version.outputs))
         output = list(spec.shape)
@@ -106,6 +116,8 @@ def output_tensors(version: ModelVersion) -> list[tuple[str, str, list[int]]]:
                 tensors.append((start + name, "FP32", output))
             else:
                 tensors.append((start + name, "INT64" if name == "predicted_class" else "FP64", [-1]))
+        if spec.task == Task.CLASSIFICATION and (abstaining or spec.name in calibrated):
+            tensors += [(start + "abstain", "BOOL", [-1]), (start + "abstain_score", "FP64", [-1])]
         if version.stochastic:
             tensors.append((start + SAMPLES, "FP32", [-1, *output]))
     return tensors
@@ -119,7 +131,7 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": [{"name": spec.name, "datatype": "FP32", "shape": list(spec.shape)} for spec in version.inputs],
         "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in output_tensors(version)],
-        "parameters": version.uncertainty_source(),
+        "parameters": {**version.uncertainty_source(), **decision.metadata(version.manifest)},
     }
 
 
@@ -204,7 +216,8 @@ def infer_request(
     ``return_samples`` on); without named outputs, all but ``samples`` come back (``samples`` too with
     ``return_samples``). ``x``: every input by name.
     """
-    advertised = [name for name, _, _ in output_tensors(version)]
+    abstaining = "abstain_threshold" in params or "abstain_score" in params
+    advertised = [name for name, _, _ in output_tensors(version, abstaining)]
     unknown = [name for name in wanted if name not in advertised]
     if unknown:
         raise InvalidArgument(f"Unknown output(s) {unknown}. Expected any of: {', '.join(advertised)}")
@@ -220,25 +233,46 @@ def infer_request(
         seed=params.get("seed"),
         return_samples=return_samples,
         interval=params.get("interval"),
+        abstain_threshold=params.get("abstain_threshold"),
+        abstain_score=params.get("abstain_score"),
     )
-    return decoded, wanted or [name for name in advertised if not _is_samples(name) or return_samples]
+    return decoded, wanted
+
+
+def selected_outputs(prediction: Prediction, wanted: list[str]) -> dict[str, np.ndarray]:
+    """The arrays to answer with: the ``wanted`` ones, or every one computed (``samples`` only when asked for)."""
+    arrays = output_arrays(prediction)
+    if not wanted:
+        return arrays
+    missing = [name for name in wanted if name not in arrays]
+    if missing:
+        raise InvalidArgument(
+            f"Output(s) {missing} are not computed for this request (mode {prediction.mode.value.upper()}): "
+            "abstain outputs come with a calibrated mode or an abstain_threshold. Expected any of: " + ", ".join(arrays)
+        )
+    return {name: arrays[name] for name in wanted}
 
 
 def _is_samples(name: str) -> bool:
     return name == SAMPLES or name.endswith("/" + SAMPLES)
 
 
-def response_parameters(prediction: Prediction) -> dict[str, int | str | bool]:
+def response_parameters(prediction: Prediction) -> dict[str, int | str | bool | float]:
     """What an inference response echoes: the samples drawn, mode, version, seed, and for regression whether
     the intervals are epistemic only (no observation noise)."""
-    parameters: dict[str, int | str | bool] = {"mc_samples": prediction.samples, "mode": prediction.mode.value,
+    parameters: dict[str, int | str | bool | float] = {"mc_samples": prediction.samples, "mode": prediction.mode.value,
                                                "model_version": str(prediction.version)}  # fmt: skip
     if prediction.seed is not None:
         parameters["seed"] = prediction.seed
     for output in prediction.outputs:
+        start = prefix(output.name, len(prediction.outputs))
         if output.task == Task.REGRESSION:
-            name = prefix(output.name, len(prediction.outputs)) + "epistemic_only"
-            parameters[name] = output.noise_variance is None
+            parameters[start + "epistemic_only"] = output.noise_variance is None
+        if output.interval_calibration is not None:
+            parameters[start + "interval_calibration"] = output.interval_calibration
+        if output.decision is not None:
+            parameters[start + "abstain_score"] = output.decision.score
+            parameters[start + "abstain_threshold"] = output.decision.threshold
     return parameters
 
 

@@ -1,7 +1,8 @@
 """The outputs of a prediction, named once for every protocol, the client and batch scoring.
 
 Each name is a field of the task's uncertainty summary (``mcdrop.serving.core.uncertainty``, which
-says what each one means); ``samples`` is the raw ``[T, B, ...]`` sample outputs, returned on request.
+says what each one means); ``samples`` is the raw ``[T, B, ...]`` sample outputs, returned on request;
+``abstain`` and ``abstain_score`` come with a classification output that abstains (``mcdrop.serving.core.decision``).
 
 A model with several outputs names each array ``OUTPUT/FIELD`` (``cls/mean``, ``score/lower``,
 ``cls/samples``): the model's output name, a slash, the field; a single-output model keeps the bare
@@ -17,6 +18,7 @@ from mcdrop.serving.core.uncertainty import ClassificationSummary
 from mcdrop.serving.models.manifest import Task
 
 __all__ = [
+    "ABSTAIN_OUTPUTS",
     "CLASSIFICATION_OUTPUTS",
     "PER_ROW_OUTPUTS",
     "REGRESSION_OUTPUTS",
@@ -34,6 +36,8 @@ PER_ROW_OUTPUTS = CLASSIFICATION_OUTPUTS[2:]
 REGRESSION_OUTPUTS = ("mean", "std", "predictive_std", "lower", "upper", "mean_lower", "mean_upper")
 """Each in the output's shape ([B, ...])."""
 SAMPLES = "samples"
+ABSTAIN_OUTPUTS = ("abstain", "abstain_score")
+"""Classification of a calibrated version: per row, abstain (bool) and the value of the score it abstains by."""
 
 
 def output_names(task: Task) -> tuple[str, ...]:
@@ -63,6 +67,9 @@ def field_arrays(output: OutputPrediction) -> dict[str, np.ndarray]:
     if isinstance(summary, ClassificationSummary):
         arrays["predicted_class"] = arrays["predicted_class"].astype(np.int64)
         arrays["variation_ratio"] = arrays["variation_ratio"].astype(np.float64)
+    if output.decision is not None:
+        arrays["abstain"] = np.asarray(output.decision.abstain, np.bool_)
+        arrays["abstain_score"] = np.asarray(output.decision.score_values, np.float64)
     if output.sample_outputs is not None:
         arrays[SAMPLES] = output.sample_outputs
     return arrays

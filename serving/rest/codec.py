@@ -22,7 +22,6 @@ from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import oip as protocol
-from mcdrop.serving.protocols.outputs import output_arrays
 
 __all__ = ["HEADER_LENGTH", "BodyTooLarge", "decode_infer", "dump_json", "encode_infer", "read_body", "split_body"]
 
@@ -33,6 +32,10 @@ BINARY_OUTPUT = "binary_data_output"
 
 class BodyTooLarge(MCDropError):
     """A request body above the server's message limit."""
+
+
+EVERY_OUTPUT = "*"
+"""In the binary outputs: every output answered is binary (``binary_data_output`` without named outputs)."""
 
 
 def decode_infer(
@@ -72,7 +75,7 @@ def decode_infer(
     wanted, binary_outputs = _wanted(body.get("outputs"))
     decoded = protocol.infer_request(version, x, parameters, wanted)
     if all_binary and not wanted:
-        binary_outputs = set(decoded[1])
+        binary_outputs = {EVERY_OUTPUT}
     return decoded[0], decoded[1], binary_outputs
 
 
@@ -83,13 +86,12 @@ def encode_infer(
     binary: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[dict[str, Any], list[bytes]]:
     """The JSON response, and the raw bytes of the outputs answered in binary (in output order)."""
-    arrays = output_arrays(prediction)
     outputs = []
     blobs: list[bytes] = []
-    for name in wanted:
-        array = np.asarray(arrays[name])
+    for name, selected in protocol.selected_outputs(prediction, wanted).items():
+        array = np.asarray(selected)
         tensor: dict[str, Any] = {"name": name, "datatype": protocol.datatype_of(array), "shape": list(array.shape)}
-        if name in binary:
+        if name in binary or EVERY_OUTPUT in binary:
             raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

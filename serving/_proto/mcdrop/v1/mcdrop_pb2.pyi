@@ -44,7 +44,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk", "inputs")
+    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk", "inputs", "abstain_threshold", "abstain_score")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class PredictRequest(_message.Message):
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     input: Tensor
@@ -76,7 +78,9 @@ class PredictRequest(_message.Message):
     max_samples: int
     chunk: int
     inputs: _containers.MessageMap[str, Tensor]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    abstain_threshold: float
+    abstain_score: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., abstain_threshold: _Optional[float] = ..., abstain_score: _Optional[str] = ...) -> None: ...
 
 class OutputResult(_message.Message):
     __slots__ = ("name", "task", "classification", "regression", "sample_outputs")
@@ -93,7 +97,7 @@ class OutputResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("mean", "std", "predicted_class", "predicted_label", "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio", "class_labels")
+    __slots__ = ("mean", "std", "predicted_class", "predicted_label", "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio", "class_labels", "abstain", "abstain_score", "abstain_score_name", "abstain_threshold")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +107,10 @@ class Classification(_message.Message):
     MUTUAL_INFORMATION_FIELD_NUMBER: _ClassVar[int]
     VARIATION_RATIO_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_SCORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     std: Tensor
     predicted_class: _containers.RepeatedScalarFieldContainer[int]
@@ -112,10 +120,14 @@ class Classification(_message.Message):
     mutual_information: _containers.RepeatedScalarFieldContainer[float]
     variation_ratio: _containers.RepeatedScalarFieldContainer[float]
     class_labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., predicted_label: _Optional[_Iterable[str]] = ..., predictive_entropy: _Optional[_Iterable[float]] = ..., expected_entropy: _Optional[_Iterable[float]] = ..., mutual_information: _Optional[_Iterable[float]] = ..., variation_ratio: _Optional[_Iterable[float]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    abstain: _containers.RepeatedScalarFieldContainer[bool]
+    abstain_score: _containers.RepeatedScalarFieldContainer[float]
+    abstain_score_name: str
+    abstain_threshold: float
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., predicted_label: _Optional[_Iterable[str]] = ..., predictive_entropy: _Optional[_Iterable[float]] = ..., expected_entropy: _Optional[_Iterable[float]] = ..., mutual_information: _Optional[_Iterable[float]] = ..., variation_ratio: _Optional[_Iterable[float]] = ..., class_labels: _Optional[_Iterable[str]] = ..., abstain: _Optional[_Iterable[bool]] = ..., abstain_score: _Optional[_Iterable[float]] = ..., abstain_score_name: _Optional[str] = ..., abstain_threshold: _Optional[float] = ...) -> None: ...
 
 class Regression(_message.Message):
-    __slots__ = ("mean", "std", "lower", "upper", "interval", "predictive_std", "mean_lower", "mean_upper", "noise_variance")
+    __slots__ = ("mean", "std", "lower", "upper", "interval", "predictive_std", "mean_lower", "mean_upper", "noise_variance", "interval_calibration")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +137,7 @@ class Regression(_message.Message):
     MEAN_LOWER_FIELD_NUMBER: _ClassVar[int]
     MEAN_UPPER_FIELD_NUMBER: _ClassVar[int]
     NOISE_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     std: Tensor
     lower: Tensor
@@ -134,7 +147,8 @@ class Regression(_message.Message):
     mean_lower: Tensor
     mean_upper: Tensor
     noise_variance: Tensor
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ..., predictive_std: _Optional[_Union[Tensor, _Mapping]] = ..., mean_lower: _Optional[_Union[Tensor, _Mapping]] = ..., mean_upper: _Optional[_Union[Tensor, _Mapping]] = ..., noise_variance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    interval_calibration: str
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ..., predictive_std: _Optional[_Union[Tensor, _Mapping]] = ..., mean_lower: _Optional[_Union[Tensor, _Mapping]] = ..., mean_upper: _Optional[_Union[Tensor, _Mapping]] = ..., noise_variance: _Optional[_Union[Tensor, _Mapping]] = ..., interval_calibration: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms", "outputs")
@@ -228,7 +242,14 @@ class DropoutLayer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layer_class: _Optional[str] = ..., rate: _Optional[float] = ..., noise_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs", "modes")
+    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs", "modes", "calibration")
+    class CalibrationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +266,7 @@ class ModelMetadata(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MODES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -261,7 +283,8 @@ class ModelMetadata(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[InputMetadata]
     outputs: _containers.RepeatedCompositeFieldContainer[OutputMetadata]
     modes: _containers.RepeatedScalarFieldContainer[Mode]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ...) -> None: ...
+    calibration: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., calibration: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class InputMetadata(_message.Message):
     __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range", "categories")
