@@ -11,6 +11,7 @@ from typing import Any
 
 from mcdrop.pipeline.cli import prepare
 from mcdrop.serving.cli.arguments import names, positive_floats, positive_int, require_extra
+from mcdrop.serving.cli.calibrate import add_calibration_arguments, calibration_options, print_calibration
 from mcdrop.serving.models.manifest import Manifest
 
 
@@ -72,6 +73,7 @@ def register_export(subcommands: Any) -> None:
         help="skip the one-pass moments graph (mode moments; made by default where every layer after the first "
         "dropout has a propagation rule and it passes its check against Monte Carlo)",
     )
+    add_calibration_arguments(export, flag="--calibration-data")
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(handler=run_export)
@@ -128,6 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
         mc_layers=args.mc_layers,
         device_shapes=tuple(args.device_shapes),
         moments=args.moments,
+        calibration=calibration_options(args),
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -135,6 +138,8 @@ def run_export(args: argparse.Namespace) -> int:
         print()
     else:
         print_export_summary(options.repository, version, manifest)
+        if manifest.calibration is not None:
+            print_calibration(manifest.calibration)
     return 0
 
 

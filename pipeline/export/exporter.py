@@ -10,13 +10,17 @@
 4. the one-pass moments graph, checked against Monte Carlo (``stages.moments``);
 5. quantised variants for the server (``stages.quantized``);
 6. the fingerprint and the timing record (``verify.fingerprint``, ``verify.timing``);
-7. the manifest (``stages.manifest``), then publish the staging directory atomically as the next version.
+7. the manifest (``stages.manifest``);
+8. with calibration data: predict the labelled rows through the staged graphs with the server's own code and add
+   the ``calibration`` section (``mcdrop.serving.calibration``); then publish the staging directory atomically
+   as the next version.
 
 Everything is written into a staging directory first; nothing is published if any step or check fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 
@@ -28,6 +32,7 @@ from mcdrop.pipeline.export.stages.subject import Step, describe
 from mcdrop.pipeline.export.verify import budget
 from mcdrop.pipeline.export.verify.fingerprint import FINGERPRINT_ROWS, FINGERPRINT_SEED, fingerprint
 from mcdrop.pipeline.export.verify.timing import timing
+from mcdrop.serving.calibration.calibrate import calibrate, check_rows
 from mcdrop.serving.errors import InferenceFailed
 from mcdrop.serving.models import publish
 from mcdrop.serving.models.manifest import Manifest
@@ -49,6 +54,8 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
     started = time.perf_counter()
     options.check()
     subject = describe(options, step)
+    if options.calibration is not None:  # a target these rows cannot certify is refused before anything converts
+        check_rows(options.calibration, tuple(subject.output_names))
     staging = publish.create_staging(options.repository, options.name)
     try:
         graphs = server.convert_and_verify(subject, staging, step)
@@ -82,6 +89,12 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         )
         record = manifest.build(subject, found, staging)
         record.write(staging)
+        if options.calibration is not None:
+            step("calibrating")
+            calibration = calibrate(staging, record, options.calibration)
+            # The one field added after the build: calibration reads the staged version, manifest included.
+            record = dataclasses.replace(record, calibration=calibration)
+            record.write(staging)
         step("publishing")
         version = publish.publish(staging)
     except InferenceFailed as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from mcdrop.pipeline.export.convert.shapes import Shape
 from mcdrop.pipeline.export.convert.tflite import QUANTIZATIONS
+from mcdrop.serving.calibration.calibrate import CalibrationOptions
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.layout import check_model_name
 
@@ -30,6 +31,7 @@ _FLAGS = {
     "mc_layers": "--mc-layers",
     "moments": "--no-moments",
     "device_shapes": "--device-shape",
+    "calibration": "--calibration-data",
 }
 _BATCH_KEYS = {"imports": "import"}
 """Batch-entry keys that differ from the field's name."""
@@ -69,6 +71,8 @@ class ExportOptions:
     """Also export the one-pass moments graph where every layer after the first dropout has a propagation rule."""
     device_shapes: tuple[Shape, ...] = ()
     """Static shapes (from ``--device-shape B=1,T=32``, ``convert.shapes.parse_shape``) of extra graphs for devices."""
+    calibration: CalibrationOptions | None = None
+    """Labelled rows to calibrate abstention and intervals on (``mcdrop.serving.calibration``); None: not calibrated."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
