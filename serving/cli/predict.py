@@ -48,6 +48,10 @@ def register(subcommands: Any) -> None:
     add("--seed", type=int, default=None, help="seed: identical answers on every call")
     add("--tolerance", type=positive_float, default=None, help="adaptive: sample until the standard error is below")
     add("--interval", type=float, default=None, help="regression interval level (default 0.95)")
+    add("--abstain-threshold", type=float, default=None, metavar="VALUE",
+        help="abstain above this score instead of the calibrated threshold (mcdrop calibrate)")  # fmt: skip
+    add("--abstain-score", default=None, metavar="NAME",
+        help="abstain by this score instead of the calibrated one (e.g. mutual_information)")  # fmt: skip
     add("--timeout", type=positive_float, default=30.0, help="deadline in seconds (default %(default)s)")
     add("--json", action="store_true", help="print JSON instead of a table")
     add("--ca", default=None, metavar="PEM", help="CA bundle to verify the server (turns on TLS)")
@@ -81,6 +85,8 @@ def run_predict(args: argparse.Namespace) -> int:
             seed=args.seed,
             tolerance=args.tolerance,
             interval=args.interval,
+            abstain_threshold=args.abstain_threshold,
+            abstain_score=args.abstain_score,
         )
         source = (
             uncertainty_source(client.manifest(args.model, prediction.version))
@@ -96,7 +102,9 @@ def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any
 
     with RestClient(args.server, timeout=args.timeout, **security) as client:
         prediction = client.predict(args.model, x, version=args.version, mode=args.mode, samples=args.samples or 0,
-                                    seed=args.seed, tolerance=args.tolerance, interval=args.interval)  # fmt: skip
+                                    seed=args.seed, tolerance=args.tolerance, interval=args.interval,
+                                    abstain_threshold=args.abstain_threshold,
+                                    abstain_score=args.abstain_score)  # fmt: skip
         parameters = client.metadata(args.model, prediction.version).get("parameters", {})
     source = None
     if prediction.mode != "deterministic":
@@ -272,10 +280,17 @@ def _print_output(p: Any, output: str | None) -> None:
     title += f" · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
     table = Table(title=title)
     if p.task == "classification":
-        for column in ("row", "predicted", "p(predicted)", "± std", "entropy (nats)", "mutual info", "var. ratio"):
+        columns = ["row", "predicted", "p(predicted)", "± std", "entropy (nats)", "mutual info", "var. ratio"]
+        abstaining = p.abstain is not None
+        if abstaining:
+            title += f" · abstain if {p.abstain_score_name} > {p.abstain_threshold:.4g}"
+            table.title = title
+            columns.append("decision")
+        for column in columns:
             table.add_column(column, justify="right")
         for i, cls in enumerate(p.predicted_class):
             label = p.predicted_label[i] if p.predicted_label else str(cls)
+            decision = ["[red]abstain[/]" if p.abstain[i] else "answer"] if abstaining else []
             table.add_row(
                 str(i),
                 label,
@@ -284,10 +299,13 @@ def _print_output(p: Any, output: str | None) -> None:
                 f"{p.predictive_entropy[i]:.4f}",
                 f"{p.mutual_information[i]:.4f}",
                 f"{p.variation_ratio[i]:.3f}",
+                *decision,
             )
     else:
         epistemic_only = p.noise_variance is None
         interval = f"{p.interval:.0%} interval of y" + (" (epistemic only)" if epistemic_only else "")
+        if p.interval_calibration:
+            interval += f" ({p.interval_calibration})"
         for column in ("row", "output", "mean", "± std (model)", "± predictive std", interval, "interval of mean"):
             table.add_column(column, justify="right")
         rows = len(p.mean)

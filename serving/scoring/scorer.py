@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mcdrop.serving.core import OutputPrediction, Prediction, PredictionRequest, Sampler
+from mcdrop.serving.core import OutputPrediction, Prediction, PredictionRequest, Sampler, decision
+from mcdrop.serving.core.requests import Mode
 from mcdrop.serving.models.manifest import OutputSpec, Task
 from mcdrop.serving.models.repository import ModelRepository
 from mcdrop.serving.protocols.outputs import PER_ROW_OUTPUTS, REGRESSION_OUTPUTS, field_arrays, prefix
@@ -98,9 +99,12 @@ class Scorer:
         """The output columns and their types (fixed, so units whose rows all failed still match). A model with
         several outputs has one group of columns per output, each named ``OUTPUT/COLUMN`` (``cls/p_mean``)."""
         fields: list[tuple[str, pa.DataType]] = []
+        abstaining = decision.abstain_rules(self.version.manifest, Mode(self.settings.mode), None, None)
         for spec in self.version.outputs:
             start = prefix(spec.name, len(self.version.outputs))
             fields += [(start + name, kind) for name, kind in _output_fields(spec)]
+            if spec.name in abstaining:
+                fields += [(start + "abstain", pa.bool_()), (start + "abstain_score", pa.float64())]
         return pa.schema(fields)
 
     def _columns(self, prediction: Prediction) -> dict[str, np.ndarray]:
@@ -137,6 +141,7 @@ def _output_columns(spec: OutputSpec, output: OutputPrediction) -> dict[str, np.
     arrays = field_arrays(output)
     if output.task == Task.CLASSIFICATION:
         columns = {CLASS_PROBABILITIES.get(name, name): values for name, values in arrays.items()}
+        # abstain (bool) and abstain_score (float64) pass through as they are
         for name in CLASS_PROBABILITIES.values():
             columns[name] = columns[name].astype(np.float32)
         if output.class_labels:
