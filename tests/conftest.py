@@ -37,6 +37,40 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibration_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Labelled rows the ``model_repository`` models did not train on (their validation splits), as .npz files."""
+    pytest.importorskip("sklearn")
+    from mcdrop.pipeline.training.data import load_dataset
+
+    root = tmp_path_factory.mktemp("calibration")
+    files = {}
+    for name in ("digits", "diabetes"):
+        task = "classification" if name == "digits" else "regression"
+        data = load_dataset(name, task=task, target=[], val_fraction=0.2, seed=1)
+        files[name] = root / f"{name}.npz"
+        np.savez(files[name], x=data.x_val.astype(np.float32), y=data.y_val)
+    return files
+
+
+@pytest.fixture(scope="session")
+def calibrated_repository(model_repository: Path, calibration_files: dict[str, Path],
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+    """``model_repository`` with a calibrated version 2 of each model (``mcdrop calibrate``): digits abstains at
+    ``coverage=0.9``, diabetes has conformal intervals. Version 1 of each is uncalibrated."""
+    import shutil
+
+    from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
+    from mcdrop.serving.calibration.publish import calibrate_version
+
+    repo = tmp_path_factory.mktemp("calibrated") / "repo"
+    shutil.copytree(model_repository, repo)
+    calibrate_version(repo, "digits", 1, CalibrationOptions(calibration_files["digits"],
+                                                            abstain_target=parse_target("coverage=0.9")))  # fmt: skip
+    calibrate_version(repo, "diabetes", 1, CalibrationOptions(calibration_files["diabetes"]))
+    return repo
+
+
+@pytest.fixture(scope="session")
 def digits_rows() -> np.ndarray:
     pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits

@@ -39,7 +39,9 @@ def test_rows_needed_matches_the_issue_figure_and_the_bound() -> None:
     needed = selective.rows_needed(0.01, 0.05)
     assert needed == 528  # "about 520": δ / ⌈log2 n⌉ = 0.005 at n ≈ 520
     level = 0.05 / math.ceil(math.log2(needed))
-    assert selective.binomial_upper_bound(0, needed, level) <= 0.01 < selective.binomial_upper_bound(0, needed - 1, level)
+    assert (
+        selective.binomial_upper_bound(0, needed, level) <= 0.01 < selective.binomial_upper_bound(0, needed - 1, level)
+    )
     assert selective.rows_needed(0.01, 0.05, error_rate=0.02) is None
 
 

@@ -43,9 +43,10 @@ FUZZ_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def server(model_repository: Path) -> Iterator[tuple[str, Client]]:
+def server(calibrated_repository: Path) -> Iterator[tuple[str, Client]]:
+    """Version 1 of each model uncalibrated, version 2 calibrated (abstain and conformal intervals)."""
     limits = {"max_samples": 2000, "max_batch": 64, "max_sample_rows": 20000, "max_request_gflops": 1.0}
-    with in_process_server(model_repository, **limits) as (srv, client):
+    with in_process_server(calibrated_repository, **limits) as (srv, client):
         yield f"127.0.0.1:{srv.port}", client
 
 
@@ -102,7 +103,8 @@ def predict_requests(draw: Any) -> pb.PredictRequest:
         chunk=draw(st.integers(0, 50) if valid else st.integers(0, 2**32 - 1)),
     )
     for name, strategy in (
-        ("version", st.just(1) if valid else st.integers(-(2**63), 2**63 - 1)),
+        ("version", st.sampled_from([1, 2]) if valid else st.integers(-(2**63), 2**63 - 1)),
+        ("abstain_threshold", st.one_of(st.floats(0, 2), any_float)),
         ("seed", st.integers(0, 2**64 - 1)),
         ("interval", st.one_of(st.floats(0.01, 0.99), any_float)),
         ("tolerance", st.one_of(st.floats(0.01, 0.5), any_float)),
@@ -110,7 +112,12 @@ def predict_requests(draw: Any) -> pb.PredictRequest:
         value = draw(st.none() | strategy)
         if value is not None:
             setattr(request, name, value)
+    request.abstain_score = draw(st.sampled_from(SCORES) | st.text(max_size=8))
     return request
+
+
+SCORES = ["", "mutual_information", "predictive_entropy", "variation_ratio", "least_confidence",
+          "deterministic_least_confidence", "bogus"]  # fmt: skip
 
 
 parameter_values = st.one_of(
@@ -129,6 +136,8 @@ typed_parameters = {
     "mode": st.sampled_from(["monte_carlo", "deterministic"]).map(lambda v: oip.InferParameter(string_param=v)),
     "return_samples": st.booleans().map(lambda v: oip.InferParameter(bool_param=v)),
     "interval": st.floats(0.01, 0.99).map(lambda v: oip.InferParameter(double_param=v)),
+    "abstain_threshold": st.one_of(st.floats(0, 2), any_float).map(lambda v: oip.InferParameter(double_param=v)),
+    "abstain_score": st.sampled_from(SCORES).map(lambda v: oip.InferParameter(string_param=v)),
 }
 
 
@@ -136,7 +145,7 @@ typed_parameters = {
 def valid_infer_requests(draw: Any) -> oip.ModelInferRequest:
     """A well-formed request (values may be NaN/Inf, parameters in range or just outside it)."""
     model, tensor = draw(valid_tensors())
-    request = oip.ModelInferRequest(model_name=model, model_version=draw(st.sampled_from(["", "1"])))
+    request = oip.ModelInferRequest(model_name=model, model_version=draw(st.sampled_from(["", "1", "2"])))
     request.inputs.add(name="x", datatype="FP32", shape=list(tensor.shape))
     request.raw_input_contents.append(tensor.data)
     for key in draw(st.lists(st.sampled_from(sorted(typed_parameters)), max_size=4, unique=True)):
@@ -172,13 +181,27 @@ def infer_requests(draw: Any) -> oip.ModelInferRequest:
         )
     for key in draw(
         st.lists(
-            st.sampled_from(["mc_samples", "seed", "mode", "return_samples", "interval", "priority", "bogus"]),
+            st.sampled_from(
+                [
+                    "mc_samples",
+                    "seed",
+                    "mode",
+                    "return_samples",
+                    "interval",
+                    "priority",
+                    "bogus",
+                    "abstain_threshold",
+                    "abstain_score",
+                ]
+            ),
             max_size=4,
             unique=True,
         )
     ):
         request.parameters[key].CopyFrom(draw(parameter_values))
-    for name in draw(st.lists(st.sampled_from(["mean", "std", "samples", "lower", "logits"]), max_size=3)):
+    for name in draw(
+        st.lists(st.sampled_from(["mean", "std", "samples", "lower", "logits", "abstain", "abstain_score"]), max_size=3)
+    ):
         request.outputs.add(name=name)
     return request
 
