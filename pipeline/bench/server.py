@@ -77,6 +77,7 @@ def server_rows(
                                      "samples": samples if "mc" in name else 1})  # fmt: skip
                 peak = max(memory_mb(pid)["peak"] for pid in pids)
             memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
+        rows += decision_rows(repository, model, x, samples, duration, pool, flags)
         echo_port = free_port()
         echo = subprocess.Popen(
             [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE
@@ -94,7 +95,7 @@ def server_rows(
             echo.wait(timeout=30)
     floor = {r["concurrency"]: r["median_ms"] for r in rows if r["name"] == "echo_floor"}
     for r in rows:
-        if r["name"] != "echo_floor":
+        if r["name"] != "echo_floor" and r["concurrency"] in floor:
             r["ratio_to_echo_floor"] = r["median_ms"] / floor[r["concurrency"]]
     process = {
         **memory[1],
@@ -107,6 +108,45 @@ def server_rows(
         "ready_seconds": ready[1],
     }
     return rows, process
+
+
+DECISION_ROUNDS = 3
+
+
+def decision_rows(repository: Path, model: str, x: np.ndarray, samples: int, duration: float, pool: LoadPool,
+                  flags: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """The serving cost of a calibrated version's decision (abstain per row): the same Monte-Carlo request to the
+    model and to a calibrated copy of it, one server, concurrency 1, measured in alternating rounds."""
+    from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
+    from mcdrop.serving.calibration.publish import calibrate_version
+    from mcdrop.serving.client import serialized_request
+
+    both = repository.parent / "decision"
+    shutil.rmtree(both, ignore_errors=True)
+    shutil.copytree(repository / model, both / model)
+    shutil.copytree(repository / model, both / f"{model}-calibrated")
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(400, *x.shape[1:])).astype(np.float32)
+    labels = rng.integers(0, 10, size=400)  # the cost does not depend on how good the threshold is
+    np.savez(both.parent / "decision-rows.npz", x=rows, y=labels)
+    options = CalibrationOptions(both.parent / "decision-rows.npz", abstain_target=parse_target("coverage=0.9"))
+    calibrate_version(both, f"{model}-calibrated", 1, options)
+    shutil.rmtree(both / f"{model}-calibrated" / "1")  # only the calibrated version loaded
+    requests = {"decision_off": serialized_request(model, x, "monte_carlo", samples),
+                "decision_on": serialized_request(f"{model}-calibrated", x, "monte_carlo", samples)}  # fmt: skip
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in requests}
+    with ServerProcess(both, *flags) as server:
+        for _ in range(DECISION_ROUNDS):
+            for name, request in requests.items():
+                found[name].append(pool.measure(name, Load(server.address, PREDICT, request), 1, duration,
+                                                [server.pid]))  # fmt: skip
+    rows_out = []
+    for measured in found.values():
+        best = dict(measured[0])
+        best["median_ms"] = percentile([m["median_ms"] for m in measured], 50)
+        best["rounds_median_ms"] = [m["median_ms"] for m in measured]
+        rows_out.append({**best, "model": model, "batch": len(x), "workers": 1, "samples": samples})
+    return rows_out
 
 
 def rest_requests(x: np.ndarray, samples: int) -> dict[str, tuple[bytes, int | None]]:

@@ -6,6 +6,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def digits_figures(results: dict[str, Any], folder: Path) -> list[Path]:
     import matplotlib
@@ -113,6 +115,50 @@ def moments_figure(results: dict[str, Any], folder: Path) -> Path:
     fig.suptitle("Per-row uncertainty: one-pass moments vs Monte Carlo", fontsize=11)
     fig.tight_layout()
     return _save(fig, folder / "moments-vs-mc.png")
+
+
+def selective_figure(results: dict[str, Any], folder: Path) -> Path:
+    """Held-out risk–coverage curves of every score (the deterministic baseline dashed) per digits model, and the
+    held-out coverage of conformal vs Gaussian 95 % intervals per regression dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [m for m in results["classification"] if "scores" in m]
+    panels = len(models) + (1 if results["regression"] else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(4.6 * max(1, panels), 4.0), squeeze=False)
+    for ax, model in zip(axes.flat, models, strict=False):
+        for name, found in model["scores"].items():
+            baseline = name == "deterministic_least_confidence"
+            ax.plot(found["coverage"], found["risk"], "--" if baseline else "-", linewidth=1.4,
+                    color="#333333" if baseline else None, label=f"{name} ({found['aurc']:.4f})")  # fmt: skip
+        target = next((t for t in model["targets"] if t["reached"] and t["target"] == "risk=0.02"), None)
+        if target is not None:
+            ax.axvline(target["test_coverage"], color="#d1495b", linewidth=1, linestyle=":",
+                       label=f"risk=0.02 threshold: coverage {target['test_coverage']:.2f}")  # fmt: skip
+        ax.set_title(f"{model['model']}: {model['rows']['test']} held-out rows", fontsize=10)
+        ax.set_xlabel("coverage (share of rows answered)")
+        ax.set_ylabel("selective risk (error rate among answered)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, title="score (AURC)", title_fontsize=7, loc="upper left")
+    if results["regression"]:
+        ax = axes.flat[len(models)]
+        names = [d["dataset"] for d in results["regression"]]
+        positions = np.arange(len(names))
+        for offset, kind, colour in ((-0.18, "conformal", "#2a7ab9"), (0.18, "gaussian", "#999999")):
+            values = [d["levels"]["0.95"][kind]["coverage"] for d in results["regression"]]
+            errors = [2 * d["levels"]["0.95"][kind]["coverage_se"] for d in results["regression"]]
+            ax.bar(positions + offset, values, 0.36, yerr=errors, color=colour, label=kind)
+        ax.axhline(0.95, color="#d1495b", linewidth=1, linestyle="--", label="0.95")
+        ax.set_xticks(positions, names, rotation=20, fontsize=8)
+        ax.set_ylim(0.8, 1.0)
+        ax.set_ylabel("held-out coverage of the 95 % interval")
+        ax.set_title("regression: conformal vs Gaussian (± 2 s.e. over splits)", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, folder / "selective.png")
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -223,3 +223,64 @@ def _targets(targets: list[dict[str, Any]]) -> None:
             t["target"], _shown(t["value"]), _shown(t["bound"]), "[green]yes[/]" if t["met"] else "[red]no[/]"
         )
     stdout_console().print(table)
+
+
+def print_selective(results: dict[str, Any]) -> None:
+    """AURC per score, the calibrated thresholds on held-out rows, and conformal vs Gaussian intervals."""
+    from rich.table import Table
+
+    console = stdout_console()
+    quick = " — QUICK RUN (short training)" if results.get("quick") else ""
+    for model in results["classification"]:
+        if "export_error" in model:
+            console.print(f"{model['model']}: the export refused its calibration: {model['export_error']}")
+            continue
+        rows = model["rows"]
+        aurc = Table(title=f"{model['model']}: AURC on {rows['test']} held-out rows (test error "
+                           f"{model['test_error_rate']:.4f}; lower is better){quick}")  # fmt: skip
+        aurc.add_column("score")
+        aurc.add_column("AURC", justify="right")
+        aurc.add_column("× deterministic", justify="right")
+        baseline = model["scores"]["deterministic_least_confidence"]["aurc"]
+        for name, found in sorted(model["scores"].items(), key=lambda kv: kv[1]["aurc"]):
+            ratio = f"{found['aurc'] / baseline:.2f}" if baseline > 0 else "—"
+            aurc.add_row(name, f"{found['aurc']:.5f}", ratio)
+        console.print(aurc)
+        decided = Table(title=f"{model['model']}: thresholds calibrated on {rows['calibration']} rows "
+                              f"(δ = {results['delta']}), applied to {rows['test']} held-out rows")  # fmt: skip
+        for column in ("target", "score", "calibration coverage / risk", "held-out coverage", "held-out risk [95 %]",
+                       "noise abstained"):  # fmt: skip
+            decided.add_column(column, justify="left" if column in ("target", "score") else "right")
+        for t in model["targets"]:
+            if not t["reached"]:
+                decided.add_row(t["target"], "—", "[red]unreachable[/]", "—", "—", "—")
+                continue
+            low, high = t["test_risk_interval"]
+            risk = "—" if t["test_risk"] is None else f"{t['test_risk']:.4f} [{low:.4f}, {high:.4f}]"
+            decided.add_row(t["target"], t["score"], f"{t['calibration_coverage']:.3f} / {t['calibration_risk']:.4f}",
+                            f"{t['test_coverage']:.3f}", risk, f"{t['noise_abstained']:.3f}")  # fmt: skip
+        console.print(decided)
+    if results["regression"]:
+        table = Table(title=f"regression: held-out coverage and mean width, conformal vs Gaussian intervals "
+                            f"(mean over splits){quick}")  # fmt: skip
+        table.add_column("dataset")
+        table.add_column("splits", justify="right")
+        for level in ("0.8", "0.9", "0.95"):
+            table.add_column(f"{float(level):.0%} conformal", justify="right")
+            table.add_column(f"{float(level):.0%} Gaussian", justify="right")
+        table.add_column("width 95 % conformal / Gaussian", justify="right")
+        for d in results["regression"]:
+            cells = []
+            for level in ("0.8", "0.9", "0.95"):
+                found = d["levels"][level]
+                cells += [f"{found['conformal']['coverage']:.3f}", f"{found['gaussian']['coverage']:.3f}"]
+            widths = d["levels"]["0.95"]
+            ratio = widths["conformal"]["width"] / widths["gaussian"]["width"]
+            table.add_row(d["dataset"], str(d["splits"]), *cells, f"{ratio:.2f}")
+        console.print(table)
+    checks = Table(title="the issue's targets")
+    for column in ("check", "value", "target", "met"):
+        checks.add_column(column)
+    for c in results["checks"]:
+        checks.add_row(c["what"], _shown(c["value"]), c["target"], "[green]yes[/]" if c["met"] else "[red]no[/]")
+    console.print(checks)

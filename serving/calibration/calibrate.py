@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving.calibration import conformal, selective
-from mcdrop.serving.calibration.data import LabelledRows, count_rows, read_labelled, target_columns
+from mcdrop.serving.calibration.data import count_rows, read_labelled, target_columns
 from mcdrop.serving.core import PredictionRequest, Sampler
 from mcdrop.serving.core.requests import Mode, Prediction
 from mcdrop.serving.core.scores import MONTE_CARLO_SCORES, Score, score_values
@@ -38,7 +38,7 @@ from mcdrop.serving.models.calibration import (
 from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository
 
-__all__ = ["CalibrationOptions", "calibrate", "check_rows", "parse_target"]
+__all__ = ["CalibrationOptions", "Predicted", "calibrate", "check_rows", "parse_target", "predict_rows"]
 
 Progress = Callable[[int, int], None]
 BATCH_ROWS = 256
@@ -110,7 +110,7 @@ def calibrate(version_dir: Path, manifest: Manifest, options: CalibrationOptions
     outputs = tuple(spec.name for spec in manifest.outputs)
     check_rows(options, outputs)
     rows = read_labelled(options.data, manifest, options.columns(outputs))
-    predicted = _predict(version_dir, manifest, rows, options.seed, progress)
+    predicted = predict_rows(version_dir, manifest, rows.inputs, options.seed, progress)
     calibrated: list[OutputCalibration] = []
     for spec in manifest.outputs:
         if spec.name not in rows.labels:
@@ -134,13 +134,19 @@ def calibrate(version_dir: Path, manifest: Manifest, options: CalibrationOptions
 
 
 @dataclasses.dataclass
-class _Predicted:
+class Predicted:
+    """Every row's answer in both modes: one deterministic pass, and (with dropout) seeded Monte Carlo."""
+
     deterministic: Prediction
     monte_carlo: Prediction | None
 
 
-def _predict(version_dir: Path, manifest: Manifest, rows: LabelledRows, seed: int, progress: Progress) -> _Predicted:
-    """Monte Carlo (seeded, default T) and one deterministic pass over every row, through the prediction core."""
+def predict_rows(
+    version_dir: Path, manifest: Manifest, inputs: dict[str, np.ndarray], seed: int,
+    progress: Progress = lambda done, total: None,
+) -> Predicted:  # fmt: skip
+    """Monte Carlo (seeded, default T) and one deterministic pass over every row of ``inputs`` (by input name),
+    through the prediction core: the server's answers to the same seeded requests."""
     name = manifest.name or "model"
     repository = ModelRepository(version_dir, pool_size=1, model_name=name, max_versions=1)
     repository.scan()
@@ -149,17 +155,18 @@ def _predict(version_dir: Path, manifest: Manifest, rows: LabelledRows, seed: in
     sampler = Sampler(repository)
     modes = [Mode.DETERMINISTIC] + ([Mode.MONTE_CARLO] if manifest.stochastic else [])
     results: dict[Mode, list[Prediction]] = {mode: [] for mode in modes}
-    total, done = rows.rows * len(modes), 0
+    count = len(next(iter(inputs.values())))
+    total, done = count * len(modes), 0
     for mode in modes:
-        for start in range(0, rows.rows, BATCH_ROWS):
-            block = {key: value[start : start + BATCH_ROWS] for key, value in rows.inputs.items()}
+        for start in range(0, count, BATCH_ROWS):
+            block = {key: value[start : start + BATCH_ROWS] for key, value in inputs.items()}
             request = PredictionRequest(model=name, inputs=block, mode=mode.value, seed=seed, first_row=start)
             results[mode].append(sampler.run(sampler.plan(request)))
             done += len(next(iter(block.values())))
             progress(done, total)
     repository.stop()
     joined = {mode: _join(parts) for mode, parts in results.items()}
-    return _Predicted(joined[Mode.DETERMINISTIC], joined.get(Mode.MONTE_CARLO))
+    return Predicted(joined[Mode.DETERMINISTIC], joined.get(Mode.MONTE_CARLO))
 
 
 def _join(parts: list[Prediction]) -> Prediction:
@@ -176,7 +183,7 @@ def _join(parts: list[Prediction]) -> Prediction:
     return dataclasses.replace(first, outputs=tuple(outputs))
 
 
-def _classification(name: str, predicted: _Predicted, labels: np.ndarray, options: CalibrationOptions,
+def _classification(name: str, predicted: Predicted, labels: np.ndarray, options: CalibrationOptions,
                     stochastic: bool) -> ClassificationCalibration:  # fmt: skip
     deterministic = predicted.deterministic.output(name).summary
     assert isinstance(deterministic, ClassificationSummary)
@@ -244,7 +251,7 @@ def _chosen(
     return min(reaching, key=lambda r: r.aurc).name
 
 
-def _regression(name: str, predicted: _Predicted, targets: np.ndarray) -> RegressionCalibration:
+def _regression(name: str, predicted: Predicted, targets: np.ndarray) -> RegressionCalibration:
     prediction = predicted.monte_carlo or predicted.deterministic
     summary = prediction.output(name).summary
     assert isinstance(summary, RegressionSummary)
