@@ -211,7 +211,8 @@ def test_every_folder_says_what_it_holds() -> None:
 
 
 @pytest.mark.parametrize("role", ["serving/" + r for r in ("core", "models", "protocols", "runtime", "grpc", "rest",
-                                                            "server", "client", "scoring", "cli", "harness", "common")]
+                                                            "server", "client", "scoring", "cli", "harness", "common",
+                                                            "calibration")]
                          + ["pipeline/" + r for r in ("cli", "bench", "evaluation", "web", "jobs", "export", "training",
                                                       "shared", "export/model", "export/graphs", "export/convert",
                                                       "export/verify", "export/stages")])  # fmt: skip

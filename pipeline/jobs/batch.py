@@ -42,12 +42,18 @@ from typing import Any
 
 from mcdrop.pipeline.export.convert.shapes import Shape, parse_shape
 from mcdrop.pipeline.training.config import FIELD_NAMES, read_toml
+from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
+from mcdrop.serving.core.scores import Score
 from mcdrop.serving.errors import InvalidArgument, MCDropError, first_line
 from mcdrop.serving.models.layout import check_model_name, versions
 from mcdrop.serving.models.manifest import Manifest, sha256_file
 
+CALIBRATION_KEYS = ("calibration_data", "calibration_target", "abstain_target", "abstain_delta", "abstain_score")
+"""``mcdrop export --calibration-data`` and its flags; the label column is ``calibration_target``, else the entry's
+(training) ``target`` when it names one column, else ``y`` in a .npz."""
+
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers",
-               "device_shapes", "moments")  # fmt: skip
+               "device_shapes", "moments", *CALIBRATION_KEYS)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -126,6 +132,9 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
         check_model_name(name)
         model_path = job.path.parent / entry["model"] if "model" in entry else None
         model_digest = sha256_file(model_path) if model_path and model_path.is_file() else None
+        calibration = _calibration(job, entry)
+        if calibration is not None and calibration.data.is_file():  # new labels make a new version
+            model_digest = f"{model_digest}+{sha256_file(calibration.data)}"
         digest = entry_hash(entry, model_digest)
         done = exported_version(job.repository, name, digest)
         if done is not None:
@@ -146,6 +155,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             mc_layers=_mc_layers(entry),
             device_shapes=_device_shapes(entry),
             moments=_moments(entry),
+            calibration=calibration,
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -196,6 +206,36 @@ def _noise_precision(entry: dict[str, Any]) -> tuple[float, ...]:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
         raise InvalidArgument(f"noise_precision must be a number > 0 or a list of them. Received: {value!r}")
     return tuple(float(v) for v in values)
+
+
+def _calibration(job: Job, entry: dict[str, Any]) -> CalibrationOptions | None:
+    """The entry's calibration (``calibration_data`` relative to the job file, and the abstention settings)."""
+    data = entry.get("calibration_data")
+    if data is None:
+        given = [key for key in CALIBRATION_KEYS if key in entry]
+        if given:
+            raise InvalidArgument(f"{', '.join(given)} in entry {entry['name']!r} need calibration data. Expected "
+                                  'calibration_data = "FILE" too.')  # fmt: skip
+        return None
+    texts = {key: entry.get(key) for key in ("calibration_data", "calibration_target", "abstain_target",
+                                             "abstain_score")}  # fmt: skip
+    wrong = [key for key, value in texts.items() if value is not None and not isinstance(value, str)]
+    if wrong:
+        raise InvalidArgument(f"{', '.join(wrong)} in entry {entry['name']!r} must be text. Received: "
+                              f"{[texts[key] for key in wrong]!r}")  # fmt: skip
+    trained = entry.get("target")
+    column = texts["calibration_target"] or (trained[0] if isinstance(trained, list) and len(trained) == 1
+                                             else trained if isinstance(trained, str) else None)  # fmt: skip
+    delta = entry.get("abstain_delta", 0.05)
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise InvalidArgument(f"abstain_delta must be a number in (0, 1). Received: {delta!r}")
+    target = parse_target(texts["abstain_target"], float(delta)) if texts["abstain_target"] else None
+    try:
+        score = Score(texts["abstain_score"]) if texts["abstain_score"] else None
+    except ValueError:
+        raise InvalidArgument(f"Unknown abstain_score {texts['abstain_score']!r}. Expected one of "
+                              f"{', '.join(s.value for s in Score)}.") from None  # fmt: skip
+    return CalibrationOptions(job.path.parent / str(data), column, target, score)
 
 
 def _imports(job: Job, entry: dict[str, Any]) -> tuple[str, ...]:
