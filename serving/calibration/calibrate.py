@@ -38,7 +38,7 @@ from mcdrop.serving.models.calibration import (
 from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository
 
-__all__ = ["CalibrationOptions", "Predicted", "calibrate", "check_rows", "parse_target", "predict_rows"]
+__all__ = ["CalibrationOptions", "Predicted", "Progress", "calibrate", "check_rows", "parse_target", "predict_rows"]
 
 Progress = Callable[[int, int], None]
 BATCH_ROWS = 256

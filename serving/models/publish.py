@@ -17,6 +17,8 @@ from pathlib import Path
 
 from mcdrop.serving.models.layout import STAGING_PREFIX, check_model_name, versions
 
+__all__ = ["create_staging", "discard", "publish", "remove_stale_staging"]
+
 
 def create_staging(repository: Path, name: str) -> Path:
     """A fresh, empty staging directory for model ``name``; stale ones of dead exports are removed."""

@@ -53,4 +53,3 @@ def test_wrong_calibration_settings_are_refused_by_name(tmp_path: Path, entry: d
     with pytest.raises(InvalidArgument) as refused:
         _calibration(_job(tmp_path), {"name": "m", **entry})
     assert message in str(refused.value)
-
