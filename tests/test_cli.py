@@ -89,5 +89,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for step in ("[1/4] training", "[2/4] exporting", "[3/4] starting", "[4/4] querying"):
         assert step in result.stdout
     assert "mutual information (epistemic uncertainty): digit" in result.stdout
+    assert "calibrated on 359 rows" in result.stdout and "abstain if" in result.stdout
     assert "server stopped with exit code 0" in result.stdout
     assert (tmp_path / "demo" / "repository" / "digits" / "1" / "mc.tflite").is_file()
