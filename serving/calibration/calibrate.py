@@ -96,7 +96,7 @@ def check_rows(options: CalibrationOptions, outputs: tuple[str, ...]) -> int:
 
 
 def _smallest_risk(rows: int, delta: float) -> float:
-    return selective.binomial_upper_bound(0, rows, delta / max(1, math.ceil(math.log2(rows))))
+    return selective.binomial_upper_bound(0, rows, delta / selective.CANDIDATES)
 
 
 def calibrate(version_dir: Path, manifest: Manifest, options: CalibrationOptions,

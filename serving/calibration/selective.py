@@ -3,10 +3,13 @@
 A row is *accepted* when its score (higher = less certain) is at most a threshold θ; *coverage* is the share
 accepted, *selective risk* the error rate among them. Two ways to choose θ from n calibration rows:
 
-* ``risk_threshold`` — SGR (Geifman & El-Yaniv 2017, "Selective classification for deep neural networks"):
-  binary search over θ with ⌈log2 n⌉ tests, each bounding the selective risk by the exact binomial
-  (Clopper–Pearson) upper limit at level δ / ⌈log2 n⌉; the accepted θ of largest coverage has true selective
-  risk ≤ the target with probability ≥ 1 − δ, for rows exchangeable with the calibration rows.
+* ``risk_threshold`` — SGR's bound (Geifman & El-Yaniv 2017, "Selective classification for deep neural
+  networks") over a grid of candidates fixed before any label is read: the scores at 5 %, 10 %, …, 100 % of the
+  rows. Each candidate's selective risk is bounded by the exact binomial (Clopper–Pearson) upper limit at level
+  δ / 20; the candidate of largest coverage whose limit is ≤ the target is chosen, and its true selective risk is
+  ≤ the target with probability ≥ 1 − δ, for rows exchangeable with the calibration rows. (SGR's binary search
+  over ⌈log2 n⌉ thresholds assumes the bound grows with coverage; on a good classifier it does not — one error
+  among the most certain half can stop the search below thresholds that pass, as measured on the digits MLP.)
 * ``coverage_threshold`` — the ⌈(n + 1) C⌉-th smallest score: a fresh exchangeable row is accepted with
   probability ≥ C (the conformal rank rule).
 
@@ -23,10 +26,12 @@ import numpy as np
 from mcdrop.serving.models.calibration import Selection, conformal_rank
 
 __all__ = [
+    "CANDIDATES",
     "CURVE_POINTS",
     "RiskCoverage",
     "Unreachable",
     "binomial_upper_bound",
+    "candidate_indices",
     "coverage_threshold",
     "risk_coverage",
     "risk_threshold",
@@ -35,6 +40,8 @@ __all__ = [
 
 CURVE_POINTS = 200
 """Points of a risk–coverage curve kept in the manifest."""
+CANDIDATES = 20
+"""Candidate thresholds of a risk target: the scores at 5 %, 10 %, …, 100 % of the calibration rows."""
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -146,36 +153,35 @@ class Unreachable:
 
 
 def risk_threshold(curve: RiskCoverage, target: float, delta: float) -> Selection | Unreachable:
-    """SGR: the largest-coverage threshold whose selective risk is ≤ ``target`` with probability ≥ 1 − ``delta``."""
-    tests = max(1, math.ceil(math.log2(curve.rows)))
-    level = delta / tests
-    low, high = 0, len(curve.thresholds) - 1
+    """The largest-coverage candidate threshold whose selective risk is ≤ ``target`` with probability ≥ 1 − ``delta``.
+
+    The candidates are fixed by rank before any label is looked at: the scores at 5 %, 10 %, …, 100 % of the rows
+    (``CANDIDATES``). Each is bounded at level delta / ``CANDIDATES``, so all the bounds hold at once with probability
+    ≥ 1 − delta (a union bound), and so does the chosen one's.
+    """
+    level = delta / CANDIDATES
     best: Selection | None = None
     tried: list[tuple[float, float]] = []
-    for _ in range(tests):
-        if low > high:
-            break
-        index = (low + high + 1) // 2
+    for index in candidate_indices(curve):
         accepted, errors = int(curve.accepted[index]), int(curve.errors[index])
         bound = binomial_upper_bound(errors, accepted, level)
         tried.append((bound, accepted / curve.rows))
-        if bound <= target:
+        if bound <= target and (best is None or accepted > best.accepted):
             best = Selection(float(curve.thresholds[index]), accepted / curve.rows, errors / accepted, accepted,
                              errors, bound)  # fmt: skip
-            low = index + 1
-        else:
-            high = index - 1
     if best is not None:
         return best
-    # For the message: the lowest bound along the curve (at the same level), sampled where the search did not go.
-    for index in np.unique(np.linspace(0, len(curve.thresholds) - 1, 40).astype(np.int64)):
-        accepted, errors = int(curve.accepted[index]), int(curve.errors[index])
-        tried.append((binomial_upper_bound(errors, accepted, level), accepted / curve.rows))
     bound, coverage = min(tried)
     # The error rate of the most certain rows (at least 30 of them): what more rows would be bounded at.
     head = int(np.searchsorted(curve.accepted, min(30, curve.rows)))
     rate = float(curve.errors[head]) / float(curve.accepted[head])
     return Unreachable(target, delta, bound, coverage, curve.rows, rows_needed(target, delta, rate))
+
+
+def candidate_indices(curve: RiskCoverage) -> list[int]:
+    """The curve positions of the candidate thresholds: the tie groups holding the ⌈j n / CANDIDATES⌉-th row."""
+    ranks = [math.ceil(j * curve.rows / CANDIDATES) for j in range(1, CANDIDATES + 1)]
+    return sorted({int(np.searchsorted(curve.accepted, rank)) for rank in ranks})
 
 
 def coverage_threshold(curve: RiskCoverage, coverage: float) -> Selection:
@@ -192,14 +198,13 @@ def coverage_threshold(curve: RiskCoverage, coverage: float) -> Selection:
 
 
 def rows_needed(target: float, delta: float, error_rate: float = 0.0) -> int | None:
-    """About how many accepted rows a risk target needs when they err at ``error_rate``: the smallest n whose SGR
-    bound (level delta / ⌈log2 n⌉, round(error_rate · n) errors) is ≤ ``target``. None if ``error_rate`` ≥ target."""
+    """About how many accepted rows a risk target needs when they err at ``error_rate``: the smallest n whose bound
+    (level delta / ``CANDIDATES``, round(error_rate · n) errors) is ≤ ``target``. None if ``error_rate`` ≥ target."""
     if error_rate >= target:
         return None
 
     def passes(n: int) -> bool:
-        level = delta / max(1, math.ceil(math.log2(n)))
-        return binomial_upper_bound(round(error_rate * n), n, level) <= target
+        return binomial_upper_bound(round(error_rate * n), n, delta / CANDIDATES) <= target
 
     high = 1
     while not passes(high):
@@ -207,7 +212,7 @@ def rows_needed(target: float, delta: float, error_rate: float = 0.0) -> int | N
         if high > 1 << 26:
             return None
     low = high // 2
-    while high - low > 1:  # the bound is not exactly monotone in n (rounding, ⌈log2 n⌉): close enough for advice
+    while high - low > 1:  # the bound is not exactly monotone in n (rounding the errors): close enough for advice
         middle = (low + high) // 2
         low, high = (low, middle) if passes(middle) else (middle, high)
     return high

@@ -81,7 +81,7 @@ def test_bad_calibration_input_is_one_clear_error_and_nothing_is_published(
         expected = "labels the model does not know: 10, 11, 12 (3 distinct). Expected class indices 0..9"
     elif case == "too few rows for the risk":
         data, extra = _write(tmp_path, x=x[:100], y=y[:100]), ["--abstain-target", "risk=0.01"]
-        expected = "needs at least 528 accepted calibration rows even if not one of them is wrong"
+        expected = "needs at least 597 accepted calibration rows even if not one of them is wrong"
     elif case == "unreachable risk":
         wrong = (y + 1 + np.arange(len(y)) % 9) % 10  # every label wrong: no threshold keeps errors under 20 %
         data, extra = _write(tmp_path, x=x, y=wrong), ["--abstain-target", "risk=0.2"]
@@ -109,7 +109,7 @@ def test_export_refuses_an_unreachable_risk_before_converting_and_calibrates_oth
     keras_model = model_repository.parent / "digits" / "model.keras"
     target = tmp_path / "repo"
     refused = CalibrationOptions(calibration_files["digits"], abstain_target=parse_target("risk=0.01"))
-    with pytest.raises(InvalidArgument, match="needs at least 528 accepted calibration rows"):
+    with pytest.raises(InvalidArgument, match="needs at least 597 accepted calibration rows"):
         export(ExportOptions(model_path=keras_model, repository=target, name="digits", calibration=refused))
     assert versions(target / "digits") == [] if (target / "digits").exists() else True
     steps: list[str] = []

@@ -1,4 +1,4 @@
-"""The statistics behind calibration: the binomial bound, risk–coverage, SGR's guarantee, conformal coverage.
+"""The statistics behind calibration: the binomial bound, risk–coverage, the risk guarantee, conformal coverage.
 
 The guarantees are checked in simulation, where the true risk curve is known, with binomial margins: a test fails
 when a guarantee is broken more often than chance allows, not when one repetition is unlucky.
@@ -37,8 +37,9 @@ def test_binomial_bound_of_no_rows_or_all_errors_is_one() -> None:
 
 def test_rows_needed_matches_the_issue_figure_and_the_bound() -> None:
     needed = selective.rows_needed(0.01, 0.05)
-    assert needed == 528  # "about 520": δ / ⌈log2 n⌉ = 0.005 at n ≈ 520
-    level = 0.05 / math.ceil(math.log2(needed))
+    # The issue's "about 520" was SGR's δ / ⌈log2 n⌉ = 0.005; the fixed grid's δ / 20 = 0.0025 asks for 597.
+    assert needed == 597
+    level = 0.05 / selective.CANDIDATES
     assert (
         selective.binomial_upper_bound(0, needed, level) <= 0.01 < selective.binomial_upper_bound(0, needed - 1, level)
     )
@@ -85,7 +86,7 @@ def test_sgr_threshold_breaks_its_risk_target_at_most_about_delta_of_the_time() 
         broken += 0.1 * min(chosen.threshold, 1.0) > target
         coverage.append(chosen.coverage)
     assert broken <= _allowed_failures(delta)
-    # …and not met trivially: the largest safe threshold accepts 50 % of rows; SGR gets most of that.
+    # …and not met trivially: the largest safe threshold accepts 50 % of rows; the grid gets most of that.
     assert 0.35 < np.mean(coverage) < 0.5
 
 
@@ -150,3 +151,20 @@ def test_many_values_per_row_pool_their_scores() -> None:
     scores = np.random.default_rng(7).random((50, conformal.MAX_TARGETS + 1))
     record = conformal.conformal_scores(scores)
     assert record.pooled and len(record.sorted_scores) == 1 and record.rows == scores.size
+
+
+def test_a_threshold_past_an_early_error_is_found() -> None:
+    """A good classifier's bound does not grow with coverage: one error among the most certain half must not hide
+    the larger coverage that passes (SGR's binary search stopped there on the digits MLP)."""
+    rows = 629
+    scores = np.arange(rows, dtype=np.float64)
+    errors = np.zeros(rows, bool)
+    errors[[100, 560, 580, 600, 610, 620]] = True  # one early error, the rest among the least certain
+    chosen = selective.risk_threshold(selective.risk_coverage(scores, errors), 0.02, 0.05)
+    assert isinstance(chosen, Selection)
+    assert chosen.coverage >= 0.85 and chosen.bound is not None and chosen.bound <= 0.02
+
+
+def test_candidates_are_fixed_by_rank() -> None:
+    curve = selective.risk_coverage(np.arange(100.0), np.zeros(100, bool))
+    assert [int(curve.accepted[i]) for i in selective.candidate_indices(curve)] == list(range(5, 101, 5))
