@@ -108,3 +108,43 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(record))
     with pytest.raises(InvalidArgument, match=r"manifest\.json: Invalid manifest: field `input\.dtype` is missing"):
         Manifest.load(tmp_path)
+
+
+def _calibrated_record(calibrated_repository: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((calibrated_repository / "digits" / "2" / "manifest.json").read_text())
+    return record
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["outputs"][0].update(output="logits"), "`calibration.outputs[0].output`. Expected one of the "
+                                                            "model's outputs y. Received: \"logits\""),
+        (lambda c: c["outputs"][0].update(task="regression"), "field `calibration.outputs[0].gaussian_coverage` is missing"),
+        (lambda c: c["outputs"][0].update(task="ranking"), "`calibration.outputs[0].task`. Expected 'classification'"),
+        (lambda c: c["outputs"][0].update(score="entropy"), "`calibration.outputs[0].score`. Expected one of the "
+                                                           "scores"),
+        (lambda c: c["outputs"][0]["scores"][0]["curve"]["risk"].pop(), "Expected coverage and risk of one length"),
+        (lambda c: c.update(outputs=[]), "`calibration.outputs`. Expected at least one calibrated output"),
+        (lambda c: c["target"].update(value=1.5), "`calibration.target`. Expected value and delta in (0, 1)"),
+        (lambda c: c["data"].pop("sha256"), "field `calibration.data.sha256` is missing"),
+    ],
+)  # fmt: skip
+def test_a_bad_calibration_field_is_named(calibrated_repository: Path, change: Any, message: str) -> None:
+    record = _calibrated_record(calibrated_repository)
+    assert Manifest.from_json(record).calibration is not None
+    change(record["calibration"])
+    with pytest.raises(InvalidArgument) as caught:
+        Manifest.from_json(record)
+    assert message in str(caught.value)
+
+
+def test_conformal_scores_must_match_the_output(calibrated_repository: Path) -> None:
+    record: dict[str, Any] = json.loads((calibrated_repository / "diabetes" / "2" / "manifest.json").read_text())
+    conformal = record["calibration"]["outputs"][0]["conformal"]
+    conformal["sorted_scores"].append(conformal["sorted_scores"][0])
+    with pytest.raises(InvalidArgument, match=r"sorted_scores`. Expected 1 lists, one per target. Received: 2"):
+        Manifest.from_json(record)
+    conformal["sorted_scores"] = [[0.5, 0.2]]
+    with pytest.raises(InvalidArgument, match="Expected ascending scores >= 0"):
+        Manifest.from_json(record)
