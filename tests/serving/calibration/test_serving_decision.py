@@ -183,6 +183,14 @@ def test_metadata_shows_the_calibration(served: tuple[Server, Client, RestClient
     metadata = stub.GetModelMetadata(pb.GetModelMetadataRequest(model="diabetes"), timeout=10)
     assert metadata.calibration["interval_calibration"] == "conformal"
     assert int(metadata.calibration["calibration_rows"]) == _calibration(calibrated_repository, "diabetes").rows
+    from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
+    from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
+
+    oip_metadata = oip_grpc.GRPCInferenceServiceStub(client._channel).ModelMetadata(
+        oip.ModelMetadataRequest(name="digits"), timeout=10
+    )
+    assert oip_metadata.parameters["abstain_threshold"].double_param == record.threshold(record.score)
+    assert oip_metadata.parameters["abstain_score"].string_param == record.score
 
 
 SCORE_NAMES = st.sampled_from(["mutual_information", "least_confidence", "deterministic_least_confidence"])
