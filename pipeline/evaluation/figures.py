@@ -141,6 +141,7 @@ def selective_figure(results: dict[str, Any], folder: Path) -> Path:
         ax.set_title(f"{model['model']}: {model['rows']['test']} held-out rows", fontsize=10)
         ax.set_xlabel("coverage (share of rows answered)")
         ax.set_ylabel("selective risk (error rate among answered)")
+        ax.set_xlim(0.5, 1.0)  # below half coverage every score answers without an error on these rows
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7, title="score (AURC)", title_fontsize=7, loc="upper left")
     if results["regression"]:
