@@ -110,7 +110,7 @@ def server_rows(
     return rows, process
 
 
-DECISION_ROUNDS = 3
+DECISION_ROUNDS = 5
 
 
 def decision_rows(repository: Path, model: str, x: np.ndarray, samples: int, duration: float, pool: LoadPool,
@@ -146,6 +146,11 @@ def decision_rows(repository: Path, model: str, x: np.ndarray, samples: int, dur
         best["median_ms"] = percentile([m["median_ms"] for m in measured], 50)
         best["rounds_median_ms"] = [m["median_ms"] for m in measured]
         rows_out.append({**best, "model": model, "batch": len(x), "workers": 1, "samples": samples})
+    # Paired rounds: each round's ratio cancels the drift between rounds that a ratio of medians keeps.
+    ratios = [on["median_ms"] / off["median_ms"] for off, on in zip(found["decision_off"], found["decision_on"],
+                                                                    strict=True)]  # fmt: skip
+    rows_out[-1]["paired_ratio"] = percentile(ratios, 50)
+    rows_out[-1]["round_ratios"] = ratios
     return rows_out
 
 

@@ -24,7 +24,7 @@ from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.calibration import ClassificationCalibration, RegressionCalibration
 from mcdrop.serving.models.manifest import Manifest, Task
 
-__all__ = ["CONFORMAL", "GAUSSIAN", "AbstainRule", "abstain_rules", "conformal_multipliers", "decide"]
+__all__ = ["CONFORMAL", "GAUSSIAN", "AbstainRule", "Policy", "abstain_rules", "conformal_multipliers", "decide"]
 
 CONFORMAL = "conformal"
 GAUSSIAN = "gaussian"
@@ -38,6 +38,31 @@ class AbstainRule:
 
 def _scores_of(mode: Mode) -> tuple[Score, ...]:
     return (Score.DETERMINISTIC_LEAST_CONFIDENCE,) if mode == Mode.DETERMINISTIC else MONTE_CARLO_SCORES
+
+
+class Policy:
+    """A version's decisions, worked out once (the sampler keeps one per loaded version): the rules of requests that
+    do not override them, and the conformal multipliers by mode and level. What a request changes is worked out per
+    request (``abstain_rules``)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._defaults = {mode: abstain_rules(manifest, mode, None, None) for mode in Mode}
+        self._multipliers: dict[tuple[Mode, float], dict[str, np.ndarray]] = {}
+
+    def rules(self, mode: Mode, threshold: float | None, score: str | None) -> dict[str, AbstainRule]:
+        if threshold is None and not score:
+            return self._defaults[mode]
+        return abstain_rules(self.manifest, mode, threshold, score)
+
+    def multipliers(self, mode: Mode, level: float) -> dict[str, np.ndarray]:
+        key = (mode, level)
+        found = self._multipliers.get(key)
+        if found is None:
+            found = conformal_multipliers(self.manifest, mode, level)  # raises for a level beyond the rows
+            if len(self._multipliers) < 256:  # levels are a handful in practice; never grow without bound
+                self._multipliers[key] = found
+        return found
 
 
 def abstain_rules(manifest: Manifest, mode: Mode, threshold: float | None, score: str | None) -> dict[str, AbstainRule]:

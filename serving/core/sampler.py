@@ -114,6 +114,7 @@ class Sampler:
         self.max_invoke_bytes = max_invoke_bytes
         self.default_chunk = default_chunk
         self._wide_invoke = wide_invoke or (lambda flops: False)
+        self._policies: dict[int, tuple[ModelVersion, decision.Policy]] = {}
 
     # Planning -----------------------------------------------------------------------------------
 
@@ -172,11 +173,21 @@ class Sampler:
             raise InvalidArgument(f"Invalid chunk. Expected {_bounds('chunk', limit)}. Received: {chunk}")
         if request.first_row < 0:
             raise InvalidArgument(f"Invalid first_row. Expected an integer >= 0. Received: {request.first_row}")
-        manifest = version.manifest
-        abstain = decision.abstain_rules(manifest, mode, request.abstain_threshold, request.abstain_score)
-        multipliers = decision.conformal_multipliers(manifest, mode, interval)
+        policy = self._policy(version)
+        abstain = policy.rules(mode, request.abstain_threshold, request.abstain_score)
+        multipliers = policy.multipliers(mode, interval)
         return Plan(version, inputs, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
                     request.first_row, flops, abstain, multipliers)  # fmt: skip
+
+    def _policy(self, version: ModelVersion) -> decision.Policy:
+        """The decisions of ``version``, worked out at its first request (a reloaded version is a new object)."""
+        found = self._policies.get(id(version))
+        if found is None or found[0] is not version:
+            if len(self._policies) > 64:  # versions come and go with reloads: forget the old ones
+                self._policies.clear()
+            found = (version, decision.Policy(version.manifest))
+            self._policies[id(version)] = found
+        return found[1]
 
     # Running ------------------------------------------------------------------------------------
 
