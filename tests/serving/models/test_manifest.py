@@ -120,7 +120,8 @@ def _calibrated_record(calibrated_repository: Path) -> dict[str, Any]:
     [
         (lambda c: c["outputs"][0].update(output="logits"), "`calibration.outputs[0].output`. Expected one of the "
                                                             "model's outputs y. Received: \"logits\""),
-        (lambda c: c["outputs"][0].update(task="regression"), "field `calibration.outputs[0].gaussian_coverage` is missing"),
+        (lambda c: c["outputs"][0].update(task="regression"),
+         "field `calibration.outputs[0].gaussian_coverage` is missing"),
         (lambda c: c["outputs"][0].update(task="ranking"), "`calibration.outputs[0].task`. Expected 'classification'"),
         (lambda c: c["outputs"][0].update(score="entropy"), "`calibration.outputs[0].score`. Expected one of the "
                                                            "scores"),
