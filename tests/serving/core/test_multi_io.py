@@ -65,9 +65,9 @@ def two_outputs_model() -> Any:
     return keras.Model(x, {"cls": cls, "score": score})
 
 
-def shop_csv(path: Path, rows: int = 400) -> Path:
+def shop_csv(path: Path, rows: int = 400, seed: int = 0) -> Path:
     """A table with numeric and categorical columns, a class target and a score target."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     color = rng.choice(["red", "green", "blue", ""], rows)
     size = rng.choice(["S", "M", "L"], rows)
     a, b = rng.normal(size=rows), rng.normal(size=rows) * 3 + 10
@@ -374,3 +374,38 @@ def test_single_input_answers_are_the_recorded_bytes_for_new_and_old_clients(
             assert answers[key] == value, key
     assert answers["digits-m2/metadata"] == {"input": "x", "input_shape": [-1, 64], "output_shape": [-1, 10],
                                              "task": "classification"}  # fmt: skip
+
+
+def test_a_model_with_several_outputs_calibrates_each_and_answers_per_output(
+    multi: dict[str, Any], tmp_path: Path
+) -> None:
+    """``--target OUTPUT=COLUMN`` per output: the class output abstains, the score output gets conformal intervals,
+    each under its own ``OUTPUT/`` names."""
+    import shutil
+
+    repository = tmp_path / "repo"
+    shutil.copytree(multi["repository"] / "shop", repository / "shop")
+    rows = shop_csv(tmp_path / "held-out.csv", rows=300, seed=11)  # fresh rows from the same process
+    calibrated = run_cli("calibrate", str(repository / "shop" / "1"), "--data", str(rows), "--target",
+                         "kind=kind,score=score", "--abstain-target", "coverage=0.8", "--json")  # fmt: skip
+    assert calibrated.returncode == 0, calibrated.stderr
+    record = json.loads(calibrated.stdout)
+    assert record["version"] == 2
+    tasks = {o["output"]: o["task"] for o in record["calibration"]["outputs"]}
+    assert tasks == {"kind": "classification", "score": "regression"}
+    with in_process_server(repository, http_port=free_port()) as (server, client):
+        answer = client.predict("shop", multi["inputs"]["shop"], seed=SEED)
+        kind, score = answer.outputs["kind"], answer.outputs["score"]
+        assert kind.abstain is not None and len(kind.abstain) == ROWS and kind.abstain_score_name is not None
+        assert score.interval_calibration == "conformal" and score.abstain is None
+        body = {"inputs": [{"name": name, "datatype": "FP32", "shape": list(value.shape),
+                            "data": value.reshape(-1).tolist()} for name, value in multi["inputs"]["shop"].items()],
+                "parameters": {"seed": SEED}}  # fmt: skip
+        import httpx
+
+        found = httpx.post(f"http://127.0.0.1:{server.http_port}/v2/models/shop/infer", json=body, timeout=30).json()
+        names = [o["name"] for o in found["outputs"]]
+        assert "kind/abstain" in names and "kind/abstain_score" in names and "score/abstain" not in names
+        assert found["parameters"]["score/interval_calibration"] == "conformal"
+        abstain = next(o for o in found["outputs"] if o["name"] == "kind/abstain")["data"]
+        assert abstain == kind.abstain.tolist()
