@@ -37,13 +37,20 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
     rest = ("rest_deterministic", "rest_mc_T100", "rest_binary_deterministic", "rest_binary_mc_T100")
     expected |= {(n, c, w) for n in rest for c in (1, 8) for w in (1, 2)}  # REST JSON and binary at every count
     expected |= {("echo_floor", c, None) for c in (1, 8)}
+    expected |= {("decision_off", 1, 1), ("decision_on", 1, 1)}  # a calibrated copy beside the model, one server
     assert served == expected
     for row in report["rows"]:
         if "concurrency" in row:  # CPU time per 1,000 requests, from /proc, for the server and the echo floor
             assert row["cpu_s_per_1000"] > 0, row
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
-    assert len(report["targets"]) == 18 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 19 and all(isinstance(t["met"], bool) for t in report["targets"])
+    decision = next(t for t in report["targets"] if t["target"].startswith("calibrated / uncalibrated MC p50"))
+    on = next(r for r in report["rows"] if r["name"] == "decision_on")
+    off = next(r for r in report["rows"] if r["name"] == "decision_off")
+    ratios = [b / a for a, b in zip(off["rounds_median_ms"], on["rounds_median_ms"], strict=True)]
+    assert decision["value"] == pytest.approx(float(np.median(ratios)))  # the median of paired rounds
+    assert decision["met"] == (decision["value"] <= 1.02)
     names = {t["target"] for t in report["targets"]}
     assert {"mcdrop / limit (CNN, B=32)", "mcdrop / keras_batched (MLP, B=1)"} <= names
     # REST vs gRPC, computed from the rows of this run (not copied from anywhere else).
@@ -88,12 +95,14 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    # Start-up (STARTS per worker count), then one measured server per worker count.
+    # Start-up (STARTS per worker count), one measured server per worker count, then the decision's server.
     runs = len(bench_server.WORKERS)
-    assert len(started) == (bench_server.STARTS + 1) * runs and all(
+    assert len(started) == (bench_server.STARTS + 1) * runs + 1 and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
-    assert all("--http-port" in flags for flags in started[bench_server.STARTS * runs :])  # measured ones: REST too
+    measured = started[bench_server.STARTS * runs : bench_server.STARTS * runs + runs]
+    assert all("--http-port" in flags for flags in measured)  # measured ones: REST too
+    assert {r["model"] for r in rows if r["name"].startswith("decision_")} == {"digits"}
     rest = [r for r in rows if r["name"].startswith("rest_")]
     assert {r["model"] for r in rest} == {"digits"} and {r["workers"] for r in rest} == set(bench_server.WORKERS)
     assert {r["name"] for r in rest} == {"rest_deterministic", "rest_mc_T10", "rest_binary_deterministic",
