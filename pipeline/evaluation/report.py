@@ -234,7 +234,6 @@ def print_selective(results: dict[str, Any]) -> None:
     for model in results["classification"]:
         if "export_error" in model:
             console.print(f"{model['model']}: the export refused its calibration: {model['export_error']}")
-            continue
         rows = model["rows"]
         aurc = Table(title=f"{model['model']}: AURC on {rows['test']} held-out rows (test error "
                            f"{model['test_error_rate']:.4f}; lower is better){quick}")  # fmt: skip

@@ -111,12 +111,15 @@ def _classification(folder: Path, architecture: Literal["mlp", "cnn"], seed: int
     train(config)
     options = CalibrationOptions(files["calibration"], abstain_target=parse_target(EXPORT_TARGET, DELTA), seed=seed)
     result: dict[str, Any] = {"model": f"digits-{architecture}", "rows": {k: len(v[1]) for k, v in parts.items()}}
+    model_path, repository = Path(config.out) / "model.keras", folder / "repository"
     try:
-        version, manifest = export(ExportOptions(model_path=Path(config.out) / "model.keras",
-                                                 repository=folder / "repository", name="digits",
+        version, manifest = export(ExportOptions(model_path=model_path, repository=repository, name="digits",
                                                  calibration=options))  # fmt: skip
-    except InvalidArgument as exc:  # the export's own refusal is the result
-        return {**result, "export_error": str(exc)}
+    except InvalidArgument as exc:  # the export's refusal is a result; the curves are measured all the same
+        result["export_error"] = str(exc)
+        curves_only = dataclasses.replace(options, abstain_target=None)
+        version, manifest = export(ExportOptions(model_path=model_path, repository=repository, name="digits",
+                                                 calibration=curves_only))  # fmt: skip
     version_dir = folder / "repository" / "digits" / str(version)
     x_test, y_test = parts["test"]
     noise = np.random.default_rng(seed).uniform(0.0, NOISE_HIGH, x_test.shape).astype(np.float32)
@@ -130,8 +133,10 @@ def _classification(folder: Path, architecture: Literal["mlp", "cnn"], seed: int
     result["aurc_ratio"] = result["scores"][best.value]["aurc"] / baseline if baseline > 0 else None
     result["targets"] = []
     for target in TARGETS:
-        calibrated = manifest.calibration if target == EXPORT_TARGET else _calibrate(version_dir, manifest, options,
-                                                                                   target)  # fmt: skip
+        if target == EXPORT_TARGET:
+            calibrated = result.get("export_error", manifest.calibration)
+        else:
+            calibrated = _calibrate(version_dir, manifest, options, target)
         result["targets"].append(_held_out_decision(target, calibrated, test, noisy, y_test))
     return result
 
@@ -290,10 +295,6 @@ def _regression_split(folder: Path, name: str, x: np.ndarray, y: np.ndarray, fit
 def _checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     for model in results["classification"]:
-        if "export_error" in model:
-            checks.append({"what": f"{model['model']}: export calibrated for {EXPORT_TARGET}", "value": None,
-                           "target": "a threshold", "met": False, "detail": model["export_error"]})  # fmt: skip
-            continue
         ratio = model["aurc_ratio"]
         checks.append({"what": f"{model['model']}: best MC AURC / deterministic AURC ({model['best_mc_score']})",
                        "value": ratio, "target": "< 1 (MC helps)", "met": ratio is not None and ratio < 1})  # fmt: skip

@@ -184,3 +184,34 @@ def test_moments_suite_compares_with_monte_carlo_and_reports_its_targets(tmp_pat
     ratios = [t for t in results["targets"] if "latency" in t["target"]]
     assert len(ratios) == 4 and all(t["value"] > 0 for t in ratios)  # MLP and CNN at B = 1 and 32
     assert (figures / "moments-vs-mc.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_selective_suite_checks_thresholds_on_held_out_rows(tmp_path: Path) -> None:
+    """The suite's plumbing at a quick setting (its measured tables are on the Decide page): the thresholds the export
+    calibrated, applied to rows it never saw, and conformal intervals beside Gaussian ones."""
+    out, figures = tmp_path / "selective.json", tmp_path / "figures"
+    result = run_cli("evaluate", "--suite", "selective", "--dataset", "diabetes", "--splits", "2", "--epoch-factor",
+                     "0.05", "--json", str(out), "--figures", str(figures), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "QUICK RUN" in result.stdout and "the issue's targets" in result.stdout
+    results = json.loads(out.read_text())
+    assert results["quick"] and results["delta"] == 0.05
+    for model in results["classification"]:
+        assert model["rows"] == {"train": 898, "calibration": 629, "test": 270}
+        baseline = model["scores"]["deterministic_least_confidence"]["aurc"]
+        assert model["aurc_ratio"] == pytest.approx(model["scores"][model["best_mc_score"]]["aurc"] / baseline)
+        for target in model["targets"]:
+            if target["reached"]:  # the held-out numbers come from the test rows, not copied from the calibration
+                low, high = target["test_risk_interval"]
+                assert low <= target["test_risk"] <= high
+                assert target["test_accepted"] == round(target["test_coverage"] * 270)
+                assert 0.0 <= target["noise_abstained"] <= 1.0
+            else:
+                assert "Nothing was published" in target["reason"]
+    (diabetes,) = results["regression"]
+    assert diabetes["splits"] == 2
+    for level, found in diabetes["levels"].items():
+        assert 0.5 < found["conformal"]["coverage"] <= 1.0 and found["conformal"]["width"] > 0, level
+    assert {c["what"].split(":")[0] for c in results["checks"]} >= {"digits-mlp", "digits-cnn", "diabetes"}
+    assert (figures / "selective.png").stat().st_size > 10_000
