@@ -17,11 +17,18 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator, MutableSequence
 
+import numpy as np
+
 from mcdrop.serving.core.requests import Limits, Prediction, PredictionRequest
 from mcdrop.serving.core.sampler import Sampler
 from mcdrop.serving.errors import NotFound, ResourceExhausted
+from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 from mcdrop.serving.runtime.metrics import Metrics
+
+WATCHED_CLASSIFICATION = ("mutual_information", "predictive_entropy", "variation_ratio")
+WATCHED_REGRESSION = ("std", "predictive_std")
+"""The scores ``mcdrop_uncertainty`` holds per answered row (regression: the mean over the output's values)."""
 
 __all__ = ["LONE_REQUEST_FLOPS", "DataPlane", "ModelStatus"]
 
@@ -173,3 +180,17 @@ class DataPlane:
         queue.observe(prediction.queue_ms / 1e3)
         compute.observe(prediction.compute_ms / 1e3)
         samples.observe(prediction.samples)
+        for output in prediction.outputs:
+            rows, abstained, histograms = self.metrics.watched(prediction.model, prediction.version,
+                                                               prediction.mode.value, output.name)  # fmt: skip
+            summary = output.summary
+            names = WATCHED_CLASSIFICATION if output.task == Task.CLASSIFICATION else WATCHED_REGRESSION
+            count = 0
+            for name in names:
+                values = np.asarray(getattr(summary, name), np.float64).reshape(len(summary.mean), -1).mean(axis=1)
+                count = len(values)
+                for value in values.tolist():
+                    histograms[name].observe(value)
+            rows.inc(count)
+            if output.decision is not None:
+                abstained.inc(int(np.count_nonzero(output.decision.abstain)))

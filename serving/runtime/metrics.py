@@ -14,7 +14,13 @@ mcdrop_model_load_failures_total         counter     model
 mcdrop_repository_scan_errors_total      counter
 mcdrop_auth_failures_total               counter
 mcdrop_worker_restarts_total             counter     (``--workers N``: workers that died and were replaced)
+mcdrop_uncertainty                       histogram   model, version, mode, output, score  (per answered row)
+mcdrop_rows_total                        counter     model, version, mode, output  (answered rows)
+mcdrop_abstained_rows_total              counter     model, version, output  (rows answered ``abstain``)
 =======================================  ==========  ==========================================
+
+``mcdrop_uncertainty`` holds the served scores (classification: mutual information, predictive entropy, variation
+ratio; regression: std and predictive std) in log-spaced buckets from 1e-4 to 1e2.
 
 With ``mcdrop serve --workers N`` (N > 1) every worker process writes its values to files in a
 directory the supervisor owns (prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
@@ -40,6 +46,8 @@ __all__ = ["AggregatedMetrics", "Metrics"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+UNCERTAINTY_BUCKETS = tuple(float(f"{10 ** (k / 4):.3g}") for k in range(-16, 9))
+"""Four buckets per decade from 1e-4 to 1e2: nats, vote shares and output-unit spreads all fit."""
 
 
 class _Endpoint:
@@ -97,6 +105,12 @@ class Metrics(_Endpoint):
             "mcdrop_auth_failures", "requests (gRPC and REST) refused for a missing or wrong token", registry=r
         )
         self.scan_errors = Counter("mcdrop_repository_scan_errors", "Repository scans that failed", registry=r)
+        watched = ["model", "version", "mode", "output"]
+        self.uncertainty = Histogram("mcdrop_uncertainty", "Served uncertainty scores, one per answered row",
+                                     [*watched, "score"], buckets=UNCERTAINTY_BUCKETS, registry=r)  # fmt: skip
+        self.rows = Counter("mcdrop_rows", "Answered rows", watched, registry=r)
+        self.abstained = Counter("mcdrop_abstained_rows", "Rows answered with abstain", ["model", "version", "output"],
+                                 registry=r)  # fmt: skip
 
     @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request
     def per_model(self, model: str, mode: str) -> tuple[Histogram, Histogram, Histogram]:
@@ -106,6 +120,16 @@ class Metrics(_Endpoint):
             self.compute_seconds.labels(model, mode),
             self.samples.labels(model, mode),
         )
+
+    @functools.cache  # noqa: B019
+    def watched(
+        self, model: str, version: int, mode: str, output: str
+    ) -> tuple[Counter, Counter, dict[str, Histogram]]:
+        """Rows, abstained rows and the score histograms of one output (labelled children, cached)."""
+        labels = (model, str(version), mode, output)
+        scores = ("mutual_information", "predictive_entropy", "variation_ratio", "std", "predictive_std")
+        return (self.rows.labels(*labels), self.abstained.labels(model, str(version), output),
+                {score: self.uncertainty.labels(*labels, score) for score in scores})  # fmt: skip
 
     @functools.cache  # noqa: B019
     def rpc(self, api: str, method: str, code: str) -> Counter:

@@ -45,3 +45,28 @@ def test_json_log_lines_carry_extra_fields(capsys: pytest.CaptureFixture[str]) -
     assert line["msg"] == "model version loaded" and line["model"] == "m" and line["version"] == 3
     assert line["level"] == "INFO" and line["ts"].endswith("Z")
     logging.getLogger().handlers.clear()
+
+
+def test_served_uncertainty_and_abstentions_are_counted(calibrated_repository: Path) -> None:
+    """Every answered row's scores go into ``mcdrop_uncertainty``; a calibrated version counts its abstentions."""
+    with in_process_server(calibrated_repository, metrics_port=0) as (server, client):
+        x = np.concatenate([np.zeros((2, 64), np.float32), np.full((1, 64), 16.0, np.float32)])
+        answer = client.predict("digits", x, samples=20, seed=1)  # version 2: calibrated
+        client.predict("diabetes", np.zeros((4, 10), np.float32), samples=20, seed=1, version=1)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    digits = 'mode="monte_carlo",model="digits",output="y",version="2"'
+    assert f"mcdrop_rows_total{{{digits}}} 3.0" in text
+    assert answer.abstain is not None
+    abstained = int(answer.abstain.sum())
+    assert f'mcdrop_abstained_rows_total{{model="digits",output="y",version="2"}} {abstained:.1f}' in text
+    labels = 'mode="monte_carlo",model="digits",output="y",score="{}",version="2"'  # exposition order: sorted
+    for score in ("mutual_information", "predictive_entropy", "variation_ratio"):
+        assert f"mcdrop_uncertainty_count{{{labels.format(score)}}} 3.0" in text
+    expected = float(np.sum(answer.mutual_information))
+    found = next(line for line in text.splitlines()
+                 if line.startswith(f"mcdrop_uncertainty_sum{{{labels.format('mutual_information')}}}"))  # fmt: skip
+    assert float(found.split()[-1]) == pytest.approx(expected, rel=1e-6)
+    diabetes = 'mode="monte_carlo",model="diabetes",output="y",version="1"'
+    regression = 'mode="monte_carlo",model="diabetes",output="y",score="predictive_std",version="1"'
+    assert f"mcdrop_uncertainty_count{{{regression}}} 4.0" in text
+    assert f"mcdrop_rows_total{{{diabetes}}} 4.0" in text
