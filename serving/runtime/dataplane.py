@@ -24,6 +24,7 @@ from mcdrop.serving.core.sampler import Sampler
 from mcdrop.serving.errors import NotFound, ResourceExhausted
 from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
+from mcdrop.serving.runtime import watch
 from mcdrop.serving.runtime.metrics import Metrics
 
 WATCHED_CLASSIFICATION = ("mutual_information", "predictive_entropy", "variation_ratio")
@@ -63,6 +64,7 @@ class DataPlane:
         is_ready: Callable[[], bool] = lambda: True,
         server_load: MutableSequence[int] | None = None,
         worker: int = 0,
+        drift_window_rows: int = watch.DEFAULT_WINDOW,
     ) -> None:
         """Args:
         repository: the loaded model versions.
@@ -73,6 +75,7 @@ class DataPlane:
         is_ready: whether the server is up and not draining (for readiness answers).
         server_load: requests in flight per worker process of this server (shared memory); this data plane
             writes slot ``worker``. None: this process is the whole server.
+        drift_window_rows: rows of each calibrated output this process's drift windows keep.
         """
         self.repository = repository
         self.metrics = metrics
@@ -85,6 +88,7 @@ class DataPlane:
         self._lock = threading.Lock()
         self._server_load = server_load
         self._worker = worker
+        self.watches = watch.Watches(drift_window_rows)
 
     # Models -------------------------------------------------------------------------------------
 
@@ -194,3 +198,6 @@ class DataPlane:
             rows.inc(count)
             if output.decision is not None:
                 abstained.inc(int(np.count_nonzero(output.decision.abstain)))
+        version = self.repository.get(prediction.model, prediction.version)
+        for key, window in self.watches.observe(prediction, version.manifest):
+            self.metrics.drift_window(key, window.counts())

@@ -17,6 +17,10 @@ mcdrop_worker_restarts_total             counter     (``--workers N``: workers t
 mcdrop_uncertainty                       histogram   model, version, mode, output, score  (per answered row)
 mcdrop_rows_total                        counter     model, version, mode, output  (answered rows)
 mcdrop_abstained_rows_total              counter     model, version, output  (rows answered ``abstain``)
+mcdrop_drift_window_rows                 gauge       model, version, output, bin  (rows of the drift window per
+                                                     calibration-decile bin; summed over workers)
+mcdrop_drift_psi                         gauge       model, version, output  (PSI of the window vs the deciles)
+mcdrop_drift_share_above_p90             gauge       model, version, output  (0.1 without drift)
 =======================================  ==========  ==========================================
 
 ``mcdrop_uncertainty`` holds the served scores (classification: mutual information, predictive entropy, variation
@@ -35,12 +39,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mcdrop.serving.runtime import watch
 
 __all__ = ["AggregatedMetrics", "Metrics"]
 
@@ -111,6 +119,18 @@ class Metrics(_Endpoint):
         self.rows = Counter("mcdrop_rows", "Answered rows", watched, registry=r)
         self.abstained = Counter("mcdrop_abstained_rows", "Rows answered with abstain", ["model", "version", "output"],
                                  registry=r)  # fmt: skip
+        self.drift_rows = Gauge("mcdrop_drift_window_rows", "Rows of the drift window in each calibration-decile bin",
+                                ["model", "version", "output", "bin"], registry=r,
+                                multiprocess_mode="livesum")  # fmt: skip
+        self._drift_lock = threading.Lock()
+        r.register(DriftCollector(lambda: self.drift_rows.collect()))
+
+    def drift_window(self, key: tuple[str, int, str], counts: Any) -> None:
+        """Publish one drift window's bin counts (what every worker adds up to)."""
+        model, version, output = key
+        with self._drift_lock:
+            for index, count in enumerate(counts.tolist()):
+                self.drift_rows.labels(model, str(version), output, str(index + 1)).set(count)
 
     @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request
     def per_model(self, model: str, mode: str) -> tuple[Histogram, Histogram, Histogram]:
@@ -152,6 +172,41 @@ class Metrics(_Endpoint):
             self.scan_errors.inc()
 
 
+class DriftCollector:
+    """``mcdrop_drift_psi`` and ``mcdrop_drift_share_above_p90`` from the drift windows' bin counts — a process's own,
+    or (the supervisor's) every worker's summed: one PSI for the whole server."""
+
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts: dict[tuple[str, str, str], Any] = {}
+        for family in self._source():
+            if family.name != "mcdrop_drift_window_rows":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                key = (labels["model"], labels["version"], labels["output"])
+                bins = counts.setdefault(key, [0.0] * watch.BINS)
+                bins[int(labels["bin"]) - 1] += sample.value
+        psi = GaugeMetricFamily("mcdrop_drift_psi", "Population stability index of the drift window against the "
+                                "calibration deciles (< 0.1 stable, > 0.25 major shift)",
+                                labels=["model", "version", "output"])  # fmt: skip
+        above = GaugeMetricFamily("mcdrop_drift_share_above_p90", "Share of the drift window above the calibration's "
+                                  "90th percentile (0.1 without drift)",
+                                  labels=["model", "version", "output"])  # fmt: skip
+        for key, bins in sorted(counts.items()):
+            array = np.asarray(bins)
+            value = watch.psi(array)
+            if value is not None:
+                psi.add_metric(list(key), value)
+            share = watch.share_above(array)
+            if share is not None:
+                above.add_metric(list(key), share)
+        yield psi
+        yield above
+
+
 class _RestartCounter:
     """The supervisor's own counter, collected directly: a ``Counter`` made in a process whose prometheus_client runs
     in multiprocess mode would write to the workers' value files instead."""
@@ -177,6 +232,8 @@ class AggregatedMetrics(_Endpoint):
         multiprocess.MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
         self.worker_restarts = _RestartCounter()
         self.registry.register(self.worker_restarts)
+        merged = multiprocess.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+        self.registry.register(DriftCollector(merged.collect))
 
     def worker_exited(self, pid: int) -> None:
         """Drop an exited worker's live gauges (its counters and histograms stay in the sums)."""

@@ -21,7 +21,14 @@ import threading
 
 import numpy as np
 
-__all__ = ["BINS", "DEFAULT_WINDOW", "EXPECTED_SHARE", "MIN_ROWS", "Window", "psi", "share_above"]
+from mcdrop.serving.core.requests import OutputPrediction, Prediction
+from mcdrop.serving.core.scores import Score, score_values
+from mcdrop.serving.core.uncertainty import ClassificationSummary
+from mcdrop.serving.models.calibration import ClassificationCalibration, OutputCalibration, RegressionCalibration
+from mcdrop.serving.models.manifest import Manifest
+
+__all__ = ["BINS", "DEFAULT_WINDOW", "EXPECTED_SHARE", "MIN_ROWS", "Watches", "Window", "psi", "share_above",
+           "watched_score"]  # fmt: skip
 
 BINS = 10
 EXPECTED_SHARE = 1.0 / BINS
@@ -84,3 +91,54 @@ class Window:
         """Rows per decile bin (a copy)."""
         with self._lock:
             return self._counts.copy()
+
+
+class Watches:
+    """One ``Window`` per calibrated output of every version served, fed from the answers. Thread-safe."""
+
+    def __init__(self, window_rows: int = DEFAULT_WINDOW) -> None:
+        self.window_rows = window_rows
+        self._windows: dict[tuple[str, int, str], Window | None] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, prediction: Prediction, manifest: Manifest) -> list[tuple[tuple[str, int, str], Window]]:
+        """Put the answer's watched scores in their windows; return the windows that changed, by (model, version,
+        output). Only modes the calibration covers are watched (its deciles describe those answers)."""
+        calibration = manifest.calibration
+        if calibration is None or prediction.mode.value != calibration.mode:
+            return []
+        changed = []
+        for output in prediction.outputs:
+            key = (prediction.model, prediction.version, output.name)
+            window = self._window(key, calibration.output(output.name))
+            if window is None:
+                continue
+            window.add(watched_score(output, calibration.output(output.name)))
+            changed.append((key, window))
+        return changed
+
+    def _window(self, key: tuple[str, int, str], record: OutputCalibration | None) -> Window | None:
+        with self._lock:
+            if key not in self._windows:
+                deciles = _deciles(record)
+                self._windows[key] = None if deciles is None else Window(deciles, self.window_rows)
+            return self._windows[key]
+
+
+def _deciles(record: OutputCalibration | None) -> tuple[float, ...] | None:
+    if isinstance(record, RegressionCalibration):
+        return record.deciles
+    if isinstance(record, ClassificationCalibration):
+        chosen = record.record(record.score or Score.MUTUAL_INFORMATION.value)
+        return chosen.deciles if chosen is not None else None
+    return None
+
+
+def watched_score(output: OutputPrediction, record: OutputCalibration | None) -> np.ndarray:
+    """The values a drift window takes from one output's answer: the score it abstains by (classification; mutual
+    information when the calibration chose none), every predictive std (regression) — as the calibration's deciles."""
+    summary = output.summary
+    if isinstance(summary, ClassificationSummary):
+        name = record.score if isinstance(record, ClassificationCalibration) and record.score else None
+        return score_values(summary, Score(name or Score.MUTUAL_INFORMATION.value))
+    return np.asarray(summary.predictive_std, np.float64).reshape(-1)

@@ -208,7 +208,8 @@ def data_plane(
     return DataPlane(repository, metrics or Metrics(), limits=limits, capacity=settings.pool_size + settings.max_queue,
                      mask_source=settings.mask_source, max_invoke_bytes=int(settings.max_invoke_mb * MIB),
                      default_chunk=settings.default_chunk, is_ready=is_ready, server_load=server_load,
-                     worker=worker)  # fmt: skip
+                     worker=worker,
+                     drift_window_rows=-(-settings.drift_window_rows // max(1, settings.workers)))  # fmt: skip
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

@@ -79,6 +79,8 @@ class ServerSettings:
         "this x its busy interpreters",
     )
     default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
+    drift_window_rows: int = setting(1000, "rows of each calibrated output the drift gauges compare with the "
+                                           "calibration (shared out between --workers)")  # fmt: skip
     max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message, both directions")
     poll_seconds: float = setting(2.0, "repository scan interval for new, changed or removed versions; 0 turns it off")
     max_versions: int = setting(2, "newest versions kept loaded per model")
@@ -96,7 +98,8 @@ class ServerSettings:
     def validate(self) -> ServerSettings:
         """Check every field; raise ``InvalidArgument`` naming the setting, what was expected and received."""
         positive = ("grpc_threads", "pool_size", "interpreter_threads", "max_samples", "max_batch",
-                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions")  # fmt: skip
+                    "max_sample_rows", "default_chunk", "max_message_bytes", "max_versions",
+                    "drift_window_rows")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))

@@ -7,6 +7,7 @@ import logging
 import socket
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,3 +71,28 @@ def test_served_uncertainty_and_abstentions_are_counted(calibrated_repository: P
     regression = 'mode="monte_carlo",model="diabetes",output="y",score="predictive_std",version="1"'
     assert f"mcdrop_uncertainty_count{{{regression}}} 4.0" in text
     assert f"mcdrop_rows_total{{{diabetes}}} 4.0" in text
+
+
+def test_the_drift_gauge_moves_with_out_of_distribution_rows(
+    calibrated_repository: Path, calibration_files: dict[str, Path]
+) -> None:
+    """Rows like the calibration's keep the PSI low; noise images push it past the 0.25 of a major shift."""
+
+    def drift(server: Any) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        found = {}
+        for name in ("mcdrop_drift_psi", "mcdrop_drift_share_above_p90"):
+            line = next(line for line in text.splitlines()
+                        if line.startswith(f'{name}{{model="digits",output="y",version="2"}}'))  # fmt: skip
+            found[name] = float(line.split()[-1])
+        return found
+
+    digits = np.load(calibration_files["digits"])["x"]
+    noise = np.random.default_rng(0).uniform(0, 16, (300, 64)).astype(np.float32)
+    with in_process_server(calibrated_repository, metrics_port=0, drift_window_rows=300) as (server, client):
+        client.predict("digits", digits[:300], samples=50, seed=3)
+        calm = drift(server)
+        client.predict("digits", noise, samples=50, seed=3)
+        shifted = drift(server)
+    assert calm["mcdrop_drift_psi"] < 0.1 and abs(calm["mcdrop_drift_share_above_p90"] - 0.1) < 0.05
+    assert shifted["mcdrop_drift_psi"] > 0.25 and shifted["mcdrop_drift_share_above_p90"] > 0.5
