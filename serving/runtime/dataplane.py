@@ -137,7 +137,7 @@ class DataPlane:
         plan = self.sampler.plan(request, self.limits)
         with self._admitted():
             prediction = self.sampler.run(plan, deadline)
-        self._observe(prediction)
+        self._observe(prediction, plan.version)
         return prediction
 
     def predict_stream(self, request: PredictionRequest, deadline: float | None = None) -> Iterator[Prediction]:
@@ -146,7 +146,7 @@ class DataPlane:
         with self._admitted():
             for prediction in self.sampler.stream(plan, deadline):
                 if prediction.final:
-                    self._observe(prediction)
+                    self._observe(prediction, plan.version)
                 yield prediction
 
     # Admission and load -------------------------------------------------------------------------
@@ -179,7 +179,9 @@ class DataPlane:
         load = self._server_load
         return (sum(load) if load is not None else self._inflight) == 1
 
-    def _observe(self, prediction: Prediction) -> None:
+    def _observe(self, prediction: Prediction, version: ModelVersion) -> None:
+        """Count and time the answer, and watch its uncertainty (``version``: the one that answered, even if it has
+        been unloaded since)."""
         queue, compute, samples = self.metrics.per_model(prediction.model, prediction.mode)
         queue.observe(prediction.queue_ms / 1e3)
         compute.observe(prediction.compute_ms / 1e3)
@@ -198,6 +200,5 @@ class DataPlane:
             rows.inc(count)
             if output.decision is not None:
                 abstained.inc(int(np.count_nonzero(output.decision.abstain)))
-        version = self.repository.get(prediction.model, prediction.version)
         for key, window in self.watches.observe(prediction, version.manifest):
-            self.metrics.drift_window(key, window.counts())
+            self.metrics.drift_window(key, window)

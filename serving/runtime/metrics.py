@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = ["AggregatedMetrics", "Metrics"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+DRIFT_PUBLISH_SECONDS = 0.25
 UNCERTAINTY_BUCKETS = tuple(float(f"{10 ** (k / 4):.3g}") for k in range(-16, 9))
 """Four buckets per decade from 1e-4 to 1e2: nats, vote shares and output-unit spreads all fit."""
 
@@ -123,14 +125,35 @@ class Metrics(_Endpoint):
                                 ["model", "version", "output", "bin"], registry=r,
                                 multiprocess_mode="livesum")  # fmt: skip
         self._drift_lock = threading.Lock()
-        r.register(DriftCollector(lambda: self.drift_rows.collect()))
+        self._dirty: dict[tuple[str, int, str], watch.Window] = {}
+        self._publisher: threading.Thread | None = None
+        r.register(DriftCollector(self._published_drift))
 
-    def drift_window(self, key: tuple[str, int, str], counts: Any) -> None:
-        """Publish one drift window's bin counts (what every worker adds up to)."""
-        model, version, output = key
+    def drift_window(self, key: tuple[str, int, str], window: watch.Window) -> None:
+        """Mark a drift window changed: its bin counts reach the gauges within ``DRIFT_PUBLISH_SECONDS``, off the
+        request path (setting ten gauges per answer would cost a request tens of microseconds)."""
         with self._drift_lock:
-            for index, count in enumerate(counts.tolist()):
+            self._dirty[key] = window
+            if self._publisher is None:
+                self._publisher = threading.Thread(target=self._publish_loop, name="mcdrop-drift", daemon=True)
+                self._publisher.start()
+
+    def publish_drift(self) -> None:
+        """Write every changed window's bin counts to ``mcdrop_drift_window_rows`` now."""
+        with self._drift_lock:
+            dirty, self._dirty = self._dirty, {}
+        for (model, version, output), window in dirty.items():
+            for index, count in enumerate(window.counts().tolist()):
                 self.drift_rows.labels(model, str(version), output, str(index + 1)).set(count)
+
+    def _publish_loop(self) -> None:
+        while True:
+            time.sleep(DRIFT_PUBLISH_SECONDS)
+            self.publish_drift()
+
+    def _published_drift(self) -> Iterable[Metric]:
+        self.publish_drift()  # a scrape of this process's own endpoint sees every row answered so far
+        return self.drift_rows.collect()
 
     @functools.cache  # noqa: B019 - one Metrics per server; label lookups cost microseconds per request
     def per_model(self, model: str, mode: str) -> tuple[Histogram, Histogram, Histogram]:

@@ -211,3 +211,38 @@ def test_every_worker_picks_up_a_new_version(model_repository: Path, digits_rows
         assert server.stop() == 0
     log = server.log.read_text()
     assert log.count('"msg": "model version loaded", "model": "digits", "version": 2') == 2  # once per worker
+
+
+@pytest.mark.slow
+def test_two_workers_report_one_drift_psi_from_their_summed_windows(
+    calibrated_repository: Path, calibration_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each worker keeps its share of the drift window; the supervisor's /metrics sums the bins into one PSI."""
+    metrics_port = free_port()
+    digits = np.load(calibration_files["digits"])["x"][:360]  # the calibration rows: no drift by construction
+    noise = np.random.default_rng(0).uniform(0, 16, (360, 64)).astype(np.float32)
+    labels = '{model="digits",output="y",version="2"}'
+    with server_process(calibrated_repository, tmp_path / "server.log", "--workers", "2", "--drift-window-rows", "400",
+                        "--metrics-port", str(metrics_port)) as server:  # fmt: skip
+
+        def send(x: np.ndarray, calls: int) -> None:
+            def session(index: int) -> None:  # each call its own 36 rows, on its own connection (either worker)
+                with Client(server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+                    client.predict("digits", x[index * 36 : (index + 1) * 36], samples=20, seed=index)
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(session, range(calls)))
+
+        def scrape() -> str:
+            time.sleep(1.0)  # the workers publish their windows every 0.25 s
+            return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+
+        send(digits, 10)
+        calm = scrape()
+        send(noise, 10)
+        shifted = scrape()
+    rows = sum(metric(calm, f'mcdrop_drift_window_rows{{bin="{b}",model="digits",output="y",version="2"}}')
+               for b in range(1, 11))  # fmt: skip
+    assert 180 <= rows <= 360  # at most 200 rows per worker; 360 rows went to the two of them
+    assert metric(calm, f"mcdrop_drift_psi{labels}") < 0.1
+    assert metric(shifted, f"mcdrop_drift_psi{labels}") > 0.25
