@@ -24,7 +24,8 @@ from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.calibration import ClassificationCalibration, RegressionCalibration
 from mcdrop.serving.models.manifest import Manifest, Task
 
-__all__ = ["CONFORMAL", "GAUSSIAN", "AbstainRule", "Policy", "abstain_rules", "conformal_multipliers", "decide"]
+__all__ = ["CONFORMAL", "GAUSSIAN", "AbstainRule", "Policy", "abstain_rules", "calibrated_abstain_rate",
+           "conformal_multipliers", "decide", "metadata"]  # fmt: skip
 
 CONFORMAL = "conformal"
 GAUSSIAN = "gaussian"
@@ -179,3 +180,13 @@ def metadata(manifest: Manifest) -> dict[str, str | int | float]:
             if chosen.selection.bound is not None:
                 found[start + "abstain_risk_bound"] = chosen.selection.bound
     return found
+
+
+def calibrated_abstain_rate(manifest: Manifest, output: str) -> float | None:
+    """The share of calibration rows the version abstains on for ``output`` (1 − the chosen threshold's coverage): what
+    an alert compares the live abstain rate with. None without a calibrated threshold."""
+    record = manifest.calibration.output(output) if manifest.calibration is not None else None
+    if not isinstance(record, ClassificationCalibration) or record.score is None:
+        return None
+    chosen = record.record(record.score)
+    return None if chosen is None or chosen.selection is None else 1.0 - chosen.selection.coverage

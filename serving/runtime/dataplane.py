@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, MutableSequence
 
 import numpy as np
 
+from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Limits, Prediction, PredictionRequest
 from mcdrop.serving.core.sampler import Sampler
 from mcdrop.serving.errors import NotFound, ResourceExhausted
@@ -200,5 +201,7 @@ class DataPlane:
             rows.inc(count)
             if output.decision is not None:
                 abstained.inc(int(np.count_nonzero(output.decision.abstain)))
+                rate = decision.calibrated_abstain_rate(version.manifest, output.name)
+                self.metrics.calibrated(prediction.model, prediction.version, output.name, rate)
         for key, window in self.watches.observe(prediction, version.manifest):
             self.metrics.drift_window(key, window)

@@ -21,6 +21,7 @@ mcdrop_drift_window_rows                 gauge       model, version, output, bin
                                                      calibration-decile bin; summed over workers)
 mcdrop_drift_psi                         gauge       model, version, output  (PSI of the window vs the deciles)
 mcdrop_drift_share_above_p90             gauge       model, version, output  (0.1 without drift)
+mcdrop_calibration_abstain_rate          gauge       model, version, output  (share of calibration rows abstained on)
 =======================================  ==========  ==========================================
 
 ``mcdrop_uncertainty`` holds the served scores (classification: mutual information, predictive entropy, variation
@@ -124,6 +125,10 @@ class Metrics(_Endpoint):
         self.drift_rows = Gauge("mcdrop_drift_window_rows", "Rows of the drift window in each calibration-decile bin",
                                 ["model", "version", "output", "bin"], registry=r,
                                 multiprocess_mode="livesum")  # fmt: skip
+        self.calibration_abstain_rate = Gauge(
+            "mcdrop_calibration_abstain_rate", "Share of the calibration rows the version abstains on",
+            ["model", "version", "output"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self._drift_lock = threading.Lock()
         self._dirty: dict[tuple[str, int, str], watch.Window] = {}
         self._publisher: threading.Thread | None = None
@@ -173,6 +178,12 @@ class Metrics(_Endpoint):
         scores = ("mutual_information", "predictive_entropy", "variation_ratio", "std", "predictive_std")
         return (self.rows.labels(*labels), self.abstained.labels(model, str(version), output),
                 {score: self.uncertainty.labels(*labels, score) for score in scores})  # fmt: skip
+
+    @functools.cache  # noqa: B019
+    def calibrated(self, model: str, version: int, output: str, abstain_rate: float | None) -> None:
+        """Publish a version's calibration abstain rate, once (the alert on live abstention compares with it)."""
+        if abstain_rate is not None:
+            self.calibration_abstain_rate.labels(model, str(version), output).set(abstain_rate)
 
     @functools.cache  # noqa: B019
     def rpc(self, api: str, method: str, code: str) -> Counter:
