@@ -24,9 +24,9 @@ from mcdrop.serving.runtime.metrics import AggregatedMetrics
 from tests.helpers import REPO, in_process_server
 
 DASHBOARD = REPO / "deploy" / "grafana" / "mcdrop-dashboard.json"
-METRIC = re.compile(r"\b(mcdrop_[a-z_]+)")
+METRIC = re.compile(r"\b(mcdrop_[a-z0-9_]+)")
 GROUPING = re.compile(r"\bby \(([^)]*)\)")
-SERIES = re.compile(r"^(mcdrop_[a-z_]+)(?:\{([^}]*)\})? ", re.MULTILINE)
+SERIES = re.compile(r"^(mcdrop_[a-z0-9_]+)(?:\{([^}]*)\})? ", re.MULTILINE)
 
 
 def dashboard() -> dict[str, Any]:
@@ -56,7 +56,17 @@ def test_the_dashboard_is_well_formed() -> None:
         for function in re.findall(r"\b(rate|increase)\(", expr):  # range functions take a range selector
             assert re.search(rf"{function}\([^()]*\[[^\]]+\]\)", expr), expr
     titles = " ".join(panel["title"].lower() for panel in found["panels"])
-    for subject in ("requests", "latency", "in flight", "samples per request", "loaded model versions", "restarts"):
+    for subject in (
+        "requests",
+        "latency",
+        "in flight",
+        "samples per request",
+        "loaded model versions",
+        "restarts",
+        "uncertainty",
+        "abstain rate",
+        "drift",
+    ):
         assert subject in titles, subject
 
 
@@ -69,15 +79,17 @@ def scraped_series(text: str) -> dict[str, set[str]]:
 
 
 def test_every_query_names_metrics_and_labels_the_server_exports(
-    model_repository: Path, digits_rows: np.ndarray, tmp_path: Path
+    calibrated_repository: Path, calibration_files: dict[str, Path], digits_rows: np.ndarray, tmp_path: Path
 ) -> None:
     repository = tmp_path / "repo"
-    shutil.copytree(model_repository, repository)
+    shutil.copytree(calibrated_repository, repository)  # digits version 2 abstains and watches its drift
     (repository / "digits" / "9").mkdir()
     (repository / "digits" / "9" / "manifest.json").write_text("{}")  # a version that fails to load: counted
     http_port = free_port()
     with in_process_server(repository, metrics_port=0, http_port=http_port) as (server, client):
         client.predict("digits", digits_rows[:2], samples=10, seed=1)  # series for every label the panels group by
+        calibration = np.load(calibration_files["digits"])["x"][:120]
+        client.predict("digits", calibration, samples=10, seed=1)  # enough rows for a drift PSI
         client.predict("digits", digits_rows[:2], mode="moments", seed=1)
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
         assert httpx.post(f"http://127.0.0.1:{http_port}/v2/models/digits/infer", json=body).status_code == 200
