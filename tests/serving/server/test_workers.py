@@ -82,6 +82,11 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     metrics_port = free_port()
     with server_process(model_repository, tmp_path / "server.log", "--workers", "2", "--metrics-port",
                         str(metrics_port)) as server:  # fmt: skip
+        # Health answers SERVING as soon as one worker is up; a worker killed while the others still start stops
+        # the whole server (by design: see the supervisor). Kill only once the supervisor says every worker serves.
+        deadline = time.monotonic() + 120
+        while '"msg": "serving", "workers"' not in server.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         first = worker_pids(server.pid, 2)
         os.kill(first[0], signal.SIGKILL)
         served = 0
