@@ -28,12 +28,14 @@ def register(subcommands: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from mcdrop.serving.server import cpus, logs
     from mcdrop.serving.server import supervisor as workers
-    from mcdrop.serving.server.server import run
+    from mcdrop.serving.server.server import check_capture_installed, run
 
     names = [field.name for field in dataclasses.fields(ServerSettings)]
     settings = load_settings({name: getattr(args, name) for name in names if hasattr(args, name)})
     if not Path(settings.repository).is_dir():
         raise NotFound(f"Model repository not found: {settings.repository}. Expected a directory (REPO/NAME/VERSION/).")
+    if settings.capture_dir:
+        check_capture_installed()
     logs.configure(settings.log_level, settings.log_format)
     count = cpus.resolve(settings.workers)
     if count > 1:  # N processes on the shared ports, under this one

@@ -57,6 +57,8 @@ class PredictionRequest:
     """Abstain above this score instead of the calibrated threshold (``mcdrop.serving.core.decision``)."""
     abstain_score: str | None = None
     """Abstain by this score (``mcdrop.serving.core.scores``) instead of the calibrated one."""
+    request_id: str = ""
+    """The caller's id of the request (OIP ``id``, else an ``x-request-id`` header): kept with captured rows."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ to the data plane."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import grpc
 
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2_grpc as pb_grpc
-from mcdrop.serving.grpc.status import deadline_of, translated
+from mcdrop.serving.grpc.status import deadline_of, request_id_of, translated
 from mcdrop.serving.protocols.mcdrop_v1 import decode_request, encode_metadata, encode_prediction
 from mcdrop.serving.runtime.dataplane import DataPlane
 from mcdrop.serving.runtime.metrics import Metrics
@@ -27,13 +28,15 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> pb_grpc.InferenceServic
     class InferenceServicer(pb_grpc.InferenceServicer):  # type: ignore[misc]
         @rpc
         def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
-            return encode_prediction(plane.predict(decode_request(request), deadline_of(context)))
+            decoded = dataclasses.replace(decode_request(request), request_id=request_id_of(context))
+            return encode_prediction(plane.predict(decoded, deadline_of(context)))
 
         @rpc
         def PredictStream(
             self, request: pb.PredictRequest, context: grpc.ServicerContext
         ) -> Iterator[pb.PredictResponse]:
-            for prediction in plane.predict_stream(decode_request(request), deadline_of(context)):
+            decoded = dataclasses.replace(decode_request(request), request_id=request_id_of(context))
+            for prediction in plane.predict_stream(decoded, deadline_of(context)):
                 yield encode_prediction(prediction)
 
         @rpc

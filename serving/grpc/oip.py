@@ -11,6 +11,7 @@ messages, so they cannot be imported in one process.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +22,7 @@ from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
 from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.grpc.status import deadline_of, translated
+from mcdrop.serving.grpc.status import deadline_of, request_id_of, translated
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import oip as protocol
 from mcdrop.serving.runtime.dataplane import DataPlane
@@ -63,6 +64,7 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
         def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
             version = plane.model(request.model_name, parse_version(request.model_version))
             decoded, wanted = decode_infer_request(request, version)
+            decoded = dataclasses.replace(decoded, request_id=request.id or request_id_of(context))
             prediction = plane.predict(decoded, deadline_of(context))
             return encode_infer_response(request, prediction, wanted)
 

@@ -50,6 +50,14 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def request_id_of(context: grpc.ServicerContext) -> str:
+    """The call's ``x-request-id`` metadata, or ``""``."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return str(value)[:256]
+    return ""
+
+
 def translated(api: str, metrics: Metrics) -> Callable[[F], F]:
     """Decorate a servicer method, unary (returns a message) or streaming (a generator of messages):
     map mcdrop errors to status codes, hide unexpected ones behind an incident id, count and time the call."""

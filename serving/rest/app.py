@@ -9,6 +9,7 @@ error's kind (``mcdrop.serving.rest.status``); an unexpected one is a 500 naming
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,6 +101,9 @@ def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_byte
             body, binary = split_body(raw, request.headers.get(HEADER_LENGTH))
             found = plane.model(name, version)
             decoded, wanted, binary_outputs = decode_infer(body, found, binary)
+            given = body.get("id") if isinstance(body, dict) else None
+            request_id = given if isinstance(given, str) and given else request.headers.get("x-request-id", "")
+            decoded = dataclasses.replace(decoded, request_id=request_id[:256])
             response, blobs = encode_infer(body, plane.predict(decoded), wanted, binary_outputs)
             if not blobs:
                 return response

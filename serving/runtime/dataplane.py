@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, MutableSequence
+from collections.abc import Callable, Iterator, Mapping, MutableSequence
+from typing import Protocol
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Limits, Prediction, PredictionRequest
 from mcdrop.serving.core.sampler import Sampler
 from mcdrop.serving.errors import NotFound, ResourceExhausted
-from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 from mcdrop.serving.runtime import watch
 from mcdrop.serving.runtime.metrics import Metrics
@@ -32,11 +33,19 @@ WATCHED_CLASSIFICATION = ("mutual_information", "predictive_entropy", "variation
 WATCHED_REGRESSION = ("std", "predictive_std")
 """The scores ``mcdrop_uncertainty`` holds per answered row (regression: the mean over the output's values)."""
 
-__all__ = ["LONE_REQUEST_FLOPS", "DataPlane", "ModelStatus"]
+__all__ = ["LONE_REQUEST_FLOPS", "Capture", "DataPlane", "ModelStatus"]
 
 LONE_REQUEST_FLOPS = 50e6
 """Invokes smaller than this (about 0.5 ms on one core) run on one thread even when alone: waking a second thread
 costs more than it saves, and on a small machine the client shares the cores."""
+
+
+class Capture(Protocol):
+    """What the data plane hands every answer to (``mcdrop.serving.capture.writer.CaptureWriter``): must not block
+    or raise."""
+
+    def offer(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], prediction: Prediction,
+              request_id: str = "") -> None: ...  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,7 @@ class DataPlane:
         server_load: MutableSequence[int] | None = None,
         worker: int = 0,
         drift_window_rows: int = watch.DEFAULT_WINDOW,
+        capture: Capture | None = None,
     ) -> None:
         """Args:
         repository: the loaded model versions.
@@ -77,6 +87,7 @@ class DataPlane:
         server_load: requests in flight per worker process of this server (shared memory); this data plane
             writes slot ``worker``. None: this process is the whole server.
         drift_window_rows: rows of each calibrated output this process's drift windows keep.
+        capture: where answered rows go for labelling (``mcdrop.serving.capture``); None: nowhere.
         """
         self.repository = repository
         self.metrics = metrics
@@ -90,6 +101,7 @@ class DataPlane:
         self._server_load = server_load
         self._worker = worker
         self.watches = watch.Watches(drift_window_rows)
+        self.capture = capture
 
     # Models -------------------------------------------------------------------------------------
 
@@ -139,6 +151,8 @@ class DataPlane:
         with self._admitted():
             prediction = self.sampler.run(plan, deadline)
         self._observe(prediction, plan.version)
+        if self.capture is not None:
+            self.capture.offer(plan.version.manifest, plan.inputs, prediction, request.request_id)
         return prediction
 
     def predict_stream(self, request: PredictionRequest, deadline: float | None = None) -> Iterator[Prediction]:
@@ -148,6 +162,8 @@ class DataPlane:
             for prediction in self.sampler.stream(plan, deadline):
                 if prediction.final:
                     self._observe(prediction, plan.version)
+                    if self.capture is not None:
+                        self.capture.offer(plan.version.manifest, plan.inputs, prediction, request.request_id)
                 yield prediction
 
     # Admission and load -------------------------------------------------------------------------

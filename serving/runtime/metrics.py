@@ -22,6 +22,12 @@ mcdrop_drift_window_rows                 gauge       model, version, output, bin
 mcdrop_drift_psi                         gauge       model, version, output  (PSI of the window vs the deciles)
 mcdrop_drift_share_above_p90             gauge       model, version, output  (0.1 without drift)
 mcdrop_calibration_abstain_rate          gauge       model, version, output  (share of calibration rows abstained on)
+mcdrop_captured_rows_total               counter     model  (rows in published capture files)
+mcdrop_capture_dropped_rows_total        counter     model, reason  (queue_full, budget, write_error, schema,
+                                                     closed, error)
+mcdrop_capture_write_errors_total        counter     reason  (ENOSPC, EROFS, ENOENT, …)
+mcdrop_capture_files_total               counter     model  (published capture files)
+mcdrop_capture_bytes_total               counter     model  (bytes of published capture files)
 =======================================  ==========  ==========================================
 
 ``mcdrop_uncertainty`` holds the served scores (classification: mutual information, predictive entropy, variation
@@ -129,6 +135,14 @@ class Metrics(_Endpoint):
             "mcdrop_calibration_abstain_rate", "Share of the calibration rows the version abstains on",
             ["model", "version", "output"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.captured_rows = Counter("mcdrop_captured_rows", "Rows in published capture files", ["model"], registry=r)
+        self.capture_dropped = Counter("mcdrop_capture_dropped_rows", "Rows the capture rule chose but could not keep",
+                                       ["model", "reason"], registry=r)  # fmt: skip
+        self.capture_errors = Counter("mcdrop_capture_write_errors", "Capture files that failed", ["reason"],
+                                      registry=r)  # fmt: skip
+        self.capture_files = Counter("mcdrop_capture_files", "Published capture files", ["model"], registry=r)
+        self.capture_bytes = Counter("mcdrop_capture_bytes", "Bytes of published capture files", ["model"],
+                                     registry=r)  # fmt: skip
         self._drift_lock = threading.Lock()
         self._dirty: dict[tuple[str, int, str], watch.Window] = {}
         self._publisher: threading.Thread | None = None
@@ -184,6 +198,21 @@ class Metrics(_Endpoint):
         """Publish a version's calibration abstain rate, once (the alert on live abstention compares with it)."""
         if abstain_rate is not None:
             self.calibration_abstain_rate.labels(model, str(version), output).set(abstain_rate)
+
+    # The capture writer's counters (``mcdrop.serving.capture.writer.Counters``) ---------------------
+
+    def captured(self, model: str, rows: int) -> None:
+        self.captured_rows.labels(model).inc(rows)
+
+    def dropped(self, model: str, reason: str, rows: int) -> None:
+        self.capture_dropped.labels(model, reason).inc(rows)
+
+    def write_failed(self, reason: str) -> None:
+        self.capture_errors.labels(reason).inc()
+
+    def published(self, model: str, nbytes: int) -> None:
+        self.capture_files.labels(model).inc()
+        self.capture_bytes.labels(model).inc(nbytes)
 
     @functools.cache  # noqa: B019
     def rpc(self, api: str, method: str, code: str) -> Counter:

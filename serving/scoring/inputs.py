@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from mcdrop.serving.capture.records import CAPTURE_METADATA
 from mcdrop.serving.errors import InvalidArgument, first_line
 from mcdrop.serving.models.manifest import InputSpec, Manifest
 
@@ -93,8 +94,10 @@ def sources(pattern: str) -> list[Source]:
     else:
         files = [pattern] if path.is_file() else []
     if not files:
+        models = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        hint = f" {pattern} holds folders {models[:6]}: a capture directory? Expected DIR/MODEL." if models else ""
         raise InvalidArgument(
-            f"No input files at {pattern}. Expected a .parquet, .csv or .npy file, a folder or a glob."
+            f"No input files at {pattern}. Expected a .parquet, .csv or .npy file, a folder or a glob.{hint}"
         )
     formats = {FORMATS.get(Path(f).suffix.lower()) for f in files}
     if None in formats or len(formats) != 1:
@@ -137,7 +140,8 @@ def columns(found: list[Source], manifest: Manifest, keep: tuple[str, ...]) -> C
         return Columns((InputColumns(spec.name, spec.row_shape, (), None, spec.integer_range),), ())
     schemas = [(s.path, _schema(s)) for s in found]
     path, schema = schemas[0]
-    chosen = tuple(_single_input(spec, path, schema, keep) if len(specs) == 1 else _named_input(spec, path, schema)
+    by_name = len(specs) > 1 or _is_capture(schema)  # a capture holds more columns than the inputs: read by name
+    chosen = tuple(_named_input(spec, path, schema) if by_name else _single_input(spec, path, schema, keep)
                    for spec in specs)  # fmt: skip
     wanted = [c for cols in chosen for c in (*cols.features, *([cols.tensor] if cols.tensor else []))] + list(keep)
     for file, file_schema in schemas:
@@ -168,6 +172,11 @@ def _single_input(spec: InputSpec, path: str, schema: pa.Schema, keep: tuple[str
             f"outside --keep. Expected {width}, one per feature (or name them in the model's training data)."
         )
     return InputColumns(spec.name, row_shape, tuple(numeric), None, spec.integer_range)
+
+
+def _is_capture(schema: pa.Schema) -> bool:
+    """A file of ``mcdrop serve --capture-dir`` (``mcdrop.serving.capture.records``)."""
+    return bool(schema.metadata) and CAPTURE_METADATA in schema.metadata
 
 
 def _named_input(spec: InputSpec, path: str, schema: pa.Schema) -> InputColumns:

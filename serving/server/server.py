@@ -15,6 +15,7 @@ from collections.abc import Callable, MutableSequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,9 @@ from mcdrop.serving.runtime.metrics import Metrics
 from mcdrop.serving.runtime.tokens import TokenStore
 from mcdrop.serving.server import cpus
 from mcdrop.serving.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from mcdrop.serving.capture.writer import CaptureWriter
 
 __all__ = ["REPOSITORY_HEALTH", "Server", "data_plane", "run", "serve_until_signalled"]
 
@@ -79,6 +83,7 @@ class Server:
         self._http: HttpServer | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
+        self.capture: CaptureWriter | None = None
 
     def start(self) -> int:
         """Load models, start serving; return the bound gRPC port."""
@@ -86,6 +91,8 @@ class Server:
         for service in ("", *self.services):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.repository.scan()
+        if settings.capture_dir:
+            self.capture = self.plane.capture = capture_writer(settings, self.metrics)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -152,6 +159,9 @@ class Server:
             self._grpc.stop(grace).wait()
         for thread in stopping:
             thread.join()
+        if self.capture is not None:  # every answered request has been offered: publish what is buffered
+            flushed = self.capture.close(timeout=max(10.0, grace))
+            log.info("capture closed", extra={"flushed": flushed, "directory": self.settings.capture_dir})
         self.metrics.close_http()
         self.repository.stop()
         log.info("stopped")
@@ -210,6 +220,39 @@ def data_plane(
                      default_chunk=settings.default_chunk, is_ready=is_ready, server_load=server_load,
                      worker=worker,
                      drift_window_rows=-(-settings.drift_window_rows // max(1, settings.workers)))  # fmt: skip
+
+
+def check_capture_installed() -> None:
+    """Raises ``InvalidArgument`` when ``--capture-dir`` cannot work: pyarrow is not installed."""
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"--capture-dir needs pyarrow, which this install lacks ({exc.name}). Expected: pip install "
+            "'mcdrop[capture]', or no --capture-dir."
+        ) from None
+
+
+def capture_writer(settings: ServerSettings, metrics: Metrics) -> CaptureWriter:
+    """The capture writer of ``--capture-dir``.
+
+    Raises:
+        InvalidArgument: pyarrow is not installed.
+    """
+    check_capture_installed()
+    from mcdrop.serving.capture.rule import parse_rule
+    from mcdrop.serving.capture.writer import CaptureOptions, CaptureWriter
+
+    options = CaptureOptions(
+        Path(settings.capture_dir),
+        parse_rule(settings.capture_when),
+        max_bytes=int(settings.capture_max_mb * MIB),
+        file_bytes=int(settings.capture_file_mb * MIB),
+        file_seconds=settings.capture_file_seconds,
+    )
+    writer = CaptureWriter(options, metrics)
+    log.info("capturing", extra={"directory": settings.capture_dir, "when": str(options.rule)})
+    return writer
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

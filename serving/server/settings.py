@@ -81,6 +81,14 @@ class ServerSettings:
     default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
     drift_window_rows: int = setting(1000, "rows of each calibrated output the drift gauges compare with the "
                                            "calibration (shared out between --workers)")  # fmt: skip
+    capture_dir: str = setting("", "capture served rows for labelling: Parquet files under DIR/MODEL/ (needs the "
+                                   "capture extra, pyarrow); default off")  # fmt: skip
+    capture_when: str = setting("abstain", "which rows to capture: always, abstain (rows a calibrated version "
+                                           "abstains on) or SCORE>VALUE (e.g. mutual_information>0.2)")  # fmt: skip
+    capture_max_mb: float = setting(1024.0, "the most the capture directory may hold, in MiB; rows beyond are "
+                                            "dropped and counted, files are never deleted")  # fmt: skip
+    capture_file_mb: float = setting(64.0, "a capture file is published when it reaches this size (MiB) ...")
+    capture_file_seconds: float = setting(60.0, "... or this age (seconds), and on shutdown")
     max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message, both directions")
     poll_seconds: float = setting(2.0, "repository scan interval for new, changed or removed versions; 0 turns it off")
     max_versions: int = setting(2, "newest versions kept loaded per model")
@@ -103,7 +111,13 @@ class ServerSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise _invalid(name, "an integer >= 1", getattr(self, name))
-        for name in ("max_request_gflops", "max_invoke_mb"):
+        for name in (
+            "max_request_gflops",
+            "max_invoke_mb",
+            "capture_max_mb",
+            "capture_file_mb",
+            "capture_file_seconds",
+        ):
             if not getattr(self, name) > 0:
                 raise _invalid(name, "a number > 0", getattr(self, name))
         for name in ("workers", "lone_request_threads", "max_queue", "poll_seconds", "grace_seconds"):
@@ -124,6 +138,9 @@ class ServerSettings:
             raise InvalidArgument("Settings tls_cert and tls_key go together. Expected both or neither.")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("Setting tls_client_ca (mutual TLS) needs tls_cert and tls_key.")
+        from mcdrop.serving.capture.rule import parse_rule
+
+        parse_rule(self.capture_when)
         self.log_level = self.log_level.upper()
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
