@@ -11,8 +11,8 @@ import pytest
 
 from mcdrop.serving.capture.rule import parse_rule
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.scoring.job import ScoreOptions, run_score
 from mcdrop.serving.harness.process import free_port
+from mcdrop.serving.scoring.job import ScoreOptions, run_score
 from tests.helpers import in_process_server
 
 
@@ -38,9 +38,9 @@ def test_always_captures_every_row_with_its_inputs_answer_and_origin(
     with in_process_server(calibrated_repository, capture_dir=str(capture), capture_when="always",
                            http_port=port) as (_, client):  # fmt: skip
         answers = [client.predict("digits", digits_rows, samples=20, seed=seed) for seed in (1, 2)]
-        rest = httpx.post(f"http://127.0.0.1:{port}/v2/models/digits/infer", timeout=30, json={
-            "id": "ticket-7", "parameters": {"seed": 3},
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 64], "data": digits_rows[:2].reshape(-1).tolist()}]})  # fmt: skip
+        tensor = {"name": "x", "datatype": "FP32", "shape": [2, 64], "data": digits_rows[:2].reshape(-1).tolist()}
+        body = {"id": "ticket-7", "parameters": {"seed": 3}, "inputs": [tensor]}
+        rest = httpx.post(f"http://127.0.0.1:{port}/v2/models/digits/infer", timeout=30, json=body)
         assert rest.status_code == 200
         assert not published(capture)  # nothing visible before rotation or shutdown
     files = published(capture)
@@ -64,14 +64,12 @@ def test_always_captures_every_row_with_its_inputs_answer_and_origin(
     assert table.schema.metadata[b"mcdrop.capture"]
 
 
-def test_abstain_captures_only_the_rows_the_version_abstains_on(
-    calibrated_repository: Path, tmp_path: Path
-) -> None:
+def test_abstain_captures_only_the_rows_the_version_abstains_on(calibrated_repository: Path, tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
 
     x = load_digits().data[-200:].astype(np.float32)
     capture = tmp_path / "capture"
-    with in_process_server(calibrated_repository, capture_dir=str(capture)) as (server, client):  # default: abstain
+    with in_process_server(calibrated_repository, capture_dir=str(capture)) as (_, client):  # default: abstain
         answer = client.predict("digits", x, samples=30, seed=5)
         client.predict("digits", x[:20], version=1, samples=30, seed=5)  # v1 is not calibrated: never abstains
     abstained = np.flatnonzero(answer.abstain)
