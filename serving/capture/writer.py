@@ -231,7 +231,12 @@ class CaptureWriter:
         name = f"{model}-v{version}-{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
         partial = folder / f".{name}{PARTIAL_SUFFIX}"
         # A path, not a Python file: Arrow then writes natively, without the interpreter lock.
-        writer = pq.ParquetWriter(str(partial), schema, compression=self.options.compression)
+        try:
+            writer = pq.ParquetWriter(str(partial), schema, compression=self.options.compression)
+        except OSError:
+            with contextlib.suppress(OSError):
+                partial.unlink()  # created, then the first bytes failed
+            raise
         return _OpenFile(partial, folder / name, writer, time.monotonic())
 
     def _flush(self, current: _OpenFile) -> None:
@@ -261,6 +266,7 @@ class CaptureWriter:
         current.writer.close()
         _fsync(current.partial)
         size = os.stat(current.partial).st_size
+        self._written_since_scan += size - current.size  # the footer
         os.rename(current.partial, current.final)
         _fsync(current.final.parent)
         del self._files[key]
