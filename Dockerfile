@@ -4,10 +4,13 @@
 #   docker build -t mcdrop .                                   # serving image (target runtime), models at /models
 #   docker run -p 8500:8500 -p 8501:8501 -p 8502:8502 -v "$PWD/repo:/models:ro" mcdrop
 #   docker build --target with-models -t mcdrop:digits .       # bakes ./model-repository into the image
+#   docker build --build-arg EXTRAS=capture -t mcdrop:capture .  # adds pyarrow for --capture-dir (about 40 MB)
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
+# Optional extras of the serving image: "" (none: --capture-dir then exits 2 saying what to install) or "capture".
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
@@ -16,7 +19,8 @@ COPY serving/ serving/
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-cache-dir /wheels/mcdrop-*.whl \
+ && wheel="$(ls /wheels/mcdrop-*.whl)" \
+ && /opt/venv/bin/pip install --no-cache-dir "mcdrop${EXTRAS:+[$EXTRAS]} @ file://${wheel}" \
  && /opt/venv/bin/python -c "import mcdrop.serving.server.server, sys; sys.exit('tensorflow' in sys.modules)" \
  && /opt/venv/bin/pip uninstall --yes --quiet setuptools \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \

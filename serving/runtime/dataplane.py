@@ -27,7 +27,7 @@ from mcdrop.serving.errors import NotFound, ResourceExhausted
 from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 from mcdrop.serving.runtime import watch
-from mcdrop.serving.runtime.metrics import Metrics
+from mcdrop.serving.runtime.metrics import Metrics, observe_many
 
 WATCHED_CLASSIFICATION = ("mutual_information", "predictive_entropy", "variation_ratio")
 WATCHED_REGRESSION = ("std", "predictive_std")
@@ -166,6 +166,11 @@ class DataPlane:
                         self.capture.offer(plan.version.manifest, plan.inputs, prediction, request.request_id)
                 yield prediction
 
+    def forget(self, model: str, version: int) -> None:
+        """An unloaded version: stop watching its drift."""
+        self.watches.forget(model, version)
+        self.metrics.forget_drift(model, version)
+
     # Admission and load -------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -208,13 +213,10 @@ class DataPlane:
                                                                prediction.mode.value, output.name)  # fmt: skip
             summary = output.summary
             names = WATCHED_CLASSIFICATION if output.task == Task.CLASSIFICATION else WATCHED_REGRESSION
-            count = 0
             for name in names:
                 values = np.asarray(getattr(summary, name), np.float64).reshape(len(summary.mean), -1).mean(axis=1)
-                count = len(values)
-                for value in values.tolist():
-                    histograms[name].observe(value)
-            rows.inc(count)
+                observe_many(histograms[name], values)
+            rows.inc(len(summary.mean))
             if output.decision is not None:
                 abstained.inc(int(np.count_nonzero(output.decision.abstain)))
                 rate = decision.calibrated_abstain_rate(version.manifest, output.name)

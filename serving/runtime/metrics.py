@@ -222,6 +222,15 @@ class Metrics(_Endpoint):
     def rpc_seconds(self, api: str, method: str) -> Histogram:
         return self.request_seconds.labels(api, method)
 
+    def forget_drift(self, model: str, version: int) -> None:
+        """Drop an unloaded version's drift series: a stale PSI would keep its alert firing."""
+        with self._drift_lock:
+            self._dirty = {key: w for key, w in self._dirty.items() if key[:2] != (model, version)}
+        for labels in [labels for labels in list(self.drift_rows._metrics) if labels[:2] == (model, str(version))]:
+            with contextlib.suppress(KeyError):
+                self.drift_rows.labels(*labels).set(0)  # what workers' value files keep (see "loaded" below)
+                self.drift_rows.remove(*labels)
+
     def on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
         if event == "loaded":
             self.loaded.labels(model, str(version)).set(1)
@@ -233,6 +242,20 @@ class Metrics(_Endpoint):
             self.load_failures.labels(model).inc()
         elif event == "scan_failed":
             self.scan_errors.inc()
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every finite ``v``, in one vectorised step: a bucket count per bucket, not a
+    Python loop over rows and bounds (prometheus_client's own ``observe`` checks each bound of each value)."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds, np.float64)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for index in np.flatnonzero(counts).tolist():
+        histogram._buckets[index].inc(int(counts[index]))
 
 
 class DriftCollector:

@@ -117,6 +117,12 @@ class Watches:
             changed.append((key, window))
         return changed
 
+    def forget(self, model: str, version: int) -> None:
+        """Drop the windows of an unloaded version."""
+        with self._lock:
+            for key in [key for key in self._windows if key[:2] == (model, version)]:
+                del self._windows[key]
+
     def _window(self, key: tuple[str, int, str], record: OutputCalibration | None) -> Window | None:
         with self._lock:
             if key not in self._windows:

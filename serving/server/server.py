@@ -186,6 +186,8 @@ class Server:
 
     def _on_repository_event(self, event: str, model: str, version: int, detail: str) -> None:
         self.metrics.on_repository_event(event, model, version, detail)
+        if event == "unloaded":
+            self.plane.forget(model, version)
         if event.startswith("scan_"):
             # The repository's own health: NOT_SERVING while it cannot be read (loaded models keep serving).
             status = (

@@ -145,6 +145,9 @@ def test_the_serving_only_install_lists_every_command_and_answers_train_in_one_l
     code, output = running.container.exec_run(score, demux=True)  # the runtime image has no pyarrow, no Ray
     stderr = (output[1] or b"").decode().strip().splitlines()
     assert code == 2 and len(stderr) == 1 and "pip install 'mcdrop[score]'" in stderr[0], stderr
+    code, output = running.container.exec_run(["mcdrop", "serve", "--capture-dir", "/tmp/rows"], demux=True)
+    stderr = (output[1] or b"").decode().strip().splitlines()
+    assert code == 2 and len(stderr) == 1 and "pip install 'mcdrop[capture]'" in stderr[-1], stderr
     code, output = running.container.exec_run(["mcdrop", "predict", "--help"])
     assert code == 0 and "--samples" in output.decode()
     code, output = running.container.exec_run(["mcdrop", "soak", "--help"])

@@ -96,3 +96,50 @@ def test_the_drift_gauge_moves_with_out_of_distribution_rows(
         shifted = drift(server)
     assert calm["mcdrop_drift_psi"] < 0.1 and abs(calm["mcdrop_drift_share_above_p90"] - 0.1) < 0.05
     assert shifted["mcdrop_drift_psi"] > 0.25 and shifted["mcdrop_drift_share_above_p90"] > 0.5
+
+
+def test_bulk_observation_matches_prometheus_own_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from mcdrop.serving.runtime.metrics import UNCERTAINTY_BUCKETS, observe_many
+
+    registry = CollectorRegistry()
+    one = Histogram("one", "", buckets=UNCERTAINTY_BUCKETS, registry=registry)
+    bulk = Histogram("bulk", "", buckets=UNCERTAINTY_BUCKETS, registry=registry)
+    values = np.concatenate([np.random.default_rng(0).lognormal(-3, 3, 5000), UNCERTAINTY_BUCKETS, [0.0, 1e9]])
+    for value in values:
+        one.observe(value)
+    observe_many(bulk, np.concatenate([values, [np.nan]]))  # NaN rows are left out
+    samples = {s.name.replace("one", ""): (s.labels, s.value) for s in one.collect()[0].samples}
+    bulk_samples = {s.name.replace("bulk", ""): (s.labels, s.value) for s in bulk.collect()[0].samples}
+    ones = [(s.labels, s.value) for s in one.collect()[0].samples if s.name.endswith("_bucket")]
+    bulks = [(s.labels, s.value) for s in bulk.collect()[0].samples if s.name.endswith("_bucket")]
+    assert ones == bulks and ones[-1][1] == len(values)
+    assert samples["_sum"][1] == pytest.approx(bulk_samples["_sum"][1]) and samples["_count"] == bulk_samples["_count"]
+
+
+def test_an_unloaded_versions_drift_series_go_with_it(calibrated_repository: Path, calibration_files: dict[str, Path],
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    import shutil
+    import time
+
+    repo = tmp_path / "repo"
+    shutil.copytree(calibrated_repository, repo)
+    digits = np.load(calibration_files["digits"])["x"][:200]
+    with in_process_server(repo, metrics_port=0, poll_seconds=0.2) as (server, client):
+        client.predict("digits", digits, samples=20, seed=1)
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+
+        assert 'mcdrop_drift_psi{model="digits",output="y",version="2"}' in scrape()
+        shutil.rmtree(repo / "digits" / "2")
+        deadline = time.monotonic() + 10
+        while 'mcdrop_drift_window_rows{bin="1",model="digits",output="y",version="2"}' in scrape():
+            assert time.monotonic() < deadline, "the unloaded version's drift series stayed"
+            time.sleep(0.1)
+        assert 'mcdrop_drift_psi{model="digits",output="y",version="2"}' not in scrape()
+        assert (
+            'mcdrop_uncertainty_count{mode="monte_carlo",model="digits",output="y",score="mutual_information",version="2"}'
+            in scrape()
+        )  # noqa: E501 - counts stay
