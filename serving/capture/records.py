@@ -87,33 +87,54 @@ def capture_schema(manifest: Manifest) -> pa.Schema:
     return pa.schema(fields, metadata={CAPTURE_METADATA: json.dumps(metadata).encode()})
 
 
-def captured_table(request: CapturedRequest, schema: pa.Schema) -> pa.Table:
-    """The captured rows of one request, in ``schema`` (``capture_schema`` of its version)."""
-    rows = request.rows
-    n = len(rows)
-    prediction = request.prediction
+def captured_table(requests: list[CapturedRequest], schema: pa.Schema) -> pa.Table:
+    """The captured rows of ``requests`` (answered by one version), in ``schema`` (``capture_schema`` of it).
+
+    One table for many requests: each column is built once from the requests' stacked values, so a busy server
+    pays Arrow's per-column cost once per batch of requests, not once per request.
+    """
+    counts = np.array([len(r.rows) for r in requests])
+    n = int(counts.sum())
+    predictions = [r.prediction for r in requests]
+    seeds = [p.seed for p in predictions]
+    millis = np.repeat([int(r.time * 1000) for r in requests], counts).astype(np.int64)
+    seed_values = np.repeat([s or 0 for s in seeds], counts).astype(np.int64)
     columns: dict[str, pa.Array] = {
-        "captured_at": pa.array(np.full(n, int(request.time * 1000), np.int64), pa.timestamp("ms", tz="UTC")),
-        "request_id": pa.array([request.request_id] * n, pa.string()),
-        "model": pa.array([prediction.model] * n, pa.string()),
-        "version": pa.array(np.full(n, prediction.version, np.int64)),
-        "mode": pa.array([prediction.mode.value] * n, pa.string()),
-        "seed": pa.array([prediction.seed] * n, pa.int64()),
-        "samples": pa.array(np.full(n, prediction.samples, np.int32)),
-        "row": pa.array(rows.astype(np.int32)),
+        "captured_at": pa.array(millis, pa.timestamp("ms", tz="UTC")),
+        "request_id": pa.array(np.repeat(np.array([r.request_id for r in requests], object), counts), pa.string()),
+        "model": pa.array(np.repeat(np.array([p.model for p in predictions], object), counts), pa.string()),
+        "version": pa.array(np.repeat([p.version for p in predictions], counts).astype(np.int64)),
+        "mode": pa.array(np.repeat(np.array([p.mode.value for p in predictions], object), counts), pa.string()),
+        "seed": pa.array(seed_values, mask=np.repeat([s is None for s in seeds], counts)),
+        "samples": pa.array(np.repeat([p.samples for p in predictions], counts).astype(np.int32)),
+        "row": pa.array(np.concatenate([r.rows for r in requests]).astype(np.int32)),
     }
-    for spec in request.manifest.inputs:
-        columns.update(_input_columns(spec, np.asarray(request.inputs[spec.name])[rows]))
-    answer = table.prediction_columns(request.manifest.outputs, prediction)
-    good, failed = np.arange(n), np.zeros(n, bool)
+    manifest = requests[0].manifest
+    for spec in manifest.inputs:
+        stacked = np.concatenate([np.asarray(r.inputs[spec.name])[r.rows] for r in requests])
+        columns.update(_input_columns(spec, stacked))
+    answers = [table.prediction_columns(manifest.outputs, r.prediction) for r in requests]
+    everything = np.arange(n)
     for field in schema:
-        if field.name.startswith(SERVED):
-            values = answer.get(field.name[len(SERVED) :])
-            if values is None:  # an output this answer has not got (abstain without a rule): null
-                columns[field.name] = pa.nulls(n, field.type)
-            else:
-                columns[field.name] = table.column(np.asarray(values)[rows], good, failed, field.type)
+        if not field.name.startswith(SERVED):
+            continue
+        name = field.name[len(SERVED) :]
+        parts = [a.get(name) for a in answers]
+        present = next((np.asarray(p) for p in parts if p is not None), None)
+        if present is None:  # no answer has it (abstain columns without a rule): null
+            columns[field.name] = pa.nulls(n, field.type)
+            continue
+        missing = np.repeat([p is None for p in parts], counts)
+        values = np.concatenate([np.asarray(p)[r.rows] if p is not None else _blank(present, len(r.rows))
+                                 for p, r in zip(parts, requests, strict=True)])  # fmt: skip
+        columns[field.name] = table.column(values, everything, missing, field.type)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _blank(like: np.ndarray, rows: int) -> np.ndarray:
+    """Placeholder rows shaped like ``like``'s (masked as null in the column)."""
+    shape = (rows, *like.shape[1:])
+    return np.full(shape, None, object) if like.dtype == object else np.zeros(shape, like.dtype)
 
 
 def _abstaining(manifest: Manifest) -> set[str]:

@@ -164,8 +164,11 @@ class CaptureWriter:
                 self._queue.clear()
                 self._queued_bytes = 0
                 closing = self._closed
+            batches: dict[tuple[str, int], list[CapturedRequest]] = {}
             for item in items:
-                self._take(item)
+                batches.setdefault((item.prediction.model, item.prediction.version), []).append(item)
+            for key, batch in batches.items():
+                self._take(key, batch)
             self._rotate(force=closing)
             if closing:
                 with self._cond:
@@ -181,15 +184,15 @@ class CaptureWriter:
         oldest = min(f.opened for f in self._files.values())
         return max(0.05, min(1.0, oldest + self.options.file_seconds - time.monotonic()))
 
-    def _take(self, item: CapturedRequest) -> None:
-        model, rows = item.prediction.model, len(item.rows)
-        key = (model, item.prediction.version)
+    def _take(self, key: tuple[str, int], items: list[CapturedRequest]) -> None:
+        """Append the captured rows of one version's queued requests to its open file."""
+        model, rows = key[0], sum(len(item.rows) for item in items)
         try:
-            schema = self._schema(key, item.manifest)
+            schema = self._schema(key, items[0].manifest)
             if schema is None:
                 self._counters.dropped(model, "schema", rows)
                 return
-            table = captured_table(item, schema)
+            table = captured_table(items, schema)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the capture
             self._counters.dropped(model, "error", rows)
             self._log_once("convert", "capture failed", model=model, error=repr(exc))

@@ -30,6 +30,10 @@ def register(subcommands: Any) -> None:
     add("--max-requests", type=positive_int, default=1_000_000, help="request budget (default %(default)s)")
     add("--max-rss-growth-mb", type=float, default=20.0, help="allowed RSS growth (default %(default)s)")
     add("--max-latency-drift", type=float, default=0.5, help="relative, e.g. 0.5 = 50%% (default %(default)s)")
+    add("--workers", type=positive_int, default=None, help="--repository: server processes (default: mcdrop serve's)")
+    add("--capture-when", default=None, metavar="RULE",
+        help="--repository: capture into a temporary directory (always, abstain, SCORE>VALUE) and check that every "
+        "served row was captured or counted as dropped")  # fmt: skip
     add("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
     soak.set_defaults(handler=run_soak)
 
@@ -47,6 +51,8 @@ def run_soak(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_rss_growth_mb=args.max_rss_growth_mb,
         max_latency_drift=args.max_latency_drift,
+        workers=args.workers,
+        capture_when=args.capture_when,
     )
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -58,6 +64,12 @@ def run_soak(args: argparse.Namespace) -> int:
         f"p99 {latency['p99']:.2f} ms, first/last-quarter p50 {latency['first_quarter_p50']:.2f}/"
         f"{latency['last_quarter_p50']:.2f} ms; RSS start {_mb(rss['start'])}, end {_mb(rss['end'])}"
     )
+    if "capture" in report:
+        c = report["capture"]
+        console.print(
+            f"capture: {c['served_rows']} rows served, {c['captured_rows']} captured in {c['files']} files "
+            f"({c['megabytes']:.1f} MB), {c['dropped_rows']} dropped (counted), {c['unaccounted_rows']} unaccounted"
+        )
     for name, ok in report["checks"].items():
         console.print(f"  {'[green]pass[/]' if ok else '[red]FAIL[/]'} {name}")
     return 0 if report["passed"] else 1

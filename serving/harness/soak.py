@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import shutil
+import tempfile
 import time
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from mcdrop.serving.client import Client
 from mcdrop.serving.common.timing import percentile
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.harness.measure import memory_mb
-from mcdrop.serving.harness.process import ServerProcess
+from mcdrop.serving.harness.process import ServerProcess, free_port
 
 __all__ = ["soak"]
 
@@ -38,16 +41,36 @@ def soak(
     max_requests: int,
     max_rss_growth_mb: float = 20.0,
     max_latency_drift: float = 0.5,
+    workers: int | None = None,
+    capture_when: str | None = None,
 ) -> dict[str, Any]:
+    """Soak ``server`` (or a server started on ``repository``, with ``workers`` processes and, with
+    ``capture_when``, capturing into a temporary directory whose rows are then counted); return the report."""
     if (repository is None) == (server is None):
         raise InvalidArgument("Expected exactly one of --repository (start a server) or --server HOST:PORT.")
     if clients < 1 or minutes <= 0 or max_requests < 1:
         raise InvalidArgument(
             f"Expected clients >= 1, minutes > 0, max requests >= 1. Received: {clients}, {minutes}, {max_requests}"
         )
+    if capture_when is not None and repository is None:
+        raise InvalidArgument("--capture-when needs --repository: soak counts the rows of the server it starts.")
     process = None
+    capture = Path(tempfile.mkdtemp(prefix="mcdrop-soak-capture-")) if capture_when is not None else None
+    metrics_port = free_port()
     if repository is not None:
-        process = ServerProcess(repository, "--log-level", "WARNING", "--max-queue", str(max(64, 4 * clients)))
+        flags = [
+            "--log-level",
+            "WARNING",
+            "--max-queue",
+            str(max(64, 4 * clients)),
+            "--metrics-port",
+            str(metrics_port),
+        ]
+        if workers is not None:
+            flags += ["--workers", str(workers)]
+        if capture is not None:
+            flags += ["--capture-dir", str(capture), "--capture-when", str(capture_when)]
+        process = ServerProcess(repository, *flags)
         server = process.address
     if server is None:  # unreachable: exactly one of the two was given
         raise InvalidArgument("No server to soak.")
@@ -73,10 +96,11 @@ def soak(
                 time.sleep(RSS_SAMPLE_SECONDS)
             results = [f.result() for f in futures]
         rss_end = memory_mb(process.pid)["rss"] if process else None
+        served = _served_rows(metrics_port) if process is not None else None
     finally:
         if process is not None:
             exit_code = process.stop()
-    return _report(
+    report = _report(
         results,
         duration,
         rss_start,
@@ -87,6 +111,35 @@ def soak(
         max_rss_growth_mb,
         max_latency_drift,
     )
+    if capture is not None and served is not None:
+        report["capture"] = _captured(capture, served)
+        report["checks"]["capture_accounted"] = report["capture"]["unaccounted_rows"] == 0
+        report["passed"] = all(report["checks"].values())
+        shutil.rmtree(capture, ignore_errors=True)
+    return report
+
+
+def _served_rows(port: int) -> dict[str, float]:
+    """Rows answered and capture drops, from the server's /metrics once every client is done."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums = {"rows": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in ("mcdrop_rows_total", "mcdrop_capture_dropped_rows_total"):
+            sums["rows" if name == "mcdrop_rows_total" else "dropped"] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def _captured(directory: Path, served: dict[str, float]) -> dict[str, Any]:
+    """The capture after the server stopped: every served row is in a file or counted as dropped."""
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*/*.parquet"))
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return {"served_rows": int(served["rows"]), "captured_rows": rows, "dropped_rows": int(served["dropped"]),
+            "files": len(files), "megabytes": sum(f.stat().st_size for f in files) / 2**20,
+            "unaccounted_rows": int(served["rows"] - served["dropped"]) - rows}  # fmt: skip
 
 
 def _client(

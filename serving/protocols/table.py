@@ -50,7 +50,7 @@ def column(values: np.ndarray | None, good: np.ndarray, failed: np.ndarray, kind
     n = len(failed)
     mask = pa.array(failed) if failed.any() else None
     if pa.types.is_list(kind):
-        width = values.shape[1] if values is not None else 0
+        width = int(np.prod(values.shape[1:])) if values is not None else 0
         flat = np.zeros((n, width), dtype=kind.value_type.to_pandas_dtype())
         if values is not None:
             flat[good] = values.reshape(len(values), -1)

@@ -142,4 +142,4 @@ def test_an_unloaded_versions_drift_series_go_with_it(calibrated_repository: Pat
         assert (
             'mcdrop_uncertainty_count{mode="monte_carlo",model="digits",output="y",score="mutual_information",version="2"}'
             in scrape()
-        )  # noqa: E501 - counts stay
+        )
