@@ -87,6 +87,40 @@ def _stack(axes: Any, series: list[Series]) -> None:
                    alpha=0.6)  # fmt: skip
 
 
+def _heatmap(axes: Any, series: list[Series]) -> None:
+    """Grafana's heatmap of a histogram: one series per cumulative bucket (legend ``{{le}}``), drawn as rows per
+    bucket and interval on a log axis (the +Inf bucket's rows go in the top bucket)."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+
+    buckets = sorted((float(legend), values) for legend, _, values in series if _is_number(legend))
+    finite = [b for b in buckets if math.isfinite(b[0]) and b[0] > 0]
+    if len(finite) < 2:
+        axes.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=axes.transAxes)
+        return
+    times = [datetime.datetime.fromtimestamp(t) for t in series[0][1]]
+    cumulative = np.nan_to_num(np.array([values[: len(times)] for _, values in buckets], float))
+    rows = np.diff(np.vstack([np.zeros(len(times)), cumulative]), axis=0).clip(min=0)
+    edges = [finite[0][0] / 10**0.25] + [le for le, _ in finite]
+    counts = rows[: len(finite)].copy()
+    counts[-1] += rows[len(finite) :].sum(axis=0)  # beyond the last finite bound: shown in the top bucket
+    mesh = axes.pcolormesh(times, edges, counts[:, :-1] if len(times) > 1 else counts, cmap="Oranges",
+                           norm=mcolors.PowerNorm(0.5), shading="flat")  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_ylim(edges[0], edges[-1])
+    colorbar = axes.figure.colorbar(mesh, ax=axes, pad=0.01)
+    colorbar.ax.tick_params(colors="#8e8e8e", labelsize=6)
+    colorbar.set_label("rows per interval", color="#8e8e8e", fontsize=7)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def render(
     dashboard: dict[str, Any], prometheus: str, start: float, end: float, out: Path, rate_interval: str = "30s"
 ) -> None:
@@ -121,11 +155,21 @@ def render(
             axes.set_xticks([])
             axes.set_yticks([])
             continue
+        if panel["type"] == "heatmap":
+            _heatmap(axes, series)
+            axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+            axes.tick_params(colors="#8e8e8e", labelsize=7)
+            continue
         custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
         if custom.get("stacking", {}).get("mode") == "normal" and series:
             _stack(axes, series)
         for legend, times, values in [] if custom.get("stacking", {}).get("mode") == "normal" else series:
-            axes.plot([datetime.datetime.fromtimestamp(t) for t in times], values, linewidth=1.2, label=legend)
+            axes.plot(
+                [datetime.datetime.fromtimestamp(t) for t in times],
+                values,
+                linewidth=1.2,
+                label=legend or "(no labels)",
+            )
         axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         axes.tick_params(colors="#8e8e8e", labelsize=7)
         axes.grid(color="#2c3235", linewidth=0.6)
