@@ -125,6 +125,9 @@ def targets(rows: list[dict[str, Any]], process: dict[str, Any]) -> list[dict[st
     on = next(r for r in rows if r["name"] == "decision_on")
     checks.append((f"calibrated / uncalibrated MC p50 (the decision's cost; MLP B=1, T={SAMPLES}, median of "
                    f"{len(on['round_ratios'])} paired rounds)", on["paired_ratio"], "at_most", 1.02))  # fmt: skip
+    for scrape in (r for r in rows if r["name"] == "metrics_scrape"):
+        checks.append((f"/metrics scrape with {scrape['versions']} calibrated versions loaded, {scrape['workers']} "
+                       "worker(s) (ms, median)", scrape["median_ms"], "at_most", 50.0))  # fmt: skip
     checks += [
         ("server peak RSS per worker, one model loaded (MB)", process["peak_rss_mb_per_worker"], "at_most", 150.0),
         ("server start to ready (s, median of 3, slowest worker count)", process["ready_seconds_median"], "at_most",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def server_rows(
                 peak = max(memory_mb(pid)["peak"] for pid in pids)
             memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
         rows += decision_rows(repository, model, x, samples, duration, pool, flags)
+        rows += scrape_rows(repository.parent / "decision" / f"{model}-calibrated" / "2", flags)
         echo_port = free_port()
         echo = subprocess.Popen(
             [sys.executable, "-m", "mcdrop.pipeline.bench.echo", str(echo_port)], stdout=subprocess.PIPE
@@ -152,6 +154,49 @@ def decision_rows(repository: Path, model: str, x: np.ndarray, samples: int, dur
     rows_out[-1]["paired_ratio"] = percentile(ratios, 50)
     rows_out[-1]["round_ratios"] = ratios
     return rows_out
+
+
+SCRAPE_VERSIONS = 10
+SCRAPES = 30
+
+
+def scrape_rows(calibrated: Path, flags: list[str]) -> list[dict[str, Any]]:
+    """How long Prometheus waits for ``/metrics`` with ``SCRAPE_VERSIONS`` calibrated versions loaded, each with
+    traffic (uncertainty histograms, abstain counters, drift windows): one process, and ``--workers 2`` (the
+    supervisor merges every worker's files at each scrape)."""
+    from mcdrop.serving.client import Client
+
+    root = calibrated.parent.parent.parent / "scrape"
+    shutil.rmtree(root, ignore_errors=True)
+    for version in range(1, SCRAPE_VERSIONS + 1):
+        shutil.copytree(calibrated, root / "scraped" / str(version))
+    x = np.random.default_rng(0).normal(size=(120, *_row_shape(calibrated))).astype(np.float32)
+    rows = []
+    for workers in WORKERS:
+        metrics_port = free_port()
+        served = ServerProcess(root, *flags, "--workers", str(workers), "--max-versions", str(SCRAPE_VERSIONS),
+                               "--metrics-port", str(metrics_port))  # fmt: skip
+        with served as server:
+            for version in range(1, SCRAPE_VERSIONS + 1):
+                for seed in range(2):  # own connections: both workers answer some
+                    with Client(server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
+                        client.predict("scraped", x, version=version, samples=10, seed=seed)
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            times, size = [], 0
+            for _ in range(SCRAPES):
+                began = time.perf_counter()
+                with urllib.request.urlopen(url, timeout=30) as answer:
+                    size = len(answer.read())
+                times.append((time.perf_counter() - began) * 1e3)
+        rows.append({"name": "metrics_scrape", "workers": workers, "versions": SCRAPE_VERSIONS,
+                     "median_ms": percentile(times, 50), "max_ms": max(times), "bytes": size})  # fmt: skip
+    return rows
+
+
+def _row_shape(version: Path) -> tuple[int, ...]:
+    from mcdrop.serving.models.manifest import Manifest
+
+    return Manifest.load(version).inputs[0].row_shape
 
 
 def rest_requests(x: np.ndarray, samples: int) -> dict[str, tuple[bytes, int | None]]:
