@@ -8,6 +8,8 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcdrop.serving.capture.rule import parse_rule
 from mcdrop.serving.errors import InvalidArgument
@@ -96,3 +98,59 @@ def test_a_capture_directory_is_input_to_mcdrop_score_beside_the_served_answer(
     np.testing.assert_allclose(scored.column("served/mutual_information").to_numpy(), served.mutual_information)
     with pytest.raises(InvalidArgument, match=r"holds folders \['digits'\]: a capture directory\? Expected DIR/MODEL"):
         run_score(ScoreOptions(calibrated_repository, "digits", str(capture), tmp_path / "x.parquet"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_any_capture_rule_text_is_a_rule_or_a_clear_refusal(text: str) -> None:
+    try:
+        rule = parse_rule(text)
+    except InvalidArgument as exc:
+        assert "Expected always, abstain or SCORE>VALUE" in str(exc)
+    else:
+        assert parse_rule(str(rule)) == rule  # what the log shows parses back to the same rule
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=8, max_size=8), min_size=1, max_size=6))
+def test_a_batch_of_requests_is_the_same_table_as_each_request_alone(
+    calibrated_repository: Path, digits_rows: np.ndarray, keep: list[list[bool]]
+) -> None:
+    """The writer converts many requests at once; any mix of requests and captured rows gives their rows in order,
+    as converting each alone would — nulls where an answer has no abstain columns (moments answers do not abstain)."""
+    import pyarrow as pa
+
+    from mcdrop.serving.capture.records import CapturedRequest, capture_schema, captured_table
+    from mcdrop.serving.core import PredictionRequest, Sampler
+
+    sampler = Sampler(_store(calibrated_repository))  # type: ignore[arg-type]
+    requests = []
+    for index, chosen in enumerate(keep):
+        mode = "monte_carlo" if index % 2 else "moments"
+        plan = sampler.plan(PredictionRequest("digits", digits_rows, version=2, mode=mode, samples=4, seed=index))
+        requests.append(CapturedRequest(plan.version.manifest, plan.inputs, sampler.run(plan),
+                                        np.flatnonzero(chosen), f"r{index}", 1.7e9 + index))  # fmt: skip
+    requests = [r for r in requests if len(r.rows)]
+    if not requests:
+        return
+    schema = capture_schema(requests[0].manifest)
+    together = captured_table(requests, schema)
+    alone = pa.concat_tables([captured_table([r], schema) for r in requests])
+    assert together.equals(alone)
+    abstain = together.column("served/abstain")
+    assert abstain.null_count == sum(len(r.rows) for r in requests if r.prediction.mode.value == "moments")
+    assert together.num_rows == sum(len(r.rows) for r in requests)
+    assert together.column("request_id").to_pylist() == [r.request_id for r in requests for _ in r.rows]
+
+
+_STORES: dict[Path, object] = {}
+
+
+def _store(repository: Path) -> object:
+    from mcdrop.serving.models.repository import ModelRepository
+
+    if repository not in _STORES:
+        store = ModelRepository(repository, pool_size=1, max_versions=2)
+        store.scan()
+        _STORES[repository] = store
+    return _STORES[repository]

@@ -75,8 +75,10 @@ def test_capture_label_retrain_and_reload_lowers_mutual_information_on_the_captu
         others = np.setdiff1d(np.arange(len(pool)), rows)
         control = client.predict("digits", x[pool][others], version=2, samples=30, seed=1).mutual_information
     ratio, control_ratio = after.mean() / before.mean(), control.mean() / served.mutual_information[others].mean()
-    print(f"{len(rows)} of {len(pool)} rows captured; mean MI on them {before.mean():.3f} -> {after.mean():.3f}; "
-          f"on the others x{control_ratio:.3f}")
+    print(
+        f"{len(rows)} of {len(pool)} rows captured; mean MI on them {before.mean():.3f} -> {after.mean():.3f}; "
+        f"on the others x{control_ratio:.3f}"
+    )
     assert ratio < 0.7, (before.mean(), after.mean())
     # the rows that were not captured did not get the same boost: labelling the uncertain ones is what helped
     assert ratio < control_ratio
