@@ -48,6 +48,9 @@ log = logging.getLogger("mcdrop.capture")
 PARTIAL_SUFFIX = ".partial"
 ROW_GROUP_ROWS = 4096
 """Rows buffered per file before a row group is written (also written at rotation and shutdown)."""
+BATCH_SECONDS = 0.25
+"""The writer wakes this often and converts what arrived meanwhile as one table: woken per request, it would pay
+Arrow's per-column cost per request (0.8 ms for digits, against 0.03 ms in a batch)."""
 RETRY_SECONDS = 1.0
 """After a write error, rows are dropped (and counted) for this long before the next file is tried."""
 BUDGET_SCAN_SECONDS = 1.0
@@ -132,7 +135,8 @@ class CaptureWriter:
                 if reason is None:
                     self._queued_bytes += size
                     self._queue.append(item)
-                    self._cond.notify()
+                    if self._queued_bytes > self.options.queue_bytes // 2:
+                        self._cond.notify()  # else the writer wakes every BATCH_SECONDS and takes a batch
             if reason is not None:
                 self._counters.dropped(prediction.model, reason, len(rows))
                 self._log_once(reason, "capture dropped rows", model=prediction.model, reason=reason)
@@ -180,9 +184,9 @@ class CaptureWriter:
 
     def _wait_seconds(self) -> float:
         if not self._files:
-            return 1.0
+            return BATCH_SECONDS
         oldest = min(f.opened for f in self._files.values())
-        return max(0.05, min(1.0, oldest + self.options.file_seconds - time.monotonic()))
+        return max(0.05, min(BATCH_SECONDS, oldest + self.options.file_seconds - time.monotonic()))
 
     def _take(self, key: tuple[str, int], items: list[CapturedRequest]) -> None:
         """Append the captured rows of one version's queued requests to its open file."""

@@ -74,7 +74,7 @@ def test_files_rotate_by_size_and_every_row_lands_exactly_once(answer: Answer, t
     capture = writer(tmp_path, counts, file_bytes=1)  # every write completes a file
     for index in range(6):
         capture.offer(*answer, request_id=f"r{index}")
-        time.sleep(0.1)
+        time.sleep(0.3)  # past the writer's batching interval: one write (and file) per request
     assert capture.close()
     files = sorted(tmp_path.glob("digits/*.parquet"))
     assert len(files) >= 3 and counts.files == len(files)
