@@ -89,6 +89,8 @@ class _OpenFile:
     size: int = 0
     buffered: list[pa.Table] = dataclasses.field(default_factory=list)
     buffered_rows: int = 0
+    buffered_bytes: int = 0
+    """Of the buffered tables, counted once as each is added (``Table.nbytes`` walks every buffer)."""
 
 
 class CaptureWriter:
@@ -204,7 +206,8 @@ class CaptureWriter:
         if time.monotonic() < self._retry_at:
             self._counters.dropped(model, "write_error", rows)
             return
-        if self._over_budget(table.nbytes):
+        incoming = int(table.nbytes)
+        if self._over_budget(incoming):
             self._counters.dropped(model, "budget", rows)
             self._log_once("budget", "capture directory full; dropping rows", max_mb=self.options.max_bytes >> 20)
             return
@@ -214,6 +217,7 @@ class CaptureWriter:
                 current = self._files[key] = self._open(key, schema)
             current.buffered.append(table)
             current.buffered_rows += rows
+            current.buffered_bytes += incoming
             if current.buffered_rows >= ROW_GROUP_ROWS:
                 self._flush(current)
         except OSError as exc:
@@ -251,7 +255,7 @@ class CaptureWriter:
             return
         table = pa.concat_tables(current.buffered)
         current.writer.write_table(table)  # raises before the rows count as written
-        current.buffered, current.buffered_rows = [], 0
+        current.buffered, current.buffered_rows, current.buffered_bytes = [], 0, 0
         current.rows += table.num_rows
         size = os.stat(current.partial).st_size
         self._written_since_scan += size - current.size
@@ -262,7 +266,7 @@ class CaptureWriter:
         for key, current in list(self._files.items()):
             try:
                 due = force or now - current.opened >= self.options.file_seconds
-                if not due and current.size + sum(t.nbytes for t in current.buffered) < self.options.file_bytes:
+                if not due and current.size + current.buffered_bytes < self.options.file_bytes:
                     continue
                 self._flush(current)
                 self._publish(key, current)
@@ -303,7 +307,7 @@ class CaptureWriter:
         if now - scanned >= BUDGET_SCAN_SECONDS:
             used = _folder_bytes(self.options.directory)
             self._used, self._written_since_scan = (now, used), 0
-        buffered = sum(int(t.nbytes) for f in self._files.values() for t in f.buffered)
+        buffered = sum(f.buffered_bytes for f in self._files.values())
         return used + self._written_since_scan + buffered + incoming > self.options.max_bytes
 
     def _log_once(self, key: str, message: str, **fields: Any) -> None:
