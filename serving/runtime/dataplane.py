@@ -209,10 +209,10 @@ class DataPlane:
         compute.observe(prediction.compute_ms / 1e3)
         samples.observe(prediction.samples)
         for output in prediction.outputs:
-            rows, abstained, histograms = self.metrics.watched(prediction.model, prediction.version,
-                                                               prediction.mode.value, output.name)  # fmt: skip
-            summary = output.summary
             names = WATCHED_CLASSIFICATION if output.task == Task.CLASSIFICATION else WATCHED_REGRESSION
+            rows, abstained, histograms = self.metrics.watched(prediction.model, prediction.version,
+                                                               prediction.mode.value, output.name, names)  # fmt: skip
+            summary = output.summary
             for name in names:
                 values = np.asarray(getattr(summary, name), np.float64).reshape(len(summary.mean), -1).mean(axis=1)
                 observe_many(histograms[name], values)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -185,11 +186,11 @@ class Metrics(_Endpoint):
 
     @functools.cache  # noqa: B019
     def watched(
-        self, model: str, version: int, mode: str, output: str
+        self, model: str, version: int, mode: str, output: str, scores: tuple[str, ...]
     ) -> tuple[Counter, Counter, dict[str, Histogram]]:
-        """Rows, abstained rows and the score histograms of one output (labelled children, cached)."""
+        """Rows, abstained rows and the histograms of the output's ``scores`` (labelled children, cached; only the
+        task's scores: every series costs each scrape)."""
         labels = (model, str(version), mode, output)
-        scores = ("mutual_information", "predictive_entropy", "variation_ratio", "std", "predictive_std")
         return (self.rows.labels(*labels), self.abstained.labels(model, str(version), output),
                 {score: self.uncertainty.labels(*labels, score) for score in scores})  # fmt: skip
 
@@ -318,8 +319,12 @@ class AggregatedMetrics(_Endpoint):
         multiprocess.MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
         self.worker_restarts = _RestartCounter()
         self.registry.register(self.worker_restarts)
-        merged = multiprocess.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
-        self.registry.register(DriftCollector(merged.collect))
+        self.registry.register(DriftCollector(self._drift_files))
+
+    def _drift_files(self) -> Iterable[Metric]:
+        """The workers' drift bins: livesum gauges, so only those value files are merged (not every metric twice)."""
+        files = glob.glob(str(self.directory / "gauge_livesum_*.db"))
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
 
     def worker_exited(self, pid: int) -> None:
         """Drop an exited worker's live gauges (its counters and histograms stay in the sums)."""
