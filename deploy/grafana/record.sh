@@ -39,7 +39,7 @@ sleep 8
 
 # Both loads run half a minute past the picture's end, so its stat panels show traffic, as a live dashboard would.
 LOAD_MINUTES=$(python3 -c "print($MINUTES + 0.5)")
-SWITCH_SECONDS=$(python3 -c "print($MINUTES * 60 * 2 / 5)")
+SWITCH_SECONDS=$(python3 -c "print($MINUTES * 60 * 2 / 10)")
 # gRPC: batches of 8 digits rows from 3 threads (Monte Carlo, some deterministic); from SWITCH_SECONDS on, every
 # other batch is noise images (uniform pixels in the digits' 0-16 range): out of distribution.
 "$BIN/python" - "$GRPC" "$LOAD_MINUTES" "$SWITCH_SECONDS" > "$WORK/grpc.log" 2>&1 <<'EOF' &
@@ -101,14 +101,14 @@ print(f"{i} REST requests, {dropped} connections dropped")
 EOF
 pids+=($!)
 
-fifth=$(python3 -c "print(int($MINUTES * 60 / 5))")
-sleep "$fifth"
+tenth=$(python3 -c "print(int($MINUTES * 60 / 10))")
+sleep "$tenth"
 cp -r "$WORK/demo/repository/digits/1" "$WORK/staged-v2"                 # a new version: loaded, v1 kept
 mv "$WORK/staged-v2" "$WORK/demo/repository/digits/2"                      # (a rename: never seen half-copied)
-sleep "$((fifth * 2))"                                    # out-of-distribution traffic from 2/5 on
+sleep "$((tenth * 5))"                                    # out-of-distribution traffic from 2/10 on
 worker=$(pgrep -P "${pids[1]}" -f spawn_main | head -n 1)
 kill -KILL "$worker"                                     # one worker dies; the supervisor restarts it
-sleep "$((fifth * 2))"
+sleep "$((tenth * 4))"
 "$BIN/python" "$HERE/render.py" --prometheus "http://127.0.0.1:$PROM" --minutes "$(python3 -c "print($MINUTES + 0.3)")" \
   --rate-interval 10s --out "$OUT"
 python3 - "http://127.0.0.1:$PROM/api/v1/alerts" <<'EOF'

@@ -173,6 +173,10 @@ def render(
         axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         axes.tick_params(colors="#8e8e8e", labelsize=7)
         axes.grid(color="#2c3235", linewidth=0.6)
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        if "min" in defaults and "max" in defaults:  # a fixed range, padded so that a line at the bound shows
+            low, high = float(defaults["min"]), float(defaults["max"])
+            axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
         if unit == "s":
             axes.yaxis.set_major_formatter(lambda v, _: formatted(v, "s") if v else "0")
         if series:
