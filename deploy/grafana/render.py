@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import re
@@ -113,6 +114,22 @@ def _heatmap(axes: Any, series: list[Series]) -> None:
     colorbar.set_label("rows per interval", color="#8e8e8e", fontsize=7)
 
 
+def _timeline(axes: Any, series: list[Series]) -> None:
+    """Grafana's state timeline of 0/1 series (alerts firing): one row per series, a band where it is 1."""
+    if not series:
+        axes.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=axes.transAxes)
+        return
+    colours = ["#f2495c", "#ff9830", "#fade2a", "#5794f2", "#b877d9"]
+    for row, (_, times, values) in enumerate(series):
+        step = min((b - a for a, b in itertools.pairwise(times)), default=1.0)
+        spans = [(datetime.datetime.fromtimestamp(t), datetime.timedelta(seconds=step))
+                 for t, v in zip(times, values, strict=True) if v == v and v > 0]  # fmt: skip
+        axes.broken_barh(spans, (row + 0.15, 0.7), color=colours[row % len(colours)])
+    axes.set_yticks([row + 0.5 for row in range(len(series))], [legend or "(no labels)" for legend, _, _ in series])
+    axes.set_ylim(0, len(series))
+    axes.xaxis_date()
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -154,6 +171,11 @@ def render(
                       transform=axes.transAxes)  # fmt: skip
             axes.set_xticks([])
             axes.set_yticks([])
+            continue
+        if panel["type"] == "state-timeline":
+            _timeline(axes, series)
+            axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+            axes.tick_params(colors="#8e8e8e", labelsize=7)
             continue
         if panel["type"] == "heatmap":
             _heatmap(axes, series)

@@ -46,7 +46,7 @@ def test_the_dashboard_is_well_formed() -> None:
     ids = [panel["id"] for panel in found["panels"]]
     assert len(ids) == len(set(ids)) >= 10
     for panel in found["panels"]:
-        assert panel["type"] in ("timeseries", "stat", "heatmap") and panel["title"]
+        assert panel["type"] in ("timeseries", "stat", "heatmap", "state-timeline") and panel["title"]
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) for k in "hwxy") and grid["x"] + grid["w"] <= 24
         assert panel["datasource"]["uid"] == "${datasource}"
