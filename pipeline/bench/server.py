@@ -97,7 +97,7 @@ def server_rows(
             echo.wait(timeout=30)
     floor = {r["concurrency"]: r["median_ms"] for r in rows if r["name"] == "echo_floor"}
     for r in rows:
-        if r["name"] != "echo_floor" and r["concurrency"] in floor:
+        if r["name"] != "echo_floor" and r.get("concurrency") in floor:
             r["ratio_to_echo_floor"] = r["median_ms"] / floor[r["concurrency"]]
     process = {
         **memory[1],
@@ -188,8 +188,9 @@ def scrape_rows(calibrated: Path, flags: list[str]) -> list[dict[str, Any]]:
                 with urllib.request.urlopen(url, timeout=30) as answer:
                     size = len(answer.read())
                 times.append((time.perf_counter() - began) * 1e3)
-        rows.append({"name": "metrics_scrape", "workers": workers, "versions": SCRAPE_VERSIONS,
-                     "median_ms": percentile(times, 50), "max_ms": max(times), "bytes": size})  # fmt: skip
+        rows.append({"name": "metrics_scrape", "model": calibrated.parent.name, "batch": len(x), "workers": workers,
+                     "versions": SCRAPE_VERSIONS, "median_ms": percentile(times, 50), "max_ms": max(times),
+                     "bytes": size})  # fmt: skip
     return rows
 
 

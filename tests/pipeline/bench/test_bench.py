@@ -44,7 +44,13 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
             assert row["cpu_s_per_1000"] > 0, row
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
-    assert len(report["targets"]) == 19 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 21 and all(isinstance(t["met"], bool) for t in report["targets"])
+    scrapes = {r["workers"]: r for r in report["rows"] if r["name"] == "metrics_scrape"}
+    assert set(scrapes) == {1, 2} and all(r["versions"] == 10 and r["bytes"] > 10_000 for r in scrapes.values())
+    for workers, row in scrapes.items():  # /metrics with 10 calibrated versions loaded: one target per worker count
+        target = next(t for t in report["targets"] if t["target"].startswith("/metrics scrape")
+                      and f"{workers} worker(s)" in t["target"])  # fmt: skip
+        assert target["value"] == row["median_ms"] and target["met"] == (row["median_ms"] <= 50.0)
     decision = next(t for t in report["targets"] if t["target"].startswith("calibrated / uncalibrated MC p50"))
     on = next(r for r in report["rows"] if r["name"] == "decision_on")
     off = next(r for r in report["rows"] if r["name"] == "decision_off")
@@ -95,9 +101,10 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    # Start-up (STARTS per worker count), one measured server per worker count, then the decision's server.
+    # Start-up (STARTS per worker count), one measured server per worker count, the decision's server, then one
+    # server per worker count for the /metrics scrape.
     runs = len(bench_server.WORKERS)
-    assert len(started) == (bench_server.STARTS + 1) * runs + 1 and all(
+    assert len(started) == (bench_server.STARTS + 1) * runs + 1 + runs and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
     measured = started[bench_server.STARTS * runs : bench_server.STARTS * runs + runs]
@@ -108,3 +115,4 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
     assert {r["name"] for r in rest} == {"rest_deterministic", "rest_mc_T10", "rest_binary_deterministic",
                                          "rest_binary_mc_T10"}  # fmt: skip
     assert process["peak_rss_mb"] > 0
+    assert {(r["workers"], r["versions"]) for r in rows if r["name"] == "metrics_scrape"} == {(1, 10), (2, 10)}
