@@ -20,7 +20,7 @@ from mcdrop.serving import errors
 from mcdrop.serving.runtime.incidents import incident_message
 from mcdrop.serving.runtime.metrics import Metrics
 
-__all__ = ["deadline_of", "translated"]
+__all__ = ["deadline_of", "request_id_of", "translated"]
 
 log = logging.getLogger("mcdrop.grpc")
 

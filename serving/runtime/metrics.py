@@ -59,7 +59,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from mcdrop.serving.runtime import watch
 
-__all__ = ["AggregatedMetrics", "Metrics"]
+__all__ = ["UNCERTAINTY_BUCKETS", "AggregatedMetrics", "Metrics", "observe_many"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SAMPLE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)

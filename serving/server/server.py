@@ -40,7 +40,15 @@ from mcdrop.serving.server.settings import ServerSettings
 if TYPE_CHECKING:
     from mcdrop.serving.capture.writer import CaptureWriter
 
-__all__ = ["REPOSITORY_HEALTH", "Server", "data_plane", "run", "serve_until_signalled"]
+__all__ = [
+    "REPOSITORY_HEALTH",
+    "Server",
+    "capture_writer",
+    "check_capture_installed",
+    "data_plane",
+    "run",
+    "serve_until_signalled",
+]
 
 log = logging.getLogger("mcdrop.server")
 REPOSITORY_HEALTH = "mcdrop.repository"
