@@ -73,6 +73,14 @@ def register_export(subcommands: Any) -> None:
         help="skip the one-pass moments graph (mode moments; made by default where every layer after the first "
         "dropout has a propagation rule and it passes its check against Monte Carlo)",
     )
+    add(
+        "--verify-data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="rows of the model's inputs (.npz, CSV or Parquet, no labels needed) to verify and fingerprint the "
+        "graphs on and to calibrate --quantize int8 (default: the --calibration-data rows, else drawn rows)",
+    )
     add_calibration_arguments(export, flag="--calibration-data")
     add("--quiet", action="store_true", help="no progress display")
     add("--json", action="store_true", help="print the manifest as JSON")
@@ -131,6 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
         device_shapes=tuple(args.device_shapes),
         moments=args.moments,
         calibration=calibration_options(args),
+        verify_data=args.verify_data,
     )
     version, manifest = export_with_status(options, quiet=args.quiet or args.json)
     if args.json:
@@ -263,8 +272,9 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
     ops_by_file |= {graph.file: list(graph.ops) for graph in manifest.device_graphs}
     if manifest.moments is not None and manifest.moments.graph is not None:
         ops_by_file[manifest.moments.graph.file] = list(manifest.moments.graph.ops)
-    for variant in manifest.quantized.values():  # an informational record: {"graphs": {graph: {"file", "ops"}}}
-        ops_by_file |= {g["file"]: g["ops"] for g in variant["graphs"].values()}
+    for variant in manifest.variants.values():
+        ops_by_file |= {spec.file: list(spec.ops) for spec in variant.graphs.values()}
+        ops_by_file |= {graph.file: list(graph.ops) for graph in variant.device_graphs}
     for file, size in manifest.file_bytes.items():
         graph = file in ops_by_file
         ops = ops_by_file.get(file, [])

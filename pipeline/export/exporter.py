@@ -61,14 +61,16 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         graphs = server.convert_and_verify(subject, staging, step)
         device_graphs, device_checks = device.convert_and_verify(subject, graphs, staging, step)
         moments_graph = moments.convert_and_check(subject, graphs, staging, step)
-        variants = {}
-        for quantization in options.quantize:
-            step(f"quantising ({quantization})")
-            variants[quantization] = quantized.convert_and_compare(subject, graphs, quantization, staging)
-
+        if subject.data is not None:
+            rows = subject.data.pick(FINGERPRINT_ROWS)
+        else:
+            rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None, FINGERPRINT_ROWS,
+                                       FINGERPRINT_SEED)  # fmt: skip
+        variants = {
+            quantization: quantized.convert_and_check(subject, graphs, device_graphs, quantization, staging, step, rows)
+            for quantization in options.quantize
+        }
         step("fingerprint")
-        rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None, FINGERPRINT_ROWS,
-                                   FINGERPRINT_SEED)  # fmt: skip
         step("timing")
         timed = timing(graphs.graphs, bool(subject.sites), subject.row_shapes, options.samples,
                        graphs.budget.samples_per_invoke(1))  # fmt: skip
@@ -76,7 +78,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
             graphs=graphs.graphs,
             checks=[*graphs.checks, *device_checks],
             footprints=graphs.budget.footprints,
-            quantized=variants,
+            variants=variants,
             device_graphs=device_graphs,
             moments=moments_graph,
             fingerprint=fingerprint(graphs.graphs, subject.sites, rows, subject.output_names),

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.export.convert.shapes import Shape
-from mcdrop.pipeline.export.convert.tflite import QUANTIZATIONS
 from mcdrop.serving.calibration.calibrate import CalibrationOptions
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.layout import check_model_name
+from mcdrop.serving.models.manifest import FULL_INTEGER, QUANTIZATIONS
 
 __all__ = ["DEFAULT_SAMPLES", "ExportOptions", "setting"]
 
@@ -32,6 +32,7 @@ _FLAGS = {
     "moments": "--no-moments",
     "device_shapes": "--device-shape",
     "calibration": "--calibration-data",
+    "verify_data": "--verify-data",
 }
 _BATCH_KEYS = {"imports": "import"}
 """Batch-entry keys that differ from the field's name."""
@@ -73,6 +74,9 @@ class ExportOptions:
     """Static shapes (from ``--device-shape B=1,T=32``, ``convert.shapes.parse_shape``) of extra graphs for devices."""
     calibration: CalibrationOptions | None = None
     """Labelled rows to calibrate abstention and intervals on (``mcdrop.serving.calibration``); None: not calibrated."""
+    verify_data: Path | None = None
+    """Unlabelled rows of the model's inputs to verify, fingerprint and quantise on (``model.rows``); None: the
+    calibration data's inputs, else drawn rows."""
     extra_source: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Recorded under ``source`` in the manifest (e.g. the batch job entry that produced it)."""
 
@@ -89,6 +93,14 @@ class ExportOptions:
                     f"Unknown quantization {quantization!r} in {setting('quantize')}. "
                     f"Expected any of {', '.join(QUANTIZATIONS)}."
                 )
+            if quantization in FULL_INTEGER and self.verify_data is None and self.calibration is None:
+                raise InvalidArgument(
+                    f"{setting('quantize')} {quantization} calibrates its int8 ranges on real rows of the model's "
+                    f"inputs, and none were given. Expected {setting('verify_data')} FILE (rows without labels) or "
+                    f"{setting('calibration')} FILE."
+                )
+        if len(set(self.quantize)) != len(self.quantize):
+            raise InvalidArgument(f"{setting('quantize')} names a variant twice: {', '.join(self.quantize)}.")
         if self.samples < 1:
             raise InvalidArgument(
                 f"Invalid default sample count {setting('samples')}. Expected an integer >= 1. Received: {self.samples}"

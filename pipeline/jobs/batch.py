@@ -53,7 +53,7 @@ CALIBRATION_KEYS = ("calibration_data", "calibration_target", "abstain_target", 
 (training) ``target`` when it names one column, else ``y`` in a .npz."""
 
 EXPORT_KEYS = ("name", "model", "quantize", "samples", "select", "import", "noise_precision", "mc_layers",
-               "device_shapes", "moments", *CALIBRATION_KEYS)  # fmt: skip
+               "device_shapes", "moments", "verify_data", *CALIBRATION_KEYS)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -135,6 +135,9 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
         calibration = _calibration(job, entry)
         if calibration is not None and calibration.data.is_file():  # new labels make a new version
             model_digest = f"{model_digest}+{sha256_file(calibration.data)}"
+        verify_data = _verify_data(job, entry)
+        if verify_data is not None and verify_data.is_file():  # so do new verification rows
+            model_digest = f"{model_digest}+{sha256_file(verify_data)}"
         digest = entry_hash(entry, model_digest)
         done = exported_version(job.repository, name, digest)
         if done is not None:
@@ -156,6 +159,7 @@ def run_entry(job: Job, entry: dict[str, Any]) -> EntryResult:
             device_shapes=_device_shapes(entry),
             moments=_moments(entry),
             calibration=calibration,
+            verify_data=verify_data,
             extra_source={"job": str(job.path), "job_entry": digest, "selection": selection},
         )
         version, _ = export(options)
@@ -206,6 +210,16 @@ def _noise_precision(entry: dict[str, Any]) -> tuple[float, ...]:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
         raise InvalidArgument(f"noise_precision must be a number > 0 or a list of them. Received: {value!r}")
     return tuple(float(v) for v in values)
+
+
+def _verify_data(job: Job, entry: dict[str, Any]) -> Path | None:
+    """The entry's ``verify_data`` file (relative to the job file), or None."""
+    value = entry.get("verify_data")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"verify_data in entry {entry['name']!r} must be text (a file). Received: {value!r}")
+    return job.path.parent / value
 
 
 def _calibration(job: Job, entry: dict[str, Any]) -> CalibrationOptions | None:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving.errors import InvalidArgument, first_line
-from mcdrop.serving.models.manifest import Manifest, OutputSpec, Task, sha256_file
+from mcdrop.serving.models.manifest import ModelTensors, OutputSpec, Task, sha256_file
 
-__all__ = ["LabelledRows", "count_rows", "read_labelled", "target_columns"]
+__all__ = ["LabelledRows", "count_rows", "read_labelled", "read_rows", "target_columns"]
 
 TABLE_FORMATS = (".csv", ".parquet", ".pq")
 _Arrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
@@ -91,9 +91,16 @@ def count_rows(path: Path, columns: list[str]) -> int:
         raise InvalidArgument(f"Cannot read calibration data {path}: {first_line(exc)}") from exc
 
 
-def read_labelled(path: Path, manifest: Manifest, columns: Mapping[str, str]) -> LabelledRows:
+def read_rows(path: Path, model: ModelTensors, what: str = "verification data") -> LabelledRows:
+    """The input rows of ``path`` for ``model`` without labels (an export's verification and int8 rows)."""
+    return read_labelled(path, model, {}, what)
+
+
+def read_labelled(
+    path: Path, manifest: ModelTensors, columns: Mapping[str, str], what: str = "calibration data"
+) -> LabelledRows:
     """The rows and labels of ``path`` for ``manifest``'s model; ``columns``: output name → label column."""
-    kind = _kind(path)
+    kind = _kind(path, what)
     specs = {spec.name: spec for spec in manifest.outputs}
     if kind == "npz":
         inputs, raw = _read_npz(path, manifest, columns)
@@ -101,20 +108,21 @@ def read_labelled(path: Path, manifest: Manifest, columns: Mapping[str, str]) ->
         inputs, raw = _read_table(path, manifest, columns)
     rows = len(next(iter(inputs.values())))
     if rows == 0:
-        raise InvalidArgument(f"{path} holds no rows. Expected labelled rows the model did not train on.")
+        wanted = "labelled rows the model did not train on" if columns else "rows of the model's inputs"
+        raise InvalidArgument(f"{path} holds no rows. Expected {wanted}.")
     labels = {name: _labels(path, column, raw[name], specs[name], rows) for name, column in columns.items()}
     return LabelledRows(str(path), sha256_file(path), inputs, labels)
 
 
-def _kind(path: Path) -> str:
+def _kind(path: Path, what: str = "calibration data") -> str:
     if not path.is_file():
-        raise InvalidArgument(f"No calibration data at {path}. Expected a .npz, .csv or .parquet file.")
+        raise InvalidArgument(f"No {what} at {path}. Expected a .npz, .csv or .parquet file.")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return "npz"
     if suffix in TABLE_FORMATS:
         return "parquet" if suffix != ".csv" else "csv"
-    raise InvalidArgument(f"Calibration data {path}: unknown format {suffix or '(none)'}. "
+    raise InvalidArgument(f"{what.capitalize()} {path}: unknown format {suffix or '(none)'}. "
                           "Expected .npz (inputs and labels as arrays), .csv or .parquet.")  # fmt: skip
 
 
@@ -125,7 +133,7 @@ def _require(path: Path, wanted: list[str], found: list[str], what: str) -> None
         raise InvalidArgument(f"{path}: no label {what[:-1]} {', '.join(missing)}. It has {what}: {shown}.")
 
 
-def _read_npz(path: Path, manifest: Manifest, columns: Mapping[str, str]) -> _Arrays:
+def _read_npz(path: Path, manifest: ModelTensors, columns: Mapping[str, str]) -> _Arrays:
     with np.load(path, allow_pickle=False) as data:
         names = list(data.files)
         single = len(manifest.inputs) == 1
@@ -149,7 +157,7 @@ def _read_npz(path: Path, manifest: Manifest, columns: Mapping[str, str]) -> _Ar
     return inputs, raw
 
 
-def _read_table(path: Path, manifest: Manifest, columns: Mapping[str, str]) -> _Arrays:
+def _read_table(path: Path, manifest: ModelTensors, columns: Mapping[str, str]) -> _Arrays:
     from mcdrop.serving.scoring import inputs as table_inputs
 
     found = table_inputs.sources(str(path))
@@ -160,8 +168,8 @@ def _read_table(path: Path, manifest: Manifest, columns: Mapping[str, str]) -> _
     if features.errors:
         first = [features.errors[row] for row in sorted(features.errors)[:3]]
         raise InvalidArgument(
-            f"{len(features.errors)} calibration row(s) cannot be used: {'; '.join(first)}. "
-            "Expected every row complete (calibration rows must not be dropped silently)."
+            f"{path}: {len(features.errors)} row(s) cannot be used: {'; '.join(first)}. "
+            "Expected every row complete (rows must not be dropped silently)."
         )
     table: Any = data
     raw = {output: np.asarray(table.column(column).to_pylist(), dtype=object) for output, column in columns.items()}

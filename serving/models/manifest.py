@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
 from mcdrop.serving.models.calibration import Calibration, ClassificationCalibration, RegressionCalibration
@@ -46,7 +46,10 @@ from mcdrop.serving.models.fields import (
 )
 
 __all__ = [
+    "FLOAT32",
+    "FULL_INTEGER",
     "MANIFEST",
+    "QUANTIZATIONS",
     "SCHEMA_VERSION",
     "SERVER_GRAPHS",
     "Cost",
@@ -57,6 +60,7 @@ __all__ = [
     "GraphSpec",
     "InputSpec",
     "Manifest",
+    "ModelTensors",
     "MomentsGraph",
     "NoiseKind",
     "ObservationNoise",
@@ -64,6 +68,7 @@ __all__ = [
     "Record",
     "Task",
     "TensorSpec",
+    "Variant",
     "graph_file",
     "moments_fields",
     "moments_output_names",
@@ -97,6 +102,15 @@ class GraphName(enum.StrEnum):
 SERVER_GRAPHS = (GraphName.DETERMINISTIC, GraphName.MC, GraphName.MC_MASKED)
 """The graphs a server loads (the manifest's ``graphs``); ``mc_summary`` and static-shape graphs are for devices."""
 
+FLOAT32 = "float32"
+"""The variant every export has: the graphs under the manifest's ``graphs``."""
+QUANTIZATIONS = ("float16", "dynamic-int8", "int8", "int8-io")
+"""Quantised variants an export can add (``--quantize``): float16 weights; int8 weights with activations quantised
+on the fly; full-integer int8 weights and activations calibrated on representative rows, with float32 (``int8``) or
+int8 (``int8-io``) input and output tensors."""
+FULL_INTEGER = ("int8", "int8-io")
+"""The variants that need representative rows."""
+
 
 class NoiseKind(enum.StrEnum):
     """How a dropout site's mask is drawn: keep flags (uint8) or standard-normal noise (float32)."""
@@ -121,15 +135,30 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: str
+    quantization: tuple[float, int] | None = None
+    """An integer tensor of quantised reals (``--quantize int8-io``): ``(scale, zero_point)``, real = scale x (q -
+    zero_point). Servers and clients convert; None: the values are the tensor's own."""
 
     @staticmethod
     def from_json(value: Any, where: str) -> TensorSpec:
         f = Fields(value, where)
+        quantization = f.optional("quantization", _quantization, None)
         return TensorSpec(f.required("name", string), f.required("shape", list_of(symbolic_dimension)),
-                          f.required("dtype", string))  # fmt: skip
+                          f.required("dtype", string), quantization)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        record: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.quantization is not None:
+            record["quantization"] = {"scale": self.quantization[0], "zero_point": self.quantization[1]}
+        return record
+
+
+def _quantization(value: Any, where: str) -> tuple[float, int]:
+    f = Fields(value, where)
+    scale = f.required("scale", number)
+    if not scale > 0:
+        raise invalid(f.path("scale"), "a scale > 0", scale)
+    return scale, f.required("zero_point", integer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +372,8 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     ops: tuple[str, ...]
+    float_ops: tuple[str, ...] = ()
+    """A full-integer variant's ops that still compute in float32 (random draws, say); empty for other graphs."""
 
     @property
     def output(self) -> TensorSpec:
@@ -359,12 +390,14 @@ class GraphSpec:
         else:
             outputs = (f.required("output", TensorSpec.from_json),)
         return GraphSpec(f.required("file", string), f.required("inputs", list_of(TensorSpec.from_json)), outputs,
-                         f.optional("ops", list_of(string), ()))  # fmt: skip
+                         f.optional("ops", list_of(string), ()),
+                         f.optional("float_ops", list_of(string), ()))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         shown = ({"output": self.outputs[0].to_json()} if len(self.outputs) == 1
                  else {"outputs": [t.to_json() for t in self.outputs]})  # fmt: skip
-        return {"file": self.file, "inputs": [t.to_json() for t in self.inputs], **shown, "ops": list(self.ops)}
+        record = {"file": self.file, "inputs": [t.to_json() for t in self.inputs], **shown, "ops": list(self.ops)}
+        return record | ({"float_ops": list(self.float_ops)} if self.float_ops else {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +415,8 @@ class DeviceGraph:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     ops: tuple[str, ...] = ()
+    float_ops: tuple[str, ...] = ()
+    """A full-integer variant's ops that still compute in float32."""
 
     @staticmethod
     def from_json(value: Any, where: str) -> DeviceGraph:
@@ -394,12 +429,14 @@ class DeviceGraph:
             inputs=f.required("inputs", list_of(TensorSpec.from_json)),
             outputs=f.required("outputs", list_of(TensorSpec.from_json)),
             ops=f.optional("ops", list_of(string), ()),
+            float_ops=f.optional("float_ops", list_of(string), ()),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"graph": self.graph, "file": self.file, "batch": self.batch, "samples": self.samples,
-                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
-                "ops": list(self.ops)}  # fmt: skip
+        record = {"graph": self.graph, "file": self.file, "batch": self.batch, "samples": self.samples,
+                  "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
+                  "ops": list(self.ops)}  # fmt: skip
+        return record | ({"float_ops": list(self.float_ops)} if self.float_ops else {})
 
 
 MOMENTS_APPROXIMATION = (
@@ -517,12 +554,76 @@ class Fingerprint:
         return {k: v for k, v in record.items() if v is not None}
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A quantised copy of the graphs (``mcdrop export --quantize KIND``): served when a request names it (parameter
+    ``variant``), and for devices; with how far its answers are from float32's on the export's rows."""
+
+    name: str
+    """One of ``QUANTIZATIONS``."""
+    graphs: Mapping[GraphName, GraphSpec]
+    """The server graphs: ``deterministic``, and with dropout ``mc`` and ``mc_masked``."""
+    device_graphs: tuple[DeviceGraph, ...] = ()
+    unsupported: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Device graph file → the converter's reason it could not be quantised (that graph stays float32 only)."""
+    fingerprint: Any = None
+    """The deterministic graph's outputs on the fingerprint's inputs (as ``Fingerprint.deterministic``)."""
+    representative: Record = dataclasses.field(default_factory=dict)
+    """The rows a full-integer variant's ranges were calibrated on (file, sha256, rows)."""
+    checks: tuple[Record, ...] = ()
+    """Structural checks (ops, fresh randomness, drop fraction) and agreement on the verification rows."""
+    agreement: Record = dataclasses.field(default_factory=dict)
+    """Answers against float32's on the export's rows, through the server's own code (``calibration.agreement``)."""
+
+    @staticmethod
+    def from_json(value: Any, where: str) -> Variant:
+        f = Fields(value, where)
+        name = f.required("name", string)
+        if name not in QUANTIZATIONS:
+            raise invalid(f.path("name"), "one of " + ", ".join(QUANTIZATIONS), name)
+        graphs = {
+            enum_of(GraphName)(graph, f.path(f"graphs.{graph}")): GraphSpec.from_json(spec, f.path(f"graphs.{graph}"))
+            for graph, spec in f.required("graphs", record).items()
+        }
+        if GraphName.DETERMINISTIC not in graphs:
+            raise invalid(f.path("graphs"), "a 'deterministic' graph", sorted(graphs))
+        unsupported = f.record("unsupported")
+        for key, reason in unsupported.items():
+            string(reason, f.path(f"unsupported.{key}"))
+        return Variant(
+            name=name,
+            graphs=graphs,
+            device_graphs=f.optional("device_graphs", list_of(DeviceGraph.from_json), ()),
+            unsupported=dict(unsupported),
+            fingerprint=None if not f.has("fingerprint") else f.required("fingerprint", arrays),
+            representative=f.record("representative"),
+            checks=f.optional("checks", list_of(record), ()),
+            agreement=f.record("agreement"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "graphs": {name.value: spec.to_json() for name, spec in self.graphs.items()},
+                "device_graphs": [g.to_json() for g in self.device_graphs], "unsupported": dict(self.unsupported),
+                "fingerprint": self.fingerprint, "representative": dict(self.representative),
+                "checks": [dict(c) for c in self.checks], "agreement": dict(self.agreement)}  # fmt: skip
+
+
+class ModelTensors(Protocol):
+    """A model's inputs and outputs as the manifest records them (a ``Manifest``, or an export before it has one)."""
+
+    @property
+    def inputs(self) -> tuple[InputSpec, ...]: ...
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]: ...
+
+
 _KNOWN = ("schema_version", "name", "created", "task", "class_labels", "input", "output", "inputs", "outputs",
           "preprocessing",
           "dropout_layers", "stochastic", "default_samples", "cost", "graphs", "quantized", "verification",
           "timing_ms", "files", "file_bytes", "source", "versions", "fingerprint", "mc_layers",
           "unsampled_dropout_layers", "activation_memory", "export", "version", "device_graphs", "moments",
-          "calibration")  # fmt: skip
+          "calibration", "variants")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,6 +668,9 @@ class Manifest:
     calibration: Calibration | None = None
     """Abstention thresholds and conformal interval scores from labelled rows (``mcdrop calibrate``); None: not
     calibrated (the server answers without ``abstain`` and with Gaussian intervals)."""
+    variants: Mapping[str, Variant] = dataclasses.field(default_factory=dict)
+    """Quantised variants by name (``QUANTIZATIONS``); float32 is the manifest's own ``graphs``. Exports before
+    variants were served recorded theirs under ``quantized`` (informational: not served)."""
     extra: Record = dataclasses.field(default_factory=dict)
     """Keys this version of mcdrop does not know (from a newer export), kept as written."""
 
@@ -666,6 +770,7 @@ class Manifest:
             device_graphs=f.optional("device_graphs", list_of(DeviceGraph.from_json), ()),
             moments=f.optional("moments", MomentsGraph.from_json, None),
             calibration=f.optional("calibration", Calibration.from_json, None),
+            variants=_variants(f, stochastic),
             extra=f.extra(_KNOWN),
         )
         if manifest.calibration is not None:
@@ -704,6 +809,7 @@ class Manifest:
             "device_graphs": [g.to_json() for g in self.device_graphs] or None,
             "moments": None if self.moments is None else self.moments.to_json(),
             "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "variants": {name: variant.to_json() for name, variant in self.variants.items()} or None,
         }
         omitted = (
             "cost",
@@ -714,6 +820,7 @@ class Manifest:
             "device_graphs",
             "moments",
             "calibration",
+            "variants",
         )
         return {**omit_none(record, *omitted), **self.extra}
 
@@ -748,6 +855,21 @@ class Manifest:
     def write(self, version_dir: Path) -> None:
         """Write ``version_dir/manifest.json``."""
         (version_dir / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def _variants(f: Fields, stochastic: bool) -> dict[str, Variant]:
+    """The ``variants`` section: each under its own name, with the server graphs a version of this kind needs."""
+    found = {}
+    for key, value in f.record("variants").items():
+        variant = Variant.from_json(value, f"variants.{key}")
+        if variant.name != key:
+            raise invalid(f"variants.{key}.name", repr(key), variant.name)
+        missing = {GraphName.MC, GraphName.MC_MASKED} - set(variant.graphs)
+        if stochastic and missing:
+            raise invalid(f"variants.{key}.graphs", "mc and mc_masked graphs for a model with dropout",
+                          sorted(variant.graphs))  # fmt: skip
+        found[key] = variant
+    return found
 
 
 def _check_calibration(calibration: Calibration, outputs: Sequence[OutputSpec]) -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from mcdrop.serving.capture.records import CAPTURE_METADATA
 from mcdrop.serving.errors import InvalidArgument, first_line
-from mcdrop.serving.models.manifest import InputSpec, Manifest
+from mcdrop.serving.models.manifest import InputSpec, ModelTensors
 
 __all__ = ["Columns", "InputColumns", "Unit", "columns", "features", "read", "sources", "units"]
 
@@ -117,7 +117,7 @@ def units(found: list[Source], batch_size: int) -> list[Unit]:
     return [Unit(s, start, min(start + batch_size, s.rows)) for s in found for start in range(0, s.rows, batch_size)]
 
 
-def columns(found: list[Source], manifest: Manifest, keep: tuple[str, ...]) -> Columns:
+def columns(found: list[Source], manifest: ModelTensors, keep: tuple[str, ...]) -> Columns:
     """Decide each input's columns from the model's manifest and the inputs' schemas; check every file has them.
 
     A single-input model reads its training columns, else one list column, else every numeric column outside

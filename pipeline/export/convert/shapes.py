@@ -37,13 +37,15 @@ def parse_shape(text: str) -> Shape:
     return Shape(int(match.group(1)), int(match.group(2)))
 
 
-def device_file(graph: str, shape: Shape) -> str:
-    """``mc_summary.tflite`` (dynamic), ``mc_masked.b1_t32.tflite``, ``deterministic.b1.tflite``."""
+def device_file(graph: str, shape: Shape, quantization: str | None = None) -> str:
+    """``mc_summary.tflite`` (dynamic), ``mc_masked.b1_t32.tflite``, ``deterministic.b1.tflite``; a quantised
+    variant's ``mc_masked.b1_t32.int8.tflite``."""
+    suffix = f".{quantization}.tflite" if quantization else ".tflite"
     if shape.batch is None:
-        return f"{graph}.tflite"
+        return f"{graph}{suffix}"
     if graph == "deterministic":
-        return f"{graph}.b{shape.batch}.tflite"
-    return f"{graph}.b{shape.batch}_t{shape.samples}.tflite"
+        return f"{graph}.b{shape.batch}{suffix}"
+    return f"{graph}.b{shape.batch}_t{shape.samples}{suffix}"
 
 
 def graph_file_name(graph: str, shape: Shape) -> str:

@@ -13,6 +13,7 @@ import ctypes
 import gc
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -23,9 +24,14 @@ from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.model import keras_internals
 from mcdrop.serving.errors import first_line
 from mcdrop.serving.models.litert import logical_name
+from mcdrop.serving.models.manifest import FULL_INTEGER, QUANTIZATIONS
 
-QUANTIZATIONS = ("float16", "dynamic-int8")
+__all__ = ["QUANTIZATIONS", "SIGNATURE_KEY", "Representative", "conversion_failure", "name_tensors",
+           "release_memory", "to_tflite"]  # fmt: skip
+
 SIGNATURE_KEY = "serving_default"
+Representative = Callable[[], Iterator[list[Any]]]
+"""The converter's representative dataset: yields one list of input arrays (in the function's input order) per step."""
 
 
 def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes:
@@ -69,15 +75,22 @@ def name_tensors(content: bytes, output_names: list[str] | None = None) -> bytes
 
 
 def to_tflite(
-    function: Any, trackable_obj: Any, quantization: str | None = None, output_names: list[str] | None = None
+    function: Any,
+    trackable_obj: Any,
+    quantization: str | None = None,
+    output_names: list[str] | None = None,
+    representative: Representative | None = None,
 ) -> bytes:
     """Freeze ``function``'s variables and convert it with builtin ops only.
 
     Args:
         function: a concrete TF function.
         trackable_obj: the model the function belongs to (names its layers in error messages).
-        quantization: None (float32), ``float16`` (weights stored as float16) or
-            ``dynamic-int8`` (int8 weights, activations quantised on the fly).
+        quantization: None (float32), ``float16`` (weights stored as float16), ``dynamic-int8`` (int8 weights,
+            activations quantised on the fly), ``int8`` (full integer: int8 weights and activations with ranges
+            calibrated on ``representative``; ops without an int8 kernel, such as random draws, stay float32) or
+            ``int8-io`` (the same with int8 input and output tensors).
+        representative: the representative dataset (needed by ``int8`` and ``int8-io``).
         output_names: the graph's output names, in output order (``name_tensors``); None: ``y`` for one output,
             else ``output_0``, ``output_1``, ….
 
@@ -107,6 +120,14 @@ def to_tflite(
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "dynamic-int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization in FULL_INTEGER:
+        if representative is None:
+            raise ExportError(f"Quantization {quantization} needs representative rows.")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        if quantization == "int8-io":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     elif quantization is not None:
         raise ExportError(f"Unknown quantization {quantization!r}. Expected one of {', '.join(QUANTIZATIONS)}.")
     try:

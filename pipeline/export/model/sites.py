@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mcdrop.pipeline.export.errors import ExportError
@@ -267,3 +268,15 @@ def _owner(model: keras.Model, layers: list[keras.layers.Layer]) -> str:
 
 def sanitise(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", path.replace("/", "__"))
+
+
+def draw_feeds(sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Host-side masks (uint8 keep flags) and noise for mc_masked.tflite."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in sites:
+        shape = (samples, batch, *spec.noise_shape)
+        if spec.kind == BERNOULLI:
+            feeds[spec.feed_name] = (rng.random(shape, dtype=np.float32) >= spec.rate).astype(np.uint8)
+        else:
+            feeds[spec.feed_name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds

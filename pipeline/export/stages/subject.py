@@ -10,11 +10,12 @@ import numpy as np
 
 from mcdrop.pipeline.export.graphs import forward
 from mcdrop.pipeline.export.graphs.summary import OutputSummary
-from mcdrop.pipeline.export.model import inputs, keras_internals, loading, selection, signature, sites
+from mcdrop.pipeline.export.model import inputs, keras_internals, loading, rows, selection, signature, sites
+from mcdrop.pipeline.export.model.rows import DataRows
 from mcdrop.pipeline.export.model.sites import DropoutSite
 from mcdrop.pipeline.export.options import ExportOptions
 from mcdrop.pipeline.export.stages import specs
-from mcdrop.serving.models.manifest import OutputSpec, Task
+from mcdrop.serving.models.manifest import InputSpec, OutputSpec, Task
 
 __all__ = ["VERIFY_ROWS", "Step", "Subject", "describe"]
 
@@ -42,12 +43,16 @@ class Subject:
     """Dropout sites left out of sampling by ``mc_layers``: they run as in inference."""
     output_names: list[str]
     tasks: list[Task]
+    inputs: tuple[InputSpec, ...]
+    """Every input as the manifest records it."""
     outputs: tuple[OutputSpec, ...]
     """Every output as the manifest records it."""
     summary: list[OutputSummary]
     """What ``mc_summary`` needs of each output (empty for a model without dropout)."""
     x: dict[str, np.ndarray]
-    """The verification rows, by graph input name."""
+    """The verification rows, by graph input name: ``VERIFY_ROWS`` of ``data``, else drawn (``inputs.check_inputs``)."""
+    data: DataRows | None
+    """Real rows (``--verify-data``, else the calibration data's inputs), or None: drawn rows only."""
     row_shapes: dict[str, tuple[int, ...]]
     """One row's shape of each input, by graph input name."""
 
@@ -75,8 +80,16 @@ def describe(options: ExportOptions, step: Step) -> Subject:
     model_inputs = signature.model_inputs(model)
     output_names = signature.output_names(model)
     tasks = specs.tasks(options, model, training, output_names)
-    x = inputs.check_inputs(model, model_inputs, training, VERIFY_ROWS, options.seed)
     outputs = specs.output_specs(options, model, training, tasks, output_names)
+    input_specs = specs.input_specs(model, training)
+    calibration = options.calibration.data if options.calibration is not None else None
+    if options.verify_data is not None or calibration is not None:
+        step("reading verification rows")
+    data = rows.read(_Tensors(input_specs, outputs), options.verify_data, calibration)
+    if data is not None:
+        x = data.pick(VERIFY_ROWS)
+    else:
+        x = inputs.check_inputs(model, model_inputs, training, VERIFY_ROWS, options.seed)
     return Subject(
         options=options,
         model=model,
@@ -86,8 +99,18 @@ def describe(options: ExportOptions, step: Step) -> Subject:
         inactive=chosen.unsampled,
         output_names=output_names,
         tasks=tasks,
+        inputs=input_specs,
         outputs=outputs,
         summary=[specs.summary_spec(spec) for spec in outputs] if chosen.sampled else [],
         x=x,
+        data=data,
         row_shapes={spec.name: spec.row_shape for spec in model_inputs},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensors:
+    """The model's inputs and outputs before there is a manifest (``ModelTensors``)."""
+
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[OutputSpec, ...]

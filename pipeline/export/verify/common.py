@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 from mcdrop.pipeline.export.errors import ExportError
-from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite
 from mcdrop.serving.models.litert import Graph
 
 Feeds = dict[str, np.ndarray]
@@ -68,18 +67,6 @@ def run_masked(graph: Graph, x: Feeds, feeds: dict[str, np.ndarray], chunk: int,
             for start in range(0, samples, chunk)
         ]
     )
-
-
-def draw_feeds(sites: list[DropoutSite], samples: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Host-side masks (uint8 keep flags) and noise for mc_masked.tflite."""
-    feeds: dict[str, np.ndarray] = {}
-    for spec in sites:
-        shape = (samples, batch, *spec.noise_shape)
-        if spec.kind == BERNOULLI:
-            feeds[spec.feed_name] = (rng.random(shape, dtype=np.float32) >= spec.rate).astype(np.uint8)
-        else:
-            feeds[spec.feed_name] = rng.standard_normal(shape, dtype=np.float32)
-    return feeds
 
 
 def as_tensors(x: Feeds) -> Any:

@@ -21,12 +21,11 @@ import numpy as np
 
 from mcdrop.pipeline.export.graphs import forward as passes
 from mcdrop.pipeline.export.model import signature
-from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite
+from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite, draw_feeds
 from mcdrop.pipeline.export.verify.common import (
     Feeds,
     as_tensors,
     batch_of,
-    draw_feeds,
     joined,
     keras_x,
     run_graph,

@@ -157,6 +157,14 @@ def _run_mc(
     return moments, _drop_fraction(sites, counts, sums, squares)
 
 
+def drop_fraction(
+    probe: Graph, sites: list[DropoutSite], x: Feeds, samples: int, chunk: int, names: list[str]
+) -> dict[str, Any]:
+    """The ``drop_fraction`` check alone, over ``samples`` samples of a ``mask_probe`` (a quantised variant's mc
+    graph: its masks must still be drawn at the layers' rates)."""
+    return _run_mc(probe, sites, x, samples, chunk, names)[1]
+
+
 def fresh_randomness(graph: Graph, x: Feeds, samples: int = 4) -> dict[str, Any]:
     """Consecutive invokes differ, also across a resize to another batch size and back.
 

@@ -82,12 +82,14 @@ def test_manifest_describes_everything(mlp_export: tuple[Path, Path, dict[str, A
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["ai_edge_litert"]
     assert manifest["source"]["sha256"] == sha256_file(model_path)
     for variant, agreement in (("float16", 0.99), ("dynamic-int8", 0.9)):
-        record = manifest["quantized"][variant]
-        assert record["deterministic"]["max_abs_diff"] < 0.1
+        record = manifest["variants"][variant]
+        deterministic = next(c for c in record["checks"] if c["check"] == "deterministic_agreement")
+        assert deterministic["max_abs_diff"] < 0.1
         # A quantised graph predicts the float32 graph's class on (nearly) every verification row;
         # a broken one agrees about as often as chance (1 / classes).
-        assert record["deterministic"]["top1_agreement"] >= agreement
+        assert deterministic["top1_agreement"] >= agreement
         assert "RANDOM_UNIFORM" in record["graphs"]["mc"]["ops"]
+        assert record["graphs"]["mc"]["file"] == f"mc.{variant}.tflite" and not record["graphs"]["mc"].get("float_ops")
 
 
 def test_graphs_match_an_independent_numpy_forward_pass(mlp_export: tuple[Path, Path, dict[str, Any]]) -> None:

@@ -20,8 +20,7 @@ from mcdrop.pipeline.export.convert.functions import moments_function  # noqa: E
 from mcdrop.pipeline.export.graphs import forward as passes  # noqa: E402
 from mcdrop.pipeline.export.graphs import moments  # noqa: E402
 from mcdrop.pipeline.export.graphs.moments import Gaussian, Logits, NoMomentRule  # noqa: E402
-from mcdrop.pipeline.export.model.sites import describe  # noqa: E402
-from mcdrop.pipeline.export.verify import common  # noqa: E402
+from mcdrop.pipeline.export.model.sites import describe, draw_feeds  # noqa: E402
 
 DRAWS = 40_000
 Z = 5.0
@@ -131,7 +130,7 @@ def monte_carlo(model: Any, x: np.ndarray, samples: int) -> np.ndarray:
     """``[T, B, ...]`` MC samples with host-drawn masks (seeded: no TF random op, which a test that enabled op
     determinism earlier in the session would refuse unseeded)."""
     sites = describe(model)
-    feeds = common.draw_feeds(sites, samples, len(x), np.random.default_rng(samples))
+    feeds = draw_feeds(sites, samples, len(x), np.random.default_rng(samples))
     policy = passes.FedMasks(feeds)
     y = passes.forward(model, sites, tf.constant(x), policy, tf.constant(samples, tf.int32))
     return np.asarray(y, np.float64)
