@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mcdrop.serving.core import uncertainty
-from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.models.manifest import FLOAT32, Task
 
 __all__ = ["DEFAULT_INTERVAL", "MAX_SEED", "Decision", "Limits", "Mode", "OutputPrediction", "Prediction",
            "PredictionRequest"]  # fmt: skip
@@ -59,6 +59,9 @@ class PredictionRequest:
     """Abstain by this score (``mcdrop.serving.core.scores``) instead of the calibrated one."""
     request_id: str = ""
     """The caller's id of the request (OIP ``id``, else an ``x-request-id`` header): kept with captured rows."""
+    variant: str | None = None
+    """Which exported graphs answer: ``float32``, or a quantised variant (``float16``, ``dynamic-int8``, ``int8``,
+    ``int8-io``); None: the server's default (``mcdrop serve --variant``) where the version has it, else float32."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,8 @@ class Prediction:
     """Largest standard error of the MC mean over every output."""
     queue_ms: float
     compute_ms: float
+    variant: str = FLOAT32
+    """The graphs that answered (``PredictionRequest.variant``)."""
 
     @property
     def task(self) -> Task:

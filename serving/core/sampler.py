@@ -45,7 +45,7 @@ from mcdrop.serving.core.requests import (
 )
 from mcdrop.serving.errors import DeadlineExceeded, InferenceFailed, InvalidArgument
 from mcdrop.serving.models.litert import Graph
-from mcdrop.serving.models.manifest import GraphName, OutputSpec, Task, moments_fields
+from mcdrop.serving.models.manifest import FLOAT32, GraphName, OutputSpec, Task, moments_fields
 from mcdrop.serving.models.masks import MaskStream, fresh_seed
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 
@@ -77,6 +77,8 @@ class Plan:
     """Output name → the rule its answer abstains by (``mcdrop.serving.core.decision``)."""
     multipliers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Regression output name → conformal q̂ for the interval (outputs without one keep the Gaussian interval)."""
+    variant: str = FLOAT32
+    """The exported graphs that answer (``ModelVersion.variants``)."""
 
     @property
     def batch(self) -> int:
@@ -98,6 +100,7 @@ class Sampler:
         max_invoke_bytes: int = 64 * invokes.MIB,
         default_chunk: int = DEFAULT_CHUNK,
         wide_invoke: WideInvoke | None = None,
+        default_variant: str = FLOAT32,
     ) -> None:
         """Args:
         repository: where versions are looked up (``get(name, version)``).
@@ -106,6 +109,7 @@ class Sampler:
         max_invoke_bytes: activation memory of one LiteRT invoke; requests are split to fit it.
         default_chunk: samples per chunk of a stream or adaptive request that does not say.
         wide_invoke: whether an invoke may use the many-thread interpreter (default: never).
+        default_variant: the variant of a request that names none, where its version has it (else float32).
         """
         if mask_source not in MASK_SOURCES:
             raise InvalidArgument(f"Invalid mask_source. Expected one of {MASK_SOURCES}. Received: {mask_source!r}")
@@ -114,6 +118,7 @@ class Sampler:
         self.max_invoke_bytes = max_invoke_bytes
         self.default_chunk = default_chunk
         self._wide_invoke = wide_invoke or (lambda flops: False)
+        self.default_variant = default_variant
         self._policies: dict[int, tuple[ModelVersion, decision.Policy]] = {}
 
     # Planning -----------------------------------------------------------------------------------
@@ -129,8 +134,15 @@ class Sampler:
         inputs = checked_inputs(version, request.x, request.inputs, limits.max_batch)
         batch = len(next(iter(inputs.values())))
         mode = _mode(request.mode, version)
+        variant = self._variant(request.variant, version)
         if mode == Mode.MOMENTS:
             _check_moments_request(request)
+            if variant != FLOAT32:
+                raise InvalidArgument(
+                    f"Mode MOMENTS is served in float32 only: the moments graph propagates variances that int8 or "
+                    f"float16 rounding would swamp. Received variant {variant!r}. Expected variant float32, or mode "
+                    "MONTE_CARLO."
+                )
         limit = limits.max_samples
         samples = version.default_samples if request.samples is None else request.samples
         # T <= 0 is refused in every mode; the upper limit matters only where T passes run.
@@ -177,7 +189,14 @@ class Sampler:
         abstain = policy.rules(mode, request.abstain_threshold, request.abstain_score)
         multipliers = policy.multipliers(mode, interval)
         return Plan(version, inputs, mode, samples, request.seed, interval, tolerance, chunk, request.return_samples,
-                    request.first_row, flops, abstain, multipliers)  # fmt: skip
+                    request.first_row, flops, abstain, multipliers, variant)  # fmt: skip
+
+    def _variant(self, requested: str | None, version: ModelVersion) -> str:
+        """The request's variant, else the server's default where the version has it, else float32."""
+        if requested:
+            version.pools_for(requested)  # an unknown or unexported variant is refused here, naming those exported
+            return requested
+        return self.default_variant if self.default_variant in version.variants else FLOAT32
 
     def _policy(self, version: ModelVersion) -> decision.Policy:
         """The decisions of ``version``, worked out at its first request (a reloaded version is a new object)."""
@@ -289,6 +308,7 @@ class Sampler:
             max_standard_error=error,
             queue_ms=(started - waiting) * 1e3,
             compute_ms=(summarised - started) * 1e3,
+            variant=plan.variant,
         )
 
     def _run(
@@ -305,7 +325,7 @@ class Sampler:
         split = self.split(version, graph_name, plan.batch, 1 if deterministic else samples)
         waiting = time.perf_counter()
         wide = self._wide_invoke(plan.flops * samples / plan.samples)
-        with version.pools[graph_name].lease(deadline, alone=wide) as graph:
+        with version.pools_for(plan.variant)[graph_name].lease(deadline, alone=wide) as graph:
             started = time.perf_counter()
             if deterministic:
                 blocks = [
@@ -353,6 +373,7 @@ class Sampler:
             max_standard_error=error,
             queue_ms=queue_s * 1e3,
             compute_ms=compute_s * 1e3,
+            variant=plan.variant,
         )
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving.errors import MCDropError, NotFound, first_line
+from mcdrop.serving.errors import InvalidArgument, MCDropError, NotFound, first_line
 from mcdrop.serving.models.layout import check_model_name
 from mcdrop.serving.models.layout import versions as list_versions
 from mcdrop.serving.models.manifest import (
+    FLOAT32,
     MANIFEST,
     DropoutSite,
     Fingerprint,
@@ -34,6 +35,7 @@ from mcdrop.serving.models.manifest import (
     InputSpec,
     Manifest,
     OutputSpec,
+    QUANTIZATIONS,
     Task,
     read_verified,
 )
@@ -59,6 +61,32 @@ class ModelVersion:
     signature: int
     contents: dict[GraphName, bytes] = dataclasses.field(default_factory=dict, repr=False)
     """The verified bytes of each graph (the interpreters' model buffers: LiteRT reads weights from them)."""
+    variant_pools: dict[str, dict[GraphName, InterpreterPool]] = dataclasses.field(default_factory=dict)
+    """The quantised variants' server graphs (``Manifest.variants``), by variant name."""
+
+    @property
+    def variants(self) -> list[str]:
+        """The variants a request may name: ``float32`` and each exported quantised one."""
+        return [FLOAT32, *self.variant_pools]
+
+    def pools_for(self, variant: str) -> dict[GraphName, InterpreterPool]:
+        """The interpreter pools of ``variant``'s graphs.
+
+        Raises:
+            InvalidArgument: the version has no such variant (the message names those it has).
+        """
+        if variant == FLOAT32:
+            return self.pools
+        found = self.variant_pools.get(variant)
+        if found is None:
+            known = variant in QUANTIZATIONS
+            hint = (f" Re-export with mcdrop export --quantize {variant} to add it." if known
+                    else f" Variants are float32, {', '.join(QUANTIZATIONS)}.")  # fmt: skip
+            raise InvalidArgument(
+                f"Model {self.name!r} version {self.version} has no variant {variant!r}. Expected one of "
+                f"{', '.join(self.variants)} (the variants it was exported with).{hint}"
+            )
+        return found
 
     @property
     def task(self) -> Task:
@@ -355,7 +383,15 @@ class ModelRepository:
             pools[graph] = InterpreterPool(
                 contents[graph], size=self._pool_size, threads=self._threads, lone_threads=self._lone_threads
             )
-        loaded = ModelVersion(name, version, path, manifest, pools, signature, contents)
+        variant_pools = {
+            variant.name: {
+                graph: InterpreterPool(read_verified(path, spec.file, manifest), size=self._pool_size,
+                                       threads=self._threads, lone_threads=self._lone_threads)
+                for graph, spec in variant.graphs.items()
+            }
+            for variant in manifest.variants.values()
+        }  # fmt: skip
+        loaded = ModelVersion(name, version, path, manifest, pools, signature, contents, variant_pools)
         _smoke_test(loaded)
         loaded.footprints  # measured now, not on the first request  # noqa: B018
         return loaded
@@ -478,14 +514,45 @@ def _smoke_test(version: ModelVersion) -> None:
     _check_moments_outputs(version)
     if version.manifest.fingerprint is not None:
         _check_fingerprint(version, version.manifest.fingerprint)
+        _check_variant_fingerprints(version, version.manifest.fingerprint)
     x = {spec.name: np.zeros((1, *spec.row_shape), dtype=np.float32) for spec in version.inputs}
-    with version.pools[GraphName.DETERMINISTIC].lease() as graph:
-        graph.run(x)
-    if version.stochastic:
-        with version.pools[GraphName.MC].lease() as graph:
-            graph.run({**x, "samples": np.array(2, np.int32)})
-        feeds = {
-            d.feed_name: np.ones((2, 1, *d.noise_shape), mask_dtype(d)) for d in version.dropout
-        }  # masks of the right shapes and dtypes; values do not matter here
-        with version.pools[GraphName.MC_MASKED].lease() as graph:
-            graph.run({**x, **feeds})
+    for variant in version.variants:
+        pools = version.pools_for(variant)
+        with pools[GraphName.DETERMINISTIC].lease() as graph:
+            graph.run(x)
+        if version.stochastic:
+            with pools[GraphName.MC].lease() as graph:
+                graph.run({**x, "samples": np.array(2, np.int32)})
+            feeds = {
+                d.feed_name: np.ones((2, 1, *d.noise_shape), mask_dtype(d)) for d in version.dropout
+            }  # masks of the right shapes and dtypes; values do not matter here
+            with pools[GraphName.MC_MASKED].lease() as graph:
+                graph.run({**x, **feeds})
+
+
+VARIANT_FINGERPRINT_TOLERANCE = 1e-2
+"""Absolute tolerance of a quantised variant's fingerprint: int8 kernels may round one step differently on another
+CPU (XNNPACK picks kernels by instruction set); damage moves outputs far more."""
+
+
+def _check_variant_fingerprints(version: ModelVersion, fingerprint: Fingerprint) -> None:
+    """Each variant's deterministic graph reproduces its own recorded outputs on the fingerprint's inputs."""
+    x = _fingerprint_inputs(version, fingerprint)
+    for name, variant in version.manifest.variants.items():
+        if variant.fingerprint is None:
+            continue
+        with version.variant_pools[name][GraphName.DETERMINISTIC].lease() as graph:
+            outputs, names = graph.run(x), graph.output_names
+        recorded = variant.fingerprint
+        if len(version.outputs) == 1:
+            pairs = [(outputs[0], recorded)]
+        else:
+            pairs = [(outputs[names.index(o.name)], recorded.get(o.name)) for o in version.outputs]
+        for got, wanted in pairs:
+            wanted_array = np.asarray(wanted if wanted is not None else [], dtype=np.float32)
+            if got.shape != wanted_array.shape or not np.allclose(got, wanted_array, rtol=0,
+                                                                  atol=VARIANT_FINGERPRINT_TOLERANCE):  # fmt: skip
+                raise MCDropError(
+                    f"{variant.graphs[GraphName.DETERMINISTIC].file} does not reproduce the export's fingerprint "
+                    "(outputs on fixed inputs): the file is damaged or not the one that was exported."
+                )
