@@ -23,19 +23,22 @@ from __future__ import annotations
 import dataclasses
 import resource
 import time
+from pathlib import Path
 
 from mcdrop.pipeline.export.errors import ExportError
-from mcdrop.pipeline.export.model import inputs, signature
+from mcdrop.pipeline.export.model import inputs, rows, signature
 from mcdrop.pipeline.export.options import ExportOptions
 from mcdrop.pipeline.export.stages import device, manifest, moments, quantized, server
-from mcdrop.pipeline.export.stages.subject import Step, describe
+from mcdrop.pipeline.export.stages.subject import Step, Subject, describe
 from mcdrop.pipeline.export.verify import budget
 from mcdrop.pipeline.export.verify.fingerprint import FINGERPRINT_ROWS, FINGERPRINT_SEED, fingerprint
 from mcdrop.pipeline.export.verify.timing import timing
+from mcdrop.serving.calibration import agreement
 from mcdrop.serving.calibration.calibrate import calibrate, check_rows
+from mcdrop.serving.calibration.data import read_labelled
 from mcdrop.serving.errors import InferenceFailed
 from mcdrop.serving.models import publish
-from mcdrop.serving.models.manifest import Manifest
+from mcdrop.serving.models.manifest import Manifest, Variant
 
 __all__ = ["ExportOptions", "Step", "export"]
 
@@ -62,12 +65,14 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         device_graphs, device_checks = device.convert_and_verify(subject, graphs, staging, step)
         moments_graph = moments.convert_and_check(subject, graphs, staging, step)
         if subject.data is not None:
-            rows = subject.data.pick(FINGERPRINT_ROWS)
+            fixed_rows = subject.data.pick(FINGERPRINT_ROWS)
         else:
-            rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None, FINGERPRINT_ROWS,
-                                       FINGERPRINT_SEED)  # fmt: skip
+            fixed_rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None,
+                                             FINGERPRINT_ROWS, FINGERPRINT_SEED)  # fmt: skip
         variants = {
-            quantization: quantized.convert_and_check(subject, graphs, device_graphs, quantization, staging, step, rows)
+            quantization: quantized.convert_and_check(
+                subject, graphs, device_graphs, quantization, staging, step, fixed_rows
+            )
             for quantization in options.quantize
         }
         step("fingerprint")
@@ -81,7 +86,7 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
             variants=variants,
             device_graphs=device_graphs,
             moments=moments_graph,
-            fingerprint=fingerprint(graphs.graphs, subject.sites, rows, subject.output_names),
+            fingerprint=fingerprint(graphs.graphs, subject.sites, fixed_rows, subject.output_names),
             timing=timed,
             export={
                 "wall_s": round(time.perf_counter() - started, 2),
@@ -97,6 +102,10 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
             # The one field added after the build: calibration reads the staged version, manifest included.
             record = dataclasses.replace(record, calibration=calibration)
             record.write(staging)
+        if record.variants:
+            step("comparing the variants with float32")
+            record = dataclasses.replace(record, variants=compared(subject, record, staging))
+            record.write(staging)
         step("publishing")
         version = publish.publish(staging)
     except InferenceFailed as exc:
@@ -110,3 +119,22 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
         publish.discard(staging)
         raise
     return version, record
+
+
+def compared(subject: Subject, record: Manifest, staging: Path) -> dict[str, Variant]:
+    """The variants with their agreement with float32 on the export's real rows (through the server's own code);
+    without real rows there is nothing meaningful to compare on, and the record says so."""
+    data = subject.data
+    if data is None:
+        skipped = {"skipped": "no real rows to compare on: give --verify-data FILE or --calibration-data FILE"}
+        return {name: dataclasses.replace(v, agreement=skipped) for name, v in record.variants.items()}
+    count = agreement.rows_for(record, data.kept)
+    labels = None
+    calibration = subject.options.calibration
+    if data.source == rows.CALIBRATION_DATA and calibration is not None:
+        outputs = tuple(spec.name for spec in record.outputs)
+        labelled = read_labelled(calibration.data, record, calibration.columns(outputs))
+        positions = data.picked_positions(count)
+        labels = {name: values[positions] for name, values in labelled.labels.items()}
+    found = agreement.agreement(staging, record, data.pick(count), labels)
+    return {name: dataclasses.replace(v, agreement=found[name]) for name, v in record.variants.items()}

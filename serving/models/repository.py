@@ -29,13 +29,13 @@ from mcdrop.serving.models.layout import versions as list_versions
 from mcdrop.serving.models.manifest import (
     FLOAT32,
     MANIFEST,
+    QUANTIZATIONS,
     DropoutSite,
     Fingerprint,
     GraphName,
     InputSpec,
     Manifest,
     OutputSpec,
-    QUANTIZATIONS,
     Task,
     read_verified,
 )

@@ -40,6 +40,8 @@ class DataRows:
     """Rows in the file."""
     inputs: dict[str, np.ndarray]
     """Up to ``MAX_ROWS`` of them, evenly spaced, float32."""
+    positions: np.ndarray
+    """The file's row number of each kept row."""
 
     @property
     def kept(self) -> int:
@@ -49,6 +51,10 @@ class DataRows:
         """``count`` rows (fewer if the file has fewer), evenly spaced over the kept rows."""
         index = _spread(self.kept, count)
         return {name: np.ascontiguousarray(value[index]) for name, value in self.inputs.items()}
+
+    def picked_positions(self, count: int) -> np.ndarray:
+        """The file's row numbers of ``pick(count)``'s rows (to take their labels)."""
+        return np.asarray(self.positions[_spread(self.kept, count)])
 
     def record(self, used: int) -> dict[str, Any]:
         """What the manifest says about the rows an export checked its graphs on."""
@@ -68,7 +74,7 @@ def read(model: ModelTensors, verify_data: Path | None, calibration_data: Path |
     found = read_rows(path, model, "verification data" if source == VERIFY_DATA else "calibration data")
     index = _spread(found.rows, MAX_ROWS)
     inputs = {name: np.ascontiguousarray(value[index], dtype=np.float32) for name, value in found.inputs.items()}
-    return DataRows(source, path, found.sha256, found.rows, inputs)
+    return DataRows(source, path, found.sha256, found.rows, inputs, index)
 
 
 def _spread(rows: int, count: int) -> np.ndarray:

@@ -73,8 +73,11 @@ def build(subject: Subject, found: Measurements, staging: Path) -> Manifest:
         cost=Cost(prefix=flops["prefix"], per_sample=flops["per_sample"]),
         graphs=_graph_specs(subject, found.graphs),
         variants=found.variants,
-        verification={"passed": True, "inputs": verification_inputs(subject),
-                      "checks": [_without_ops(c) for c in found.checks]},
+        verification={
+            "passed": True,
+            "inputs": verification_inputs(subject),
+            "checks": [_without_ops(c) for c in found.checks],
+        },
         timing_ms=found.timing,
         files={f.name: sha256_file(f) for f in files},
         file_bytes={f.name: f.stat().st_size for f in files},
@@ -132,8 +135,10 @@ def device_graph(graph: str, shape: Shape, loaded: Graph, quantization: str | No
         batch=shape.batch,
         samples=None if graph == GraphName.DETERMINISTIC else shape.samples,
         inputs=tuple(tensor_spec(loaded, n) for n in loaded.input_names),
-        outputs=tuple(TensorSpec(name, shape_, dtype.name, q)
-                      for (name, shape_, dtype), q in zip(loaded.output_specs(), quantized, strict=True)),
+        outputs=tuple(
+            TensorSpec(name, shape_, dtype.name, q)
+            for (name, shape_, dtype), q in zip(loaded.output_specs(), quantized, strict=True)
+        ),
         ops=tuple(loaded.ops()),
         float_ops=tuple(loaded.float_ops()) if quantization in FULL_INTEGER else (),
     )

@@ -93,10 +93,12 @@ def convert_and_check(
         graphs={GraphName(g): graph_spec(subject, g, loaded, quantization) for g, loaded in graphs.items()},
         device_graphs=devices,
         unsupported=unsupported,
-        fingerprint=fingerprint[0].tolist() if len(names) == 1 else {
-            name: output.tolist() for name, output in zip(names, fingerprint, strict=True)},
-        representative={} if subject.data is None or not full else {
-            **subject.data.record(0), "representative_rows": min(representative.ROWS, subject.data.kept)},
+        fingerprint=fingerprint[0].tolist()
+        if len(names) == 1
+        else {name: output.tolist() for name, output in zip(names, fingerprint, strict=True)},
+        representative={}
+        if subject.data is None or not full
+        else {**subject.data.record(0), "representative_rows": min(representative.ROWS, subject.data.kept)},
         checks=tuple(_without_ops(r) for r in results),
     )
 
