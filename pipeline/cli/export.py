@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.cli import prepare
+from mcdrop.pipeline.cli.variants import print_variants
 from mcdrop.serving.cli.arguments import names, positive_floats, positive_int, require_extra
 from mcdrop.serving.cli.calibrate import add_calibration_arguments, calibration_options, print_calibration
 from mcdrop.serving.models.manifest import Manifest
@@ -259,6 +260,20 @@ def print_moments(manifest: Manifest) -> None:
     console.print(f"  [green]✓[/] moments (one pass) vs Monte Carlo T={samples}: " + "; ".join(figures))
 
 
+def print_verification_inputs(manifest: Manifest, console: Any) -> None:
+    """Which rows the checks ran on: a data file's, or drawn ones (then the checks say little about real inputs)."""
+    found = manifest.verification.get("inputs")
+    if not isinstance(found, dict):
+        return
+    if found.get("source") == "drawn":
+        console.print(f"verified on {found.get('verification_rows')} drawn rows ({found.get('distribution')}); "
+                      "give --verify-data FILE to verify on the model's real inputs")  # fmt: skip
+        return
+    digest = str(found.get("sha256"))[:12]
+    console.print(f"verified on {found.get('verification_rows')} of the {found.get('rows')} rows of "
+                  f"{found.get('file')} (--{found.get('source')}, sha256 {digest}…)")  # fmt: skip
+
+
 def print_export_summary(repository: Path, version: int, manifest: Manifest) -> None:
     from rich.table import Table
 
@@ -302,12 +317,14 @@ def print_export_summary(repository: Path, version: int, manifest: Manifest) -> 
             f"--mc-layers {manifest.mc_layers}: the uncertainty comes from "
             f"{sampled_count} of {sampled_count + len(unsampled)} dropout sites"
         )
+    print_verification_inputs(manifest, console)
     for check in manifest.verification["checks"]:
         detail = {k: v for k, v in check.items() if k in ("max_abs_diff", "max_z", "rows_before_samples")}
         console.print(
             f"  [green]✓[/] {check['check']}{' ' + check.get('graph', '') if 'graph' in check else ''} {detail or ''}"
         )
     print_moments(manifest)
+    print_variants(manifest, console)
     timing = ", ".join(f"{k}={v}" for k, v in manifest.timing_ms.items())
     if not manifest.single:
         print_inputs_and_outputs(manifest)
