@@ -2,8 +2,9 @@
 
 Columns, in order:
 
-* ``captured_at`` (timestamp, ms, UTC), ``request_id``, ``model``, ``version``, ``mode``, ``seed`` (null when the
-  answer had none), ``samples`` (T), ``row`` (the row's position in its request);
+* ``captured_at`` (timestamp, ms, UTC), ``request_id``, ``model``, ``version``, ``mode``, ``variant`` (the graphs
+  that answered: ``float32``, ``int8``, …), ``seed`` (null when the answer had none), ``samples`` (T), ``row`` (the
+  row's position in its request);
 * every input, as ``mcdrop score`` reads a model's inputs: one column per training feature when the manifest
   names them (categorical inputs as their categories), else a list column named after the input;
 * the answer: the columns ``mcdrop score`` writes (``mcdrop.serving.protocols.table``), each prefixed ``served/``
@@ -39,6 +40,7 @@ _META_FIELDS = [
     pa.field("model", pa.string()),
     pa.field("version", pa.int64()),
     pa.field("mode", pa.string()),
+    pa.field("variant", pa.string()),
     pa.field("seed", pa.int64()),
     pa.field("samples", pa.int32()),
     pa.field("row", pa.int32()),
@@ -105,6 +107,7 @@ def captured_table(requests: list[CapturedRequest], schema: pa.Schema) -> pa.Tab
         "model": pa.array(np.repeat(np.array([p.model for p in predictions], object), counts), pa.string()),
         "version": pa.array(np.repeat([p.version for p in predictions], counts).astype(np.int64)),
         "mode": pa.array(np.repeat(np.array([p.mode.value for p in predictions], object), counts), pa.string()),
+        "variant": pa.array(np.repeat(np.array([p.variant for p in predictions], object), counts), pa.string()),
         "seed": pa.array(seed_values, mask=np.repeat([s is None for s in seeds], counts)),
         "samples": pa.array(np.repeat([p.samples for p in predictions], counts).astype(np.int32)),
         "row": pa.array(np.concatenate([r.rows for r in requests]).astype(np.int32)),

@@ -52,6 +52,9 @@ def register(subcommands: Any) -> None:
         help="abstain above this score instead of the calibrated threshold (mcdrop calibrate)")  # fmt: skip
     add("--abstain-score", default=None, metavar="NAME",
         help="abstain by this score instead of the calibrated one (e.g. mutual_information)")  # fmt: skip
+    add("--variant", default=None, metavar="NAME",
+        help="the exported graphs that answer: float32 or a variant the version was exported with (mcdrop export "
+             "--quantize: float16, dynamic-int8, int8, int8-io); default: the server's")  # fmt: skip
     add("--timeout", type=positive_float, default=30.0, help="deadline in seconds (default %(default)s)")
     add("--json", action="store_true", help="print JSON instead of a table")
     add("--ca", default=None, metavar="PEM", help="CA bundle to verify the server (turns on TLS)")
@@ -87,6 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
             interval=args.interval,
             abstain_threshold=args.abstain_threshold,
             abstain_score=args.abstain_score,
+            variant=args.variant,
         )
         source = (
             uncertainty_source(client.manifest(args.model, prediction.version))
@@ -104,7 +108,7 @@ def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any
         prediction = client.predict(args.model, x, version=args.version, mode=args.mode, samples=args.samples or 0,
                                     seed=args.seed, tolerance=args.tolerance, interval=args.interval,
                                     abstain_threshold=args.abstain_threshold,
-                                    abstain_score=args.abstain_score)  # fmt: skip
+                                    abstain_score=args.abstain_score, variant=args.variant)  # fmt: skip
         parameters = client.metadata(args.model, prediction.version).get("parameters", {})
     source = None
     if prediction.mode != "deterministic":
@@ -252,7 +256,7 @@ def prediction_as_json(p: Any) -> dict[str, Any]:
     """The client's prediction as JSON; a model with several outputs has them under ``outputs`` (by name) only."""
     if p.outputs:
         common = ("model", "version", "mode", "samples", "seed", "final", "max_standard_error", "queue_ms",
-                  "compute_ms")  # fmt: skip
+                  "compute_ms", "variant")  # fmt: skip
         shared = {k: getattr(p, k) for k in common if getattr(p, k) is not None}
         per_output = {name: _output_json(output, common) for name, output in p.outputs.items()}
         return {**shared, "outputs": per_output}
@@ -278,6 +282,7 @@ def _print_output(p: Any, output: str | None) -> None:
 
     title = f"{p.model} v{p.version}" + (f" · output {output}" if output else "")
     title += f" · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
+    title += "" if p.variant == "float32" else f" · {p.variant}"
     table = Table(title=title)
     if p.task == "classification":
         columns = ["row", "predicted", "p(predicted)", "± std", "entropy (nats)", "mutual info", "var. ratio"]

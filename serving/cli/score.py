@@ -61,6 +61,9 @@ def register(subcommands: Any) -> None:
         default="fail",
         help="a bad row stops the job (default) or goes to OUTPUT.errors.parquet",
     )
+    add("--variant", default="float32", metavar="NAME",
+        help="the exported graphs that score: float32 (default) or a variant the version was exported with "
+             "(mcdrop export --quantize: float16, dynamic-int8, int8, int8-io)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
     add("--json", action="store_true", help="print the summary as JSON")
     score.set_defaults(handler=run)
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         repository=args.repository, model=args.model, input=args.input, output=args.output, version=args.version,
         samples=args.samples, seed=args.seed, mode=args.mode, interval=args.interval, keep=tuple(args.keep),
         batch_size=args.batch_size, ray=args.ray, workers=args.workers, on_error=args.on_error, threads=args.threads,
+        variant=args.variant,
     )  # fmt: skip
     from mcdrop.serving.common.console import stderr
 
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(
         title=f"{summary.model} v{summary.version} · {summary.mode} · T={summary.samples} · seed {summary.seed}"
+        + ("" if summary.variant == "float32" else f" · {summary.variant}")
     )
     for column in ("rows in", "scored", "failed", "rows/s", "workers", "nodes", "backend"):
         table.add_column(column, justify="right")

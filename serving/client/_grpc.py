@@ -86,6 +86,8 @@ class Prediction:
     outputs: dict[str, Prediction] = dataclasses.field(default_factory=dict)
     """A model with several outputs: the estimate of each, by output name (the fields above are then the first
     output's). Empty for a single-output model."""
+    variant: str = "float32"
+    """The exported graphs that answered (``float32``, ``int8``, …)."""
 
     @property
     def task(self) -> str:
@@ -171,6 +173,7 @@ class Client:
         timeout: float | None = None,
         abstain_threshold: float | None = None,
         abstain_score: str | None = None,
+        variant: str | None = None,
     ) -> Prediction:
         """Predict ``x`` ([B, ...] float32), or for a model with several inputs a mapping of input name → [B, ...]
         array; ``mode`` is ``deterministic``, ``monte_carlo``, ``moments`` or None (model default).
@@ -178,10 +181,11 @@ class Client:
         With ``tolerance``, sampling is adaptive: the server stops once the largest standard
         error of the mean is at most ``tolerance`` (or at ``max_samples``). ``abstain_threshold`` and
         ``abstain_score`` override a calibrated version's abstention rule (or set one for any version).
+        ``variant`` picks the exported graphs that answer (``float32``, ``int8``, …; None: the server's default).
         """
         request = encode_request(model, x, version, mode, samples, seed, return_samples, interval, tolerance,
                                 max_samples, chunk, abstain_threshold=abstain_threshold,
-                                abstain_score=abstain_score)  # fmt: skip
+                                abstain_score=abstain_score, variant=variant)  # fmt: skip
         return decode_prediction(self._call(self._stub.Predict, request, timeout))
 
     def predict_stream(
@@ -253,6 +257,7 @@ def encode_request(
     *,
     abstain_threshold: float | None = None,
     abstain_score: str | None = None,
+    variant: str | None = None,
 ) -> pb.PredictRequest:
     """The mcdrop.v1 ``PredictRequest`` that ``Client.predict`` sends (also for load generators)."""
     if mode not in _MODES:
@@ -267,6 +272,7 @@ def encode_request(
         max_samples=max_samples,
         chunk=chunk,
         abstain_score=abstain_score or "",
+        variant=variant or "",
     )
     optional = (("version", version), ("seed", seed), ("interval", interval), ("tolerance", tolerance),
                 ("abstain_threshold", abstain_threshold))  # fmt: skip
@@ -302,6 +308,7 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
         "max_standard_error": response.max_standard_error,
         "queue_ms": response.queue_ms,
         "compute_ms": response.compute_ms,
+        "variant": response.variant or "float32",
     }
     if response.outputs:
         outputs = {o.name: _decode_result(o, common) for o in response.outputs}

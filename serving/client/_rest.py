@@ -95,6 +95,7 @@ class RestClient:
         interval: float | None = None,
         abstain_threshold: float | None = None,
         abstain_score: str | None = None,
+        variant: str | None = None,
     ) -> Prediction:
         if tolerance is not None:
             raise InvalidArgument("Adaptive sampling (--tolerance) is a gRPC feature. Expected a gRPC server "
@@ -103,7 +104,7 @@ class RestClient:
         raw = [np.ascontiguousarray(v, dtype="<f4").tobytes() for v in inputs.values()]
         parameters: dict[str, Any] = {"binary_data_output": True}
         chosen = (("mode", mode), ("seed", seed), ("interval", interval), ("abstain_threshold", abstain_threshold),
-                  ("abstain_score", abstain_score))  # fmt: skip
+                  ("abstain_score", abstain_score), ("variant", variant))  # fmt: skip
         for name, value in chosen:
             if value is not None:
                 parameters[name] = value
@@ -180,6 +181,7 @@ def _prediction(body: bytes, header_length: str | None, interval: float) -> Pred
         "max_standard_error": None,
         "queue_ms": None,
         "compute_ms": None,
+        "variant": str(echoed.get("variant", "float32")),
     }
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, array in arrays.items():

@@ -20,6 +20,7 @@ from mcdrop.serving.models.manifest import DropoutSite, InputSpec, Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import tensors
 from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
+from mcdrop.serving.protocols.variants import variant_facts
 
 __all__ = ["MODE_ENUMS", "decode_request", "encode_metadata", "encode_prediction"]
 
@@ -47,6 +48,7 @@ def decode_request(request: pb.PredictRequest) -> PredictionRequest:
         chunk=request.chunk,
         abstain_threshold=request.abstain_threshold if request.HasField("abstain_threshold") else None,
         abstain_score=request.abstain_score or None,
+        variant=request.variant or None,
     )
 
 
@@ -60,6 +62,7 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
         max_standard_error=prediction.max_standard_error,
         queue_ms=prediction.queue_ms,
         compute_ms=prediction.compute_ms,
+        variant=prediction.variant,
     )
     if prediction.seed is not None:
         response.seed = prediction.seed
@@ -144,6 +147,12 @@ def encode_metadata(version: ModelVersion, versions: list[int]) -> pb.ModelMetad
         ],
         modes=[MODE_ENUMS[Mode(mode)] for mode in version.modes],
         calibration=_calibration_metadata(version),
+        variants=[
+            pb.VariantMetadata(
+                name=f.name, deterministic_bytes=f.deterministic_bytes, float_ops=f.float_ops, agreement=f.agreement
+            )
+            for f in variant_facts(version)
+        ],
     )
 
 

@@ -8,7 +8,7 @@ one FP32 tensor per model input, by the manifest's names), the outputs a model a
 parameters it echoes::
 
     mc_samples (int64)  seed (int64)  mode (string)  return_samples (bool)  interval (double)
-    abstain_threshold (double)  abstain_score (string)
+    abstain_threshold (double)  abstain_score (string)  variant (string)
 
 A seeded request therefore gets the same numbers over either transport. No ``grpc`` import here.
 """
@@ -30,6 +30,7 @@ from mcdrop.serving.models.manifest import Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols.outputs import SAMPLES, output_arrays, output_names, prefix
 from mcdrop.serving.protocols.tensors import check_shape
+from mcdrop.serving.protocols.variants import variant_facts
 
 __all__ = [
     "DATATYPES",
@@ -92,6 +93,7 @@ PARAMETERS = {
     "interval": Parameter("double_param", (int, float)),
     "abstain_threshold": Parameter("double_param", (int, float)),
     "abstain_score": Parameter("string_param", (str,)),
+    "variant": Parameter("string_param", (str,)),
 }
 IGNORED_PARAMETERS = frozenset({"priority", "timeout"})  # standard scheduling hints; not applicable here
 
@@ -131,8 +133,25 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": [{"name": spec.name, "datatype": "FP32", "shape": list(spec.shape)} for spec in version.inputs],
         "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in output_tensors(version)],
-        "parameters": {**version.uncertainty_source(), **decision.metadata(version.manifest)},
+        "parameters": {
+            **version.uncertainty_source(),
+            **decision.metadata(version.manifest),
+            **_variants_metadata(version),
+        },
     }
+
+
+def _variants_metadata(version: ModelVersion) -> dict[str, str]:
+    """``variants`` (the names a request's ``variant`` may take, float32 first) and ``variant/NAME/FIGURE`` for each
+    quantised one: its deterministic graph's bytes, float ops and agreement with float32."""
+    facts = variant_facts(version)
+    found = {"variants": ",".join(f.name for f in facts)}
+    for fact in facts[1:]:
+        start = f"variant/{fact.name}/"
+        found |= {start + "deterministic_bytes": str(fact.deterministic_bytes),
+                  start + "float_ops": ",".join(fact.float_ops),
+                  **{start + key: value for key, value in fact.agreement.items()}}  # fmt: skip
+    return found
 
 
 def input_names(version: ModelVersion) -> list[str]:
@@ -235,6 +254,7 @@ def infer_request(
         interval=params.get("interval"),
         abstain_threshold=params.get("abstain_threshold"),
         abstain_score=params.get("abstain_score"),
+        variant=params.get("variant"),
     )
     return decoded, wanted
 
@@ -261,7 +281,8 @@ def response_parameters(prediction: Prediction) -> dict[str, int | str | bool | 
     """What an inference response echoes: the samples drawn, mode, version, seed, and for regression whether
     the intervals are epistemic only (no observation noise)."""
     parameters: dict[str, int | str | bool | float] = {"mc_samples": prediction.samples, "mode": prediction.mode.value,
-                                               "model_version": str(prediction.version)}  # fmt: skip
+                                               "model_version": str(prediction.version),
+                                               "variant": prediction.variant}  # fmt: skip
     if prediction.seed is not None:
         parameters["seed"] = prediction.seed
     for output in prediction.outputs:

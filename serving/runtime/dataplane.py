@@ -76,6 +76,7 @@ class DataPlane:
         worker: int = 0,
         drift_window_rows: int = watch.DEFAULT_WINDOW,
         capture: Capture | None = None,
+        default_variant: str = "float32",
     ) -> None:
         """Args:
         repository: the loaded model versions.
@@ -88,12 +89,14 @@ class DataPlane:
             writes slot ``worker``. None: this process is the whole server.
         drift_window_rows: rows of each calibrated output this process's drift windows keep.
         capture: where answered rows go for labelling (``mcdrop.serving.capture``); None: nowhere.
+        default_variant: the variant of requests that name none (``mcdrop serve --variant``).
         """
         self.repository = repository
         self.metrics = metrics
         self.limits = limits
         self.sampler = Sampler(repository, mask_source=mask_source, max_invoke_bytes=max_invoke_bytes,
-                               default_chunk=default_chunk, wide_invoke=self._lone)  # fmt: skip
+                               default_chunk=default_chunk, wide_invoke=self._lone,
+                               default_variant=default_variant)  # fmt: skip
         self._is_ready = is_ready
         self._capacity = capacity
         self._inflight = 0

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from mcdrop.serving.core.requests import DEFAULT_INTERVAL, Mode
 from mcdrop.serving.errors import InvalidArgument, MCDropError, NotFound
 from mcdrop.serving.models.layout import check_model_name, versions
-from mcdrop.serving.models.manifest import Manifest
+from mcdrop.serving.models.manifest import FLOAT32, Manifest
 from mcdrop.serving.models.masks import fresh_seed
 from mcdrop.serving.scoring import inputs
 from mcdrop.serving.scoring.scorer import BOOKKEEPING, ERROR, ROW, Scorer, ScoreSettings
@@ -53,6 +53,8 @@ class ScoreOptions:
     on_error: str = "fail"
     threads: int = 1
     """LiteRT threads per worker."""
+    variant: str = FLOAT32
+    """The exported graphs that score (``float32``, ``int8``, …)."""
 
 
 @dataclasses.dataclass
@@ -62,6 +64,7 @@ class ScoreSummary:
     samples: int
     seed: int
     mode: str
+    variant: str
     rows_in: int
     rows_scored: int
     rows_failed: int
@@ -101,6 +104,10 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
             f"Model {options.model!r} version {number} has no moments graph, so --mode moments cannot be scored: "
             f"{reason}. Expected --mode monte_carlo or deterministic."
         )
+    if options.variant != FLOAT32 and options.variant not in manifest.variants:
+        exported = ", ".join([FLOAT32, *manifest.variants])
+        raise InvalidArgument(f"Model {options.model!r} version {number} has no variant {options.variant!r}. "
+                              f"Expected one of {exported} (the variants it was exported with).")  # fmt: skip
     found = inputs.sources(options.input)
     settings = ScoreSettings(
         repository=str(options.repository),
@@ -112,6 +119,7 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
         interval=options.interval,
         columns=inputs.columns(found, manifest, options.keep),
         threads=options.threads,
+        variant=options.variant,
     )
     work = inputs.units(found, options.batch_size)
     total = sum(s.rows for s in found)
@@ -124,11 +132,12 @@ def run_score(options: ScoreOptions, progress: Progress = lambda done, total: No
         workers = options.workers or 2
         tables, backend = score_on_ray(settings, work, options.ray, workers), "ray"
     metadata = {"model": options.model, "version": number, "samples": settings.samples, "seed": settings.seed,
-                "mode": mode, "interval": options.interval, "input": options.input, "rows": total}  # fmt: skip
+                "mode": mode, "variant": options.variant, "interval": options.interval, "input": options.input,
+                "rows": total}  # fmt: skip
     written = _write(tables, options, metadata, total, progress)
     return ScoreSummary(
         model=options.model, version=number, samples=settings.samples, seed=settings.seed, mode=mode,
-        rows_in=total, rows_scored=written.scored, rows_failed=written.failed,
+        variant=options.variant, rows_in=total, rows_scored=written.scored, rows_failed=written.failed,
         seconds=time.perf_counter() - started, workers=workers, nodes=max(1, len(written.nodes)), backend=backend,
         output=str(options.output), errors_output=str(written.errors_path) if written.errors_path else None,
     )  # fmt: skip

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from mcdrop.serving.core import PredictionRequest, Sampler, decision
 from mcdrop.serving.core.requests import Mode
+from mcdrop.serving.models.manifest import FLOAT32
 from mcdrop.serving.models.repository import ModelRepository
 from mcdrop.serving.protocols import table as arrow_table
 from mcdrop.serving.scoring import inputs
@@ -39,6 +40,7 @@ class ScoreSettings:
     interval: float
     columns: Columns
     threads: int = 1
+    variant: str = FLOAT32
 
 
 class Scorer:
@@ -72,6 +74,7 @@ class Scorer:
                 seed=self.settings.seed,
                 interval=self.settings.interval,
                 first_row=unit.first_row + start,
+                variant=self.settings.variant,
             )
             prediction = self.sampler.run(self.sampler.plan(request))
             for name, values in arrow_table.prediction_columns(self.version.outputs, prediction).items():

@@ -229,7 +229,7 @@ def data_plane(
     return DataPlane(repository, metrics or Metrics(), limits=limits, capacity=settings.pool_size + settings.max_queue,
                      mask_source=settings.mask_source, max_invoke_bytes=int(settings.max_invoke_mb * MIB),
                      default_chunk=settings.default_chunk, is_ready=is_ready, server_load=server_load,
-                     worker=worker,
+                     worker=worker, default_variant=settings.variant,
                      drift_window_rows=-(-settings.drift_window_rows // max(1, settings.workers)))  # fmt: skip
 
 

@@ -78,6 +78,12 @@ class ServerSettings:
         "it takes (answers are identical for every value); per interpreter, so a worker's working memory is about "
         "this x its busy interpreters",
     )
+    variant: str = setting(
+        "float32",
+        "the exported graphs that answer a request naming no variant, on versions exported with them (others answer "
+        "float32; every answer says which answered)",
+        choices=("float32", "float16", "dynamic-int8", "int8", "int8-io"),
+    )
     default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
     drift_window_rows: int = setting(1000, "rows of each calibrated output the drift gauges compare with the "
                                            "calibration (shared out between --workers)")  # fmt: skip

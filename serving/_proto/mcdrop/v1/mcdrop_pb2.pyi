@@ -44,7 +44,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk", "inputs", "abstain_threshold", "abstain_score")
+    __slots__ = ("model", "version", "input", "mode", "samples", "seed", "return_samples", "interval", "tolerance", "max_samples", "chunk", "inputs", "abstain_threshold", "abstain_score", "variant")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class PredictRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     input: Tensor
@@ -80,7 +81,8 @@ class PredictRequest(_message.Message):
     inputs: _containers.MessageMap[str, Tensor]
     abstain_threshold: float
     abstain_score: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., abstain_threshold: _Optional[float] = ..., abstain_score: _Optional[str] = ...) -> None: ...
+    variant: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., return_samples: _Optional[bool] = ..., interval: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_samples: _Optional[int] = ..., chunk: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., abstain_threshold: _Optional[float] = ..., abstain_score: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class OutputResult(_message.Message):
     __slots__ = ("name", "task", "classification", "regression", "sample_outputs")
@@ -151,7 +153,7 @@ class Regression(_message.Message):
     def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., lower: _Optional[_Union[Tensor, _Mapping]] = ..., upper: _Optional[_Union[Tensor, _Mapping]] = ..., interval: _Optional[float] = ..., predictive_std: _Optional[_Union[Tensor, _Mapping]] = ..., mean_lower: _Optional[_Union[Tensor, _Mapping]] = ..., mean_upper: _Optional[_Union[Tensor, _Mapping]] = ..., noise_variance: _Optional[_Union[Tensor, _Mapping]] = ..., interval_calibration: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms", "outputs")
+    __slots__ = ("model", "version", "mode", "samples", "seed", "classification", "regression", "sample_outputs", "final", "max_standard_error", "queue_ms", "compute_ms", "outputs", "variant")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,7 @@ class PredictResponse(_message.Message):
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     mode: Mode
@@ -178,7 +181,8 @@ class PredictResponse(_message.Message):
     queue_ms: float
     compute_ms: float
     outputs: _containers.RepeatedCompositeFieldContainer[OutputResult]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ..., final: _Optional[bool] = ..., max_standard_error: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[OutputResult, _Mapping]]] = ...) -> None: ...
+    variant: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ..., final: _Optional[bool] = ..., max_standard_error: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[OutputResult, _Mapping]]] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -242,7 +246,7 @@ class DropoutLayer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layer_class: _Optional[str] = ..., rate: _Optional[float] = ..., noise_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs", "modes", "calibration")
+    __slots__ = ("name", "version", "versions", "task", "input", "output", "class_labels", "dropout_layers", "default_samples", "manifest_json", "unsampled_dropout_layers", "mc_layers", "activation_bytes_per_sample_row", "inputs", "outputs", "modes", "calibration", "variants")
     class CalibrationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +271,7 @@ class ModelMetadata(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MODES_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -284,7 +289,27 @@ class ModelMetadata(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[OutputMetadata]
     modes: _containers.RepeatedScalarFieldContainer[Mode]
     calibration: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., calibration: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    variants: _containers.RepeatedCompositeFieldContainer[VariantMetadata]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., task: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., default_samples: _Optional[int] = ..., manifest_json: _Optional[str] = ..., unsampled_dropout_layers: _Optional[_Iterable[_Union[DropoutLayer, _Mapping]]] = ..., mc_layers: _Optional[str] = ..., activation_bytes_per_sample_row: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[InputMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputMetadata, _Mapping]]] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., calibration: _Optional[_Mapping[str, str]] = ..., variants: _Optional[_Iterable[_Union[VariantMetadata, _Mapping]]] = ...) -> None: ...
+
+class VariantMetadata(_message.Message):
+    __slots__ = ("name", "deterministic_bytes", "float_ops", "agreement")
+    class AgreementEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_OPS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    deterministic_bytes: int
+    float_ops: _containers.RepeatedScalarFieldContainer[str]
+    agreement: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., deterministic_bytes: _Optional[int] = ..., float_ops: _Optional[_Iterable[str]] = ..., agreement: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class InputMetadata(_message.Message):
     __slots__ = ("tensor", "feature_names", "integer_low", "integer_high", "has_integer_range", "categories")
