@@ -76,3 +76,19 @@ def digits_rows() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     return load_digits().data[:8].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def variant_repository(model_repository: Path, calibration_files: dict[str, Path],
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+    """``digits`` exported again with quantised variants (``dynamic-int8``, ``int8``, ``int8-io``), calibrated on its
+    validation rows (``coverage=0.9``): the variants are verified and compared on real rows."""
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
+    from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
+
+    repo = tmp_path_factory.mktemp("variants") / "repo"
+    calibration = CalibrationOptions(calibration_files["digits"], abstain_target=parse_target("coverage=0.9"))
+    export(ExportOptions(model_path=model_repository.parent / "digits" / "model.keras", repository=repo,
+                         name="digits", quantize=("dynamic-int8", "int8", "int8-io"),
+                         calibration=calibration))  # fmt: skip
+    return repo

@@ -16,7 +16,7 @@ from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Mode, OutputPrediction, Prediction, PredictionRequest
 from mcdrop.serving.core.uncertainty import ClassificationSummary
 from mcdrop.serving.errors import InvalidArgument
-from mcdrop.serving.models.manifest import DropoutSite, InputSpec, Task
+from mcdrop.serving.models.manifest import FLOAT32, DropoutSite, InputSpec, Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import tensors
 from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUTPUTS, REGRESSION_OUTPUTS
@@ -62,7 +62,7 @@ def encode_prediction(prediction: Prediction) -> pb.PredictResponse:
         max_standard_error=prediction.max_standard_error,
         queue_ms=prediction.queue_ms,
         compute_ms=prediction.compute_ms,
-        variant=prediction.variant,
+        variant="" if prediction.variant == FLOAT32 else prediction.variant,  # float32: the bytes of every release
     )
     if prediction.seed is not None:
         response.seed = prediction.seed

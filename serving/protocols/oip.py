@@ -26,7 +26,7 @@ from mcdrop.serving.core import decision
 from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.models.calibration import ClassificationCalibration
-from mcdrop.serving.models.manifest import Task
+from mcdrop.serving.models.manifest import FLOAT32, Task
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols.outputs import SAMPLES, output_arrays, output_names, prefix
 from mcdrop.serving.protocols.tensors import check_shape
@@ -281,8 +281,9 @@ def response_parameters(prediction: Prediction) -> dict[str, int | str | bool | 
     """What an inference response echoes: the samples drawn, mode, version, seed, and for regression whether
     the intervals are epistemic only (no observation noise)."""
     parameters: dict[str, int | str | bool | float] = {"mc_samples": prediction.samples, "mode": prediction.mode.value,
-                                               "model_version": str(prediction.version),
-                                               "variant": prediction.variant}  # fmt: skip
+                                               "model_version": str(prediction.version)}  # fmt: skip
+    if prediction.variant != FLOAT32:  # echoed when a quantised variant answered (float32 answers stay as they were)
+        parameters["variant"] = prediction.variant
     if prediction.seed is not None:
         parameters["seed"] = prediction.seed
     for output in prediction.outputs:

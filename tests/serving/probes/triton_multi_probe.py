@@ -1,8 +1,9 @@
 """Drive a model with several inputs or outputs with the real Triton clients (gRPC and HTTP), in their own process,
 and print every output tensor and the errors as JSON.
 
-Run as ``python -m tests.serving.probes.triton_multi_probe GRPC_ADDRESS HTTP_ADDRESS MODEL INPUTS.npz SAMPLES SEED``. It
-never imports mcdrop's own ``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
+Run as ``python -m tests.serving.probes.triton_multi_probe GRPC_ADDRESS HTTP_ADDRESS MODEL INPUTS.npz SAMPLES SEED
+[PARAMETERS.json]`` (further request parameters, e.g. ``{"variant": "int8"}``). It never imports mcdrop's own
+``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def failure(call: Any) -> dict[str, str]:
     return {"status": "OK", "message": ""}
 
 
-def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], samples: int, seed: int) -> dict[str, Any]:
+def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], samples: int, seed: int,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     client = module.InferenceServerClient(address)
     metadata = client.get_model_metadata(model, as_json=True) if module is triton_grpc else \
         client.get_model_metadata(model)  # fmt: skip
@@ -48,7 +50,7 @@ def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], sampl
         return client.infer(model, inputs, outputs=outputs, parameters=parameters or None)
 
     good = [tensor(name, array) for name, array in x.items()]
-    answer = infer(good, names, mc_samples=samples, seed=seed)
+    answer = infer(good, names, mc_samples=samples, seed=seed, **(extra or {}))
     sample_names = [o["name"] for o in metadata["outputs"] if o["name"].endswith("samples")]
     sampled = infer(good, sample_names, mc_samples=4, seed=seed, return_samples=True)
     first, *rest = x
@@ -57,6 +59,7 @@ def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], sampl
     return {
         "metadata": {"inputs": metadata["inputs"], "outputs": [o["name"] for o in metadata["outputs"]]},
         "outputs": {name: encoded(answer.as_numpy(name)) for name in names},
+        "parameters": _parameters(answer),
         "samples": {name: list(sampled.as_numpy(name).shape) for name in sample_names},
         "errors": {
             "missing_input": failure(lambda: infer(good[:-1])),
@@ -69,12 +72,22 @@ def probe(module: Any, address: str, model: str, x: dict[str, np.ndarray], sampl
     }
 
 
-def main(grpc_address: str, http_address: str, model: str, inputs_file: str, samples: str, seed: str) -> None:
+def _parameters(answer: Any) -> dict[str, Any]:
+    """The response's echoed parameters, as plain values, from either client."""
+    response = answer.get_response()
+    if isinstance(response, dict):
+        return dict(response.get("parameters") or {})
+    return {name: getattr(value, value.WhichOneof("parameter_choice")) for name, value in response.parameters.items()}
+
+
+def main(grpc_address: str, http_address: str, model: str, inputs_file: str, samples: str, seed: str,
+         parameters: str = "{}") -> None:  # fmt: skip
     with np.load(inputs_file) as archive:
         x = {name: archive[name].astype(np.float32) for name in archive.files}
+    extra = json.loads(parameters)
     print(json.dumps({
-        "grpc": probe(triton_grpc, grpc_address, model, x, int(samples), int(seed)),
-        "http": probe(triton_http, http_address, model, x, int(samples), int(seed)),
+        "grpc": probe(triton_grpc, grpc_address, model, x, int(samples), int(seed), extra),
+        "http": probe(triton_http, http_address, model, x, int(samples), int(seed), extra),
     }))  # fmt: skip
 
 
