@@ -84,7 +84,7 @@ def test_each_variant_keeps_its_randomness_and_records_its_agreement(manifest: M
 
 def test_full_integer_quantization_needs_real_rows(tmp_path: Path) -> None:
     options = ExportOptions(model_path=tmp_path / "m.keras", repository=tmp_path / "repo", name="m", quantize=("int8",))
-    with pytest.raises(InvalidArgument, match=r"calibrates its int8 ranges on real rows.*--verify-data FILE"):
+    with pytest.raises(InvalidArgument, match=r"calibrates its int8 ranges on real rows.*--verify-data\) FILE"):
         options.check()
     cli = subprocess.run([sys.executable, "-m", "mcdrop.serving.cli", "export", str(tmp_path / "m.keras"), "--repo",
                           str(tmp_path / "repo"), "--name", "m", "--quantize", "int8-io"],
