@@ -26,6 +26,9 @@ def register(subcommands: Any) -> None:
     web.add_argument("--mi-threshold", type=float, default=0.25,
                      help="mutual information (nats) above which the page says the model does not know "
                      "(default %(default)s)")  # fmt: skip
+    web.add_argument("--variant", default="float32", metavar="NAME",
+                     help="the graphs the page runs: float32 (default) or a variant exported with --quantize (int8, "
+                     "float16, dynamic-int8; not int8-io: LiteRT.js has no int8 tensors)")  # fmt: skip
     web.set_defaults(handler=run_export_web)
 
 
@@ -45,9 +48,9 @@ def run_export_web(args: argparse.Namespace) -> int:
         input_range = (low, high)
     modules = Path(args.litertjs) if args.litertjs else litertjs_modules(Path(args.cache_dir))
     done = export_web(Path(args.version_dir), Path(args.out), modules=modules, input_range=input_range,
-                      mi_threshold=args.mi_threshold)  # fmt: skip
+                      mi_threshold=args.mi_threshold, variant=args.variant)  # fmt: skip
     console = stdout_console()
-    console.print(f"Wrote {done.out} ({done.bytes / 2**20:.1f} MiB): T = {done.samples}, graphs "
+    console.print(f"Wrote {done.out} ({done.bytes / 2**20:.1f} MiB, {args.variant}): T = {done.samples}, graphs "
                   f"{', '.join(done.graphs.values())}")  # fmt: skip
     console.print(f"Serve it over HTTP: python -m http.server -d {done.out} 8000  →  http://localhost:8000/")
     return 0

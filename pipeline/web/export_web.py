@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.serving.errors import InvalidArgument, NotFound
-from mcdrop.serving.models.manifest import GraphName, Manifest, Task
+from mcdrop.serving.models.manifest import FLOAT32, DeviceGraph, GraphName, Manifest, Task
 
 __all__ = ["LITERTJS", "WebExport", "export_web", "litertjs_modules"]
 
@@ -48,6 +48,7 @@ def export_web(
     modules: Path,
     input_range: tuple[float, float] | None = None,
     mi_threshold: float = 0.25,
+    variant: str = FLOAT32,
 ) -> WebExport:
     """Write the page for the model version in ``version_dir`` into ``out`` (created; must be empty or absent).
 
@@ -56,11 +57,13 @@ def export_web(
             (``litertjs_modules``).
         input_range: the drawing pad's value range (default: 0..16 for the bundled digits, else 0..1).
         mi_threshold: mutual information (nats) above which the page says the model does not know.
+        variant: the exported graphs the page runs: float32 or a quantised variant (``mcdrop export --quantize``)
+            whose tensors LiteRT.js can hold (not ``int8-io``: it has no int8 tensors).
 
     Raises:
         NotFound: no manifest, or LiteRT.js missing from ``modules``.
-        InvalidArgument: the model has no static graphs with B=1, or several inputs or outputs, or ``out`` is
-            not empty.
+        InvalidArgument: the model has no static graphs with B=1 (of ``variant``), or several inputs or outputs, an
+            unexported variant, or ``out`` is not empty.
     """
     manifest = Manifest.load(version_dir)
     if not manifest.single:
@@ -68,7 +71,9 @@ def export_web(
             f"export-web shows one input and one output. Model {manifest.name!r} has inputs "
             f"{[i.name for i in manifest.inputs]} and outputs {[o.name for o in manifest.outputs]}."
         )
-    chosen = _static_graphs(manifest, version_dir)
+    device_graphs = _variant_graphs(manifest, variant)
+    chosen = _static_graphs(manifest, version_dir, device_graphs, variant)
+    _check_tensors(device_graphs, chosen, variant)
     if out.exists() and any(out.iterdir()):
         raise InvalidArgument(f"{out} is not empty. Expected a new or empty folder for the page.")
     for package in ("core", "wasm-utils"):
@@ -80,8 +85,9 @@ def export_web(
     for file in chosen.values():
         shutil.copyfile(version_dir / file, out / "model" / file)
     shutil.copyfile(version_dir / "manifest.json", out / "model" / "manifest.json")
-    samples = next(g.samples for g in manifest.device_graphs if g.file == chosen["mc_summary"])
+    samples = next(g.samples for g in device_graphs if g.file == chosen["mc_summary"])
     config = _page_config(manifest, version_dir, chosen, samples or 0, input_range, mi_threshold)
+    config["variant"] = variant
     (out / "model" / "model.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     vendor = out / "vendor" / "@litertjs"
     shutil.copytree(modules / "@litertjs" / "core" / "dist", vendor / "core" / "dist")
@@ -91,13 +97,45 @@ def export_web(
     return WebExport(out, samples or 0, chosen, size)
 
 
-def _static_graphs(manifest: Manifest, version_dir: Path) -> dict[str, str]:
+def _variant_graphs(manifest: Manifest, variant: str) -> tuple[DeviceGraph, ...]:
+    """The device graphs of ``variant`` (float32's are the manifest's own)."""
+    if variant == FLOAT32:
+        return manifest.device_graphs
+    found = manifest.variants.get(variant)
+    if found is None:
+        exported = ", ".join([FLOAT32, *manifest.variants])
+        raise InvalidArgument(f"Model {manifest.name!r} has no variant {variant!r}. Expected one of {exported} (the "
+                              f"variants it was exported with; add one with mcdrop export --quantize).")  # fmt: skip
+    return found.device_graphs
+
+
+def _check_tensors(graphs: tuple[DeviceGraph, ...], chosen: dict[str, str], variant: str) -> None:
+    """LiteRT.js (2.5) holds no int8 tensors: it refuses them with 'Element type INT8 is not supported'."""
+    quantized = sorted({t.name for g in graphs if g.file in chosen.values() for t in (*g.inputs, *g.outputs)
+                        if t.quantization is not None})  # fmt: skip
+    if quantized:
+        raise InvalidArgument(
+            f"Variant {variant!r} has int8 input or output tensors ({', '.join(quantized)}), and LiteRT.js "
+            f"({LITERTJS}) has no int8 tensors: the browser refuses them ('Element type INT8 is not supported'). "
+            "Expected --variant int8 (int8 inside, float32 input and output), or float32."
+        )
+
+
+def _static_graphs(
+    manifest: Manifest, version_dir: Path, graphs: tuple[DeviceGraph, ...], variant: str = FLOAT32
+) -> dict[str, str]:
     """The B=1 ``mc_summary`` and ``mc_masked`` graphs of one T (the largest exported)."""
     by_samples: dict[int, dict[str, str]] = {}
-    for graph in manifest.device_graphs:
+    for graph in graphs:
         if graph.batch == 1 and graph.samples and graph.graph in (GraphName.MC_SUMMARY, GraphName.MC_MASKED):
             by_samples.setdefault(graph.samples, {})[graph.graph] = graph.file
     complete = {t: files for t, files in by_samples.items() if len(files) == 2}
+    if not complete and variant != FLOAT32:
+        unsupported = manifest.variants[variant].unsupported
+        reasons = "; ".join(f"{file}: {reason}" for file, reason in unsupported.items()) or "none were exported"
+        raise InvalidArgument(f"Variant {variant!r} of model {manifest.name!r} has no static-shape graphs with B=1 "
+                              f"to run in the browser ({reasons}). Expected a version exported with --device-shape "
+                              f"B=1,T=<samples> and --quantize {variant}, or --variant float32.")  # fmt: skip
     if not complete:
         raise InvalidArgument(
             f"Model {manifest.name!r} in {version_dir} has no static-shape graphs with B=1 (LiteRT.js cannot run "

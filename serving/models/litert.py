@@ -23,7 +23,16 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from mcdrop.serving.errors import InferenceFailed, InvalidArgument
 
-__all__ = ["RANDOM_OPS", "VARIABLE_OPS", "Graph", "Quantization", "logical_name", "quantization_of"]
+__all__ = [
+    "RANDOM_OPS",
+    "VARIABLE_OPS",
+    "Graph",
+    "Quantization",
+    "dequantize",
+    "logical_name",
+    "quantization_of",
+    "quantize",
+]
 
 RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 VARIABLE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})

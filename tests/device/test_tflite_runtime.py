@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdrop.serving.models.litert import Graph
+from mcdrop.serving.models.litert import Graph, dequantize, quantize
 from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.masks import MaskStream
 from tests.tool_venvs import TFLITE_RUNTIME
@@ -49,37 +49,62 @@ def test_every_graph_kind_runs_on_tflite_runtime_2_14(device_repository: Path, o
         folder = device_repository / model / "1"
         manifest = Manifest.load(folder)
         graphs = [
-            (g.value, spec.file, [t.name for t in spec.inputs], None, None) for g, spec in manifest.graphs.items()
+            (g.value, spec.file, [t.name for t in spec.inputs], None, None, "float32")
+            for g, spec in manifest.graphs.items()
         ]
-        graphs += [(d.graph, d.file, [t.name for t in d.inputs], d.batch, d.samples) for d in manifest.device_graphs]
+        graphs += [(d.graph, d.file, [t.name for t in d.inputs], d.batch, d.samples, "float32")
+                   for d in manifest.device_graphs]  # fmt: skip
         assert {g[0] for g in graphs} == {"deterministic", "mc", "mc_masked", "mc_summary"}, model
-        for graph, file, inputs, batch, samples in graphs:
+        for name, variant in manifest.variants.items():  # the full-integer graphs too (int8 kernels of 2023)
+            made = [(g.value, spec.file, [t.name for t in spec.inputs], None, None, name)
+                    for g, spec in variant.graphs.items()]  # fmt: skip
+            made += [(d.graph, d.file, [t.name for t in d.inputs], d.batch, d.samples, name)
+                     for d in variant.device_graphs]  # fmt: skip
+            assert {g[0] for g in made} == {"deterministic", "mc", "mc_masked", "mc_summary"}, (model, name)
+            graphs += made
+        assert model not in ("digits", "cnn") or set(manifest.variants) == {"int8", "int8-io"}
+        for graph, file, inputs, batch, samples, variant_name in graphs:
             shape = {"B": batch or ROWS, "T": samples or SAMPLES}
             feeds = feeds_for(manifest, inputs, shape, seed=len(jobs))
+            current = Graph(folder / file)
+            for name in list(feeds):  # an int8-io graph takes its input quantised: both runtimes get the same
+                scale = current.input_quantization(name)
+                if scale is not None:
+                    feeds[name] = quantize(feeds[name], scale, np.dtype(np.int8))
             random = graph in ("mc", "mc_summary")
             np.savez(tmp_path / f"{len(jobs)}-in.npz", **feeds)
             jobs.append({"file": str(folder / file), "inputs": str(tmp_path / f"{len(jobs)}-in.npz"),
                          "outputs": str(tmp_path / f"{len(jobs)}-out.npz"), "invokes": 2 if random else 1})  # fmt: skip
-            current = Graph(folder / file)
-            expected[len(jobs) - 1] = (model, file, random, current.output_names, current.run(feeds))
+            expected[len(jobs) - 1] = (model, file, random, current.output_names, current.run(feeds),
+                                       current.output_quantization(), variant_name)  # fmt: skip
     (tmp_path / "job.json").write_text(json.dumps(jobs))
     probe = subprocess.run([str(old_runtime), str(PROBE), str(tmp_path / "job.json")], capture_output=True, text=True,
                            timeout=300, check=False)  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert json.loads(probe.stdout.splitlines()[-1])["tflite_runtime"] == "2.14.0"
-    differences: list[float] = []
-    for index, (model, file, random, names, outputs) in expected.items():
+    differences: dict[str, list[float]] = {"float32": [], "int8": []}
+    for index, (model, file, random, names, outputs, scales, variant) in expected.items():
         old = np.load(jobs[index]["outputs"])
-        for name, new in zip(names, outputs, strict=True):
-            first = old[f"o0_{name}"]
+        for name, new, scale in zip(names, outputs, scales, strict=True):
+            first = old[f"o0_{name}"] if scale is None else dequantize(old[f"o0_{name}"], scale)
             assert first.shape == new.shape and first.dtype == new.dtype, (model, file, name)
             if not random:  # the same masks, the same numbers (XNNPACK in both runtimes: float rounding may differ)
-                np.testing.assert_allclose(first, new, rtol=1e-5, atol=1e-6, err_msg=f"{model} {file} {name}")
-                differences.append(float(np.max(np.abs(first.astype(np.float64) - new), initial=0.0)))
+                if variant == "float32":
+                    np.testing.assert_allclose(first, new, rtol=1e-5, atol=1e-6, err_msg=f"{model} {file} {name}")
+                else:
+                    # the int8 kernels of 2023 and of today round some requantisations differently: a step (1/256
+                    # of a probability) here and there, compounding through the layers (measured: mean gap under a
+                    # step, the largest 0.08 on these off-distribution rows).
+                    gap = np.abs(first.astype(np.float64) - new)
+                    assert gap.mean() <= 0.01 and gap.max() <= 0.1, (model, file, name, gap.mean(), gap.max())
+                    differences["int8"].append(float(gap.max()))
+                    continue
+                differences["float32"].append(float(np.max(np.abs(first.astype(np.float64) - new), initial=0.0)))
         if random:  # fresh masks on every invoke: the samples (mc) or the MC mean (mc_summary) move
             moved = names[0]
             assert not np.array_equal(old[f"o0_{moved}"], old[f"o1_{moved}"]), (model, file, "same on two invokes")
     print(
         f"tflite-runtime 2.14: {len(jobs)} graphs ran; fed-mask and deterministic outputs differ from LiteRT "
-        f"{version('ai-edge-litert')} by at most {max(differences):.3g}"
+        f"{version('ai-edge-litert')} by at most {max(differences['float32']):.3g} (float32), "
+        f"{max(differences['int8']):.3g} (int8 variants)"
     )

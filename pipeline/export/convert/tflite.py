@@ -80,6 +80,7 @@ def to_tflite(
     quantization: str | None = None,
     output_names: list[str] | None = None,
     representative: Representative | None = None,
+    float_scope: str | None = None,
 ) -> bytes:
     """Freeze ``function``'s variables and convert it with builtin ops only.
 
@@ -91,6 +92,7 @@ def to_tflite(
             calibrated on ``representative``; ops without an int8 kernel, such as random draws, stay float32) or
             ``int8-io`` (the same with int8 input and output tensors).
         representative: the representative dataset (needed by ``int8`` and ``int8-io``).
+        float_scope: full-integer only: ops under this name scope stay float32 (``keep_float``).
         output_names: the graph's output names, in output order (``name_tensors``); None: ``y`` for one output,
             else ``output_0``, ``output_1``, ….
 
@@ -134,6 +136,8 @@ def to_tflite(
         with warnings.catch_warnings():
             # int8-io: the converter takes the input scales from the representative data, as intended
             warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected", UserWarning)
+            if float_scope is not None and quantization in FULL_INTEGER:
+                return name_tensors(keep_float(converter, quantization, float_scope), output_names)
             return name_tensors(bytes(converter.convert()), output_names)
     except ExportError:
         raise
@@ -142,6 +146,25 @@ def to_tflite(
     finally:
         del converter, frozen
         release_memory()
+
+
+def keep_float(converter: Any, quantization: str, scope: str) -> bytes:
+    """Full-integer quantisation that leaves the ops under name scope ``scope`` in float32: calibrate, then quantise
+    with those ops' output tensors denylisted (what TensorFlow's quantization debugger does for selective
+    quantisation), with the converter's input and output types."""
+    from tensorflow.lite.python import convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    converter._experimental_calibrate_only = True
+    calibrated = bytes(converter.convert())
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    subgraph = model.subgraphs[0]
+    names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in subgraph.tensors]
+    floated = [name for name in names if any(part.startswith(scope + "/") for part in name.split(";"))]
+    floated += [names[int(i)] for i in subgraph.outputs]  # the scope's last ops write the graph's outputs
+    io_type = tf.int8 if quantization == "int8-io" else tf.float32
+    return bytes(convert.mlir_quantize(calibrated, input_data_type=io_type, output_data_type=io_type,
+                                       denylisted_nodes=floated or None))  # fmt: skip
 
 
 def release_memory() -> None:

@@ -53,14 +53,21 @@ def output_names(outputs: Sequence[OutputSummary]) -> list[str]:
     return [prefix + field for o, prefix in zip(outputs, prefixes, strict=True) for field in o.fields()]
 
 
+SCOPE = "mcdrop_summary"
+"""The name scope of the summary arithmetic: a full-integer variant keeps these ops in float32 (``SCOPE`` names
+them), since entropies and mutual information are differences of logs that int8 steps would swamp, and int8 LOG
+and SQRT kernels are missing from runtimes before 2024 (tflite-runtime 2.14)."""
+
+
 def summarise(samples: Sequence[tf.Tensor], outputs: Sequence[OutputSummary]) -> list[tf.Tensor]:
     """The summary tensors of every output's ``[T, B, ...]`` samples, in ``output_names`` order."""
     found: list[tf.Tensor] = []
-    for tensor, output in zip(samples, outputs, strict=True):
-        if output.task == Task.CLASSIFICATION:
-            found.extend(classification(tensor))
-        else:
-            found.extend(regression(tensor, output.noise_variance))
+    with tf.name_scope(SCOPE):
+        for tensor, output in zip(samples, outputs, strict=True):
+            if output.task == Task.CLASSIFICATION:
+                found.extend(classification(tensor))
+            else:
+                found.extend(regression(tensor, output.noise_variance))
     return found
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from mcdrop.pipeline.export.convert import functions, representative, shapes, tflite
 from mcdrop.pipeline.export.errors import ExportError, verification_failed
+from mcdrop.pipeline.export.graphs import summary
 from mcdrop.pipeline.export.model.sites import draw_feeds
 from mcdrop.pipeline.export.stages.manifest import device_graph, graph_spec
 from mcdrop.pipeline.export.stages.server import ServerGraphs
@@ -59,7 +60,9 @@ def convert_and_check(
     def convert(function: Any, graph: str, shape: shapes.Shape) -> bytes:
         made = None if rows is None else representative.dataset(function, rows, sites, shape, subject.options.seed)
         outputs = functions.graph_output_names(graph, names, subject.summary)
-        return tflite.to_tflite(function, model, quantization, output_names=outputs, representative=made)
+        scope = summary.SCOPE if graph == GraphName.MC_SUMMARY else None  # the summary arithmetic stays float32
+        return tflite.to_tflite(function, model, quantization, output_names=outputs, representative=made,
+                                float_scope=scope)  # fmt: skip
 
     graphs: dict[str, Graph] = {}
     blobs: dict[str, bytes] = {}

@@ -188,5 +188,5 @@ if (side) {
 
 window.mcdrop = { config, summary, maskedMean, show };
 await show(new Float32Array(featureCount).fill(low));
-status(`ready · ${config.name} v${config.version} · graphs: ${Object.values(config.graphs).join(", ")}`);
+status(`ready · ${config.name} v${config.version} · ${config.variant || "float32"} · graphs: ${Object.values(config.graphs).join(", ")}`);
 window.mcdropReady = true;

@@ -75,8 +75,9 @@ def test_manifest_describes_everything(mlp_export: tuple[Path, Path, dict[str, A
         *(d["masked_input"] for d in manifest["dropout_layers"]),
     }
     files = {p.name for p in version_dir.iterdir()} - {"manifest.json"}
-    # 3 server graphs x (float32, float16, dynamic-int8), mc_summary for devices and moments (float32 only)
-    assert set(manifest["files"]) == files and len(files) == 11 and {"mc_summary.tflite", "moments.tflite"} <= files
+    # 4 graphs (3 for servers, mc_summary for devices) x (float32, float16, dynamic-int8) and moments (float32 only)
+    assert set(manifest["files"]) == files and len(files) == 13 and {"mc_summary.tflite", "moments.tflite"} <= files
+    assert {"mc_summary.float16.tflite", "mc_summary.dynamic-int8.tflite"} <= files
     for name, digest in manifest["files"].items():
         assert sha256_file(version_dir / name) == digest
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["ai_edge_litert"]
