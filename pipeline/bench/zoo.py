@@ -23,6 +23,11 @@ CLASSES = 5
 """Output classes of every zoo model (a small fine-tuning task's head)."""
 HEAD_DROPOUT = {"mobilenet_v2": 0.2, "mobilenet_v3_small": 0.2, "efficientnet_b0": 0.2, "resnet50": 0.5}
 CALIBRATION_ROWS = 8
+PIXELS = {"mobilenet_v2": "tf", "mobilenet_v3_small": "tf", "efficientnet_b0": "raw", "resnet50": "caffe"}
+"""How each family's model expects its pixels (``keras.applications``' ``preprocess_input`` modes): ``tf`` scales
+0..255 to -1..1 (MobileNets built without their own preprocessing), ``caffe`` flips RGB to BGR and subtracts
+ImageNet's channel means (ResNet50), ``raw`` leaves 0..255 (EfficientNet rescales inside the model)."""
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 def build(family: str, size: int, seed: int = 0) -> Any:
@@ -64,16 +69,41 @@ def _build(family: str, size: int, seed: int) -> Any:
         h = keras.layers.Dropout(rate, name="head_dropout")(h)
         outputs = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(h)
         model = keras.Model(inputs, outputs, name=f"{family}_classifier")
-    calibration = images(CALIBRATION_ROWS, size, seed + 1)
+    calibration = pixels(family, CALIBRATION_ROWS, size, seed + 1)
     calibrate_batch_norm(model, calibration)
     temper_logits(model, calibration)
-    _check_not_degenerate(model, family, images(2, size, seed + 2))
+    _check_not_degenerate(model, family, pixels(family, 2, size, seed + 2))
     return model
 
 
 def images(rows: int, size: int, seed: int = 0) -> np.ndarray:
     """Random images in [0, 255] (what a camera gives; the models' own preprocessing, if any, rescales)."""
     return np.random.default_rng(seed).uniform(0.0, 255.0, (rows, size, size, 3)).astype(np.float32)
+
+
+def scenes(rows: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random images in [0, 255] with a photo's large smooth regions: 8 x 8 blocks of colour, each pixel moved by a
+    little noise (uniform noise over the same range is then out of their distribution, as for a real model)."""
+    rng = np.random.default_rng(seed)
+    cells = -(-size // 8)
+    blocks = np.repeat(np.repeat(rng.uniform(0.0, 255.0, (rows, 8, 8, 3)), cells, axis=1), cells, axis=2)
+    noisy = blocks[:, :size, :size] + rng.normal(0.0, 12.0, (rows, size, size, 3))
+    return np.clip(noisy, 0.0, 255.0).astype(np.float32)
+
+
+def preprocess(family: str, rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` (0..255) as ``family``'s model takes it (``PIXELS``)."""
+    mode = PIXELS[family]
+    if mode == "tf":
+        return (rgb / 127.5 - 1.0).astype(np.float32)
+    if mode == "caffe":
+        return (rgb[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)).astype(np.float32)
+    return rgb.astype(np.float32)
+
+
+def pixels(family: str, rows: int, size: int, seed: int = 0) -> np.ndarray:
+    """``scenes`` preprocessed for ``family``: the rows a user of that model would verify, calibrate and serve on."""
+    return preprocess(family, scenes(rows, size, seed))
 
 
 def calibrate_batch_norm(model: Any, x: np.ndarray) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdrop.pipeline.cli import TRAIN_EXTRA, prepare
-from mcdrop.serving.cli.arguments import positive_float, positive_int
+from mcdrop.serving.cli.arguments import names, positive_float, positive_int
 
 
 def register(subcommands: Any) -> None:
@@ -38,6 +38,8 @@ def register(subcommands: Any) -> None:
         "serving memory per worker (about 30 minutes)",
     )
     add("--workdir", type=Path, default=None, metavar="DIR", help="--zoo: keep models and repository here")
+    add("--zoo-family", type=names, default=None, metavar="NAME[,NAME]",
+        help="--zoo: only these families (mobilenet_v2, mobilenet_v3_small, efficientnet_b0, resnet50)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
@@ -96,7 +98,18 @@ def run_zoo_bench(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mcdrop-zoo-") as scratch:
         workdir = args.workdir or Path(scratch)
-        report = zoo_bench(workdir, lambda step: None if args.quiet else stderr.print(f"[dim]zoo bench: {step}[/]"))
+        from mcdrop.pipeline.bench import zoo
+
+        families = tuple(args.zoo_family or zoo.FAMILIES)
+        unknown = [f for f in families if f not in zoo.FAMILIES]
+        if unknown:
+            from mcdrop.serving.errors import InvalidArgument
+
+            raise InvalidArgument(
+                f"Unknown --zoo-family {', '.join(unknown)}. Expected any of {', '.join(zoo.FAMILIES)}."
+            )
+        report = zoo_bench(workdir, lambda step: None if args.quiet else stderr.print(f"[dim]zoo bench: {step}[/]"),
+                           families=families)  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_zoo_bench(report)
@@ -126,12 +139,43 @@ def print_zoo_bench(report: dict[str, Any]) -> None:
                       f"{r['deterministic_ms']:.1f}", f"{r['mc_ms']:.1f}", f"{r['mc_over_deterministic']:.2f}",
                       str(r.get("serving_loaded_rss_mb", "")), str(r.get("serving_peak_rss_mb", "")))  # fmt: skip
     console.print(table)
+    print_zoo_variants(report, console)
     for r in report["rows"]:
         if "keras_batched_ms" in r:
             console.print(f"{r['name']}: keras_batched {r['keras_batched_ms']:.0f} ms vs mcdrop MC {r['mc_ms']:.0f} ms")
     for v in report["verdicts"]:
         value = f" ({v['value']})" if "value" in v else ""
         console.print(f"{v['target']}{value}: " + ("[green]met[/]" if v["met"] else "[red]not met[/]"))
+
+
+def print_zoo_variants(report: dict[str, Any], console: Any) -> None:
+    """Each quantised variant beside float32: what it costs (file, latency ratios) and keeps (agreement)."""
+    from rich.table import Table
+
+    rows = [r for r in report["rows"] if r.get("variants")]
+    if not rows:
+        return
+    table = Table(title=f"variants (--mc-layers last) · latency T={report['samples']}, B=1, timed alternately with "
+                        "float32 · agreement on the verification rows")  # fmt: skip
+    columns = ("model", "variant", "det. graph MB", "det ms", "MC ms", "top-1", "max |Δp|", "MI ρ", "OOD AUROC")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
+    for r in rows:
+        table.add_row(r["family"], "float32", f"{r['graph_mb']['deterministic']:g}", f"{r['deterministic_ms']:.1f}",
+                      f"{r['mc_ms']:.1f}", "", "", "", "")  # fmt: skip
+        for name, v in r["variants"].items():
+            t = r.get("variant_latency", {}).get(name, {})
+            auroc = "—" if v["ood_auroc"] is None else f"{v['ood_auroc_float32']:.3f} → {v['ood_auroc']:.3f}"
+            table.add_row("", name, f"{v['file_mb']:g} ({v['size_ratio']:.0%})",
+                          f"{t.get('deterministic_ms', float('nan')):.1f} ({t.get('deterministic_ratio', 0):.2f}×)",
+                          f"{t.get('mc_ms', float('nan')):.1f} ({t.get('mc_ratio', 0):.2f}×)",
+                          _fmt(v["top1_agreement"]), _fmt(v["max_abs_diff"]), _fmt(v["mi_spearman"]),
+                          auroc)  # fmt: skip
+    console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
 
 
 def print_bench(report: dict[str, Any]) -> None:
