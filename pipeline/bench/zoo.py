@@ -6,9 +6,12 @@ degenerate — an untrained EfficientNetB0 answers 0.1 ± 1e-6 for every class, 
 same to float precision and mcdrop's ``fresh_randomness`` check rightly refuses the export — because
 its BatchNormalization layers hold their initial statistics (mean 0, variance 1) and the activations
 shrink or blow up block after block. ``build`` therefore *calibrates* every BatchNormalization layer on
-random images (one training-mode pass with momentum 0: each layer's moving statistics become those
-of its actual input), which keeps every layer's activations at unit scale, as a trained network's are,
-and then checks that the dropout head sees a non-trivial input and that dropout moves the output.
+images (one training-mode pass with momentum 0: each layer's moving statistics become those of its actual
+input), which keeps every layer's activations at unit scale, as a trained network's are, then *fits the
+classifier* on a small task it can learn from those features (``labelled_scenes``: which of five colour palettes
+an image is painted in), so that the model is confident where it has seen data and margins are a trained
+model's, not near-ties that any rounding flips; and checks that dropout moves the output. Inputs are
+preprocessed as each family expects (``PIXELS``).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def _build(family: str, size: int, seed: int) -> Any:
         model = keras.Model(inputs, outputs, name=f"{family}_classifier")
     calibration = pixels(family, CALIBRATION_ROWS, size, seed + 1)
     calibrate_batch_norm(model, calibration)
-    temper_logits(model, calibration)
+    fit_head(model, family, size, seed + 3)
     _check_not_degenerate(model, family, pixels(family, 2, size, seed + 2))
     return model
 
@@ -81,14 +84,26 @@ def images(rows: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 255.0, (rows, size, size, 3)).astype(np.float32)
 
 
-def scenes(rows: int, size: int, seed: int = 0) -> np.ndarray:
-    """Random images in [0, 255] with a photo's large smooth regions: 8 x 8 blocks of colour, each pixel moved by a
-    little noise (uniform noise over the same range is then out of their distribution, as for a real model)."""
+PALETTES = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60], [128, 128, 128]], np.float32)
+"""The five classes of ``labelled_scenes``: the colour an image's blocks are drawn around."""
+
+
+def labelled_scenes(rows: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images in [0, 255] with a photo's large smooth regions — 8 x 8 blocks of colour around one of ``PALETTES``,
+    each pixel moved by a little noise — and their class (the palette). Uniform noise over the same range is out
+    of their distribution, as it is for a real model."""
     rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(PALETTES), rows)
     cells = -(-size // 8)
-    blocks = np.repeat(np.repeat(rng.uniform(0.0, 255.0, (rows, 8, 8, 3)), cells, axis=1), cells, axis=2)
+    colours = PALETTES[labels][:, None, None, :] + rng.uniform(-70.0, 70.0, (rows, 8, 8, 3))
+    blocks = np.repeat(np.repeat(colours, cells, axis=1), cells, axis=2)
     noisy = blocks[:, :size, :size] + rng.normal(0.0, 12.0, (rows, size, size, 3))
-    return np.clip(noisy, 0.0, 255.0).astype(np.float32)
+    return np.clip(noisy, 0.0, 255.0).astype(np.float32), labels
+
+
+def scenes(rows: int, size: int, seed: int = 0) -> np.ndarray:
+    """The images of ``labelled_scenes``."""
+    return labelled_scenes(rows, size, seed)[0]
 
 
 def preprocess(family: str, rgb: np.ndarray) -> np.ndarray:
@@ -123,26 +138,36 @@ def calibrate_batch_norm(model: Any, x: np.ndarray) -> None:
             layer.momentum = momentum
 
 
-LOGIT_SPREAD = 1.0
-"""Standard deviation of the logits across classes after ``temper_logits``: a confident but unsaturated softmax."""
+LOGIT_SPREAD = 2.5
+"""Standard deviation of the logits across classes after ``fit_head``: a confident but unsaturated softmax."""
+HEAD_ROWS = 256
 
 
-def temper_logits(model: Any, x: np.ndarray) -> None:
-    """Scale the classifier's last kernel so that its logits spread by ``LOGIT_SPREAD`` on ``x``.
+def fit_head(model: Any, family: str, size: int, seed: int) -> None:
+    """Fit the classifier's last layer (a logistic regression on its input features) to ``labelled_scenes``, then
+    scale its logits to spread by ``LOGIT_SPREAD``.
 
     A randomly initialised head on unit-scale features of 1,280-2,048 channels gives logits hundreds apart: a
-    softmax saturated to exactly 0 and 1, where dropout cannot move the output — unlike a trained model's.
+    softmax saturated to exactly 0 and 1, where dropout cannot move the output; a head scaled down instead leaves
+    every class nearly tied, where any rounding changes the answer — unlike a trained model's.
     """
     import keras
+    from sklearn.linear_model import LogisticRegression
 
+    images_rgb, labels = labelled_scenes(HEAD_ROWS, size, seed)
+    x = preprocess(family, images_rgb)
     head = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None][-1]
-    features = np.asarray(keras.Model(model.inputs, head.input)(x)).reshape(len(x), -1)
-    kernel = np.asarray(head.kernel)
-    logits = features @ kernel.reshape(-1, kernel.shape[-1])
+    extractor = keras.Model(model.inputs, head.input)
+    features = np.concatenate([np.asarray(extractor(x[i : i + 16])).reshape(len(x[i : i + 16]), -1)
+                               for i in range(0, len(x), 16)])  # fmt: skip
+    fitted = LogisticRegression(max_iter=2000).fit(features, labels)
+    kernel = fitted.coef_.T.astype(np.float32)
+    bias = fitted.intercept_.astype(np.float32)
+    logits = features @ kernel + bias
     scale = LOGIT_SPREAD / max(float(logits.std(axis=1).mean()), 1e-12)
-    head.kernel.assign(kernel * scale)
+    head.kernel.assign((kernel * scale).reshape(tuple(head.kernel.shape)))
     if getattr(head, "bias", None) is not None:
-        head.bias.assign(np.asarray(head.bias) * scale)
+        head.bias.assign(bias * scale)
 
 
 def _check_not_degenerate(model: Any, family: str, x: np.ndarray) -> None:
