@@ -196,7 +196,8 @@ class Sampler:
         if requested:
             version.pools_for(requested)  # an unknown or unexported variant is refused here, naming those exported
             return requested
-        return self.default_variant if self.default_variant in version.variants else FLOAT32
+        default = self.default_variant
+        return default if default != FLOAT32 and default in version.variant_pools else FLOAT32
 
     def _policy(self, version: ModelVersion) -> decision.Policy:
         """The decisions of ``version``, worked out at its first request (a reloaded version is a new object)."""

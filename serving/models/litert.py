@@ -88,6 +88,7 @@ class Graph:
         }
         self._input_quantization = {name: q for name, d in self._inputs.items() if (q := quantization_of(d))}
         self._output_quantization = [quantization_of(d) for d in outputs]
+        self._quantized_outputs = any(q is not None for q in self._output_quantization)
 
     @property
     def input_names(self) -> list[str]:
@@ -156,6 +157,8 @@ class Graph:
             raise InferenceFailed(
                 f"LiteRT failed at inputs {shapes}: {str(exc).strip() or 'RuntimeError without a message'}"
             ) from exc
+        if not self._quantized_outputs:  # every float graph: nothing to convert
+            return [self._interpreter.get_tensor(index) for index in self._outputs]
         return [
             self._interpreter.get_tensor(index) if q is None else dequantize(self._interpreter.get_tensor(index), q)
             for index, q in zip(self._outputs, self._output_quantization, strict=True)
@@ -178,10 +181,10 @@ class Graph:
                 resized = True
         if resized:
             self._interpreter.allocate_tensors()
+        quantized_inputs = self._input_quantization
         for name, value in feeds.items():
-            quantized = self._input_quantization.get(name)
-            if quantized is not None and value.dtype.kind == "f":
-                value = quantize(value, quantized, np.dtype(self._inputs[name]["dtype"]))
+            if quantized_inputs and name in quantized_inputs and value.dtype.kind == "f":
+                value = quantize(value, quantized_inputs[name], np.dtype(self._inputs[name]["dtype"]))
             self._interpreter.set_tensor(self._inputs[name]["index"], value)
 
     def tensor_shape(self, index: int) -> tuple[int, ...]:

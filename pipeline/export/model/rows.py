@@ -19,7 +19,7 @@ import numpy as np
 from mcdrop.serving.calibration.data import read_rows
 from mcdrop.serving.models.manifest import ModelTensors
 
-__all__ = ["MAX_ROWS", "DataRows", "read"]
+__all__ = ["CALIBRATION_DATA", "MAX_ROWS", "VERIFY_DATA", "DataRows", "read"]
 
 MAX_ROWS = 2048
 """Rows kept in memory from the file (evenly spaced): enough for quantization and the agreement figures."""
