@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, parse_python
 
 SCRIPTS = Path(sys.executable).parent
 PACKAGES = ("serving", "pipeline")
@@ -107,7 +107,7 @@ def test_every_module_declares_its_public_names() -> None:
     for path in _modules("serving"):
         if path.name.startswith("_") and path.name != "__init__.py":
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = parse_python(path)
         declares = any(
             isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
             for node in tree.body
@@ -125,7 +125,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
         for path in _modules(folder):
             module = "mcdrop." + ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
             names = None
-            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            for node in parse_python(path).body:
                 if isinstance(node, ast.Assign) and any(
                     isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
                 ):
@@ -134,7 +134,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
     offenders = []
     for folder in PACKAGES:
         for path in _modules(folder):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for node in ast.walk(parse_python(path)):
                 if not (isinstance(node, ast.ImportFrom) and node.module in public):
                     continue
                 declared = public[node.module]
@@ -170,7 +170,7 @@ def test_no_module_imports_another_packages_private_modules() -> None:
             if "_proto" in path.parts:
                 continue
             importer = "mcdrop." + ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for node in ast.walk(parse_python(path)):
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
@@ -206,7 +206,7 @@ def test_every_folder_says_what_it_holds() -> None:
     folders = [init.parent for init in inits if not data & set(init.parts)]
     assert len(folders) >= 25
     silent = [str(f.relative_to(REPO)) for f in folders
-              if not ast.get_docstring(ast.parse((f / "__init__.py").read_text(encoding="utf-8")))]  # fmt: skip
+              if not ast.get_docstring(parse_python(f / "__init__.py"))]  # fmt: skip
     assert silent == []
 
 
@@ -220,4 +220,4 @@ def test_each_role_is_a_folder_with_a_docstring(role: str) -> None:
     """The folders the Architecture page names exist, each saying what it is for."""
     init = REPO / role / "__init__.py"
     assert init.is_file()
-    assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{role}/__init__.py"
+    assert ast.get_docstring(parse_python(init)), f"{role}/__init__.py"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, parse_python
 
 SCRIPTS = Path(sys.executable).parent
 
@@ -43,7 +43,7 @@ def test_every_import_uses_the_installed_name() -> None:
     """``import serving…`` would work from the repository root but not from an installed wheel."""
     offenders = []
     for path in _sources("pipeline", "serving", "tests", "protos"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse_python(path)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
