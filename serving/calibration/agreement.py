@@ -13,7 +13,6 @@ Agreement of the mean is not agreement of the uncertainty, so both are measured:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdrop.serving.calibration.calibrate import join_predictions
 from mcdrop.serving.core import PredictionRequest, Sampler
 from mcdrop.serving.core.requests import Mode, Prediction
 from mcdrop.serving.core.uncertainty import ClassificationSummary, RegressionSummary
@@ -137,29 +137,7 @@ def _predict(sampler: Sampler, manifest: Manifest, inputs: Mapping[str, np.ndarr
         request = PredictionRequest(model=name, inputs=block, mode=mode.value, seed=SEED, first_row=start,
                                     variant=variant)  # fmt: skip
         parts.append(sampler.run(sampler.plan(request)))
-    return _join(parts)
-
-
-def _join(parts: list[Prediction]) -> Prediction:
-    first = parts[0]
-    outputs = []
-    for i, output in enumerate(first.outputs):
-        summaries = [p.outputs[i].summary for p in parts]
-        fields: dict[str, Any] = {}
-        for field in dataclasses.fields(summaries[0]):
-            values = [getattr(s, field.name) for s in summaries]
-            fields[field.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
-        decision = output.decision
-        if decision is not None:
-            decisions = [p.outputs[i].decision for p in parts]
-            decision = dataclasses.replace(
-                decision,
-                score_values=np.concatenate([d.score_values for d in decisions if d is not None]),
-                abstain=np.concatenate([d.abstain for d in decisions if d is not None]),
-            )
-        outputs.append(dataclasses.replace(output, summary=type(summaries[0])(**fields), sample_outputs=None,
-                                           decision=decision))  # fmt: skip
-    return dataclasses.replace(first, outputs=tuple(outputs))
+    return join_predictions(parts)
 
 
 def _classification(reference: ClassificationSummary, other: ClassificationSummary) -> dict[str, Any]:

@@ -38,7 +38,16 @@ from mcdrop.serving.models.calibration import (
 from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository
 
-__all__ = ["CalibrationOptions", "Predicted", "Progress", "calibrate", "check_rows", "parse_target", "predict_rows"]
+__all__ = [
+    "CalibrationOptions",
+    "Predicted",
+    "Progress",
+    "calibrate",
+    "check_rows",
+    "join_predictions",
+    "parse_target",
+    "predict_rows",
+]
 
 Progress = Callable[[int, int], None]
 BATCH_ROWS = 256
@@ -165,12 +174,12 @@ def predict_rows(
             done += len(next(iter(block.values())))
             progress(done, total)
     repository.stop()
-    joined = {mode: _join(parts) for mode, parts in results.items()}
+    joined = {mode: join_predictions(parts) for mode, parts in results.items()}
     return Predicted(joined[Mode.DETERMINISTIC], joined.get(Mode.MONTE_CARLO))
 
 
-def _join(parts: list[Prediction]) -> Prediction:
-    """One prediction over every row from per-block ones (summaries concatenated field by field)."""
+def join_predictions(parts: list[Prediction]) -> Prediction:
+    """One prediction over every row from per-block ones (summaries and decisions concatenated field by field)."""
     first = parts[0]
     outputs = []
     for i, output in enumerate(first.outputs):
@@ -179,7 +188,13 @@ def _join(parts: list[Prediction]) -> Prediction:
         for field in dataclasses.fields(summaries[0]):
             values = [getattr(s, field.name) for s in summaries]
             fields[field.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
-        outputs.append(dataclasses.replace(output, summary=type(summaries[0])(**fields), sample_outputs=None))
+        decision = output.decision
+        if decision is not None:
+            decisions = [d for p in parts if (d := p.outputs[i].decision) is not None]
+            decision = dataclasses.replace(decision, score_values=np.concatenate([d.score_values for d in decisions]),
+                                           abstain=np.concatenate([d.abstain for d in decisions]))  # fmt: skip
+        outputs.append(dataclasses.replace(output, summary=type(summaries[0])(**fields), sample_outputs=None,
+                                           decision=decision))  # fmt: skip
     return dataclasses.replace(first, outputs=tuple(outputs))
 
 
