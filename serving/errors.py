@@ -15,6 +15,7 @@ The client and the command line raise only these too. Nothing here imports ``grp
     ├── Unavailable             a component is not ready (loading, draining, port taken)
     ├── DeadlineExceeded        the caller's deadline passed before completion
     ├── Unauthenticated         no valid bearer token where the server requires one
+    ├── Unimplemented           a call of an API mcdrop speaks that it does not serve (e.g. TF Serving's Classify)
     └── RpcFailed               a call to a server failed (client side; carries the status code)
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "RpcFailed",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UserInputError",
     "first_line",
 ]
@@ -54,6 +56,10 @@ class NotFound(UserInputError):
 
 class Unauthenticated(MCDropError):
     """A call without a valid bearer token (where the server requires one)."""
+
+
+class Unimplemented(MCDropError):
+    """A method of an API mcdrop speaks that it does not serve; the message says what to call instead."""
 
 
 class MissingExtra(UserInputError):

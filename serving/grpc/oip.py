@@ -5,8 +5,8 @@ shared with REST. Here: inputs come in ``raw_input_contents`` or typed ``content
 strictly (count, raw byte length); outputs go in ``raw_output_contents`` (the Triton client reads only
 those).
 
-Note: the generated ``inference`` protobuf package and ``tritonclient`` both define ``inference.*``
-messages, so they cannot be imported in one process.
+The generated ``inference`` messages live in a descriptor pool of their own (``protos/generate.py``), so they load
+beside ``tritonclient``'s definitions of the same messages.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from mcdrop.serving._proto.inference import grpc_service_pb2 as oip
 from mcdrop.serving._proto.inference import grpc_service_pb2_grpc as oip_grpc
+from mcdrop.serving._proto.inference import model_config_pb2
 from mcdrop.serving.core.requests import Prediction, PredictionRequest
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.grpc.status import deadline_of, request_id_of, translated
@@ -59,6 +61,12 @@ def make_servicer(plane: DataPlane, metrics: Metrics) -> Any:
         def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
             version = plane.model(request.name, parse_version(request.version))
             return model_metadata(version, plane.loaded_versions(version.name))
+
+        @unary
+        def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+            version = plane.model(request.name, parse_version(request.version))
+            config = protocol.model_config(version, plane.loaded_versions(version.name), plane.limits.max_batch or 0)
+            return oip.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
         @unary
         def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:

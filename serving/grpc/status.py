@@ -27,6 +27,7 @@ log = logging.getLogger("mcdrop.grpc")
 STATUS: list[tuple[type[errors.MCDropError], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (errors.UserInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),

@@ -42,6 +42,7 @@ __all__ = [
     "check_inputs",
     "datatype_of",
     "infer_request",
+    "model_config",
     "model_metadata",
     "output_tensors",
     "parse_version",
@@ -50,8 +51,13 @@ __all__ = [
 ]
 
 PLATFORM = "litert_mcdropout"
-EXTENSIONS = ("mc_dropout", "binary_tensor_data")
-"""``binary_tensor_data``: Triton's binary tensor extension over REST (gRPC carries raw bytes natively)."""
+BACKEND = "mcdrop"
+RUNTIME = "litert"
+EXTENSIONS = ("mc_dropout", "binary_tensor_data", "model_configuration")
+"""``binary_tensor_data``: Triton's binary tensor extension over REST (gRPC carries raw bytes natively);
+``model_configuration``: Triton's model configuration (gRPC ``ModelConfig``, REST ``/v2/models/NAME/config``)."""
+MAX_BATCH_SIZE = 2**31 - 1
+"""Triton's ``max_batch_size`` is an int32."""
 
 # datatype → (numpy dtype, InferTensorContents field of the gRPC protocol)
 DATATYPES: dict[str, tuple[np.dtype[Any], str]] = {
@@ -138,6 +144,35 @@ def model_metadata(version: ModelVersion, loaded: list[int]) -> dict[str, Any]:
             **decision.metadata(version.manifest),
             **_variants_metadata(version),
         },
+    }
+
+
+def model_config(version: ModelVersion, loaded: list[int], max_batch: int) -> dict[str, Any]:
+    """Triton's model configuration of a version, as Triton's REST API prints it (gRPC parses the same into the
+    message): what perf_analyzer and Triton's clients read before they send anything.
+
+    ``max_batch``: the server's ``--max-batch``; dims leave out the batch. Outputs are the metadata's but ``samples``
+    (``[T, B, ...]``: not batch-first, so outside Triton's batching); one value per row is ``dims [1]`` reshaped
+    to ``[]``, Triton's way of writing a scalar per batch row. mcdrop's metadata parameters come as ``parameters``.
+    """
+    metadata = model_metadata(version, loaded)
+
+    def tensor(spec: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": spec["name"], "data_type": "TYPE_" + spec["datatype"]}
+        dims = list(spec["shape"][1:])
+        entry |= {"dims": dims} if dims else {"dims": [1], "reshape": {"shape": []}}
+        return entry
+
+    return {
+        "name": version.name,
+        "platform": PLATFORM,
+        "backend": BACKEND,
+        "runtime": RUNTIME,
+        "version_policy": {"specific": {"versions": loaded}},
+        "max_batch_size": min(max_batch, MAX_BATCH_SIZE),
+        "input": [tensor(spec) for spec in metadata["inputs"]],
+        "output": [tensor(spec) for spec in metadata["outputs"] if not _is_samples(spec["name"])],
+        "parameters": {name: {"string_value": str(value)} for name, value in metadata["parameters"].items()},
     }
 
 

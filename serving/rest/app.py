@@ -1,10 +1,12 @@
-"""The Open Inference Protocol over HTTP/REST (KServe V2 JSON), beside gRPC, on the same data plane.
+"""The Open Inference Protocol over HTTP/REST (KServe V2 JSON), beside gRPC, on the same data plane; and TensorFlow
+Serving's REST API (``/v1/models/...``, ``mcdrop.serving.rest.tfserving``).
 
 Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{v}]``,
-``.../ready`` and ``POST .../infer``. Bodies are converted in ``mcdrop.serving.rest.codec``; what they
-say is the protocol's (``mcdrop.serving.protocols.oip``, shared with gRPC), so a seeded request gets
-the same numbers over either transport. Errors are ``{"error": "..."}`` with the HTTP status of the
-error's kind (``mcdrop.serving.rest.status``); an unexpected one is a 500 naming a logged incident.
+``.../ready``, ``.../config`` (Triton's model configuration) and ``POST .../infer``. Bodies are converted in
+``mcdrop.serving.rest.codec``; what they say is the protocol's (``mcdrop.serving.protocols.oip``, shared with
+gRPC), so a seeded request gets the same numbers over either transport. Errors are ``{"error": "..."}`` with the
+HTTP status of the error's kind (``mcdrop.serving.rest.status``); an unexpected one is a 500 naming a logged
+incident.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starlette.routing import Route
 
 from mcdrop.serving.errors import Unauthenticated
 from mcdrop.serving.protocols import oip as protocol
+from mcdrop.serving.rest import tfserving
 from mcdrop.serving.rest.codec import HEADER_LENGTH, decode_infer, dump_json, encode_infer, read_body, split_body
 from mcdrop.serving.rest.status import status_of
 from mcdrop.serving.runtime.auth import BearerAuth
@@ -83,6 +86,15 @@ def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_byte
 
         return await anyio.to_thread.run_sync(describe)
 
+    async def model_config(request: Request) -> Any:
+        name, version = _model(request)
+
+        def describe() -> Any:
+            found = plane.model(name, version)
+            return protocol.model_config(found, plane.loaded_versions(found.name), plane.limits.max_batch or 0)
+
+        return await anyio.to_thread.run_sync(describe)
+
     async def model_ready(request: Request) -> Any:
         name, version = _model(request)
 
@@ -122,8 +134,10 @@ def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_byte
         routes += [
             route(prefix, "GET", "ModelMetadata", model_metadata),
             route(f"{prefix}/ready", "GET", "ModelReady", model_ready),
+            route(f"{prefix}/config", "GET", "ModelConfig", model_config),
             route(f"{prefix}/infer", "POST", "ModelInfer", infer),
         ]
+    routes += [route(*endpoint) for endpoint in tfserving.routes(plane, max_body_bytes)]
     return Starlette(routes=routes)
 
 

@@ -20,6 +20,7 @@ HTTP_STATUS: list[tuple[type[Exception], int]] = [
     (BodyTooLarge, 413),
     (errors.NotFound, 404),
     (errors.Unauthenticated, 401),
+    (errors.Unimplemented, 501),
     (errors.UserInputError, 400),
     (errors.ResourceExhausted, 429),
     (errors.Unavailable, 503),

@@ -27,6 +27,7 @@ from mcdrop.serving.errors import NotFound, ResourceExhausted
 from mcdrop.serving.models.manifest import Manifest, Task
 from mcdrop.serving.models.repository import ModelRepository, ModelVersion
 from mcdrop.serving.runtime import watch
+from mcdrop.serving.runtime.labels import VersionLabels
 from mcdrop.serving.runtime.metrics import Metrics, observe_many
 
 WATCHED_CLASSIFICATION = ("mutual_information", "predictive_entropy", "variation_ratio")
@@ -77,6 +78,7 @@ class DataPlane:
         drift_window_rows: int = watch.DEFAULT_WINDOW,
         capture: Capture | None = None,
         default_variant: str = "float32",
+        version_labels: VersionLabels | None = None,
     ) -> None:
         """Args:
         repository: the loaded model versions.
@@ -90,6 +92,7 @@ class DataPlane:
         drift_window_rows: rows of each calibrated output this process's drift windows keep.
         capture: where answered rows go for labelling (``mcdrop.serving.capture``); None: nowhere.
         default_variant: the variant of requests that name none (``mcdrop serve --variant``).
+        version_labels: names of versions (``mcdrop serve --version-labels``), for TensorFlow Serving's clients.
         """
         self.repository = repository
         self.metrics = metrics
@@ -105,6 +108,8 @@ class DataPlane:
         self._worker = worker
         self.watches = watch.Watches(drift_window_rows)
         self.capture = capture
+        self.default_variant = default_variant
+        self.version_labels = version_labels or VersionLabels()
 
     # Models -------------------------------------------------------------------------------------
 
@@ -115,6 +120,15 @@ class DataPlane:
             NotFound: no such model, or that version is not loaded.
         """
         return self.repository.get(name, version)
+
+    def labelled(self, name: str, label: str) -> ModelVersion:
+        """The loaded version a label names (``mcdrop serve --version-labels``).
+
+        Raises:
+            NotFound: no such model, the label is not set, or its version is not loaded.
+        """
+        self.repository.get(name)  # an unknown model is named as such, before its labels
+        return self.repository.get(name, self.version_labels.version(name, label))
 
     def loaded_versions(self, name: str) -> list[int]:
         """The loaded versions of a model, oldest first (empty if none)."""
@@ -127,6 +141,18 @@ class DataPlane:
             ModelStatus(name, sorted(state.versions), state.latest, dict(state.failed))
             for name, state in sorted(self.repository.states().items())
         ]
+
+    def model_status(self, name: str) -> ModelStatus:
+        """One model's loaded and failed versions.
+
+        Raises:
+            NotFound: the repository has no version of this model, loaded or failed.
+        """
+        state = self.repository.states().get(name)
+        if state is None or not (state.versions or state.failed):
+            known = ", ".join(status.name for status in self.list_models()) or "none"
+            raise NotFound(f"Model {name!r} is not in the repository. Known models: {known}.")
+        return ModelStatus(name, sorted(state.versions), state.latest, dict(state.failed))
 
     def server_ready(self) -> bool:
         """The server is up and not draining."""

@@ -26,12 +26,14 @@ from mcdrop.serving.core.invokes import MIB
 from mcdrop.serving.core.requests import Limits
 from mcdrop.serving.errors import InvalidArgument, Unavailable
 from mcdrop.serving.grpc import mcdrop_v1 as grpc_api
-from mcdrop.serving.grpc import oip
+from mcdrop.serving.grpc import oip, tfserving
 from mcdrop.serving.grpc.auth import AuthInterceptor
+from mcdrop.serving.grpc.reflection import reflection_pool
 from mcdrop.serving.models.repository import ModelRepository
 from mcdrop.serving.rest.http_server import HttpServer
 from mcdrop.serving.runtime.auth import BearerAuth
 from mcdrop.serving.runtime.dataplane import DataPlane
+from mcdrop.serving.runtime.labels import VersionLabels
 from mcdrop.serving.runtime.metrics import Metrics
 from mcdrop.serving.runtime.tokens import TokenStore
 from mcdrop.serving.server import cpus
@@ -84,7 +86,7 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.tokens = TokenStore(settings.auth_tokens, settings.auth_token_file)
         self.auth = BearerAuth(self.tokens, self.metrics)
-        self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME]
+        self.services = [grpc_api.SERVICE_NAME, oip.SERVICE_NAME, *tfserving.SERVICE_NAMES]
         self.port = 0
         self.metrics_port: int | None = None
         self.http_port: int | None = None
@@ -114,12 +116,13 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads), options=options, interceptors=interceptors
         )
         reflected = [api.add_to_server(server, self.plane, self.metrics) for api in (grpc_api, oip)]
+        reflected += tfserving.add_to_server(server, self.plane, self.metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflected += [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(reflected, server)
+        reflection.enable_server_reflection(reflected, server, pool=reflection_pool())
         address = f"{settings.host}:{settings.port}"
         credentials = server_credentials(settings)
         self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -230,6 +233,7 @@ def data_plane(
                      mask_source=settings.mask_source, max_invoke_bytes=int(settings.max_invoke_mb * MIB),
                      default_chunk=settings.default_chunk, is_ready=is_ready, server_load=server_load,
                      worker=worker, default_variant=settings.variant,
+                     version_labels=VersionLabels.parse(settings.version_labels),
                      drift_window_rows=-(-settings.drift_window_rows // max(1, settings.workers)))  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, get_type_hints
 
 from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.runtime.labels import VersionLabels
 
 __all__ = ["ENV_PREFIX", "ServerSettings", "add_arguments", "load_settings"]
 
@@ -84,6 +85,11 @@ class ServerSettings:
         "float32; every answer says which answered)",
         choices=("float32", "float16", "dynamic-int8", "int8", "int8-io"),
     )
+    version_labels: str = setting(
+        "",
+        "version labels TensorFlow Serving's clients may ask for: [MODEL:]LABEL=VERSION, comma-separated (e.g. "
+        "stable=3,canary=4)",
+    )
     default_chunk: int = setting(10, "samples per chunk of PredictStream and adaptive sampling when a request says 0")
     drift_window_rows: int = setting(1000, "rows of each calibrated output the drift gauges compare with the "
                                            "calibration (shared out between --workers)")  # fmt: skip
@@ -147,6 +153,7 @@ class ServerSettings:
         from mcdrop.serving.capture.rule import parse_rule
 
         parse_rule(self.capture_when)
+        VersionLabels.parse(self.version_labels)
         self.log_level = self.log_level.upper()
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
