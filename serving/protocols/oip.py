@@ -101,7 +101,9 @@ PARAMETERS = {
     "abstain_score": Parameter("string_param", (str,)),
     "variant": Parameter("string_param", (str,)),
 }
-IGNORED_PARAMETERS = frozenset({"priority", "timeout"})  # standard scheduling hints; not applicable here
+IGNORED_PARAMETERS = frozenset({"priority", "timeout", "triton_enable_empty_final_response"})
+"""Standard scheduling hints, and the flag Triton's clients (perf_analyzer) send for decoupled models: not applicable
+here."""
 
 
 def server_metadata() -> dict[str, Any]:
