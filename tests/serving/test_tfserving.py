@@ -218,7 +218,9 @@ def test_metadata_is_a_signature_def_map_the_official_client_unpacks(channel: gr
     for fields, words in (([], ["Missing metadata_field"]), (["signature_def", "vocab"], ["vocab"])):
         bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
         bad.model_spec.name = "digits"
-        error = error_of(lambda bad=bad: prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(bad))
+        error = error_of(
+            lambda bad=bad: prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(bad)
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and all(w in error.details() for w in words)
 
 
@@ -309,7 +311,8 @@ def test_rest_status_metadata_and_model_config(http: httpx.Client) -> None:
     assert config["max_batch_size"] == 64 and config["input"] == [{"name": "x", "data_type": "TYPE_FP32",
                                                                     "dims": [64]}]  # fmt: skip
     assert {"name": "mutual_information", "data_type": "TYPE_FP64", "dims": [1], "reshape": {"shape": []}} in (
-        config["output"])
+        config["output"]
+    )
     assert "samples" not in {o["name"] for o in config["output"]}
     assert "model_configuration" in http.get("/v2").json()["extensions"]
 
@@ -319,15 +322,29 @@ def test_rest_status_metadata_and_model_config(http: httpx.Client) -> None:
     [
         ("POST", "/v1/models/digits:predict", {"instances": [[1.0] * 10]}, 400, ["Expected [B, 64]"]),
         ("POST", "/v1/models/digits:predict", {"inputs": [[True] * 64]}, 400, ["booleans"]),
-        ("POST", "/v1/models/digits:predict", {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]}, 400,
-         ["exactly one of"]),
-        ("POST", "/v1/models/digits:predict", {"instances": [{"x": [0.0] * 64, "seed": 1},
-                                                             {"x": [0.0] * 64, "seed": 2}]}, 400, ["differs"]),
-        ("POST", "/v1/models/digits:predict", {"instances": [[0.0] * 64], "output_filter": ["samples"]}, 400,
-         ["columnar"]),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]},
+            400,
+            ["exactly one of"],
+        ),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            {"instances": [{"x": [0.0] * 64, "seed": 1}, {"x": [0.0] * 64, "seed": 2}]},
+            400,
+            ["differs"],
+        ),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            {"instances": [[0.0] * 64], "output_filter": ["samples"]},
+            400,
+            ["columnar"],
+        ),
         ("POST", "/v1/models/digits:predict", {"instances": [[0.0] * 64], "signature": "x"}, 400, ["Unknown key"]),
-        ("POST", "/v1/models/digits:predict", {"inputs": {"x": [[0.0] * 64], "mode": {"b64": "%%"}}}, 400,
-         ["base64"]),
+        ("POST", "/v1/models/digits:predict", {"inputs": {"x": [[0.0] * 64], "mode": {"b64": "%%"}}}, 400, ["base64"]),
         ("POST", "/v1/models/nope:predict", {"instances": [[0.0] * 64]}, 404, ["nope", "digits"]),
         ("POST", "/v1/models/digits/labels/beta:predict", {"instances": [[0.0] * 64]}, 404, ["beta"]),
         ("POST", "/v1/models/digits:classify", {"examples": []}, 501, ["Classify", ":predict"]),

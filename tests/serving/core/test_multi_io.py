@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 
@@ -206,6 +207,50 @@ def test_same_seeded_numbers_over_mcdrop_v1_oip_grpc_oip_rest_and_scoring(
         column = f"{output}/p_{field}" if output in CLASSIFIERS[model] and field in ("mean", "std") else name
         column = column.lstrip("/")
         assert np.asarray(scored.column(column).to_pylist(), value.dtype).tobytes() == value.tobytes(), name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tensorflow_serving_answers_every_output_under_its_name_with_the_same_numbers(
+    model: str, multi: dict[str, Any], served: Any
+) -> None:
+    """TensorFlow Serving's API, official client and plain HTTP: named inputs, each model output's mean under the
+    output's own name, the other fields as ``OUTPUT/FIELD`` (bare for a single output), the mcdrop.v1 numbers."""
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    server, client = served
+    x = multi["inputs"][model]
+    native = native_arrays(client.predict(model, x, samples=SAMPLES, seed=SEED), model)
+    several = len(OUTPUTS[model]) > 1
+
+    def tf_name(name: str) -> str:
+        output, _, field = name.rpartition("/")
+        return (output or "y") if field == "mean" else name
+
+    expected = {tf_name(name): value for name, value in native.items()}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    for name, value in {**x, "seed": np.int64(SEED), "mc_samples": np.int64(SAMPLES)}.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    got = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+    assert sorted(got) == sorted(expected)
+    assert several == ("cls" in got or "kind" in got)
+    for name, value in expected.items():
+        assert got[name].tobytes() == value.astype(got[name].dtype).tobytes(), name
+    body = {"inputs": {**{name: value.tolist() for name, value in x.items()}, "seed": SEED, "mc_samples": SAMPLES}}
+    answer = httpx.post(f"http://127.0.0.1:{server.http_port}/v1/models/{model}:predict",
+                        json={**body, "output_filter": sorted(expected)}, timeout=30)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    for name, value in answer.json()["outputs"].items():
+        np.testing.assert_array_equal(np.asarray(value, got[name].dtype), got[name], err_msg=name)
+    means = httpx.post(f"http://127.0.0.1:{server.http_port}/v1/models/{model}:predict", json=body, timeout=30).json()
+    mean_names = [tf_name(f"{o}/mean") for o in OUTPUTS[model]]
+    assert (sorted(means["outputs"]) if several else list(mean_names)) == sorted(mean_names)
+    for name in mean_names:
+        value = means["outputs"][name] if several else means["outputs"]
+        np.testing.assert_array_equal(np.asarray(value, np.float32), got[name])
 
 
 def score_table(model: str, multi: dict[str, Any], folder: Path) -> pa.Table:

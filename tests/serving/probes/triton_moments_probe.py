@@ -2,8 +2,8 @@
 the metadata's modes and a refusal as JSON.
 
 Run as ``python -m tests.serving.probes.triton_moments_probe GRPC_ADDRESS HTTP_ADDRESS MODEL X.npy SAMPLES SEED
-[REFUSED_MODEL]``. It never imports mcdrop's own ``inference`` protobuf package (it and ``tritonclient`` cannot
-share a process).
+[REFUSED_MODEL]``. It imports nothing of mcdrop, as a user's
+client would not.
 """
 
 from __future__ import annotations

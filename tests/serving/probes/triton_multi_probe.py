@@ -2,8 +2,8 @@
 and print every output tensor and the errors as JSON.
 
 Run as ``python -m tests.serving.probes.triton_multi_probe GRPC_ADDRESS HTTP_ADDRESS MODEL INPUTS.npz SAMPLES SEED
-[PARAMETERS.json]`` (further request parameters, e.g. ``{"variant": "int8"}``). It never imports mcdrop's own
-``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
+[PARAMETERS.json]`` (further request parameters, e.g. ``{"variant": "int8"}``). It imports nothing of mcdrop,
+as a user's client would not.
 """
 
 from __future__ import annotations

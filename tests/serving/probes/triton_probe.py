@@ -1,7 +1,7 @@
 """Drive a server with the real Triton client, in its own process, and print the results as JSON.
 
-Run as ``python -m tests.serving.probes.triton_probe ADDRESS``. It never imports mcdrop's own
-``inference`` protobuf package: that and ``tritonclient`` cannot share a process.
+Run as ``python -m tests.serving.probes.triton_probe ADDRESS``. It imports nothing of mcdrop,
+as a user's client would not.
 """
 
 from __future__ import annotations
