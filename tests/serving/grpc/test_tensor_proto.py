@@ -1,5 +1,6 @@
 """``TensorProto`` conversion without TensorFlow, checked against TensorFlow's own ``make_tensor_proto`` and
-``make_ndarray`` (mcdrop's message copies and TensorFlow's load side by side: they live in different descriptor pools)."""
+``make_ndarray`` (mcdrop's message copies and TensorFlow's load side by side: they live in different descriptor
+pools)."""
 
 from __future__ import annotations
 
