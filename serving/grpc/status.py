@@ -45,10 +45,15 @@ def code_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+NO_DEADLINE_SECONDS = 86400.0 * 365
+"""A deadline further away than this is none: clients with "no timeout" (perf_analyzer) send one centuries away,
+which no wait can take (``threading`` refuses timeouts past ``TIMEOUT_MAX``)."""
+
+
 def deadline_of(context: grpc.ServicerContext) -> float | None:
     """The call's deadline as a ``time.monotonic()`` value, or None."""
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    return None if remaining is None or remaining > NO_DEADLINE_SECONDS else time.monotonic() + remaining
 
 
 def request_id_of(context: grpc.ServicerContext) -> str:

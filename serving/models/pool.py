@@ -89,7 +89,7 @@ class InterpreterPool:
                 except BaseException:
                     self._created -= 1
                     raise
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
         try:
             return self._free.get(timeout=timeout)
         except queue.Empty:
