@@ -96,8 +96,9 @@ def transformer_block() -> Any:
     return keras.Model(tokens, outputs, name="transformer_block")
 
 
-def export_references(repository: Path) -> list[Reference]:
-    """Export both models into ``repository`` (with the usual verification)."""
+def export_references(repository: Path, only: tuple[str, ...] | None = None) -> list[Reference]:
+    """Export the reference models (``only`` these names, if given) into ``repository`` (with the usual
+    verification)."""
     from mcdrop.pipeline.export.exporter import ExportOptions, export
 
     references = []
@@ -108,6 +109,8 @@ def export_references(repository: Path) -> list[Reference]:
         ("transformer", "Transformer encoder block on 32 tokens, attention + feed-forward dropout", transformer_block,
          False),
     ):  # fmt: skip
+        if only is not None and name not in only:
+            continue
         model = build()
         path = repository.parent / f"{name}.keras"
         model.save(path)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import multiprocessing
 import shutil
 import signal
 import subprocess
@@ -12,16 +10,15 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcdrop.pipeline.bench.load import load_worker, rest_load_worker, warm_up
+from mcdrop.pipeline.bench.perf_analyzer import PerfAnalyzer
+from mcdrop.pipeline.bench.pool import Load, LoadPool
 from mcdrop.serving.common.timing import percentile
-from mcdrop.serving.errors import MCDropError
-from mcdrop.serving.harness.measure import cpu_seconds, memory_mb, worker_pids
+from mcdrop.serving.harness.measure import memory_mb, worker_pids
 from mcdrop.serving.harness.process import ServerProcess, free_port
 
 PREDICT = "/mcdrop.v1.Inference/Predict"
@@ -40,10 +37,12 @@ def server_flags(settings: dict[str, Any]) -> list[str]:
 
 
 def server_rows(
-    repository: Path, model: str, x: np.ndarray, samples: int, duration: float, concurrency: tuple[int, ...]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    repository: Path, model: str, x: np.ndarray, samples: int, duration: float, concurrency: tuple[int, ...],
+    perf_analyzer: PerfAnalyzer | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Rows for deterministic and Monte-Carlo requests of ``model`` over gRPC and REST (JSON and binary tensors) at
-    every worker count, and the echo floor, plus memory and start-up."""
+    every worker count, and the echo floor, plus memory and start-up; the same request over every API (and
+    ``perf_analyzer``'s rows, when given)."""
     from mcdrop.serving.client import serialized_request
 
     single = repository.parent / "single-model"
@@ -78,6 +77,9 @@ def server_rows(
                                      "samples": samples if "mc" in name else 1})  # fmt: skip
                 peak = max(memory_mb(pid)["peak"] for pid in pids)
             memory[workers] = {"rss_after_load_mb": rss_loaded, "peak_rss_mb": peak}
+        from mcdrop.pipeline.bench.protocols import protocol_rows
+
+        rows += protocol_rows(single, model, x, samples, duration, pool, flags, perf_analyzer)
         rows += decision_rows(repository, model, x, samples, duration, pool, flags)
         rows += scrape_rows(repository.parent / "decision" / f"{model}-calibrated" / "2", flags)
         echo_port = free_port()
@@ -223,64 +225,6 @@ def rest_requests(x: np.ndarray, samples: int) -> dict[str, tuple[bytes, int | N
 def server_pids(pid: int, workers: int) -> list[int]:
     """The processes that serve requests: ``pid`` itself with one worker, else its ``workers`` worker children."""
     return [pid] if workers == 1 else worker_pids(pid, workers, timeout=10) or [pid]
-
-
-@dataclasses.dataclass(frozen=True)
-class Load:
-    """What the load generators send: a gRPC ``method`` at ``target`` (HOST:PORT), or ``method="REST"`` posting to
-    the URL ``target`` (``header_length``: a binary-extension body)."""
-
-    target: str
-    method: str
-    payload: bytes
-    header_length: int | None = None
-
-
-class LoadPool:
-    """Load-generator processes, spawned once and reused by every row (a fresh pool per row spent seconds
-    spawning before each measurement)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
-
-    def __enter__(self) -> LoadPool:
-        # Spawn every process and import the load module in each now, not inside the first measurement.
-        for future in [self._pool.submit(warm_up, 0.3) for _ in range(self._size)]:
-            future.result()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown()
-
-    def measure(self, name: str, load: Load, clients: int, duration: float, pids: list[int]) -> dict[str, Any]:
-        """Latency and throughput of ``clients`` closed loops, and the CPU time the server ``pids`` spent
-        meanwhile."""
-        start_at = time.time() + 0.5 + 0.1 * clients  # after each loop has connected and warmed up
-        if load.method == "REST":
-            url = urllib.parse.urlsplit(load.target)
-            host, port = str(url.hostname), int(url.port or 80)
-            futures = [self._pool.submit(rest_load_worker, host, port, url.path, load.payload, start_at, duration,
-                                         load.header_length) for _ in range(clients)]  # fmt: skip
-        else:
-            futures = [self._pool.submit(load_worker, load.target, load.method, load.payload, start_at, duration)
-                       for _ in range(clients)]  # fmt: skip
-        time.sleep(max(0.0, start_at - time.time()))
-        cpu_before = cpu_seconds(pids)
-        results = [f.result() for f in futures]
-        cpu = cpu_seconds(pids) - cpu_before
-        latencies = [t for result in results for t in result]
-        if not latencies:
-            raise MCDropError(f"no {name} request completed")
-        return {
-            "name": name,
-            "concurrency": clients,
-            "requests": len(latencies),
-            "median_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99),
-            "throughput_rps": len(latencies) / duration,
-            "cpu_s_per_1000": cpu / len(latencies) * 1000,
-        }
 
 
 def _start_to_ready(repository: Path, flags: list[str]) -> float:

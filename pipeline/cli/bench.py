@@ -40,6 +40,12 @@ def register(subcommands: Any) -> None:
     add("--workdir", type=Path, default=None, metavar="DIR", help="--zoo: keep models and repository here")
     add("--zoo-family", type=names, default=None, metavar="NAME[,NAME]",
         help="--zoo: only these families (mobilenet_v2, mobilenet_v3_small, efficientnet_b0, resnet50)")  # fmt: skip
+    add("--perf-analyzer", nargs="?", const="perf_analyzer", default=None, metavar="BIN",
+        help="add Triton's perf_analyzer (tritonclient==2.40.0's binary; default: on PATH) beside the own load "
+        "generator for the same requests, and its targets")  # fmt: skip
+    add("--protocols", action="store_true",
+        help="only the same request over every API (mcdrop.v1 aside: OIP and TF Serving, gRPC and REST) and "
+        "perf_analyzer's rows, on the MLP")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=run_bench)
 
@@ -51,9 +57,12 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_zoo_bench(args)
     # The Keras baselines run as TensorFlow runs by default (oneDNN kernels on): the fair comparison.
     prepare(args, *TRAIN_EXTRA, "matplotlib", strict_float32=False)
+    from mcdrop.pipeline.bench.perf_analyzer import PerfAnalyzer
     from mcdrop.pipeline.bench.run import run_bench as bench
 
-    report = bench(args.json, args.plot, duration=args.duration, repeats=args.repeats, quiet=args.quiet)
+    perf_analyzer = PerfAnalyzer.find(args.perf_analyzer) if args.perf_analyzer else None
+    report = bench(args.json, args.plot, duration=args.duration, repeats=args.repeats, quiet=args.quiet,
+                   perf_analyzer=perf_analyzer, protocols_only=args.protocols)  # fmt: skip
     print_bench(report)
     return 0
 
@@ -193,7 +202,7 @@ def print_bench(report: dict[str, Any]) -> None:
         name += f" w={r['workers']}" if "workers" in r else ""
         p99 = f"{r['p99_ms']:.3f}" if "p99_ms" in r else ""
         if "throughput_rps" in r:
-            cpu = f", {r['cpu_s_per_1000']:.2f} CPU s/1000 req"
+            cpu = f", {r['cpu_s_per_1000']:.2f} CPU s/1000 req" if "cpu_s_per_1000" in r else ""
             ratios = f"{r['throughput_rps']:.0f} req/s{cpu}" + (f", {ratios}" if ratios else "")
         table.add_row(name, r["model"], str(r["batch"]), f"{r['median_ms']:.3f}", p99, ratios)
     console.print(table)
@@ -201,9 +210,13 @@ def print_bench(report: dict[str, Any]) -> None:
     for column in ("target", "value", "bound", "met"):
         targets.add_column(column)
     for t in report["targets"]:
-        bound = f"≤ {t['at_most']:g}" if "at_most" in t else f"≥ {t['at_least']:g}"
+        bound = " and ".join(part for part in (f"≥ {t['at_least']:g}" if "at_least" in t else "",
+                                               f"≤ {t['at_most']:g}" if "at_most" in t else "") if part)  # fmt: skip
         targets.add_row(t["target"], f"{t['value']:.3f}", bound, "[green]yes[/]" if t["met"] else "[red]no[/]")
     console.print(targets)
+    if "process" not in report:  # --protocols
+        console.print(f"whole run {report['seconds']} s")
+        return
     process = report["process"]
     server = ", ".join(f"{k}={v}" for k, v in report["settings"]["server"].items())
     console.print(
