@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.helpers import REPO
 
-__all__ = ["DEPLOY_TOOLS", "KSERVE_SDK", "TFLITE_RUNTIME", "ToolVenv"]
+__all__ = ["DEPLOY_TOOLS", "KSERVE_SDK", "PERF_ANALYZER", "TFLITE_RUNTIME", "ToolVenv"]
 
 
 @dataclasses.dataclass
@@ -66,4 +66,7 @@ class ToolVenv:
 DEPLOY_TOOLS = ToolVenv(".venv-deploy-tools", ("kubernetes-validate==1.37.0", "checkov==3.3.30"), "tools")
 TFLITE_RUNTIME = ToolVenv(".venv-tflite-runtime", ("tflite-runtime==2.14.0", "numpy<2"), "old_runtime")
 KSERVE_SDK = ToolVenv(".venv-kserve", ("kserve==0.21.0",), "kserve_sdk")
-ALL = (DEPLOY_TOOLS, TFLITE_RUNTIME, KSERVE_SDK)
+# Triton's perf_analyzer ships in this wheel only (bin/perf_analyzer); it links CUDA's runtime even without a GPU.
+PERF_ANALYZER = ToolVenv(".venv-perf-analyzer", ("tritonclient==2.40.0", "nvidia-cuda-runtime-cu12==12.9.79"),
+                         "perf_analyzer")  # fmt: skip
+ALL = (DEPLOY_TOOLS, TFLITE_RUNTIME, KSERVE_SDK, PERF_ANALYZER)

@@ -60,7 +60,7 @@ class PerfAnalyzer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libraries, *filter(None, [env.get("LD_LIBRARY_PATH")])])
         started = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60,
                                  check=False)  # fmt: skip
-        if started.returncode != 0 or "Perf Analyzer Version" not in started.stdout:
+        if "Perf Analyzer Version" not in started.stdout + started.stderr:  # (it prints to stderr)
             problem = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
             raise InvalidArgument(f"perf_analyzer at {binary} does not start: {problem[0]}. Expected: {INSTALL}.")
         return PerfAnalyzer(binary, env)

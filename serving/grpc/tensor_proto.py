@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from mcdrop.serving._proto.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from mcdrop.serving._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from mcdrop.serving.errors import InvalidArgument
 
-__all__ = ["MAX_FILLED_ELEMENTS", "from_array", "to_array"]
+__all__ = ["MAX_FILLED_ELEMENTS", "from_array", "to_array", "to_scalar"]
 
 _NUMPY: dict[Any, tuple[str, str]] = {
     types_pb2.DT_FLOAT: ("<f4", "float_val"),
@@ -44,26 +44,26 @@ def to_array(tensor: Any, name: str) -> np.ndarray:
         InvalidArgument: an unsupported dtype, an unknown rank, or values that do not fill the shape.
     """
     which = f"input {name!r}"
-    dtype_name = _dtype_name(tensor.dtype)
     if tensor.tensor_shape.unknown_rank:
         raise InvalidArgument(f"Invalid tensor_shape of {which}: unknown_rank. Expected its dimensions.")
-    shape = [int(d.size) for d in tensor.tensor_shape.dim]
+    shape = [d.size for d in tensor.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"Invalid tensor_shape of {which}. Expected sizes >= 0. Received: {shape}")
     count = math.prod(shape)
     if tensor.dtype == types_pb2.DT_STRING:
         return _filled(np.array(list(tensor.string_val), dtype=object), shape, count, which, "string_val")
-    if tensor.dtype not in _NUMPY:
+    known = _NUMPY.get(tensor.dtype)
+    if known is None:
         expected = ", ".join(_dtype_name(d) for d in (*_NUMPY, types_pb2.DT_STRING))
-        raise InvalidArgument(f"Unsupported dtype {dtype_name} of {which}. Expected one of {expected}.")
-    code, field = _NUMPY[tensor.dtype]
+        raise InvalidArgument(f"Unsupported dtype {_dtype_name(tensor.dtype)} of {which}. Expected one of {expected}.")
+    code, field = known
     dtype = np.dtype(code)
-    if tensor.tensor_content:
-        raw = tensor.tensor_content
+    raw = tensor.tensor_content
+    if raw:
         if len(raw) != count * dtype.itemsize:
             raise InvalidArgument(
-                f"Invalid tensor_content of {which}: shape {shape} of {dtype_name} is {count * dtype.itemsize} bytes. "
-                f"Received: {len(raw)} bytes"
+                f"Invalid tensor_content of {which}: shape {shape} of {_dtype_name(tensor.dtype)} is "
+                f"{count * dtype.itemsize} bytes. Received: {len(raw)} bytes"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     values = getattr(tensor, field)
@@ -72,6 +72,22 @@ def to_array(tensor: Any, name: str) -> np.ndarray:
     else:
         typed = np.asarray(values, dtype=dtype)
     return _filled(typed, shape, count, which, field)
+
+
+def to_scalar(tensor: Any, name: str) -> Any:
+    """A one-value tensor's Python value (``bytes`` for a string), read without numpy: the Monte-Carlo controls of
+    every Predict. Anything else is ``to_array``'s."""
+    field = "string_val" if tensor.dtype == types_pb2.DT_STRING else _NUMPY.get(tensor.dtype, ("", ""))[1]
+    if (
+        field
+        and field != "half_val"
+        and not tensor.tensor_content
+        and all(d.size == 1 for d in tensor.tensor_shape.dim)
+    ):
+        values = getattr(tensor, field)
+        if len(values) == 1:
+            return values[0]
+    return to_array(tensor, name)
 
 
 def _dtype_name(dtype: int) -> str:
@@ -88,11 +104,13 @@ def _filled(values: np.ndarray, shape: list[int], count: int, which: str, field:
     )
 
 
-def from_array(array: np.ndarray) -> Any:
-    """A ``TensorProto`` of a numeric or boolean array, in ``tensor_content``."""
-    array = np.ascontiguousarray(array)
-    dtype = _DTYPE_OF_NUMPY[array.dtype.str.lstrip("<|")]
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_content=array.astype(array.dtype.newbyteorder("<"),
-                                                                             copy=False).tobytes())  # fmt: skip
-    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+def from_array(array: np.ndarray, into: Any | None = None) -> Any:
+    """A ``TensorProto`` of a numeric or boolean array, in ``tensor_content``; written ``into`` an (empty) message
+    in place when given (a response's map entry: no copy)."""
+    proto = tensor_pb2.TensorProto() if into is None else into
+    proto.dtype = _DTYPE_OF_NUMPY[array.dtype.str.lstrip("<|")]
+    proto.tensor_content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
     return proto

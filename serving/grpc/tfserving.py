@@ -24,7 +24,7 @@ from mcdrop.serving._proto.tensorflow_serving.apis import model_service_pb2_grpc
 from mcdrop.serving._proto.tensorflow_serving.apis import prediction_service_pb2_grpc as prediction_grpc
 from mcdrop.serving.errors import InvalidArgument
 from mcdrop.serving.grpc.status import deadline_of, request_id_of, translated
-from mcdrop.serving.grpc.tensor_proto import from_array, to_array
+from mcdrop.serving.grpc.tensor_proto import from_array, to_array, to_scalar
 from mcdrop.serving.models.repository import ModelVersion
 from mcdrop.serving.protocols import tfserving as protocol
 from mcdrop.serving.runtime.dataplane import DataPlane
@@ -51,8 +51,10 @@ def resolve(plane: DataPlane, spec: Any) -> ModelVersion:
 
 
 def _spec(version: ModelVersion, signature_name: str) -> Any:
-    return json_format.ParseDict(protocol.model_spec(version.name, version.version, signature_name),
-                                 model_pb2.ModelSpec())  # fmt: skip
+    """The answering ``ModelSpec`` (``protocol.model_spec``'s fields, built directly: this runs on every Predict)."""
+    spec = model_pb2.ModelSpec(name=version.name, signature_name=signature_name)
+    spec.version.value = version.version
+    return spec
 
 
 def make_servicers(plane: DataPlane, metrics: Metrics) -> tuple[Any, Any]:
@@ -63,14 +65,15 @@ def make_servicers(plane: DataPlane, metrics: Metrics) -> tuple[Any, Any]:
         def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
             version = resolve(plane, request.model_spec)
             signature = protocol.signature_of(request.model_spec.signature_name)
-            inputs = {name: to_array(tensor, name) for name, tensor in request.inputs.items()}
+            inputs = {name: to_scalar(tensor, name) if name in protocol.CONTROLS else to_array(tensor, name)
+                      for name, tensor in request.inputs.items()}  # fmt: skip
             decoded, selection = protocol.predict_request(version, signature, inputs, list(request.output_filter),
                                                           default="signature")  # fmt: skip
             decoded = dataclasses.replace(decoded, request_id=request_id_of(context))
             prediction = plane.predict(decoded, deadline_of(context))
             response = predict_pb2.PredictResponse(model_spec=_spec(version, signature))
             for name, array in protocol.answer(version, prediction, selection).items():
-                response.outputs[name].CopyFrom(from_array(array))
+                from_array(array, into=response.outputs[name])
             return response
 
         @unary

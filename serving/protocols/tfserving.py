@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,16 +75,21 @@ class Selection:
 
 def output_names_of(version: ModelVersion) -> dict[str, str]:
     """OIP output name → TensorFlow Serving output name, for every output a request may ask for."""
+    return _output_names(tuple((spec.name, spec.task) for spec in version.outputs))
+
+
+@functools.lru_cache(maxsize=256)
+def _output_names(outputs: tuple[tuple[str, Task], ...]) -> dict[str, str]:
     names: dict[str, str] = {}
-    several = len(version.outputs) > 1
-    for spec in version.outputs:
-        start = prefix(spec.name, len(version.outputs))
-        fields = [*output_names(spec.task), *(ABSTAIN_OUTPUTS if spec.task == Task.CLASSIFICATION else ()), SAMPLES]
+    several = len(outputs) > 1
+    for name, task in outputs:
+        start = prefix(name, len(outputs))
+        fields = [*output_names(task), *(ABSTAIN_OUTPUTS if task == Task.CLASSIFICATION else ()), SAMPLES]
         for field in fields:
             if field == "mean":
-                names[start + field] = spec.name
-            elif several or field == spec.name:  # a single output named like a field keeps the field apart
-                names[start + field] = f"{spec.name}/{field}"
+                names[start + field] = name
+            elif several or field == name:  # a single output named like a field keeps the field apart
+                names[start + field] = f"{name}/{field}"
             else:
                 names[start + field] = field
     return names
