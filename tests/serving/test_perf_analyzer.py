@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mcdrop.pipeline.bench.perf_analyzer import PerfAnalyzer, input_data
-from mcdrop.serving.errors import InvalidArgument
+from mcdrop.serving.errors import InvalidArgument, NotFound
 from mcdrop.serving.harness.process import ServerProcess, free_port
 from tests.helpers import server_process
 from tests.tool_venvs import PERF_ANALYZER
@@ -72,7 +72,7 @@ def test_perf_analyzer_reports_throughput_over_every_api_with_no_errors(
 
 
 def test_a_missing_binary_is_named_with_how_to_install_it(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="tritonclient==2.40.0"):
+    with pytest.raises(NotFound, match=r"tritonclient==2\.40\.0"):
         PerfAnalyzer.find(str(tmp_path / "perf_analyzer"))
     fake = tmp_path / "bin" / "perf_analyzer"
     fake.parent.mkdir()
