@@ -78,7 +78,8 @@ class PerfAnalyzer:
         service_kind: str = "triton",
         batch: int = 1,
     ) -> list[dict[str, Any]]:
-        """Throughput and latency at each concurrency (one run, stabilised windows of ``interval_ms``).
+        """Throughput and latency at each concurrency (one run, stabilised windows of ``interval_ms``), by
+        concurrency.
 
         Raises:
             MCDropError: perf_analyzer failed; its last lines of output say why.
@@ -101,7 +102,7 @@ class PerfAnalyzer:
                 )
             with results.open() as handle:
                 rows = list(csv.DictReader(handle))
-        return [
+        found = [
             {
                 "concurrency": int(row["Concurrency"]),
                 "throughput_rps": float(row["Inferences/Second"]) / batch,
@@ -110,6 +111,7 @@ class PerfAnalyzer:
             }
             for row in rows
         ]
+        return sorted(found, key=lambda row: row["concurrency"])  # its file is in order of throughput
 
 
 def input_data(path: Path, inputs: Mapping[str, np.ndarray]) -> Path:
