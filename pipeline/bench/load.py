@@ -11,25 +11,29 @@ from collections.abc import Callable
 import grpc
 
 
-def _closed_loop(call: Callable[[], object], start_at: float, duration: float) -> list[float]:
+def _closed_loop(call: Callable[[], object], start_at: float, duration: float) -> tuple[list[float], float]:
     """20 untimed calls to warm the connection, then ``call`` back to back from ``start_at`` (wall clock) for
-    ``duration`` seconds; the latencies in ms."""
+    ``duration`` seconds; the latencies in ms, and the CPU seconds this client process spent meanwhile (the
+    client's own cost, which a latency at concurrency 1 includes)."""
     for _ in range(20):
         call()
     time.sleep(max(0.0, start_at - time.time()))
     latencies = []
+    cpu = time.process_time()
     deadline = time.perf_counter() + duration
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         call()
         latencies.append((time.perf_counter() - started) * 1e3)
-    return latencies
+    return latencies, time.process_time() - cpu
 
 
-def load_worker(target: str, method: str, payload: bytes, start_at: float, duration: float) -> list[float]:
+def load_worker(
+    target: str, method: str, payload: bytes, start_at: float, duration: float
+) -> tuple[list[float], float]:
     """Send ``payload`` to ``method`` back to back from ``start_at`` (wall clock) for ``duration`` seconds.
 
-    Returns the latencies in ms of the calls that succeeded; raises on the first failure.
+    Returns the latencies in ms of the calls that succeeded and the client's CPU seconds; raises on the first failure.
     """
     with grpc.insecure_channel(target) as channel:
         rpc = channel.unary_unary(method)  # raw bytes in and out: no client-side protobuf work
@@ -38,7 +42,7 @@ def load_worker(target: str, method: str, payload: bytes, start_at: float, durat
 
 def rest_load_worker(
     host: str, port: int, path: str, body: bytes, start_at: float, duration: float, header_length: int | None = None
-) -> list[float]:
+) -> tuple[list[float], float]:
     """The same closed loop over HTTP/1.1 with one keep-alive connection, posting a JSON body, or with
     ``header_length`` a body in Triton's binary tensor data extension (that many bytes of JSON, then raw tensors)."""
     import http.client

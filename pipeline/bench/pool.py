@@ -61,7 +61,8 @@ class LoadPool:
         cpu_before = cpu_seconds(pids)
         results = [f.result() for f in futures]
         cpu = cpu_seconds(pids) - cpu_before
-        latencies = [t for result in results for t in result]
+        latencies = [t for result, _ in results for t in result]
+        client_cpu = sum(spent for _, spent in results)
         if not latencies:
             raise MCDropError(f"no {name} request completed")
         return {
@@ -72,4 +73,5 @@ class LoadPool:
             "p99_ms": percentile(latencies, 99),
             "throughput_rps": len(latencies) / duration,
             "cpu_s_per_1000": cpu / len(latencies) * 1000,
+            "client_cpu_ms_per_request": client_cpu / len(latencies) * 1000,
         }
