@@ -24,7 +24,7 @@ from mcdrop.serving.harness.process import ServerProcess, free_port
 
 __all__ = ["CONCURRENCY", "ROUNDS", "protocol_rows"]
 
-ROUNDS = 3
+ROUNDS = 5
 CONCURRENCY = (1, 8)
 SEED = 1
 OUTPUTS = ("mean", "std", "predicted_class", "predictive_entropy", "expected_entropy", "mutual_information",

@@ -12,6 +12,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 tf = pytest.importorskip("tensorflow")
 from tensorflow_serving.apis import (  # noqa: E402 - after the importorskip
@@ -361,3 +363,56 @@ def test_rest_errors_are_json_with_tensorflow_serving_status_codes(
     answer = http.request(method, path, json=body)
     assert answer.status_code == status, answer.text
     assert all(w in answer.json()["error"] for w in words), answer.json()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_ROW = st.lists(st.floats(-10, 10), min_size=64, max_size=64)
+_BODIES = st.one_of(
+    _JSON,
+    st.fixed_dictionaries({"instances": st.one_of(_JSON, st.lists(_ROW, min_size=1, max_size=3))},
+                          optional={"signature_name": _JSON, "output_filter": _JSON}),
+    st.fixed_dictionaries({"inputs": st.one_of(_JSON, st.dictionaries(st.sampled_from(["x", "mc_samples", "seed",
+                                                                                        "mode", "variant", "y"]),
+                                                                      st.one_of(_JSON, st.lists(_ROW, max_size=2))))},
+                          optional={"output_filter": st.lists(st.sampled_from(["y", "std", "samples", "z"]))}),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_BODIES, path=st.sampled_from(["/v1/models/digits:predict", "/v1/models/digits/versions/1:predict",
+                                           "/v1/models/digits/labels/stable:predict"]))  # fmt: skip
+def test_fuzzed_rest_bodies_always_get_a_proper_answer(http: httpx.Client, body: Any, path: str) -> None:
+    answer = http.post(path, json=body)
+    assert answer.status_code in (200, 400, 404), answer.text
+    payload = answer.json()
+    assert ("predictions" in payload or "outputs" in payload) if answer.status_code == 200 else isinstance(
+        payload.get("error"), str)  # fmt: skip
+
+
+_SCALARS = st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True), st.booleans(), st.text(max_size=12),
+                     st.binary(max_size=12))  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(controls=st.dictionaries(st.sampled_from(["mc_samples", "seed", "mode", "return_samples", "interval",
+                                                 "abstain_threshold", "abstain_score", "variant", "other"]),
+                                _SCALARS, max_size=4),
+       rows=st.integers(0, 3), columns=st.sampled_from([64, 63]), output_filter=st.lists(st.text(max_size=20),
+                                                                                        max_size=2))  # fmt: skip
+def test_fuzzed_predict_calls_get_a_status_never_internal(
+    channel: grpc.Channel, controls: dict[str, Any], rows: int, columns: int, output_filter: list[str]
+) -> None:
+    inputs: dict[str, Any] = {"x": np.zeros((rows, columns), np.float32), **controls}
+    try:
+        predict(channel, "digits", inputs, output_filter=tuple(output_filter))
+    except grpc.RpcError as error:
+        assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), error.details()
+        assert "incident" not in error.details()
+
+
+def test_the_server_is_healthy_after_fuzzing(server: tuple[Server, Client]) -> None:
+    assert server[1].health() == "SERVING"
