@@ -22,9 +22,12 @@ from mcdrop.pipeline.bench.pool import Load, LoadPool
 from mcdrop.serving.common.timing import percentile
 from mcdrop.serving.harness.process import ServerProcess, free_port
 
-__all__ = ["CONCURRENCY", "ROUNDS", "protocol_rows"]
+__all__ = ["CONCURRENCY", "ROUNDS", "TOOL_ROUNDS", "protocol_rows"]
 
 ROUNDS = 5
+"""Alternating rounds of the API comparison (each at concurrency 1)."""
+TOOL_ROUNDS = 2
+"""Alternating runs of perf_analyzer and the own generator (each at every concurrency)."""
 CONCURRENCY = (1, 8)
 SEED = 1
 OUTPUTS = ("mean", "std", "predicted_class", "predictive_entropy", "expected_entropy", "mutual_information",
@@ -112,7 +115,7 @@ def _perf_analyzer_rows(
     for name, load, tool in runs:
         own: dict[int, list[dict[str, Any]]] = {c: [] for c in CONCURRENCY}
         theirs: dict[int, list[dict[str, Any]]] = {c: [] for c in CONCURRENCY}
-        for _ in range(2):
+        for _ in range(TOOL_ROUNDS):
             for clients in CONCURRENCY:
                 own[clients].append(pool.measure(name, load, clients, duration, [server.pid]))
             for measured in perf_analyzer.measure(model=model, concurrency=CONCURRENCY, data=data, batch=len(x),
@@ -125,6 +128,8 @@ def _perf_analyzer_rows(
                       "samples": 1 if "deterministic" in name else samples}  # fmt: skip
             rows.append({**common, "name": f"own_{name}", "throughput_rps": own_rps,
                          "median_ms": percentile([m["median_ms"] for m in own[clients]], 50),
+                         "client_cpu_ms_per_request": percentile([m["client_cpu_ms_per_request"] for m in
+                                                                  own[clients]], 50),
                          "rounds_throughput_rps": [m["throughput_rps"] for m in own[clients]]})  # fmt: skip
             rows.append({**common, "name": f"perf_analyzer_{name}", "throughput_rps": tool_rps,
                          "median_ms": percentile([m["median_ms"] for m in theirs[clients]], 50),

@@ -319,6 +319,23 @@ def test_rest_status_metadata_and_model_config(http: httpx.Client) -> None:
     assert "model_configuration" in http.get("/v2").json()["extensions"]
 
 
+def test_triton_clients_read_the_model_configuration_in_this_process(server: tuple[Server, Client]) -> None:
+    """Triton's gRPC client loads beside mcdrop's own copy of the ``inference`` messages (their own descriptor pool)
+    and reads the same configuration as REST."""
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    port, http_port = server[0].port, server[0].http_port
+    config = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}").get_model_config("digits", as_json=True)["config"]
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{http_port}").get_model_config("digits")
+    assert config["max_batch_size"] == rest["max_batch_size"] == 64
+    assert config["platform"] == rest["platform"] == "litert_mcdropout" and config["backend"] == "mcdrop"
+    assert [(i["name"], i["data_type"], [int(d) for d in i["dims"]]) for i in config["input"]] == [("x", "TYPE_FP32",
+                                                                                                  [64])]  # fmt: skip
+    assert [o["name"] for o in config["output"]] == [o["name"] for o in rest["output"]]
+    assert config["parameters"]["default_samples"]["string_value"] == "100"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "words"),
     [
@@ -366,7 +383,11 @@ def test_rest_errors_are_json_with_tensorflow_serving_status_codes(
 
 
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )

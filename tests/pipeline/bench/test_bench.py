@@ -38,13 +38,23 @@ def test_bench_writes_every_row_targets_and_a_plot(tmp_path: Path) -> None:
     expected |= {(n, c, w) for n in rest for c in (1, 8) for w in (1, 2)}  # REST JSON and binary at every count
     expected |= {("echo_floor", c, None) for c in (1, 8)}
     expected |= {("decision_off", 1, 1), ("decision_on", 1, 1)}  # a calibrated copy beside the model, one server
+    apis = {f"{api}_{transport}_{mode}" for api in ("oip", "tfserving") for transport in ("grpc", "rest")
+            for mode in ("deterministic", "mc_T100")}  # fmt: skip
+    expected |= {(name, 1, 1) for name in apis}  # the same request over every API, one server
     assert served == expected
     for row in report["rows"]:
         if "concurrency" in row:  # CPU time per 1,000 requests, from /proc, for the server and the echo floor
             assert row["cpu_s_per_1000"] > 0, row
     mcdrop = next(r for r in report["rows"] if r["name"] == "mcdrop" and r["model"] == "mlp" and r["batch"] == 1)
     assert {"ratio_to_keras_batched", "ratio_to_tflite_sequential", "ratio_to_limit"} <= set(mcdrop)
-    assert len(report["targets"]) == 21 and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 25 and all(isinstance(t["met"], bool) for t in report["targets"])
+    for row in (r for r in report["rows"] if r["name"].startswith("tfserving_")):  # p50 ratio of paired rounds
+        oip = next(r for r in report["rows"] if r["name"] == row["name"].replace("tfserving_", "oip_"))
+        paired = [t / o for t, o in zip(row["rounds_median_ms"], oip["rounds_median_ms"], strict=True)]
+        target = next(t for t in report["targets"] if t["target"].startswith("TF Serving p50 / OIP p50 (" +
+                      row["name"].removeprefix("tfserving_").replace("_", " ", 1)))  # fmt: skip
+        assert target["value"] == pytest.approx(float(np.median(paired))) and len(paired) == 5
+        assert row["client_cpu_ms_per_request"] > 0
     scrapes = {r["workers"]: r for r in report["rows"] if r["name"] == "metrics_scrape"}
     assert set(scrapes) == {1, 2} and all(r["versions"] == 10 and r["bytes"] > 10_000 for r in scrapes.values())
     for workers, row in scrapes.items():  # /metrics with 10 calibrated versions loaded: one target per worker count
@@ -94,17 +104,21 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
             started.append(flags)
             super().__init__(repository, *flags, **kwargs)
 
+    from mcdrop.pipeline.bench import protocols
+
     monkeypatch.setattr(bench_server, "ServerProcess", Recording)
+    monkeypatch.setattr(protocols, "ServerProcess", Recording)
+    monkeypatch.setattr(protocols, "ROUNDS", 1)
     repository = copy_repository(model_repository, tmp_path / "repo")
     rows, process = bench_server.server_rows(repository, "digits", np.zeros((1, 64), np.float32), 10, 0.2, (1,))
     assert {r["model"] for r in rows if r["name"].startswith("server_")} == {"digits"}
     assert {r["model"] for r in rows if r["name"] == "echo_floor"} == {"echo"}
     expected = bench_server.server_flags(bench_server.SERVER_SETTINGS)
     assert "--pool-size" in expected and "--interpreter-threads" in expected
-    # Start-up (STARTS per worker count), one measured server per worker count, the decision's server, then one
-    # server per worker count for the /metrics scrape.
+    # Start-up (STARTS per worker count), one measured server per worker count, the API comparison's, the decision's
+    # server, then one server per worker count for the /metrics scrape.
     runs = len(bench_server.WORKERS)
-    assert len(started) == (bench_server.STARTS + 1) * runs + 1 + runs and all(
+    assert len(started) == (bench_server.STARTS + 1) * runs + 2 + runs and all(
         flags[: len(expected)] == tuple(expected) for flags in started
     )
     measured = started[bench_server.STARTS * runs : bench_server.STARTS * runs + runs]
@@ -116,3 +130,42 @@ def test_server_rows_name_the_served_model_and_the_settings_it_ran_with(
                                          "rest_binary_mc_T10"}  # fmt: skip
     assert process["peak_rss_mb"] > 0
     assert {(r["workers"], r["versions"]) for r in rows if r["name"] == "metrics_scrape"} == {(1, 10), (2, 10)}
+
+
+@pytest.mark.slow
+def test_perf_analyzer_rows_stand_beside_the_own_generator_for_the_same_request(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mcdrop bench --perf-analyzer``'s rows: perf_analyzer and the own generator on the request perf_analyzer
+    sends, per API and concurrency, and the targets computed from them."""
+    from mcdrop.pipeline.bench import protocols
+    from mcdrop.pipeline.bench.perf_analyzer import PerfAnalyzer
+    from mcdrop.pipeline.bench.pool import LoadPool
+    from mcdrop.pipeline.bench.run import protocol_checks
+    from mcdrop.pipeline.bench.server import SERVER_SETTINGS, server_flags
+    from mcdrop.serving.errors import InvalidArgument
+    from tests.tool_venvs import PERF_ANALYZER
+
+    try:
+        tool = PerfAnalyzer.find(str(PERF_ANALYZER.bin() / "perf_analyzer"))
+    except InvalidArgument as exc:
+        if __import__("os").environ.get("MCDROP_REQUIRE_PERF_ANALYZER"):
+            raise
+        pytest.skip(str(exc))
+    monkeypatch.setattr(protocols, "ROUNDS", 1)
+    monkeypatch.setattr(protocols, "TOOL_ROUNDS", 1)
+    repository = tmp_path / "single"
+    copy_repository(model_repository / "digits", repository / "digits")
+    with LoadPool(max(protocols.CONCURRENCY)) as pool:
+        rows = protocols.protocol_rows(repository, "digits", np.zeros((1, 64), np.float32), 10, 0.3, pool,
+                                       server_flags(SERVER_SETTINGS), tool)  # fmt: skip
+    tool_rows = {(r["name"], r["concurrency"]): r for r in rows if r["name"].startswith("perf_analyzer_")}
+    own_rows = {(r["name"], r["concurrency"]): r for r in rows if r["name"].startswith("own_")}
+    runs = ("grpc_deterministic", "grpc_mc_T10", "http_default_T10", "tfserving_default_T10")
+    assert set(tool_rows) == {(f"perf_analyzer_{run}", c) for run in runs for c in protocols.CONCURRENCY}
+    for (name, clients), row in tool_rows.items():
+        own = own_rows[(name.replace("perf_analyzer_", "own_"), clients)]
+        assert row["throughput_rps"] > 0 and own["throughput_rps"] > 0 and own["client_cpu_ms_per_request"] > 0
+        assert row["ratio_to_own"] == pytest.approx(row["throughput_rps"] / own["throughput_rps"])
+    checks = [c for c in protocol_checks(rows) if c[0].startswith("perf_analyzer")]
+    assert len(checks) == 4 and all(kind == "within" and bound == (0.85, 1.15) for _, _, kind, bound in checks)
