@@ -158,4 +158,12 @@ def test_health_and_reflection(served: tuple[Server, Client]) -> None:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"mcdrop.v1.Inference", "grpc.health.v1.Health"} <= services
+    assert {"mcdrop.v1.Inference", "grpc.health.v1.Health", "inference.GRPCInferenceService",
+            "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= services  # fmt: skip
+    for symbol in ("tensorflow.serving.PredictionService", "inference.GRPCInferenceService", "mcdrop.v1.Inference"):
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol=symbol)]))  # fmt: skip
+        assert answer.file_descriptor_response.file_descriptor_proto, (symbol, answer.error_response)
+    assert client.health("tensorflow.serving.PredictionService") == "SERVING"
