@@ -42,8 +42,9 @@ def outputs(answer: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def test_health_and_metadata(rest: tuple[Server, Client, httpx.Client]) -> None:
     _, _, http = rest
+    extensions = ["mc_dropout", "binary_tensor_data", "model_configuration"]
     assert http.get("/v2").json() == {"name": "mcdrop", "version": http.get("/v2").json()["version"],
-                                      "extensions": ["mc_dropout", "binary_tensor_data", "model_configuration"]}  # fmt: skip
+                                      "extensions": extensions}  # fmt: skip
     assert http.get("/v2/health/live").status_code == 200
     assert http.get("/v2/health/ready").json() == {"ready": True}
     for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
