@@ -35,6 +35,19 @@ from mcdrop.serving.protocols.outputs import CLASSIFICATION_OUTPUTS, PER_ROW_OUT
 __all__ = ["Client", "ModelStatus", "Prediction", "decode_prediction", "serialized_request"]
 
 DEFAULT_TIMEOUT = 30.0
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+"""What the client retries: a call refused as UNAVAILABLE (a worker that restarts, a connection that ends, a server
+that drains) up to 3 more times within about 0.7 s. Every mcdrop call is safe to repeat: predictions change nothing."""
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "mcdrop.v1.Inference"},
+                                                        {"service": "grpc.health.v1.Health"}],
+                                               "retryPolicy": RETRY_POLICY}]})  # fmt: skip
+"""The channel's gRPC service config (https://github.com/grpc/grpc/blob/master/doc/service_config.md)."""
 _MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, "moments": pb.MOMENTS,
           None: pb.MODE_UNSPECIFIED}  # fmt: skip
 
@@ -128,7 +141,10 @@ class Client:
         token: bearer token sent as ``authorization: Bearer <token>``.
         server_name: name to verify in the server's certificate, if not the host in ``target``.
         """
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        given = {name for name, _ in options}
+        defaults = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 1),
+                    ("grpc.service_config", SERVICE_CONFIG)]  # fmt: skip
+        opts = [*(option for option in defaults if option[0] not in given), *options]
         if server_name:
             opts.append(("grpc.ssl_target_name_override", server_name))
         if credentials is None and (ca or cert):

@@ -30,6 +30,7 @@ from mcdrop.serving.grpc import oip, tfserving
 from mcdrop.serving.grpc.auth import AuthInterceptor
 from mcdrop.serving.grpc.reflection import reflection_pool
 from mcdrop.serving.models.repository import ModelRepository
+from mcdrop.serving.rest.connections import ConnectionRecycling
 from mcdrop.serving.rest.http_server import HttpServer
 from mcdrop.serving.runtime.auth import BearerAuth
 from mcdrop.serving.runtime.dataplane import DataPlane
@@ -108,6 +109,7 @@ class Server:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", int(self.reuse_port)),
+            *connection_age_options(settings),
         ]
         interceptors = []
         if self.tokens.enabled:
@@ -184,8 +186,9 @@ class Server:
         settings = self.settings
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
         app = rest.make_app(self.plane, self.metrics, self.auth, settings.max_message_bytes)
+        recycled = ConnectionRecycling(app, settings.max_connection_age_seconds, settings.max_connection_requests)
         self._http = HttpServer(
-            app, settings.host, settings.http_port, settings.grace_seconds, tls, reuse_port=self.reuse_port
+            recycled, settings.host, settings.http_port, settings.grace_seconds, tls, reuse_port=self.reuse_port
         )
         self.http_port = self._http.start()
 
@@ -235,6 +238,15 @@ def data_plane(
                      worker=worker, default_variant=settings.variant,
                      version_labels=VersionLabels.parse(settings.version_labels),
                      drift_window_rows=-(-settings.drift_window_rows // max(1, settings.workers)))  # fmt: skip
+
+
+def connection_age_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """gRPC's connection age: after about ``max_connection_age_seconds`` (gRPC adds ± 10 % jitter, so clients do not
+    reconnect at once) the server sends a GOAWAY; calls in flight may take ``connection_age_grace_seconds`` more."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(settings.connection_age_grace_seconds * 1000))]  # fmt: skip
 
 
 def check_capture_installed() -> None:

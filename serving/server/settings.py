@@ -105,6 +105,16 @@ class ServerSettings:
     poll_seconds: float = setting(2.0, "repository scan interval for new, changed or removed versions; 0 turns it off")
     max_versions: int = setting(2, "newest versions kept loaded per model")
     grace_seconds: float = setting(20.0, "on SIGTERM: how long in-flight requests may take to finish")
+    max_connection_age_seconds: float = setting(
+        15.0,
+        "close a client's connection after about this long (gRPC: a GOAWAY, in-flight calls finish; REST: "
+        "'Connection: close' on the next answer), so clients reconnect and a restarted --workers process gets its "
+        "share within this time; 0 = never",
+    )
+    connection_age_grace_seconds: float = setting(30.0, "gRPC: how long calls in flight on an aged connection may "
+                                                        "still take")  # fmt: skip
+    max_connection_requests: int = setting(0, "REST: close a keep-alive connection after this many requests; 0 = no "
+                                              "limit")  # fmt: skip
     tls_cert: str = setting("", "PEM server certificate (chain): serve TLS, with --tls-key")
     tls_key: str = setting("", "PEM private key of --tls-cert")
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates it signed (mutual TLS)")
@@ -132,7 +142,17 @@ class ServerSettings:
         ):
             if not getattr(self, name) > 0:
                 raise _invalid(name, "a number > 0", getattr(self, name))
-        for name in ("workers", "lone_request_threads", "max_queue", "poll_seconds", "grace_seconds"):
+        at_least_zero = (
+            "workers",
+            "lone_request_threads",
+            "max_queue",
+            "poll_seconds",
+            "grace_seconds",
+            "max_connection_age_seconds",
+            "connection_age_grace_seconds",
+            "max_connection_requests",
+        )
+        for name in at_least_zero:
             if not getattr(self, name) >= 0:
                 raise _invalid(name, "a number >= 0", getattr(self, name))
         if not 0 <= self.port <= 65535:
