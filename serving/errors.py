@@ -21,6 +21,9 @@ The client and the command line raise only these too. Nothing here imports ``grp
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "DeadlineExceeded",
     "InferenceFailed",
@@ -34,6 +37,9 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "UserInputError",
+    "WriteFailed",
+    "describe_os_error",
+    "errno_name",
     "first_line",
 ]
 
@@ -82,6 +88,10 @@ class DeadlineExceeded(MCDropError):
     """The request's deadline passed before its work finished."""
 
 
+class WriteFailed(MCDropError):
+    """A file could not be written (a full disk, a read-only folder); nothing half-written was left behind."""
+
+
 class RpcFailed(MCDropError):
     """A call to a server failed; ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
 
@@ -109,3 +119,22 @@ def first_line(exc: BaseException, fallback: str | None = None) -> str:
         if line.strip():
             return line.strip()
     return fallback if fallback is not None else type(exc).__name__
+
+
+def errno_name(exc: OSError) -> str:
+    """``ENOSPC``, ``EROFS``, …: from the errno, or from the message of an error that has none (Arrow, LiteRT)."""
+    if exc.errno:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT, errno.EIO):
+        if os.strerror(code) in text:
+            return errno.errorcode[code]
+    return type(exc).__name__
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what the system said, the file, and the errno's name, e.g.
+    ``No space left on device (ENOSPC) writing /repo/digits/.staging-1-ab/mc.tflite``."""
+    said = exc.strerror or first_line(exc)
+    where = f" at {exc.filename}" if exc.filename else ""
+    return f"{said} ({errno_name(exc)}){where}"

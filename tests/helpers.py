@@ -123,3 +123,17 @@ def parse_python(path: Path) -> ast.Module:
             raise
     with concurrent.futures.ThreadPoolExecutor(1) as fresh:
         return fresh.submit(ast.parse, source, str(path)).result()
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path``, read-only if asked: a real full (ENOSPC) or read-only (EROFS) filesystem
+    (this suite runs as root, as CI does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

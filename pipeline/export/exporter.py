@@ -53,71 +53,75 @@ def export(options: ExportOptions, step: Step = lambda _: None) -> tuple[int, Ma
     Raises:
         NotFound / InvalidArgument: the model file or options are unusable.
         ExportError: the model cannot be exported or a graph failed verification.
+        WriteFailed: the repository cannot be written (full, read-only); nothing was published, nothing was left.
     """
     started = time.perf_counter()
     options.check()
     subject = describe(options, step)
     if options.calibration is not None:  # a target these rows cannot certify is refused before anything converts
         check_rows(options.calibration, tuple(subject.output_names))
-    staging = publish.create_staging(options.repository, options.name)
-    try:
-        graphs = server.convert_and_verify(subject, staging, step)
-        device_graphs, device_checks = device.convert_and_verify(subject, graphs, staging, step)
-        moments_graph = moments.convert_and_check(subject, graphs, staging, step)
-        if subject.data is not None:
-            fixed_rows = subject.data.pick(FINGERPRINT_ROWS)
-        else:
-            fixed_rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None,
-                                             FINGERPRINT_ROWS, FINGERPRINT_SEED)  # fmt: skip
-        variants = {
-            quantization: quantized.convert_and_check(
-                subject, graphs, device_graphs, quantization, staging, step, fixed_rows
-            )
-            for quantization in options.quantize
-        }
-        step("fingerprint")
-        step("timing")
-        timed = timing(graphs.graphs, bool(subject.sites), subject.row_shapes, options.samples,
-                       graphs.budget.samples_per_invoke(1))  # fmt: skip
-        found = manifest.Measurements(
-            graphs=graphs.graphs,
-            checks=[*graphs.checks, *device_checks],
-            footprints=graphs.budget.footprints,
-            variants=variants,
-            device_graphs=device_graphs,
-            moments=moments_graph,
-            fingerprint=fingerprint(graphs.graphs, subject.sites, fixed_rows, subject.output_names),
-            timing=timed,
-            export={
-                "wall_s": round(time.perf_counter() - started, 2),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "verification_samples_per_invoke": graphs.chunk,
-            },
+    with publish.staged(options.repository, options.name, f"the export of {options.name!r}") as staging:
+        try:
+            return _export_into(staging, subject, options, started, step)
+        except InferenceFailed as exc:
+            raise ExportError(
+                f"Verifying model {options.name!r} ({options.model_path.name}) failed inside LiteRT; nothing was "
+                f"published. {exc}. Each verification invoke holds at most {budget.VERIFY_BUDGET_BYTES // 2**20} "
+                "MiB of activations; if the machine is short of memory, free some and retry, else report the model."
+            ) from exc
+
+
+def _export_into(
+    staging: Path, subject: Subject, options: ExportOptions, started: float, step: Step
+) -> tuple[int, Manifest]:
+    """Every stage after ``describe``, written into ``staging``, which is then published."""
+    graphs = server.convert_and_verify(subject, staging, step)
+    device_graphs, device_checks = device.convert_and_verify(subject, graphs, staging, step)
+    moments_graph = moments.convert_and_check(subject, graphs, staging, step)
+    if subject.data is not None:
+        fixed_rows = subject.data.pick(FINGERPRINT_ROWS)
+    else:
+        fixed_rows = inputs.check_inputs(subject.model, signature.model_inputs(subject.model), None,
+                                         FINGERPRINT_ROWS, FINGERPRINT_SEED)  # fmt: skip
+    variants = {
+        quantization: quantized.convert_and_check(
+            subject, graphs, device_graphs, quantization, staging, step, fixed_rows
         )
-        record = manifest.build(subject, found, staging)
+        for quantization in options.quantize
+    }
+    step("fingerprint")
+    step("timing")
+    timed = timing(graphs.graphs, bool(subject.sites), subject.row_shapes, options.samples,
+                   graphs.budget.samples_per_invoke(1))  # fmt: skip
+    found = manifest.Measurements(
+        graphs=graphs.graphs,
+        checks=[*graphs.checks, *device_checks],
+        footprints=graphs.budget.footprints,
+        variants=variants,
+        device_graphs=device_graphs,
+        moments=moments_graph,
+        fingerprint=fingerprint(graphs.graphs, subject.sites, fixed_rows, subject.output_names),
+        timing=timed,
+        export={
+            "wall_s": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "verification_samples_per_invoke": graphs.chunk,
+        },
+    )
+    record = manifest.build(subject, found, staging)
+    record.write(staging)
+    if options.calibration is not None:
+        step("calibrating")
+        calibration = calibrate(staging, record, options.calibration)
+        # The one field added after the build: calibration reads the staged version, manifest included.
+        record = dataclasses.replace(record, calibration=calibration)
         record.write(staging)
-        if options.calibration is not None:
-            step("calibrating")
-            calibration = calibrate(staging, record, options.calibration)
-            # The one field added after the build: calibration reads the staged version, manifest included.
-            record = dataclasses.replace(record, calibration=calibration)
-            record.write(staging)
-        if record.variants:
-            step("comparing the variants with float32")
-            record = dataclasses.replace(record, variants=compared(subject, record, staging))
-            record.write(staging)
-        step("publishing")
-        version = publish.publish(staging)
-    except InferenceFailed as exc:
-        publish.discard(staging)
-        raise ExportError(
-            f"Verifying model {options.name!r} ({options.model_path.name}) failed inside LiteRT; nothing was "
-            f"published. {exc}. Each verification invoke holds at most {budget.VERIFY_BUDGET_BYTES // 2**20} MiB of "
-            "activations; if the machine is short of memory, free some and retry, else report the model."
-        ) from exc
-    except BaseException:
-        publish.discard(staging)
-        raise
+    if record.variants:
+        step("comparing the variants with float32")
+        record = dataclasses.replace(record, variants=compared(subject, record, staging))
+        record.write(staging)
+    step("publishing")
+    version = publish.publish(staging)
     return version, record
 
 

@@ -45,10 +45,10 @@ def calibrate_version(
     manifest = Manifest.load(source)
     if manifest.version is not None:
         raise InvalidArgument(f"{source} is a single-model (KServe) layout. Expected a version of a repository.")
-    calibration = calibrate(source, manifest, options, progress)
-    calibration = dataclasses.replace(calibration, base_version=source_version)
-    staging = publish.create_staging(repository, name)
-    try:
+    # Staged first: a repository that cannot be written is said before minutes of predictions, not after.
+    with publish.staged(repository, name, f"the calibrated version of {name!r}") as staging:
+        calibration = calibrate(source, manifest, options, progress)
+        calibration = dataclasses.replace(calibration, base_version=source_version)
         for file in manifest.files:
             read_verified(source, file, manifest)  # never copy a file that no longer matches its digest
             shutil.copy2(source / file, staging / file)
@@ -56,7 +56,4 @@ def calibrate_version(
         calibrated = dataclasses.replace(manifest, calibration=calibration, created=created)
         calibrated.write(staging)
         new_version = publish.publish(staging)
-    except BaseException:
-        publish.discard(staging)
-        raise
     return source_version, new_version, calibrated

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 from mcdrop.serving.capture.records import CapturedRequest, SchemaClash, capture_schema, captured_table
 from mcdrop.serving.capture.rule import CaptureRule
 from mcdrop.serving.core.requests import Prediction
+from mcdrop.serving.errors import errno_name
 from mcdrop.serving.models.manifest import Manifest
 
 __all__ = ["PARTIAL_SUFFIX", "CaptureOptions", "CaptureWriter", "Counters"]
@@ -319,14 +319,7 @@ class CaptureWriter:
 
 
 def _reason(exc: OSError) -> str:
-    """``ENOSPC``, ``EROFS``, …: from the errno, or from the message of an Arrow error that has none."""
-    if exc.errno:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    text = str(exc)
-    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT, errno.EIO):
-        if os.strerror(code) in text:
-            return errno.errorcode[code]
-    return type(exc).__name__
+    return errno_name(exc)
 
 
 def _fsync(path: Path) -> None:

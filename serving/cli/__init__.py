@@ -8,7 +8,8 @@ how to install the ``train`` extra.
 
 This is the single place that turns mcdrop errors into exit codes:
 bad input (``UserInputError``, a user-caused ``RpcFailed``) → a one-line message on
-stderr and exit 2; any other mcdrop error → exit 1; an unexpected exception → a
+stderr and exit 2; any other mcdrop error, or a failed file operation (a full disk, a read-only folder), → exit 1
+with one line; an unexpected exception → a
 generic line (the traceback only with ``--debug``); Ctrl-C → exit 130.
 """
 
@@ -22,7 +23,7 @@ from importlib import metadata
 from typing import NoReturn
 
 from mcdrop.serving import __version__
-from mcdrop.serving.errors import MCDropError, RpcFailed, UserInputError
+from mcdrop.serving.errors import MCDropError, RpcFailed, UserInputError, describe_os_error
 
 __all__ = ["main", "run"]
 
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_USAGE if exc.is_user_error else 1)
     except MCDropError as exc:
         return _fail(args, exc, 1)
+    except OSError as exc:  # a full disk, a read-only folder, a missing file: the system's words, one line
+        print(f"mcdrop {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mcdrop {args.command}: interrupted", file=sys.stderr)
         return 130

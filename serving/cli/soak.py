@@ -34,6 +34,14 @@ def register(subcommands: Any) -> None:
     add("--capture-when", default=None, metavar="RULE",
         help="--repository: capture into a temporary directory (always, abstain, SCORE>VALUE) and check that every "
         "served row was captured or counted as dropped")  # fmt: skip
+    add(
+        "--kill-worker-every",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="--repository: SIGKILL a random worker every SECONDS (>= 40; --workers defaults to 2) and check that "
+        "within 30 s of each kill every worker has >= 35%% of the workers' CPU and throughput is >= 90%% of before",
+    )
     add("--json", type=Path, default=None, metavar="FILE", help="write the report as JSON")
     soak.set_defaults(handler=run_soak)
 
@@ -53,6 +61,7 @@ def run_soak(args: argparse.Namespace) -> int:
         max_latency_drift=args.max_latency_drift,
         workers=args.workers,
         capture_when=args.capture_when,
+        kill_worker_every=args.kill_worker_every,
     )
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -70,6 +79,20 @@ def run_soak(args: argparse.Namespace) -> int:
             f"capture: {c['served_rows']} rows served, {c['captured_rows']} captured in {c['files']} files "
             f"({c['megabytes']:.1f} MB), {c['dropped_rows']} dropped (counted), {c['unaccounted_rows']} unaccounted"
         )
+    for kill in report.get("restarts", []):
+        console.print(
+            f"kill at {kill['at_seconds']:.0f} s (pid {kill['killed_pid']}): throughput "
+            f"{kill['throughput_before_rps']:.0f} -> {kill['throughput_after_rps']:.0f}/s "
+            f"({kill['throughput_ratio']:.0%}), CPU shares "
+            f"{_shares(kill['cpu_share_before'])} -> {_shares(kill['cpu_share_after'])} (10 s before, 20-30 s after); "
+            f"recovered after {_seconds(kill['recovered_after_seconds'])}"
+        )
+    if "balance" in report and report["balance"]["windows"]:
+        b = report["balance"]
+        console.print(
+            f"balance: every worker had >= 35% of the CPU in {b['balanced_fraction']:.0%} of {b['windows']} 10-s "
+            f"windows (smallest share {b['smallest_share']:.0%})"
+        )
     for name, ok in report["checks"].items():
         console.print(f"  {'[green]pass[/]' if ok else '[red]FAIL[/]'} {name}")
     return 0 if report["passed"] else 1
@@ -77,3 +100,11 @@ def run_soak(args: argparse.Namespace) -> int:
 
 def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} MB"
+
+
+def _shares(shares: list[float]) -> str:
+    return "/".join(f"{share:.0%}" for share in shares) or "n/a"
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.0f} s"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "mcdrop.v1.I
                                                         {"service": "grpc.health.v1.Health"}],
                                                "retryPolicy": RETRY_POLICY}]})  # fmt: skip
 """The channel's gRPC service config (https://github.com/grpc/grpc/blob/master/doc/service_config.md)."""
+STREAM_RESUMES = 3
+STREAM_RESUME_BACKOFF = 0.1
+"""A broken stream is resumed up to 3 times in a row, after 0.1, 0.2 and 0.4 s (``Client.predict_stream``)."""
 _MODES = {"deterministic": pb.DETERMINISTIC, "monte_carlo": pb.MONTE_CARLO, "moments": pb.MOMENTS,
           None: pb.MODE_UNSPECIFIED}  # fmt: skip
 
@@ -216,16 +220,39 @@ class Client:
         interval: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[Prediction]:
-        """Progressive Monte-Carlo estimates every ``chunk`` samples; stop iterating to cancel."""
-        request = encode_request(model, x, version, "monte_carlo", samples, seed, False, interval, None, 0, chunk)
-        call = self._stub.PredictStream(request, timeout=timeout or self._timeout, metadata=self._metadata)
-        try:
-            for response in call:
-                yield decode_prediction(response)
-        except grpc.RpcError as exc:
-            raise _failed(exc) from None
-        finally:
-            call.cancel()
+        """Progressive Monte-Carlo estimates every ``chunk`` samples; stop iterating to cancel.
+
+        A stream that breaks with UNAVAILABLE after some estimates (a worker restarted, a connection aged out) is
+        resumed, up to ``STREAM_RESUMES`` times in a row without a new estimate: the call is repeated with the seed
+        its first estimate reported and the estimates already yielded are skipped, so the caller sees exactly the
+        stream it would have seen. (gRPC's retry policy cannot do this: a stream that has answered is committed.) A
+        stream without a reported seed (a server with ``--mask-source graph``) cannot be replayed and raises.
+        """
+        yielded = 0
+        resumes = 0
+        while True:
+            request = encode_request(model, x, version, "monte_carlo", samples, seed, False, interval, None, 0, chunk)
+            call = self._stub.PredictStream(request, timeout=timeout or self._timeout, metadata=self._metadata)
+            received = 0
+            try:
+                for response in call:
+                    received += 1
+                    if received <= yielded:
+                        continue  # replayed: the caller has it already
+                    prediction = decode_prediction(response)
+                    seed = prediction.seed if seed is None else seed
+                    yielded += 1
+                    resumes = 0  # progress: the budget is for resumes in a row that yield nothing new
+                    yield prediction
+                return
+            except grpc.RpcError as exc:
+                failure = _failed(exc)
+                if failure.code != "UNAVAILABLE" or yielded == 0 or seed is None or resumes >= STREAM_RESUMES:
+                    raise failure from None
+                resumes += 1
+                time.sleep(STREAM_RESUME_BACKOFF * 2 ** (resumes - 1))
+            finally:
+                call.cancel()
 
     def list_models(self, timeout: float | None = None) -> list[ModelStatus]:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

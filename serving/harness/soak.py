@@ -3,7 +3,9 @@
 Each client process loops over a mix of requests (seeded and unseeded Monte Carlo, deterministic,
 streamed) until the time or request budget runs out. The run passes if there were zero errors,
 the server's RSS grew by at most ``--max-rss-growth-mb`` after warm-up, and the median latency of
-the last quarter stayed within ``--max-latency-drift`` of the first quarter's.
+the last quarter stayed within ``--max-latency-drift`` of the first quarter's. With ``--kill-worker-every``, a
+random worker is SIGKILLed on a schedule and the server must also recover after every kill
+(``mcdrop.serving.harness.restarts``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mcdrop.serving.common.timing import percentile
 from mcdrop.serving.errors import InvalidArgument, MCDropError
 from mcdrop.serving.harness.measure import memory_mb
 from mcdrop.serving.harness.process import ServerProcess, free_port
+from mcdrop.serving.harness.restarts import MIN_KILL_INTERVAL, WorkerKiller, balance, recovery
 
 __all__ = ["soak"]
 
@@ -43,9 +46,11 @@ def soak(
     max_latency_drift: float = 0.5,
     workers: int | None = None,
     capture_when: str | None = None,
+    kill_worker_every: float | None = None,
 ) -> dict[str, Any]:
     """Soak ``server`` (or a server started on ``repository``, with ``workers`` processes and, with
-    ``capture_when``, capturing into a temporary directory whose rows are then counted); return the report."""
+    ``capture_when``, capturing into a temporary directory whose rows are then counted; with
+    ``kill_worker_every``, SIGKILLing a random worker every so many seconds); return the report."""
     if (repository is None) == (server is None):
         raise InvalidArgument("Expected exactly one of --repository (start a server) or --server HOST:PORT.")
     if clients < 1 or minutes <= 0 or max_requests < 1:
@@ -54,6 +59,17 @@ def soak(
         )
     if capture_when is not None and repository is None:
         raise InvalidArgument("--capture-when needs --repository: soak counts the rows of the server it starts.")
+    if kill_worker_every is not None:
+        if repository is None:
+            raise InvalidArgument("--kill-worker-every needs --repository: soak kills workers of the server it starts.")
+        workers = 2 if workers is None else workers
+        if workers < 2:
+            raise InvalidArgument(f"--kill-worker-every needs --workers 2 or more. Received: --workers {workers}")
+        if kill_worker_every < MIN_KILL_INTERVAL:
+            raise InvalidArgument(
+                f"Expected --kill-worker-every >= {MIN_KILL_INTERVAL:g} s (10 s before and 30 s after each kill are "
+                f"measured). Received: {kill_worker_every:g}"
+            )
     process = None
     capture = Path(tempfile.mkdtemp(prefix="mcdrop-soak-capture-")) if capture_when is not None else None
     metrics_port = free_port()
@@ -86,6 +102,9 @@ def soak(
         per_client = -(-max_requests // clients)
         context = multiprocessing.get_context("spawn")
         rss_samples: list[float] = []
+        killer = None
+        if process is not None and kill_worker_every is not None and workers is not None:
+            killer = WorkerKiller(process.pid, workers, kill_worker_every, started)
         with ProcessPoolExecutor(clients, mp_context=context) as pool:
             futures = [
                 pool.submit(_client, server, model, shape, started, duration, per_client, i) for i in range(clients)
@@ -93,6 +112,8 @@ def soak(
             while not all(f.done() for f in futures):
                 if process is not None:
                     rss_samples.append(memory_mb(process.pid)["rss"])
+                if killer is not None:
+                    killer.tick()
                 time.sleep(RSS_SAMPLE_SECONDS)
             results = [f.result() for f in futures]
         rss_end = memory_mb(process.pid)["rss"] if process else None
@@ -111,6 +132,12 @@ def soak(
         max_rss_growth_mb,
         max_latency_drift,
     )
+    if killer is not None:
+        report["restarts"] = recovery(killer, sorted(t for r in results for t, _ in r["latencies"]))
+        report["balance"] = balance(killer)
+        observed = [kill["recovered"] for kill in report["restarts"] if kill["recovered"] is not None]
+        report["checks"]["recovered_after_every_kill"] = bool(observed) and all(observed)
+        report["passed"] = all(report["checks"].values())
     if capture is not None and served is not None:
         report["capture"] = _captured(capture, served)
         report["checks"]["capture_accounted"] = report["capture"]["unaccounted_rows"] == 0
@@ -169,7 +196,7 @@ def _client(
                     client.predict(model, np.repeat(x, 16, axis=0), samples=50)
                 latencies.append((time.time(), (time.perf_counter() - began) * 1e3))
             except MCDropError as exc:
-                errors.append(str(exc)[:200])
+                errors.append(f"{kind}: {str(exc)[:200]}")
             kinds[kind] = kinds.get(kind, 0) + 1
     return {"latencies": latencies, "errors": errors, "kinds": kinds}
 

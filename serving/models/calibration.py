@@ -95,9 +95,9 @@ class Selection:
     @staticmethod
     def from_json(value: Any, where: str) -> Selection:
         f = Fields(value, where)
-        return Selection(f.optional("threshold", number, math.inf), f.required("coverage", number),
-                         f.required("risk", number), f.required("accepted", integer), f.required("errors", integer),
-                         f.optional("bound", number, None))  # fmt: skip
+        return Selection(f.optional("threshold", finite, math.inf), f.required("coverage", probability),
+                         f.required("risk", probability), f.required("accepted", integer),
+                         f.required("errors", integer), f.optional("bound", probability, None))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"threshold": None if math.isinf(self.threshold) else self.threshold, "coverage": self.coverage,
@@ -127,10 +127,10 @@ class ScoreRecord:
         curve = Fields(f.required("curve", lambda v, w: v), f.path("curve"))
         record = ScoreRecord(
             name=f.required("name", string),
-            aurc=f.required("aurc", number),
-            coverage=curve.required("coverage", list_of(number)),
-            risk=curve.required("risk", list_of(number)),
-            deciles=f.required("deciles", list_of(number)),
+            aurc=f.required("aurc", probability),
+            coverage=curve.required("coverage", list_of(probability)),
+            risk=curve.required("risk", list_of(probability)),
+            deciles=f.required("deciles", decile_list),
             selection=f.optional("selection", Selection.from_json, None),
             unreachable=f.optional("unreachable", string, None),
         )
@@ -177,11 +177,34 @@ class ClassificationCalibration:
         if chosen is not None and chosen not in found:
             raise invalid(f.path("score"), "one of the scores " + ", ".join(found), chosen)
         return ClassificationCalibration(f.required("output", string), f.required("rows", positive_int),
-                                         f.required("error_rate", number), scores, chosen)  # fmt: skip
+                                         f.required("error_rate", probability), scores, chosen)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"output": self.output, "task": "classification", "rows": self.rows, "error_rate": self.error_rate,
                 "score": self.score, "scores": [s.to_json() for s in self.scores]}  # fmt: skip
+
+
+def finite(value: Any, where: str) -> float:
+    """A finite number: a NaN threshold would accept nothing and a NaN decile would put every row in one bin."""
+    result = number(value, where)
+    if not math.isfinite(result):
+        raise invalid(where, "a finite number", str(result))
+    return result
+
+
+def probability(value: Any, where: str) -> float:
+    result = finite(value, where)
+    if not 0.0 <= result <= 1.0:
+        raise invalid(where, "a number in [0, 1]", result)
+    return result
+
+
+def decile_list(value: Any, where: str) -> tuple[float, ...]:
+    """The 11 deciles, minimum to maximum, ascending: the drift watch bins live scores by them."""
+    values = list_of(finite)(value, where)
+    if len(values) != 11 or list(values) != sorted(values):
+        raise invalid(where, "11 ascending numbers (minimum, 10 %, …, 90 %, maximum)", list(values))
+    return values
 
 
 def conformal_rank(rows: int, level: float) -> int:
@@ -219,7 +242,7 @@ class ConformalScores:
     @staticmethod
     def from_json(value: Any, where: str) -> ConformalScores:
         f = Fields(value, where)
-        lists = f.required("sorted_scores", list_of(list_of(number)))
+        lists = f.required("sorted_scores", list_of(list_of(finite)))
         if not lists or len({len(s) for s in lists}) != 1 or not lists[0]:
             raise invalid(f.path("sorted_scores"), "one non-empty list per target, all of one length",
                           [len(s) for s in lists])  # fmt: skip
@@ -247,11 +270,11 @@ class RegressionCalibration:
     @staticmethod
     def from_json(value: Any, where: str) -> RegressionCalibration:
         f = Fields(value, where)
-        coverage = f.required("gaussian_coverage", lambda v, w: {str(k): number(x, f"{w}.{k}")
+        coverage = f.required("gaussian_coverage", lambda v, w: {str(k): probability(x, f"{w}.{k}")
                                                                   for k, x in Fields(v, w).data.items()})  # fmt: skip
         return RegressionCalibration(f.required("output", string), f.required("rows", positive_int),
                                      f.required("conformal", ConformalScores.from_json), coverage,
-                                     f.required("deciles", list_of(number)))  # fmt: skip
+                                     f.required("deciles", decile_list))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"output": self.output, "task": "regression", "rows": self.rows, "conformal": self.conformal.to_json(),
@@ -322,4 +345,5 @@ class Calibration:
 
 def deciles(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     """Minimum, 10 %, …, 90 % quantiles and maximum of ``values`` (11 numbers)."""
-    return tuple(float(v) for v in np.quantile(np.asarray(values, np.float64), np.linspace(0, 1, 11)))
+    quantiles = np.quantile(np.asarray(values, np.float64), np.linspace(0, 1, 11))
+    return tuple(float(v) for v in np.maximum.accumulate(quantiles))  # ascending even after rounding

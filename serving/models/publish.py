@@ -13,11 +13,37 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from mcdrop.serving.errors import WriteFailed, describe_os_error
 from mcdrop.serving.models.layout import STAGING_PREFIX, check_model_name, versions
 
-__all__ = ["create_staging", "discard", "publish", "remove_stale_staging"]
+__all__ = ["create_staging", "discard", "publish", "remove_stale_staging", "staged"]
+
+
+@contextlib.contextmanager
+def staged(repository: Path, name: str, what: str) -> Iterator[Path]:
+    """A staging directory for ``what`` (e.g. "the export of 'digits'") that is removed unless the block published
+    it; a failed file operation (ENOSPC, EROFS, …) becomes one ``WriteFailed`` line saying nothing was published.
+
+    Raises:
+        WriteFailed: the staging directory could not be created or written.
+    """
+    try:
+        staging = create_staging(repository, name)
+    except OSError as exc:
+        raise WriteFailed(f"Cannot create {what} in {repository}: {describe_os_error(exc)}; nothing was "
+                          "published.") from None  # fmt: skip
+    try:
+        yield staging
+    except OSError as exc:
+        discard(staging)  # gives back what was written, so a full disk is left as it was found
+        raise WriteFailed(f"Cannot write {what} into {repository}: {describe_os_error(exc)}; nothing was published "
+                          "and the staging directory was removed.") from None  # fmt: skip
+    except BaseException:
+        discard(staging)
+        raise
 
 
 def create_staging(repository: Path, name: str) -> Path:

@@ -310,6 +310,7 @@ class ModelRepository:
                     if self._failed_signatures.get((name, version)) == signature:
                         continue  # unchanged since it failed: do not retry every poll
                     try:
+                        self._listener("loading", name, version, "")
                         loaded[version] = self._load(name, version, signature)
                         failed.pop(version, None)
                         self._failed_signatures.pop((name, version), None)

@@ -75,7 +75,11 @@ def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_byte
 
     async def ready(request: Request) -> Any:
         is_ready = plane.server_ready()
-        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+        body: dict[str, Any] = {"ready": is_ready}
+        problem = plane.repository_problem()
+        if problem is not None:  # still ready (loaded versions serve), but new versions cannot arrive: say why
+            body["repository"] = {"readable": False, "reason": problem}
+        return JSONResponse(body, status_code=200 if is_ready else 503)
 
     async def model_metadata(request: Request) -> Any:
         name, version = _model(request)

@@ -158,6 +158,10 @@ class DataPlane:
         """The server is up and not draining."""
         return self._is_ready()
 
+    def repository_problem(self) -> str | None:
+        """Why the repository cannot be read now (loaded versions keep serving), or None when it can."""
+        return self.repository.last_scan_error
+
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """The model (version) is loaded and the server is ready."""
         try:

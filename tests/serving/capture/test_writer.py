@@ -4,11 +4,8 @@ and full, read-only and deleted directories while serving."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from mcdrop.serving.core import PredictionRequest, Sampler
 from mcdrop.serving.core.requests import Prediction
 from mcdrop.serving.models.manifest import Manifest
 from mcdrop.serving.models.repository import ModelRepository
-from tests.helpers import in_process_server
+from tests.helpers import in_process_server, small_filesystem
 
 
 class Counts:
@@ -123,19 +120,6 @@ def test_after_close_rows_are_counted_not_queued(answer: Answer, tmp_path: Path)
     capture.close()
     capture.offer(*answer)
     assert counts.lost == {"closed": 8}
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``path`` (this suite runs as root, as CI does)."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        if read_only:
-            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.mark.parametrize(("size", "read_only", "reason"), [("96k", False, "ENOSPC"), ("1m", True, "EROFS")])

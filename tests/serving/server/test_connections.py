@@ -12,9 +12,10 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import pytest
 
 from mcdrop.serving._proto.mcdrop.v1 import mcdrop_pb2 as pb
-from mcdrop.serving.client import Client
+from mcdrop.serving.client import Client, RpcFailed
 from mcdrop.serving.harness.process import free_port
 from tests.helpers import in_process_server
 
@@ -84,3 +85,49 @@ def test_the_client_retries_unavailable_and_not_other_codes() -> None:
             assert attempts["GetModelMetadata"] == 1
     finally:
         server.stop(0)
+
+
+def test_a_broken_stream_resumes_exactly_with_its_reported_seed(
+    model_repository: Path, digits_rows: np.ndarray
+) -> None:
+    """A stream cut with UNAVAILABLE after some estimates (a worker killed, a connection past its age and grace) cannot
+    be retried by gRPC; the client replays it with the seed the first estimate reported and skips what it yielded.
+    A proxy in front of a real server cuts the first two calls after 3 and 5 estimates, then one other code."""
+    calls: list[pb.PredictRequest] = []
+    cuts = {0: (3, grpc.StatusCode.UNAVAILABLE), 1: (5, grpc.StatusCode.UNAVAILABLE)}
+    with in_process_server(model_repository) as (server, _):
+        upstream = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        forward = upstream.unary_stream("/mcdrop.v1.Inference/PredictStream")
+
+        def stream(request: bytes, context: grpc.ServicerContext) -> Any:
+            calls.append(pb.PredictRequest.FromString(request))
+            cut, code = cuts.get(len(calls) - 1, (None, None))
+            for answered, response in enumerate(forward(request)):
+                if answered == cut:
+                    context.abort(code, "cut by the test")
+                yield response
+
+        proxy = grpc.server(futures.ThreadPoolExecutor(4))
+        proxy.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "mcdrop.v1.Inference", {"PredictStream": grpc.unary_stream_rpc_method_handler(stream)})])  # fmt: skip
+        port = proxy.add_insecure_port("127.0.0.1:0")
+        proxy.start()
+        try:
+            with Client(f"127.0.0.1:{port}", timeout=30) as client:
+                updates = list(client.predict_stream("digits", digits_rows[:4], samples=100, chunk=10))
+                cuts[3] = (2, grpc.StatusCode.INTERNAL)  # not retried: only UNAVAILABLE means "try again"
+                with pytest.raises(RpcFailed, match="INTERNAL"):
+                    list(client.predict_stream("digits", digits_rows[:4], samples=100, chunk=10))
+            replay = list(server_client_stream(server.port, digits_rows[:4], updates[0].seed))
+        finally:
+            proxy.stop(0)
+            upstream.close()
+    assert [u.samples for u in updates] == list(range(10, 101, 10))  # each estimate once, in order
+    np.testing.assert_array_equal(np.stack([u.mean for u in updates]), np.stack([u.mean for u in replay]))
+    assert not calls[0].HasField("seed") and calls[1].seed == calls[2].seed == updates[0].seed
+    assert len(calls) == 4
+
+
+def server_client_stream(port: int, x: np.ndarray, seed: int | None) -> list[Any]:
+    with Client(f"127.0.0.1:{port}", timeout=30) as client:
+        return list(client.predict_stream("digits", x, samples=100, chunk=10, seed=seed))
