@@ -41,7 +41,7 @@ from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.model import keras_internals, random_calls
 from mcdrop.pipeline.export.model.random_calls import RandomCall, layer_path
 from mcdrop.pipeline.export.model.signature import flat_outputs, input_specs, packed, trace, walkable
-from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite, site_key
+from mcdrop.pipeline.export.model.sites import BERNOULLI, DropoutSite, path_drop_rate, site_key
 
 # Policies ---------------------------------------------------------------------------------------
 
@@ -80,8 +80,9 @@ class TrainingModeIdentity(Policy):
     owners_in_training_mode = True
 
     def trains(self, owner: keras.layers.Layer) -> bool:
-        # AlphaDropout with every unit kept still applies its affine correction; nothing else is in it to check.
-        return not isinstance(owner, keras.layers.AlphaDropout)
+        # AlphaDropout with every unit kept still applies its affine correction, stochastic depth its 1/keep; the
+        # probe that recognised the latter checked it does nothing else, and nothing else is in the former.
+        return not isinstance(owner, keras.layers.AlphaDropout) and path_drop_rate(owner) is None
 
 
 class InGraphRandom(Policy):
@@ -380,7 +381,9 @@ def _apply(call: RandomCall, site: DropoutSite, drawn: tf.Tensor, per_sample: bo
         return tf.reshape((inputs * scale)[tf.newaxis] * keep, target)
     if call.function == "normal":  # GaussianDropout: N(mean, stddev) from standard-normal noise
         return args.get("mean", 0.0) + args.get("stddev", 1.0) * drawn
-    return drawn  # AlphaDropout keeps an element where uniform >= rate: 1.0 kept, 0.0 dropped
+    # AlphaDropout keeps an element where uniform >= rate, stochastic depth where floor(keep + uniform) = 1, i.e.
+    # also uniform >= rate: 1.0 is kept and 0.0 dropped in both.
+    return drawn
 
 
 def _rows(call: RandomCall) -> tf.Tensor:

@@ -46,7 +46,7 @@ import tensorflow as tf
 from mcdrop.pipeline.export.errors import ExportError
 from mcdrop.pipeline.export.model import keras_internals, random_calls, signature
 from mcdrop.pipeline.export.model.random_calls import RandomCall, layer_path
-from mcdrop.pipeline.export.model.sites import PLAIN, DropoutSite
+from mcdrop.pipeline.export.model.sites import PATH, PLAIN, DropoutSite
 
 QUADRATURE_POINTS = 16
 COVARIANCE_MAX_UNITS = 256
@@ -200,6 +200,12 @@ class _Walk:
 
     def _dropout(self, op: Any, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         site = self._sites[path]
+        if site.mask_kind == PATH:
+            raise NoMomentRule(
+                f"Layer {path!r} ({type(op).__name__}) is stochastic depth: one keep flag per sample for a whole "
+                "residual branch, so every unit after it is correlated, which one-pass moments (independent units) "
+                "cannot represent."
+            )
         if type(op) not in DROPOUT_LAYERS or site.mask_kind != PLAIN or len(args) != 1:
             raise NoMomentRule(
                 f"Layer {path!r} ({type(op).__name__}) applies dropout inside itself: no moment rule "

@@ -5,10 +5,13 @@ draw intercepted (``mcdrop.pipeline.export.model.random_calls``) and turns the d
 ``DropoutSite``s, wherever they happen: a ``Dropout``-family layer (also inside
 ``TimeDistributed``, a nested model or a custom layer), an RNN cell's input and recurrent
 masks (``LSTM``, ``GRU``, ``SimpleRNN``, also inside ``Bidirectional``), or
-``MultiHeadAttention``'s dropout on the attention probabilities. Randomness that is
-not dropout inside a layer that must run in training mode, and TensorFlow random ops
-that bypass Keras, are refused by name: a model with dropout is never exported as if
-it had none.
+``MultiHeadAttention``'s dropout on the attention probabilities, or **stochastic depth**
+(DropPath: ``StochasticDepth`` in Keras's ConvNeXt, and any layer with the same pattern — one
+``keras.random.uniform`` per sample turned into a keep flag by ``floor(keep + u)`` and the
+input scaled by ``1/keep``, which a probe of the layer confirms, see ``path_drop_rate``).
+Randomness that is not dropout inside a layer that must run in training mode, and
+TensorFlow random ops that bypass Keras, are refused by name: a model with dropout is
+never exported as if it had none.
 
 A site's "owner" is the top-level layer (or the layer inside a nested model) whose call draws the mask:
 the layer the rewritten forward pass (``mcdrop.pipeline.export.graphs.forward``) calls in training mode.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import weakref
 from typing import Any
 
 import keras
@@ -32,8 +36,8 @@ from mcdrop.serving.models import manifest
 
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
-PLAIN, INPUT, RECURRENT, ATTENTION = "plain", "input", "recurrent", "attention"
-MASK_KINDS = (PLAIN, INPUT, RECURRENT, ATTENTION)
+PLAIN, INPUT, RECURRENT, ATTENTION, PATH = "plain", "input", "recurrent", "attention", "path"
+MASK_KINDS = (PLAIN, INPUT, RECURRENT, ATTENTION, PATH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,8 @@ class DropoutSite:
     kind: str
     """``bernoulli`` (keep/drop flags) or ``gaussian`` (multiplicative N(1, rate/(1-rate)) noise)."""
     mask_kind: str
-    """``plain`` (a Dropout layer's input), ``input`` / ``recurrent`` (an RNN cell's masks), ``attention``."""
+    """``plain`` (a Dropout layer's input), ``input`` / ``recurrent`` (an RNN cell's masks), ``attention``,
+    ``path`` (stochastic depth: one keep flag per sample for a whole residual branch)."""
     rate: float
     input_shape: tuple[int, ...]
     """Per-row shape of the tensor one draw masks (without the batch dimension)."""
@@ -132,11 +137,20 @@ def _sites(model: keras.Model, calls: list[RandomCall]) -> list[DropoutSite]:
     drafts: dict[tuple[str, str], DropoutSite] = {}
     others = []
     for call in calls:
+        if call.function == "uniform":
+            _probe_path_drop(call)
+    for call in calls:
         key = site_key(call)
         if key is None:
             others.append(call)
             continue
         draft = _draft(model, call, key)
+        if call.function == "uniform" and path_drop_rate(call.layer) is not None and draft.layer != draft.owner:
+            raise ExportError(
+                f"Stochastic depth {draft.layer!r} sits inside {draft.owner!r}. Expected stochastic depth only as a "
+                "layer of the model itself or of a nested model (with every branch kept it still scales by 1/keep, so "
+                f"mcdrop cannot check that {draft.owner!r} changes nothing else in training mode)."
+            )
         previous = drafts.get(key)
         if previous is None:
             drafts[key] = draft
@@ -180,7 +194,9 @@ def _check_other_randomness(model: keras.Model, call: RandomCall, owners: set[st
     raise ExportError(
         f"Layer {path!r} ({name}) draws random numbers that are not dropout (keras.random.{call.function}): not "
         "supported. Expected only Dropout, SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, RNN (recurrent) "
-        "dropout, attention dropout or preprocessing augmentation; remove it or replace it with dropout."
+        "dropout, attention dropout, stochastic depth (one keras.random.uniform per sample, kept where "
+        "floor(keep + u) = 1, the input scaled by 1/keep) or preprocessing augmentation; remove it or replace it "
+        "with dropout."
     )
 
 
@@ -196,6 +212,7 @@ def site_key(call: RandomCall) -> tuple[str, str] | None:
         call.function == "dropout"
         or (call.function == "normal" and isinstance(layer, keras.layers.GaussianDropout))
         or (call.function == "uniform" and isinstance(layer, keras.layers.AlphaDropout))
+        or (call.function == "uniform" and path_drop_rate(layer) is not None)
     )
     if not dropout_family:
         return None
@@ -207,12 +224,14 @@ def site_key(call: RandomCall) -> tuple[str, str] | None:
     parent = layers[-2] if len(layers) >= 2 else None
     if isinstance(parent, keras.layers.MultiHeadAttention) and layer is getattr(parent, "_dropout_layer", None):
         return layer_path(layers[:-1]), ATTENTION
+    if call.function == "uniform" and path_drop_rate(layer) is not None:
+        return layer_path(layers), PATH
     return layer_path(layers), PLAIN
 
 
 def _draft(model: keras.Model, call: RandomCall, key: tuple[str, str]) -> DropoutSite:
     path, mask_kind = key
-    name = path if mask_kind == PLAIN else f"{path}/{mask_kind}"
+    name = path if mask_kind in (PLAIN, PATH) else f"{path}/{mask_kind}"
     applying = call.layers[:-1] if _cell_in_rnn(call) or mask_kind == ATTENTION else call.layers
     class_name = type(applying[-1]).__name__ if applying else "keras.random"
     args = call.arguments
@@ -222,13 +241,88 @@ def _draft(model: keras.Model, call: RandomCall, key: tuple[str, str]) -> Dropou
         call_shape = _mask_shape(name, input_shape, args.get("noise_shape"))
     else:
         kind = GAUSSIAN if call.function == "normal" else BERNOULLI
-        rate = float(getattr(call.layer, "rate", 0.0))
+        path_drop = path_drop_rate(call.layer)
+        rate = path_drop if path_drop is not None else float(getattr(call.layer, "rate", 0.0))
         shape = args["shape"]
         if not isinstance(shape, list | tuple):
             raise ExportError(f"Dropout {name!r} draws a mask of dynamic shape. Expected a static per-row shape.")
         input_shape = call_shape = _row_shape(name, tuple(None if tf.is_tensor(d) else d for d in shape))
     return DropoutSite(name, path, class_name, kind, mask_kind, rate, input_shape, call_shape, 1,
                        _owner(model, call.layers))  # fmt: skip
+
+
+# Stochastic depth --------------------------------------------------------------------------------
+
+_PATH_DROP: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+_PROBE_ROWS = 2
+_SMALLEST_PATH_DROP = 1e-4
+
+
+def path_drop_rate(layer: Any) -> float | None:
+    """The drop rate of a stochastic-depth layer (confirmed by ``_probe_path_drop``), or None for any other layer."""
+    return _PATH_DROP.get(layer) if layer is not None else None
+
+
+def _probe_path_drop(call: RandomCall) -> None:
+    """Is this ``keras.random.uniform`` draw stochastic depth? Call its layer alone in training mode twice on
+    positive rows, answering the draw with 1.0 (what mcdrop feeds for "kept") and then 0.0 ("dropped"): stochastic
+    depth returns the rows times one constant 1/keep, then zeros. Then the draw is a Bernoulli keep flag per sample
+    at rate 1 - keep (kept where u >= rate), and mcdrop answers it with its own keep flags, like AlphaDropout's.
+
+    Anything else (another shape, range or formula, a layer that cannot be called alone) is left unrecorded, and
+    refused later as randomness that is not dropout.
+    """
+    layer, args = call.layer, call.arguments
+    shape = args.get("shape")
+    if layer is None or layer in _PATH_DROP or isinstance(layer, keras.layers.AlphaDropout) or _is_augmentation(layer):
+        return
+    if not isinstance(shape, list | tuple) or len(shape) < 2 or any(tf.is_tensor(d) or d != 1 for d in shape[1:]):
+        return  # not one draw per sample
+    try:
+        if float(args.get("minval", 0.0)) != 0.0 or float(args.get("maxval", 1.0)) != 1.0:
+            return
+        rows = np.random.default_rng(0).uniform(0.5, 1.5, (_PROBE_ROWS, *_probe_row_shape(layer, len(shape))))
+        answers = [_answered(layer, rows.astype(np.float32), flag) for flag in (1.0, 0.0)]
+    except Exception:  # noqa: BLE001 - a layer that cannot be probed alone is simply not recognised
+        return
+    if any(answer is None for answer in answers):
+        return
+    kept, dropped = answers
+    scale = kept / rows
+    if not (np.allclose(dropped, 0.0) and np.allclose(scale, scale.flat[0], rtol=1e-5)):
+        return
+    keep = 1.0 / float(scale.flat[0])
+    if keep > 0.0 and 1.0 - keep >= _SMALLEST_PATH_DROP:  # no scale (or 1/keep within rounding of 1) is not dropout
+        _PATH_DROP[layer] = round(1.0 - keep, 6)
+
+
+def _probe_row_shape(layer: Any, rank: int) -> tuple[int, ...]:
+    """The layer's input row shape where it is known (unknown sizes as 3), else 3s of the draw's rank."""
+    try:
+        known = tuple(layer.input.shape)[1:]
+    except (AttributeError, ValueError):
+        known = ()
+    if len(known) != rank - 1:
+        return (3,) * (rank - 1)
+    return tuple(3 if d is None else int(d) for d in known)
+
+
+def _answered(layer: Any, rows: np.ndarray, flag: float) -> np.ndarray | None:
+    """The layer's training-mode output with every uniform draw answered by ``flag``; None unless it drew once."""
+    draws: list[RandomCall] = []
+
+    def answer(call: RandomCall) -> Any:
+        draws.append(call)
+        if call.function != "uniform":
+            return call.neutral()
+        return tf.fill(tf.cast(tf.stack(list(call.arguments["shape"])), tf.int32),
+                       tf.constant(flag, call.arguments.get("dtype") or "float32"))  # fmt: skip
+
+    with random_calls.intercepted(answer, root=layer):
+        out = layer(tf.constant(rows), training=True)
+    if len(draws) != 1 or draws[0].function != "uniform" or not tf.is_tensor(out):
+        return None
+    return np.asarray(out, np.float64)
 
 
 def _cell_in_rnn(call: RandomCall) -> bool:

@@ -74,3 +74,49 @@ def model_with(layer: keras.layers.Layer, path: Any) -> Any:
         norm.moving_variance.assign(keras.ops.ones(norm.moving_variance.shape) * 4.0)
     model.save(path)
     return path
+
+
+@keras.saving.register_keras_serializable(package="mcdrop_tests")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth as Keras tutorials write it: one keep flag per sample, floor(keep + uniform), scaled."""
+
+    def __init__(self, rate: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rate = rate
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        if not training:
+            return x
+        keep = 1.0 - self.rate
+        shape = (keras.ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        return x / keep * keras.ops.floor(keep + keras.random.uniform(shape, 0, 1))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate}
+
+
+@keras.saving.register_keras_serializable(package="mcdrop_tests")
+class UnscaledDropPath(DropPath):
+    """Drops whole samples but forgets the 1/keep scale: not inverted dropout, so not recognised."""
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        if not training:
+            return x
+        shape = (keras.ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        return x * keras.ops.floor(1.0 - self.rate + keras.random.uniform(shape, 0, 1))
+
+
+@keras.saving.register_keras_serializable(package="mcdrop_tests")
+class ResidualBlock(keras.layers.Layer):
+    """x + DropPath(Dense(x)) as one custom layer: the stochastic depth is a sublayer."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(6)
+        self.drop_path = DropPath(0.2, name="drop_path")
+
+    def build(self, input_shape: Any) -> None:
+        self.dense.build(input_shape)
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        return x + self.drop_path(self.dense(x), training=training)

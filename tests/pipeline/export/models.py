@@ -146,3 +146,24 @@ def conv1d_spatial(path: Path) -> Path:
                               keras.layers.SpatialDropout1D(0.2, name="spatial"),
                               keras.layers.GlobalMaxPooling1D(), keras.layers.Dense(2)])  # fmt: skip
     return _save(model, path)
+
+
+def residual_stochastic_depth(path: Path) -> Path:
+    """Two ConvNeXt-like residual blocks on 8 x 8 x 3 images, one with Keras's own ``StochasticDepth`` (rate 0.2)
+    and one with a user's ``DropPath`` (0.3), then pooling and a ``Dropout(0.3)`` head over 4 classes."""
+    from keras.src.applications.convnext import StochasticDepth
+
+    from tests.pipeline.export.custom_layers import DropPath
+
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((8, 8, 3), name="x")
+    x = keras.layers.Conv2D(16, 3, padding="same")(inputs)
+    for i, rate in enumerate((0.2, 0.3)):
+        branch = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+        branch = keras.layers.LayerNormalization()(branch)
+        branch = keras.layers.Dense(32, activation="gelu")(branch)
+        branch = keras.layers.Dense(16)(branch)
+        branch = (StochasticDepth(rate, name="sd0") if i == 0 else DropPath(rate, name="dp1"))(branch)
+        x = keras.layers.Add()([x, branch])
+    x = keras.layers.Dropout(0.3, name="dropout")(keras.layers.GlobalAveragePooling2D()(x))
+    return _save(keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="y")(x)), path)

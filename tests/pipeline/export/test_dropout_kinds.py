@@ -197,3 +197,62 @@ def test_an_lstm_without_dropout_exports_its_deterministic_graph(tmp_path: Path)
     manifest = export(ExportOptions(model_path=model, repository=tmp_path / "repo", name="plain"))[1].to_json()
     assert manifest["stochastic"] is False and all(c["passed"] for c in manifest["verification"]["checks"])
     assert "WHILE" not in manifest["graphs"]["deterministic"]["ops"]
+
+
+def test_stochastic_depth_is_a_path_site_with_one_keep_flag_per_sample(tmp_path: Path) -> None:
+    """Keras's own StochasticDepth (ConvNeXt) and a user's DropPath in residual conv blocks, with a Dropout head:
+    every check passes (MC mean against Keras's own training-mode draws included); one-pass moments are refused."""
+    manifest = exported(models.residual_stochastic_depth(tmp_path / "m.keras"), tmp_path / "repo", "sd")
+    assert sites(manifest) == [
+        ("sd0", "StochasticDepth", "path", [1, 1, 1]),
+        ("dp1", "DropPath", "path", [1, 1, 1]),
+        ("dropout", "Dropout", "plain", [16]),
+    ]
+    assert [d["rate"] for d in manifest["dropout_layers"]] == [pytest.approx(0.2), pytest.approx(0.3), 0.3]
+    assert not manifest["moments"]["available"] and "is stochastic depth" in manifest["moments"]["reason"]
+
+
+def test_stochastic_depth_alone_gives_the_spread_and_drops_whole_samples(tmp_path: Path) -> None:
+    """--mc-layers sd0,dp1: only the two paths are sampled. Fed masks that drop a path for one sample change that
+    sample's output by exactly the branch (the dropped path's output is zero), and the drop fraction is the rate."""
+    model = models.residual_stochastic_depth(tmp_path / "m.keras")
+    version, record = export(ExportOptions(model_path=model, repository=tmp_path / "repo", name="sd",
+                                           mc_layers="sd0,dp1"))  # fmt: skip
+    manifest = record.to_json()
+    assert [d["name"] for d in manifest["dropout_layers"]] == ["sd0", "dp1"]
+    assert [d["name"] for d in manifest["unsampled_dropout_layers"]] == ["dropout"]
+    assert manifest["moments"]["available"] is False
+    graph = Graph((tmp_path / "repo" / "sd" / str(version) / "mc_masked.tflite").read_bytes())
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype(np.float32)
+    kept = {name: np.ones((2, 3, 1, 1, 1), np.uint8) for name in ("mask_sd0", "mask_dp1")}
+    dropped = {**kept, "mask_dp1": np.array([[[1], [0], [1]], [[1], [1], [1]]], np.uint8).reshape(2, 3, 1, 1, 1)}
+    a, b = graph.run({"x": x, **kept})[0], graph.run({"x": x, **dropped})[0]
+    changed = np.abs(a - b).max(axis=-1) > 1e-6
+    assert changed.tolist() == [[False, True, False], [False, False, False]]  # sample 0, row 1 only
+    reference = keras.models.load_model(model)
+    reference.get_layer("dropout").rate = 0.0  # left out of sampling in the export: out of the reference too
+    probs = np.mean([reference(x, training=True) for _ in range(400)], axis=0)
+    draws = np.random.default_rng(1).random((2, 400, 1, 1, 1, 1))
+    masks = {"mask_sd0": (draws[0] >= 0.2).astype(np.uint8), "mask_dp1": (draws[1] >= 0.3).astype(np.uint8)}
+    mc = graph.run({"x": x[:1], **masks})[0]
+    assert np.abs(mc.mean(axis=0)[0] - probs[0]).max() < 0.05  # Keras's own stochastic depth
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (
+            custom_layers.UnscaledDropPath(0.2, name="unscaled"),
+            r"'unscaled' \(UnscaledDropPath\) draws random numbers that are not dropout \(keras\.random\.uniform\)",
+        ),
+        (custom_layers.ResidualBlock(name="block"), r"Stochastic depth 'block/drop_path' sits inside 'block'"),
+    ],
+    ids=["no-1/keep-scale", "inside-a-custom-layer"],
+)
+def test_stochastic_depth_that_mcdrop_cannot_verify_is_refused_in_one_line(
+    tmp_path: Path, layer: keras.layers.Layer, message: str
+) -> None:
+    model = custom_layers.model_with(layer, tmp_path / "m.keras")
+    with pytest.raises(ExportError, match=message) as refused:
+        export(ExportOptions(model_path=model, repository=tmp_path / "repo", name="m"))
+    assert "\n" not in str(refused.value)
