@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop.serving.cli.arguments import positive_float, positive_int
+from mcdrop.serving.client.dense import DEFAULT_PIXEL_THRESHOLD
 from mcdrop.serving.errors import InvalidArgument, NotFound
 from mcdrop.serving.models.manifest import Manifest
 
@@ -57,6 +58,16 @@ def register(subcommands: Any) -> None:
              "--quantize: float16, dynamic-int8, int8, int8-io); default: the server's")  # fmt: skip
     add("--timeout", type=positive_float, default=30.0, help="deadline in seconds (default %(default)s)")
     add("--json", action="store_true", help="print JSON instead of a table")
+    add(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.npz",
+        help="also write every field of the answer (per-pixel maps of a dense output included) to FILE.npz",
+    )
+    add("--pixel-threshold", type=float, default=None, metavar="VALUE",
+        help="dense outputs: the per-image summary's share of pixels whose mutual information (regression: std) "
+        f"exceeds VALUE (classification default {DEFAULT_PIXEL_THRESHOLD:g} nats)")  # fmt: skip
     add("--ca", default=None, metavar="PEM", help="CA bundle to verify the server (turns on TLS)")
     add("--cert", default=None, metavar="PEM", help="client certificate, for mutual TLS")
     add("--key", default=None, metavar="PEM", help="client private key, for mutual TLS")
@@ -119,16 +130,34 @@ def _predict_over_rest(args: argparse.Namespace, x: Any, security: dict[str, Any
 
 
 def _show(args: argparse.Namespace, prediction: Any, source: dict[str, Any] | None) -> int:
-    """The answer as a table (and where its uncertainty comes from) or as ``--json``; either transport's."""
+    """The answer as a table (and where its uncertainty comes from) or as ``--json``; either transport's. A dense
+    output is summarised per image (``--json``: ``images``, besides every field); ``--out`` writes the arrays."""
+    from mcdrop.serving.client.dense import image_summaries, is_dense, save_npz
+
+    if args.out is not None:
+        if args.out.suffix != ".npz":
+            raise InvalidArgument(f"--out writes an .npz file. Expected FILE.npz. Received: {args.out}")
+        written = save_npz(prediction, args.out)
+    threshold = getattr(args, "pixel_threshold", None)
     if args.json:
-        json.dump({**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}, sys.stdout,
-                  indent=2)  # fmt: skip
+        record = {**prediction_as_json(prediction), **({"uncertainty_from": source} if source else {})}
+        for name, output in _outputs(prediction):
+            if is_dense(output):
+                images = image_summaries(output, threshold)
+                (record["outputs"][name] if name else record)["images"] = images
+        json.dump(record, sys.stdout, indent=2)
         print()
     else:
-        print_prediction(prediction)
+        print_prediction(prediction, threshold)
         if source:
             print_source(source)
+        if args.out is not None:
+            print(f"wrote {len(written)} arrays to {args.out}: {', '.join(written)}")
     return 0
+
+
+def _outputs(prediction: Any) -> list[tuple[str | None, Any]]:
+    return list(prediction.outputs.items()) if prediction.outputs else [(None, prediction)]
 
 
 def uncertainty_source(manifest: Manifest) -> dict[str, Any]:
@@ -268,11 +297,53 @@ def _output_json(p: Any, leave_out: tuple[str, ...]) -> dict[str, Any]:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
 
 
-def print_prediction(p: Any) -> None:
+def print_prediction(p: Any, pixel_threshold: float | None = None) -> None:
     """One table row per input row: the prediction and its uncertainty; one table per output of a model with
-    several outputs."""
+    several outputs. A dense output (per-pixel fields) gets one row per image: its summary."""
+    from mcdrop.serving.client.dense import is_dense
+
     for name, output in p.outputs.items() or [(None, p)]:
-        _print_output(output, name)
+        if is_dense(output):
+            _print_dense(output, name, pixel_threshold)
+        else:
+            _print_output(output, name)
+
+
+def _print_dense(p: Any, output: str | None, threshold: float | None) -> None:
+    from rich.table import Table
+
+    from mcdrop.serving.client.dense import image_summaries
+    from mcdrop.serving.common.console import stdout_console
+
+    summaries = image_summaries(p, threshold)
+    shape = "×".join(str(d) for d in p.mean.shape[1:])
+    title = f"{p.model} v{p.version}" + (f" · output {output}" if output else "") + f" · dense {shape}"
+    title += f" · {p.mode} · T={p.samples}" + (f" · seed {p.seed}" if p.seed is not None else "")
+    table = Table(title=title)
+    if p.task == "classification":
+        cut = summaries[0]["threshold"] if summaries else DEFAULT_PIXEL_THRESHOLD
+        columns = ["row", "mean MI", "max MI", f"pixels MI > {cut:g}", "mean entropy", "mean p(pred.)", "classes"]
+        abstaining = p.abstain is not None
+        if abstaining:
+            columns.append(f"abstained ({p.abstain_score_name} > {p.abstain_threshold:.3g})")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "classes" else "right")
+        for s in summaries:
+            classes = ", ".join(f"{label} {share:.0%}" for label, share in list(s["classes"].items())[:4])
+            classes += ", …" if len(s["classes"]) > 4 else ""
+            table.add_row(str(s["row"]), f"{s['mean_mutual_information']:.4f}", f"{s['max_mutual_information']:.4f}",
+                          f"{s['share_above_threshold']:.1%}", f"{s['mean_predictive_entropy']:.4f}",
+                          f"{s['mean_p_predicted']:.3f}", classes,
+                          *([f"{s['share_abstained']:.1%}"] if abstaining else []))  # fmt: skip
+    else:
+        columns = ["row", "mean", "mean std", "max std"] + ([f"values std > {threshold:g}"] if threshold else [])
+        for column in columns:
+            table.add_column(column, justify="right")
+        for s in summaries:
+            share = [f"{s['share_above_threshold']:.1%}"] if threshold else []
+            table.add_row(str(s["row"]), f"{s['mean']:.4g}", f"{s['mean_std']:.3g}", f"{s['max_std']:.3g}", *share)
+    stdout_console().print(table)
+    stdout_console().print("Per-pixel maps: --out FILE.npz writes them all (or --json prints them).")
 
 
 def _print_output(p: Any, output: str | None) -> None:

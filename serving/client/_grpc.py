@@ -360,19 +360,26 @@ def decode_prediction(response: pb.PredictResponse) -> Prediction:
     return _decode_result(response, common)
 
 
+def _per_row(values: Any, pixel_shape: Sequence[int]) -> np.ndarray:
+    """A repeated per-row field; for a dense output, reshaped to ``[B, *pixel_shape]`` (sent flattened)."""
+    array = np.asarray(values)
+    return array.reshape(-1, *pixel_shape) if len(pixel_shape) else array
+
+
 def _decode_result(message: pb.PredictResponse | pb.OutputResult, common: dict[str, Any]) -> Prediction:
     """One output's estimate (a response's ``result``, or one of its ``outputs``)."""
     common = {**common, "sample_outputs": tensors.decode(message.sample_outputs, "samples")
               if message.HasField("sample_outputs") else None}  # fmt: skip
     if message.HasField("classification"):
         c = message.classification
-        per_row: dict[str, Any] = {name: np.asarray(getattr(c, name)) for name in PER_ROW_OUTPUTS}
+        per_row: dict[str, Any] = {name: _per_row(getattr(c, name), c.pixel_shape) for name in PER_ROW_OUTPUTS}
         per_row["predicted_class"] = per_row["predicted_class"].astype(np.int64)
         per_class: dict[str, Any] = {
             name: tensors.decode(getattr(c, name), name) for name in CLASSIFICATION_OUTPUTS if name not in per_row
         }
         abstain: dict[str, Any] = {} if not c.abstain_score_name else {
-            "abstain": np.asarray(c.abstain, bool), "abstain_score": np.asarray(c.abstain_score),
+            "abstain": _per_row(c.abstain, c.pixel_shape).astype(bool),
+            "abstain_score": _per_row(c.abstain_score, c.pixel_shape),
             "abstain_score_name": c.abstain_score_name,
             "abstain_threshold": c.abstain_threshold if c.HasField("abstain_threshold") else None,
         }  # fmt: skip

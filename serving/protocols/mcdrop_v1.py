@@ -79,20 +79,23 @@ def _encode_output(output: OutputPrediction, message: pb.PredictResponse | pb.Ou
     summary = output.summary
     if isinstance(summary, ClassificationSummary):
         labels = output.class_labels
-        # mean and std are tensors ([B, classes]); the per-row outputs are repeated fields
-        fields = {name: getattr(summary, name).tolist() for name in PER_ROW_OUTPUTS}
+        # mean and std are tensors ([B, classes]); the per-row outputs are repeated fields (flattened row-major for
+        # a dense output, with its pixel_shape)
+        pixel_shape = list(summary.predicted_class.shape[1:])
+        fields = {name: getattr(summary, name).reshape(-1).tolist() for name in PER_ROW_OUTPUTS}
         fields |= {
             name: tensors.encode(getattr(summary, name)) for name in CLASSIFICATION_OUTPUTS if name not in fields
         }
         decided = output.decision
         abstain = {} if decided is None else {
-            "abstain": decided.abstain.tolist(), "abstain_score": decided.score_values.tolist(),
+            "abstain": decided.abstain.reshape(-1).tolist(), "abstain_score": decided.score_values.reshape(-1).tolist(),
             "abstain_score_name": decided.score, "abstain_threshold": decided.threshold,
         }  # fmt: skip
         message.classification.CopyFrom(
             pb.Classification(
-                predicted_label=[labels[i] for i in summary.predicted_class] if labels else [],
+                predicted_label=[labels[i] for i in summary.predicted_class] if labels and not pixel_shape else [],
                 class_labels=labels,
+                pixel_shape=pixel_shape,
                 **fields,
                 **abstain,
             )

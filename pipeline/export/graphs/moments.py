@@ -161,6 +161,8 @@ class _Walk:
         self._inactive = {site.owner for site in inactive}
         histories = [getattr(tensor, "_keras_history", None) for tensor in model.outputs]
         self._output_ops = {id(history.operation) for history in histories if history is not None}
+        self._sources: dict[int, tuple[Any, frozenset[str]]] = {}
+        """id of a stochastic value → (the value, kept alive; the dropout sites whose masks it depends on)."""
 
     def run_model(self, model: keras.Model, inputs: Any, enclosing: tuple[keras.layers.Layer, ...]) -> Any:
         if isinstance(model, keras.Sequential):
@@ -183,8 +185,11 @@ class _Walk:
         path = layer_path([*enclosing, op])
         values = [v for v in _leaves((args, kwargs)) if tf.is_tensor(v) or isinstance(v, Gaussian)]
         stochastic_input = any(isinstance(v, Gaussian) for v in values)
+        sources = [self._sources.get(id(v), (None, frozenset()))[1] for v in values if isinstance(v, Gaussian)]
         if path in self._sites:
-            return self._dropout(op, path, args, kwargs)
+            return self._remember(self._dropout(op, path, args, kwargs),
+                                  frozenset().union(*sources) | {self._sites[path].name})  # fmt: skip
+        self._check_independent(op, path, sources)
         if stochastic_input and type(op) in DROPOUT_LAYERS and len(args) == 1:
             return args[0]  # left out of sampling (--mc-layers) or drawing nothing (rate 0): inference, the identity
         nested_owner = any(owner.startswith(f"{path}/") for owner in self._sites)
@@ -196,7 +201,27 @@ class _Walk:
             if keras_internals.takes_training_argument(op) or "training" in kwargs:
                 kwargs = {**kwargs, "training": False}
             return op(*args, **kwargs)
-        return _rule(op, path, args, kwargs, output)
+        return self._remember(_rule(op, path, args, kwargs, output), frozenset().union(*sources))
+
+    def _remember(self, value: Any, sources: frozenset[str]) -> Any:
+        for leaf in _leaves(value):
+            if not tf.is_tensor(leaf):
+                self._sources[id(leaf)] = (leaf, sources)
+        return value
+
+    @staticmethod
+    def _check_independent(op: Any, path: str, sources: list[frozenset[str]]) -> None:
+        """Branches that share a dropout mask co-vary; a layer that joins them (a U-Net's skip concatenation, a
+        residual add after dropout) would add their variances as if independent: refused by name, not by a failed
+        check against Monte Carlo."""
+        for i, first in enumerate(sources):
+            for second in sources[i + 1 :]:
+                if shared := first & second:
+                    raise NoMomentRule(
+                        f"Layer {path!r} ({type(op).__name__}) joins branches that share the dropout masks of "
+                        f"{', '.join(repr(name) for name in sorted(shared))}, so their units co-vary, which one-pass "
+                        "moments (independent units) cannot represent."
+                    )
 
     def _dropout(self, op: Any, path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         site = self._sites[path]

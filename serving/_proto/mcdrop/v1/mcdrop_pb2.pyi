@@ -99,7 +99,7 @@ class OutputResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., regression: _Optional[_Union[Regression, _Mapping]] = ..., sample_outputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("mean", "std", "predicted_class", "predicted_label", "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio", "class_labels", "abstain", "abstain_score", "abstain_score_name", "abstain_threshold")
+    __slots__ = ("mean", "std", "predicted_class", "predicted_label", "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio", "class_labels", "abstain", "abstain_score", "abstain_score_name", "abstain_threshold", "pixel_shape")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class Classification(_message.Message):
     ABSTAIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_SCORE_NAME_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SHAPE_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     std: Tensor
     predicted_class: _containers.RepeatedScalarFieldContainer[int]
@@ -126,7 +127,8 @@ class Classification(_message.Message):
     abstain_score: _containers.RepeatedScalarFieldContainer[float]
     abstain_score_name: str
     abstain_threshold: float
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., predicted_label: _Optional[_Iterable[str]] = ..., predictive_entropy: _Optional[_Iterable[float]] = ..., expected_entropy: _Optional[_Iterable[float]] = ..., mutual_information: _Optional[_Iterable[float]] = ..., variation_ratio: _Optional[_Iterable[float]] = ..., class_labels: _Optional[_Iterable[str]] = ..., abstain: _Optional[_Iterable[bool]] = ..., abstain_score: _Optional[_Iterable[float]] = ..., abstain_score_name: _Optional[str] = ..., abstain_threshold: _Optional[float] = ...) -> None: ...
+    pixel_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., predicted_class: _Optional[_Iterable[int]] = ..., predicted_label: _Optional[_Iterable[str]] = ..., predictive_entropy: _Optional[_Iterable[float]] = ..., expected_entropy: _Optional[_Iterable[float]] = ..., mutual_information: _Optional[_Iterable[float]] = ..., variation_ratio: _Optional[_Iterable[float]] = ..., class_labels: _Optional[_Iterable[str]] = ..., abstain: _Optional[_Iterable[bool]] = ..., abstain_score: _Optional[_Iterable[float]] = ..., abstain_score_name: _Optional[str] = ..., abstain_threshold: _Optional[float] = ..., pixel_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Regression(_message.Message):
     __slots__ = ("mean", "std", "lower", "upper", "interval", "predictive_std", "mean_lower", "mean_upper", "noise_variance", "interval_calibration")
