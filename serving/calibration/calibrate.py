@@ -214,7 +214,8 @@ def _classification(name: str, predicted: Predicted, labels: np.ndarray, options
         assert isinstance(main, ClassificationSummary)
         wrong = main.predicted_class != labels
         scored |= {score: (score_values(main, score), wrong) for score in MONTE_CARLO_SCORES}
-    records = {score: _score_record(score, values, wrong, options.abstain_target)
+    # A dense output is calibrated per pixel: every pixel of every image is one point of the risk-coverage curve.
+    records = {score: _score_record(score, values.reshape(-1), wrong.reshape(-1), options.abstain_target)
                for score, (values, wrong) in scored.items()}  # fmt: skip
     served = [s for s in scored if s in MONTE_CARLO_SCORES] if stochastic else [Score.DETERMINISTIC_LEAST_CONFIDENCE]
     chosen = _chosen(name, records, served, options)

@@ -185,7 +185,13 @@ def _same_rows(path: Path, inputs: dict[str, np.ndarray], raw: dict[str, np.ndar
 def _labels(path: Path, column: str, values: np.ndarray, spec: OutputSpec, rows: int) -> np.ndarray:
     where = f"{path} column {column!r}"
     if spec.task == Task.CLASSIFICATION:
-        return _class_indices(where, values, spec)
+        indices = _class_indices(where, values, spec)
+        pixels = spec.row_shape[:-1]  # a dense output ([H, W, C]) takes a class per pixel ([H, W])
+        if indices.size != rows * math.prod(pixels):
+            raise InvalidArgument(f"{where}: {indices.size // max(rows, 1)} label(s) per row. Expected "
+                                  f"{list(pixels) or 'one class'} per row (output {spec.name!r}, "
+                                  f"{list(spec.row_shape)}).")  # fmt: skip
+        return indices.reshape(rows, *pixels)
     try:
         targets = np.array([np.asarray(v, np.float64) for v in values] if values.dtype == object else values,
                            dtype=np.float64)  # fmt: skip

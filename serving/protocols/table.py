@@ -2,8 +2,10 @@
 
 One group of columns per model output, named as in ``mcdrop.serving.protocols.outputs`` except the per-class
 lists, which are ``p_mean`` and ``p_std``; several outputs are ``OUTPUT/COLUMN`` (``cls/p_mean``). A classification
-output that can abstain adds ``abstain`` (bool) and ``abstain_score``. The types are fixed by the manifest, so
-tables of different requests (or of units whose rows all failed) share one schema.
+output that can abstain adds ``abstain`` (bool) and ``abstain_score``. A dense classification output (a class per
+pixel, ``[H, W, C]`` per row) has every per-row column as a list over its pixels, row-major (``predicted_class``
+``list<int64>`` of H x W, ``p_mean`` of H x W x C, …) and no ``predicted_label``. The types are fixed by the
+manifest, so tables of different requests (or of units whose rows all failed) share one schema.
 
 Imports pyarrow: only batch scoring and capture (extras ``score`` and ``capture``) import this module.
 """
@@ -30,7 +32,9 @@ def output_fields(outputs: tuple[OutputSpec, ...] | list[OutputSpec], abstaining
         start = prefix(spec.name, len(outputs))
         fields += [(start + name, kind) for name, kind in _fields(spec)]
         if spec.name in abstaining:
-            fields += [(start + "abstain", pa.bool_()), (start + "abstain_score", pa.float64())]
+            dense = _dense(spec)
+            fields += [(start + "abstain", pa.list_(pa.bool_()) if dense else pa.bool_()),
+                       (start + "abstain_score", pa.list_(pa.float64()) if dense else pa.float64())]  # fmt: skip
     return pa.schema(fields)
 
 
@@ -70,6 +74,10 @@ def column(values: np.ndarray | None, good: np.ndarray, failed: np.ndarray, kind
 def _fields(spec: OutputSpec) -> list[tuple[str, pa.DataType]]:
     if spec.task == Task.CLASSIFICATION:
         probabilities = pa.list_(pa.float32())
+        if _dense(spec):  # per pixel: lists over the pixels; labels would be H x W strings per row, left out
+            fields = [("predicted_class", pa.list_(pa.int64()))]
+            fields += [(name, probabilities) for name in CLASS_PROBABILITIES.values()]
+            return fields + [(name, pa.list_(pa.float64())) for name in PER_ROW_OUTPUTS if name != "predicted_class"]
         fields = [("predicted_class", pa.int64())]
         if spec.class_labels:
             fields.append(("predicted_label", pa.string()))
@@ -77,6 +85,11 @@ def _fields(spec: OutputSpec) -> list[tuple[str, pa.DataType]]:
         return fields + [(name, pa.float64()) for name in PER_ROW_OUTPUTS if name != "predicted_class"]
     kind = pa.float64() if _scalar(spec) else pa.list_(pa.float64())
     return [(name, kind) for name in REGRESSION_OUTPUTS]
+
+
+def _dense(spec: OutputSpec) -> bool:
+    """A classification output with axes between the batch and the classes: a class per pixel."""
+    return spec.task == Task.CLASSIFICATION and len(spec.row_shape) > 1
 
 
 def _scalar(spec: OutputSpec) -> bool:
@@ -90,7 +103,7 @@ def _columns(spec: OutputSpec, output: OutputPrediction) -> dict[str, np.ndarray
         # abstain (bool) and abstain_score (float64) pass through as they are
         for name in CLASS_PROBABILITIES.values():
             columns[name] = columns[name].astype(np.float32)
-        if output.class_labels:
+        if output.class_labels and not _dense(spec):
             labels = np.asarray(output.class_labels, dtype=object)
             columns["predicted_label"] = labels[arrays["predicted_class"]]
         return columns
