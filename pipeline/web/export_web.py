@@ -62,14 +62,22 @@ def export_web(
 
     Raises:
         NotFound: no manifest, or LiteRT.js missing from ``modules``.
-        InvalidArgument: the model has no static graphs with B=1 (of ``variant``), or several inputs or outputs, an
-            unexported variant, or ``out`` is not empty.
+        InvalidArgument: the model has no static graphs with B=1 (of ``variant``), or several inputs or outputs, a
+            dense (per-pixel) output, an unexported variant, or ``out`` is not empty.
     """
     manifest = Manifest.load(version_dir)
     if not manifest.single:
         raise InvalidArgument(
             f"export-web shows one input and one output. Model {manifest.name!r} has inputs "
             f"{[i.name for i in manifest.inputs]} and outputs {[o.name for o in manifest.outputs]}."
+        )
+    output = manifest.output
+    if len(output.row_shape) > 1:  # [H, W, C] classes or [H, W] values per input row
+        raise InvalidArgument(
+            f"Model {manifest.name!r} has a dense output {output.name!r} {list(output.row_shape)} (a value per "
+            "pixel), and the page shows one class vector or a few values per input: it has no uncertainty map yet. "
+            "Expected a model with one answer per input; for per-pixel maps ask the server (mcdrop predict --out "
+            "MAPS.npz writes them all)."
         )
     device_graphs = _variant_graphs(manifest, variant)
     chosen = _static_graphs(manifest, version_dir, device_graphs, variant)

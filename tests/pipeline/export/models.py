@@ -167,3 +167,40 @@ def residual_stochastic_depth(path: Path) -> Path:
         x = keras.layers.Add()([x, branch])
     x = keras.layers.Dropout(0.3, name="dropout")(keras.layers.GlobalAveragePooling2D()(x))
     return _save(keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="y")(x)), path)
+
+
+def segmentation_scenes(rows: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of three regions (left, right-top, right-bottom) told apart by colour, and their per-pixel class."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.where(xx < size // 2, 0, np.where(yy < size // 2, 1, 2)).astype(np.int64)
+    labels = np.repeat(labels[None], rows, 0)
+    images = rng.uniform(0.0, 1.0, (rows, size, size, 3)).astype(np.float32)
+    images[..., 0] += (labels == 1) * 0.6
+    images[..., 1] += (labels == 2) * 0.6
+    return images, labels
+
+
+def unet(path: Path, size: int = 32, width: int = 4) -> Path:
+    """A small U-Net: per-pixel softmax over 3 classes ``[B, size, size, 3]``, SpatialDropout2D before the bottleneck
+    and the head, Dropout in the bottleneck, skip concatenations; briefly fitted on ``segmentation_scenes``."""
+    keras.utils.set_random_seed(11)
+    layers = keras.layers
+
+    def block(x: object, filters: int) -> object:
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        return layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+
+    inputs = keras.Input((size, size, 3), name="image")
+    c1 = block(inputs, width)
+    c2 = block(layers.MaxPooling2D()(c1), 2 * width)
+    c2 = layers.SpatialDropout2D(0.2, name="spatial_dropout")(c2)
+    b = layers.Dropout(0.3, name="bottleneck_dropout")(block(layers.MaxPooling2D()(c2), 4 * width))
+    u2 = block(layers.Concatenate()([layers.UpSampling2D()(b), c2]), 2 * width)
+    u1 = block(layers.Concatenate()([layers.UpSampling2D()(u2), c1]), width)
+    u1 = layers.SpatialDropout2D(0.1, name="head_dropout")(u1)
+    model = keras.Model(inputs, layers.Conv2D(3, 1, activation="softmax", name="classes")(u1))
+    images, labels = segmentation_scenes(96, size, seed=0)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=8, batch_size=16, verbose=0)
+    return _save(model, path)
