@@ -8,6 +8,7 @@ are named once (``mcdrop.serving.protocols.outputs``).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -87,8 +88,9 @@ def _encode_output(output: OutputPrediction, message: pb.PredictResponse | pb.Ou
             name: tensors.encode(getattr(summary, name)) for name in CLASSIFICATION_OUTPUTS if name not in fields
         }
         decided = output.decision
-        abstain = {} if decided is None else {
-            "abstain": decided.abstain.reshape(-1).tolist(), "abstain_score": decided.score_values.reshape(-1).tolist(),
+        abstain: dict[str, Any] = {} if decided is None else {
+            "abstain": decided.abstain.reshape(-1).tolist(),
+            "abstain_score": decided.score_values.reshape(-1).tolist(),
             "abstain_score_name": decided.score, "abstain_threshold": decided.threshold,
         }  # fmt: skip
         message.classification.CopyFrom(

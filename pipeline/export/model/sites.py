@@ -285,9 +285,9 @@ def _probe_path_drop(call: RandomCall) -> None:
         answers = [_answered(layer, rows.astype(np.float32), flag) for flag in (1.0, 0.0)]
     except Exception:  # noqa: BLE001 - a layer that cannot be probed alone is simply not recognised
         return
-    if any(answer is None for answer in answers):
-        return
     kept, dropped = answers
+    if kept is None or dropped is None:
+        return
     scale = kept / rows
     if not (np.allclose(dropped, 0.0) and np.allclose(scale, scale.flat[0], rtol=1e-5)):
         return
