@@ -92,3 +92,24 @@ def variant_repository(model_repository: Path, calibration_files: dict[str, Path
                          name="digits", quantize=("dynamic-int8", "int8", "int8-io"),
                          calibration=calibration))  # fmt: skip
     return repo
+
+
+@pytest.fixture(scope="session")
+def dense_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained U-Net ``unet`` (per-pixel softmax ``[B, 32, 32, 3]``): version 1 exported and verified on real
+    rows, version 2 calibrated per pixel (coverage 0.9)."""
+    pytest.importorskip("keras")
+    from mcdrop.pipeline.export.exporter import ExportOptions, export
+    from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
+    from mcdrop.serving.calibration.publish import calibrate_version
+    from tests.pipeline.export import models
+
+    root = tmp_path_factory.mktemp("dense")
+    images, labels = models.segmentation_scenes(48, 32, seed=1)
+    np.savez(root / "verify.npz", x=images[:8])
+    np.savez(root / "calibration.npz", x=images[8:], y=labels[8:])  # a class per pixel: [rows, H, W]
+    model = models.unet(root / "unet.keras", 32)
+    export(ExportOptions(model_path=model, repository=root / "repo", name="unet", verify_data=root / "verify.npz"))
+    target = parse_target("coverage=0.9")
+    calibrate_version(root / "repo", "unet", 1, CalibrationOptions(root / "calibration.npz", abstain_target=target))
+    return root / "repo"

@@ -142,7 +142,16 @@ def make_app(plane: DataPlane, metrics: Metrics, auth: BearerAuth, max_body_byte
             route(f"{prefix}/infer", "POST", "ModelInfer", infer),
         ]
     routes += [route(*endpoint) for endpoint in tfserving.routes(plane, max_body_bytes)]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})
+
+
+async def _no_route(request: Request, exc: Exception) -> JSONResponse:
+    """Every answer is JSON, a path or method no route takes included (Starlette's own are plain text)."""
+    status = getattr(exc, "status_code", 404)
+    what = "No such endpoint" if status == 404 else "Method not allowed"
+    return JSONResponse({"error": f"{what}: {request.method} {request.url.path}. Expected the Open Inference "
+                                  "Protocol's /v2/… or TensorFlow Serving's /v1/models/… (see GET /v2)."},
+                        status_code=status)  # fmt: skip
 
 
 def _model(request: Request) -> tuple[str, int | None]:

@@ -12,29 +12,12 @@ import pytest
 
 pytest.importorskip("keras")
 
-from mcdrop.pipeline.export.exporter import ExportOptions, export
-from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
-from mcdrop.serving.calibration.publish import calibrate_version
 from mcdrop.serving.client import RestClient
 from mcdrop.serving.harness.process import free_port
 from tests.helpers import in_process_server, run_cli
 from tests.pipeline.export import models
 
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def dense_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``unet`` version 1 (exported, verified on real rows) and version 2 (calibrated per pixel, coverage 0.9)."""
-    root = tmp_path_factory.mktemp("dense")
-    images, labels = models.segmentation_scenes(48, SIZE, seed=1)
-    np.savez(root / "verify.npz", x=images[:8])
-    np.savez(root / "calibration.npz", x=images[8:], y=labels[8:])  # a class per pixel: [rows, H, W]
-    model = models.unet(root / "unet.keras", SIZE)
-    export(ExportOptions(model_path=model, repository=root / "repo", name="unet", verify_data=root / "verify.npz"))
-    target = parse_target("coverage=0.9")
-    calibrate_version(root / "repo", "unet", 1, CalibrationOptions(root / "calibration.npz", abstain_target=target))
-    return root / "repo"
+SIZE = 32  # the dense_repository U-Net's images (tests/conftest.py)
 
 
 def test_the_export_describes_the_dense_output_and_refuses_moments_by_name(dense_repository: Path) -> None:
