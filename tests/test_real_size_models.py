@@ -39,6 +39,9 @@ ALL_CHECKS = {"ops", "deterministic_parity", "training_mode_parity", "masked_par
               "summary_statistics"}  # fmt: skip
 
 
+FAMILIES = tuple(family for family in zoo.FAMILIES if family != "convnext_tiny")
+"""ConvNeXt-Tiny (28 M parameters, 18 stochastic-depth sites) takes 407 s and 9.1 GB to export even at 32 px: it runs
+in ``mcdrop bench --zoo``; its stochastic depth is tested on small residual models (``test_dropout_kinds``)."""
 WITHOUT_MOMENTS = ("resnet50", "efficientnet_b0-last")
 """Exported with --no-moments: the option on real models, and the suite's time (ResNet50 is the largest graph)."""
 
@@ -50,7 +53,7 @@ def zoo_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     repository = root / "repo"
     models: dict[str, Any] = {}
     exports = []
-    for family in zoo.FAMILIES:
+    for family in FAMILIES:
         model = models[family] = zoo.build(family, SIZE)
         model.save(root / f"{family}.keras")
         exports.append((family, family, "all"))
@@ -78,7 +81,7 @@ def _plane(repository: Path, **settings: Any) -> DataPlane:
     return data_plane(store, ServerSettings(repository=str(repository), **settings).validate())
 
 
-@pytest.mark.parametrize("family", zoo.FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_exports_with_every_check_passing(
     zoo_repository: tuple[Path, dict[str, Any]], family: str
 ) -> None:

@@ -21,15 +21,19 @@ from typing import Any
 
 import numpy as np
 
-FAMILIES = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50")
+FAMILIES = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "convnext_tiny")
 CLASSES = 5
 """Output classes of every zoo model (a small fine-tuning task's head)."""
-HEAD_DROPOUT = {"mobilenet_v2": 0.2, "mobilenet_v3_small": 0.2, "efficientnet_b0": 0.2, "resnet50": 0.5}
+HEAD_DROPOUT = {"mobilenet_v2": 0.2, "mobilenet_v3_small": 0.2, "efficientnet_b0": 0.2, "resnet50": 0.5,
+                "convnext_tiny": 0.2}  # fmt: skip
+DROP_PATH_RATE = 0.1
+"""ConvNeXt-Tiny's stochastic depth (Keras's ``drop_path_rate``, the rate of the last block; earlier ones less)."""
 CALIBRATION_ROWS = 8
-PIXELS = {"mobilenet_v2": "tf", "mobilenet_v3_small": "tf", "efficientnet_b0": "raw", "resnet50": "caffe"}
+PIXELS = {"mobilenet_v2": "tf", "mobilenet_v3_small": "tf", "efficientnet_b0": "raw", "resnet50": "caffe",
+          "convnext_tiny": "raw"}  # fmt: skip
 """How each family's model expects its pixels (``keras.applications``' ``preprocess_input`` modes): ``tf`` scales
 0..255 to -1..1 (MobileNets built without their own preprocessing), ``caffe`` flips RGB to BGR and subtracts
-ImageNet's channel means (ResNet50), ``raw`` leaves 0..255 (EfficientNet rescales inside the model)."""
+ImageNet's channel means (ResNet50), ``raw`` leaves 0..255 (EfficientNet and ConvNeXt normalise inside the model)."""
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
@@ -63,8 +67,17 @@ def _build(family: str, size: int, seed: int) -> Any:
         # drop_connect_rate 0.2) and a Dropout(0.2) before its classifier.
         model = apps.EfficientNetB0(input_shape=shape, weights=None, classes=CLASSES)
     else:
-        backbone_class = apps.MobileNetV2 if family == "mobilenet_v2" else apps.ResNet50
-        backbone = backbone_class(include_top=False, weights=None, input_shape=shape)
+        if family == "convnext_tiny":
+            # keras.applications.ConvNeXtTiny fixes drop_path_rate at 0; the general constructor takes it.
+            from keras.src.applications.convnext import MODEL_CONFIGS, ConvNeXt
+
+            tiny = MODEL_CONFIGS["tiny"]
+            backbone = ConvNeXt(depths=tiny["depths"], projection_dims=tiny["projection_dims"],
+                                drop_path_rate=DROP_PATH_RATE, include_top=False, weights=None, input_shape=shape,
+                                name="convnext_tiny")  # fmt: skip
+        else:
+            backbone_class = apps.MobileNetV2 if family == "mobilenet_v2" else apps.ResNet50
+            backbone = backbone_class(include_top=False, weights=None, input_shape=shape)
         # The Keras transfer-learning recipe: backbone, pooling, dropout, a new dense head.
         inputs = keras.Input(shape)
         h = backbone(inputs)

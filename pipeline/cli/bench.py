@@ -39,7 +39,8 @@ def register(subcommands: Any) -> None:
     )
     add("--workdir", type=Path, default=None, metavar="DIR", help="--zoo: keep models and repository here")
     add("--zoo-family", type=names, default=None, metavar="NAME[,NAME]",
-        help="--zoo: only these families (mobilenet_v2, mobilenet_v3_small, efficientnet_b0, resnet50)")  # fmt: skip
+        help="--zoo: only these families (mobilenet_v2, mobilenet_v3_small, efficientnet_b0, resnet50, "
+        "convnext_tiny)")  # fmt: skip
     add("--perf-analyzer", nargs="?", const="perf_analyzer", default=None, metavar="BIN",
         help="add Triton's perf_analyzer (tritonclient==2.40.0's binary; default: on PATH) beside the own load "
         "generator for the same requests, and its targets")  # fmt: skip
