@@ -91,13 +91,12 @@ def test_every_family_exports_with_every_check_passing(
     if family in WITHOUT_MOMENTS:
         assert "moments" not in manifest and not (zoo_repository[0] / family / "1" / "moments.tflite").exists()
     elif family == "efficientnet_b0":
-        # Every block's stochastic depth has a rule, but with a confident head (the zoo's classifier is fitted) the
-        # one-pass approximation lands 0.77 MC std from Monte Carlo on these rows: the check refuses the graph,
-        # says why, and Monte Carlo is unaffected. Either outcome must be explicit.
+        # Every block's stochastic depth has a rule, but squeeze-and-excitation multiplies a feature map by a gate
+        # computed from it, and residual adds join a block's output with its input: branches that share masks,
+        # which one-pass moments treat as independent (the approximation landed 0.77 MC std from Monte Carlo).
+        # The export refuses the graph by name, before the check; Monte Carlo is unaffected.
         moments = manifest["moments"]
-        assert (moments["available"] and moments["check"]["passed"]) or (
-            not moments["available"] and "failed its check against Monte Carlo" in moments["reason"]
-        ), moments
+        assert not moments["available"] and "joins branches that share the dropout masks" in moments["reason"], moments
     else:  # dropout at the head: every family has rules and passes
         moments = manifest["moments"]
         assert moments["available"] and moments["check"]["passed"], moments.get("reason")

@@ -103,3 +103,14 @@ def test_export_web_refuses_a_dense_output_in_one_line(dense_repository: Path, t
     result = run_cli("export-web", str(dense_repository / "unet" / "1"), str(tmp_path / "page"))
     assert result.returncode == 2 and "has a dense output 'y' [32, 32, 3]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "page").exists()
+
+
+def test_the_prefix_check_reads_one_image_as_one_row(dense_repository: Path) -> None:
+    """``prefix_cached`` with one verification row (a --verify-data file of one image): the U-Net's samples come
+    from a TILE of ``[1, 32, 32, 4]``, which is that one row — it was read as 32 broadcast rows and refused."""
+    from mcdrop.pipeline.export.verify.randomness import prefix_cached
+
+    mc = (dense_repository / "unet" / "1" / "mc.tflite").read_bytes()
+    for rows in (1, 3):
+        check = prefix_cached(mc, {"x": np.zeros((rows, SIZE, SIZE, 3), np.float32)})
+        assert check["passed"] and check["rows_before_samples"] == rows and check["expanding_op"] == "TILE", check

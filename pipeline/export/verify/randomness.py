@@ -245,11 +245,11 @@ def prefix_cached(mc_bytes: bytes, x: Feeds, samples: int = PREFIX_CHECK_SAMPLES
         outputs = [int(i) for i in op["outputs"]]
         if any(_sample_rows(graph.tensor_shape(i), batch, samples) for i in outputs):
             shapes = [graph.tensor_shape(i) for i in from_x]
-            ok = all(_input_rows(shape) == batch for shape in shapes)
+            ok = all(_input_rows(shape, batch) == batch for shape in shapes)
             problems = [] if ok else [f"{op['op_name']} makes the samples from rows of shapes {shapes}; expected "
                                       f"{batch} rows of the input"]  # fmt: skip
             return {"check": "prefix_cached", "passed": ok, "problems": problems, "prefix_ops": prefix_ops,
-                    "expanding_op": str(op["op_name"]), "rows_before_samples": _input_rows(shapes[0]),
+                    "expanding_op": str(op["op_name"]), "rows_before_samples": _input_rows(shapes[0], batch),
                     "rows_after": batch * samples}  # fmt: skip
         prefix_ops.append(str(op["op_name"]))
         derived.update(outputs)
@@ -260,8 +260,15 @@ def _sample_rows(shape: tuple[int, ...], batch: int, samples: int) -> bool:
     return bool(shape) and (shape[0] == batch * samples or shape[:2] == (samples, batch))
 
 
-def _input_rows(shape: tuple[int, ...]) -> int:
-    return shape[1] if len(shape) >= 2 and shape[0] == 1 else (shape[0] if shape else 0)
+def _input_rows(shape: tuple[int, ...], batch: int) -> int:
+    """The rows of a tensor from the input: ``[B, ...]``, or ``[1, B, ...]`` when it broadcasts against ``[T, B, ...]``
+    masks. With B = 1 a ``[1, H, W, C]`` image is ``[B, ...]``: read ``[1, x, ...]`` as broadcast rows only when the
+    first reading does not fit."""
+    if not shape:
+        return 0
+    if shape[0] == batch or len(shape) < 2 or shape[0] != 1:
+        return shape[0]
+    return shape[1]
 
 
 def _keras_reference(
