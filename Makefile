@@ -8,11 +8,16 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/mcdrop demo
 
+# Two worker processes: most tests wait on child processes, servers and imports, so two share two cores well
+# (tests/workers.py says what they share). PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # The manual (docs/, mkdocs.yml): strict, so a broken link, anchor or an orphan page is an error.
 docs: $(VENV)/.installed

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from tests import tool_venvs
+from tests.workers import built_once, group_of
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start building the outside tools' venvs the collected tests need, so they install while other tests run."""
+    """Start building the outside tools' venvs the collected tests need, so they install while other tests run; give
+    every test its xdist group (``tests/workers.py``). This runs before xdist reads the groups."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group_of(item)))
     wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
     for venv in tool_venvs.ALL:
         if venv.fixture in wanted:
@@ -26,14 +31,14 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mcdrop.pipeline.training.config import TrainConfig
     from mcdrop.pipeline.training.loop import train
 
-    root = tmp_path_factory.mktemp("models")
-    repo = root / "repo"
-    for name, dataset, epochs in (("digits", "digits", 15), ("diabetes", "diabetes", 20)):
-        out = root / name
-        train(TrainConfig(out=str(out), dataset=dataset, hidden=[64, 64], dropout=[0.2, 0.5], epochs=epochs,
-                          seed=1, quiet=True).validate())  # fmt: skip
-        export(ExportOptions(model_path=out / "model.keras", repository=repo, name=name))
-    return repo
+    def build(root: Path) -> None:
+        for name, dataset, epochs in (("digits", "digits", 15), ("diabetes", "diabetes", 20)):
+            out = root / name
+            train(TrainConfig(out=str(out), dataset=dataset, hidden=[64, 64], dropout=[0.2, 0.5], epochs=epochs,
+                              seed=1, quiet=True).validate())  # fmt: skip
+            export(ExportOptions(model_path=out / "model.keras", repository=root / "repo", name=name))
+
+    return built_once(tmp_path_factory, "models", build) / "repo"
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +67,14 @@ def calibrated_repository(model_repository: Path, calibration_files: dict[str, P
     from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
     from mcdrop.serving.calibration.publish import calibrate_version
 
-    repo = tmp_path_factory.mktemp("calibrated") / "repo"
-    shutil.copytree(model_repository, repo)
-    calibrate_version(repo, "digits", 1, CalibrationOptions(calibration_files["digits"],
-                                                            abstain_target=parse_target("coverage=0.9")))  # fmt: skip
-    calibrate_version(repo, "diabetes", 1, CalibrationOptions(calibration_files["diabetes"]))
-    return repo
+    def build(root: Path) -> None:
+        repo = root / "repo"
+        shutil.copytree(model_repository, repo)
+        digits = CalibrationOptions(calibration_files["digits"], abstain_target=parse_target("coverage=0.9"))
+        calibrate_version(repo, "digits", 1, digits)
+        calibrate_version(repo, "diabetes", 1, CalibrationOptions(calibration_files["diabetes"]))
+
+    return built_once(tmp_path_factory, "calibrated", build) / "repo"
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +93,13 @@ def variant_repository(model_repository: Path, calibration_files: dict[str, Path
     from mcdrop.pipeline.export.exporter import ExportOptions, export
     from mcdrop.serving.calibration.calibrate import CalibrationOptions, parse_target
 
-    repo = tmp_path_factory.mktemp("variants") / "repo"
-    calibration = CalibrationOptions(calibration_files["digits"], abstain_target=parse_target("coverage=0.9"))
-    export(ExportOptions(model_path=model_repository.parent / "digits" / "model.keras", repository=repo,
-                         name="digits", quantize=("dynamic-int8", "int8", "int8-io"),
-                         calibration=calibration))  # fmt: skip
-    return repo
+    def build(root: Path) -> None:
+        calibration = CalibrationOptions(calibration_files["digits"], abstain_target=parse_target("coverage=0.9"))
+        export(ExportOptions(model_path=model_repository.parent / "digits" / "model.keras", repository=root / "repo",
+                             name="digits", quantize=("dynamic-int8", "int8", "int8-io"),
+                             calibration=calibration))  # fmt: skip
+
+    return built_once(tmp_path_factory, "variants", build) / "repo"
 
 
 @pytest.fixture(scope="session")
@@ -104,12 +112,14 @@ def dense_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mcdrop.serving.calibration.publish import calibrate_version
     from tests.pipeline.export import models
 
-    root = tmp_path_factory.mktemp("dense")
-    images, labels = models.segmentation_scenes(48, 32, seed=1)
-    np.savez(root / "verify.npz", x=images[:8])
-    np.savez(root / "calibration.npz", x=images[8:], y=labels[8:])  # a class per pixel: [rows, H, W]
-    model = models.unet(root / "unet.keras", 32)
-    export(ExportOptions(model_path=model, repository=root / "repo", name="unet", verify_data=root / "verify.npz"))
-    target = parse_target("coverage=0.9")
-    calibrate_version(root / "repo", "unet", 1, CalibrationOptions(root / "calibration.npz", abstain_target=target))
-    return root / "repo"
+    def build(root: Path) -> None:
+        images, labels = models.segmentation_scenes(48, 32, seed=1)
+        np.savez(root / "verify.npz", x=images[:8])
+        np.savez(root / "calibration.npz", x=images[8:], y=labels[8:])  # a class per pixel: [rows, H, W]
+        model = models.unet(root / "unet.keras", 32)
+        export(ExportOptions(model_path=model, repository=root / "repo", name="unet", verify_data=root / "verify.npz"))
+        target = parse_target("coverage=0.9")
+        options = CalibrationOptions(root / "calibration.npz", abstain_target=target)
+        calibrate_version(root / "repo", "unet", 1, options)
+
+    return built_once(tmp_path_factory, "dense", build) / "repo"

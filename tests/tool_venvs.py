@@ -45,10 +45,14 @@ class ToolVenv:
         if self._marker.exists() or self._build is not None:
             return
         pip = self.path / "bin" / "pip"
-        script = (f'"{sys.executable}" -m venv --clear "{self.path}" && "{pip}" install --quiet '
-                  + " ".join(f"'{r}'" for r in self.requirements))  # fmt: skip
-        with self._log.open("wb") as log:
-            self._build = subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT)
+        build = (f'"{sys.executable}" -m venv --clear "{self.path}" && "{pip}" install --quiet '
+                 + " ".join(f"'{r}'" for r in self.requirements) + f' && touch "{self._marker}"')  # fmt: skip
+        # Under a lock, and only if no one built it meanwhile: the suite's xdist workers both ask for every venv.
+        script = f'test -e "{self._marker}" || {build}'
+        lock = REPO / f"{self.folder}.lock"
+        with self._log.open("ab") as log:
+            self._build = subprocess.Popen(["flock", str(lock), "bash", "-c", script], stdout=log,
+                                           stderr=subprocess.STDOUT)  # fmt: skip
 
     def bin(self, timeout: float = 900) -> Path:
         """The venv's ``bin`` folder, once built (building it now if nothing started it)."""
@@ -58,7 +62,6 @@ class ToolVenv:
             self._build = None
             if returncode != 0:
                 raise RuntimeError(f"building {self.folder} failed ({returncode}): {self._log.read_text()[-2000:]}")
-            self._marker.touch()
             self._log.unlink(missing_ok=True)
         return self.path / "bin"
 

@@ -14,6 +14,7 @@ Layout of OUT_DIR (serve it over HTTP: browsers do not fetch WebAssembly from ``
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import shutil
@@ -192,16 +193,24 @@ def litertjs_modules(cache: Path) -> Path:
         InvalidArgument: npm failed (its last line is in the message).
     """
     modules = cache / f"litertjs-{LITERTJS.rsplit('@', 1)[1]}" / "node_modules"
-    if (modules / "@litertjs" / "core" / "dist" / "index.js").is_file():
+    if _installed(modules):
         return modules
     npm = shutil.which("npm")
     if npm is None:
         raise NotFound("export-web needs LiteRT.js: install npm (Node.js), or pass --litertjs NODE_MODULES.")
     prefix = modules.parent
     prefix.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
-                           LITERTJS], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    with (cache / f"{prefix.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two exports sharing a cache: one installs, the other waits and reuses
+        if _installed(modules):
+            return modules
+        done = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
+                               LITERTJS], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise InvalidArgument(f"npm install {LITERTJS} failed: {last}")
     return modules
+
+
+def _installed(modules: Path) -> bool:
+    return (modules / "@litertjs" / "core" / "dist" / "index.js").is_file()
