@@ -11,9 +11,10 @@ from tests import tool_venvs
 from tests.workers import built_once, group_of
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Start building the outside tools' venvs the collected tests need, so they install while other tests run; give
-    every test its xdist group (``tests/workers.py``). This runs before xdist reads the groups."""
+    every test its xdist group (``tests/workers.py``)."""
     for item in items:
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(group_of(item)))
