@@ -67,8 +67,8 @@ def deterministic_parity(model: keras.Model, graph: Graph, x: Feeds) -> dict[str
 
     reference = keras(x)
     actual = joined(run_graph(graph, x, signature.output_names(model)), lead=1)
-    return _parity("deterministic_parity", actual, reference, rounding_sensitivity(keras, x),
-                   weight_sensitivity(keras, x, model))  # fmt: skip
+    return _parity("deterministic_parity", actual, reference, rounding_sensitivity(keras, x, reference),
+                   weight_sensitivity(keras, x, model, reference))  # fmt: skip
 
 
 def training_mode_parity(
@@ -110,8 +110,9 @@ def masked_parity(
     def keras(rows: Feeds) -> np.ndarray:
         return np.stack([_reference_sample(model, rows, sites, feeds, t, inactive or []) for t in range(samples)])
 
-    return _parity("masked_parity", actual, keras(x), rounding_sensitivity(keras, x),
-                   weight_sensitivity(keras, x, model))  # fmt: skip
+    reference = keras(x)  # computed once: the sensitivities move away from it
+    return _parity("masked_parity", actual, reference, rounding_sensitivity(keras, x, reference),
+                   weight_sensitivity(keras, x, model, reference))  # fmt: skip
 
 
 def _reference_sample(
@@ -127,12 +128,13 @@ def _reference_sample(
     return joined(passes.forward(model, sites, as_tensors(x), policy, inactive=inactive), lead=1)
 
 
-def rounding_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds) -> float:
+def rounding_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds, base: np.ndarray) -> float:
     """How far the model's outputs move when its inputs move by float32 rounding (each value times 1 ± 2^-23).
 
     Another float32 implementation of the same layers (LiteRT's kernels against TensorFlow's) sums in another
     order, which acts like rounding noise injected at every layer; a deep network amplifies it (a 150-layer
     backbone into a confident softmax: ~1e-4). The parity tolerance grows with this measured amplification.
+    ``base`` is ``reference(x)``, which the caller has already computed (a real-size reference takes seconds).
     """
     rng = np.random.default_rng(0)
     moved = {}
@@ -143,21 +145,22 @@ def rounding_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds) -> 
         moved[name] = (value * (1 + _nudge(rng, value.shape))).astype(value.dtype)
     if all(moved[name] is value for name, value in x.items()):
         return 0.0
-    return float(np.max(np.abs(np.asarray(reference(moved), np.float64) - np.asarray(reference(x), np.float64))))
+    return float(np.max(np.abs(np.asarray(reference(moved), np.float64) - np.asarray(base, np.float64))))
 
 
-def weight_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds, model: keras.Model) -> float:
+def weight_sensitivity(
+    reference: Callable[[Feeds], np.ndarray], x: Feeds, model: keras.Model, base: np.ndarray
+) -> float:
     """How far the model's outputs move when every float32 weight moves by float32 rounding.
 
     Moving the input measures only the noise the first layer passes on; LiteRT also folds batch norm into the
     weights and every kernel rounds its own sums, noise injected at every layer. On some CPUs the input alone
     underestimates a deep network 100-fold (EfficientNetB0 at 32 px: 1.5e-6, against 1.6e-4 measured between
-    LiteRT's and TensorFlow's kernels, and 1.0e-4 from moving the weights).
+    LiteRT's and TensorFlow's kernels, and 1.0e-4 from moving the weights). ``base``: ``reference(x)``.
     """
     variables = [v for v in model.weights if str(v.dtype) == "float32"]
     if not variables:
         return 0.0
-    base = np.asarray(reference(x), np.float64)
     rng = np.random.default_rng(1)
     originals = [v.numpy() for v in variables]
     try:
@@ -167,7 +170,7 @@ def weight_sensitivity(reference: Callable[[Feeds], np.ndarray], x: Feeds, model
     finally:
         for variable, value in zip(variables, originals, strict=True):
             variable.assign(value)
-    return float(np.max(np.abs(moved - base)))
+    return float(np.max(np.abs(moved - np.asarray(base, np.float64))))
 
 
 def _nudge(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
