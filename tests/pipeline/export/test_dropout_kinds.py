@@ -214,6 +214,9 @@ def test_stochastic_depth_is_a_path_site_with_one_keep_flag_per_sample(tmp_path:
     ]
     assert [d["rate"] for d in manifest["dropout_layers"]] == [pytest.approx(0.2), pytest.approx(0.3), 0.3]
     assert not manifest["moments"]["available"] and "is stochastic depth" in manifest["moments"]["reason"]
+    # From sd0 on, every sample row holds its own 8 x 8 x 16 float32 map: LiteRT sizes the broadcast of a [T, B, 1,
+    # 1, 1] mask only while it runs, and a footprint read before an invoke saw the masks' bytes alone.
+    assert manifest["activation_memory"]["mc_masked"]["per_sample_row"] >= 8 * 8 * 16 * 4
 
 
 def test_stochastic_depth_alone_gives_the_spread_and_drops_whole_samples(tmp_path: Path) -> None:
