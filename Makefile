@@ -11,7 +11,7 @@ demo: $(VENV)/.installed
 # Two worker processes: most tests wait on child processes, servers and imports, so two share two cores well
 # (tests/workers.py says what they share). PYTEST_WORKERS=0 runs the suite in this process.
 PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 
 from tests import tool_venvs
-from tests.workers import built_once, group_of
+from tests.workers import built_once
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start building the outside tools' venvs the collected tests need, so they install while other tests run; give
-    every test its xdist group (``tests/workers.py``)."""
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    """Start building the outside tools' venvs the collected tests need, so they install while other tests run."""
     wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
     for venv in tool_venvs.ALL:
         if venv.fixture in wanted:
