@@ -42,8 +42,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
         return folder
     shared = _shared(tmp_path_factory)
     folder, done = shared / name, shared / f"{name}.done"
-    with (shared / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive(tmp_path_factory, name):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
@@ -63,5 +62,5 @@ def exclusive(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[N
         yield
         return
     with (_shared(tmp_path_factory) / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield
